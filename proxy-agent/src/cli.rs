@@ -1,0 +1,247 @@
+//! The `bpfproxy` command line. anyhow lives here, at the edge.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::{
+    dump, loader,
+    maps::pinned::PinnedMaps,
+    metrics::Metrics,
+    server,
+    source::watch_dir,
+    sync::{self, SyncConfig, Syncer},
+};
+
+/// bpfproxy: an eBPF replacement for kube-proxy.
+#[derive(Parser, Debug)]
+#[command(name = "bpfproxy", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent: watch Services and EndpointSlices and program the kernel.
+    Run(RunArgs),
+    /// Show what the kernel maps hold: every frontend with its backends.
+    Dump(DumpArgs),
+    /// Remove the pinned programs and maps (uninstall). Live connections
+    /// keep working; new ones to ClusterIPs stop being translated.
+    Cleanup(PinArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PinArgs {
+    /// bpffs directory for the pins (a versioned sub-directory is used).
+    #[arg(long, default_value = "/sys/fs/bpf/bpfproxy")]
+    pub bpffs: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DumpArgs {
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Directory of Kubernetes YAML (Services, EndpointSlices), re-read on
+    /// change: the embedded default that needs no cluster.
+    #[arg(long)]
+    pub source: PathBuf,
+    /// cgroup v2 directory the socket programs attach to (default: the root
+    /// of the cgroup2 mount, i.e. every process on the node).
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// This node's name (default: $NODE_NAME, else the hostname).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Where /metrics, /healthz and /proxyMode are served; empty disables.
+    #[arg(long, default_value = "0.0.0.0:10249")]
+    pub metrics_bind_address: String,
+    /// Minimum time between syncs; bursts of changes coalesce into one.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub min_sync_period: Duration,
+    /// Full resync period: re-read the maps and repair drift.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub sync_period: Duration,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Dump(args) => dump_cmd(&args),
+        Command::Cleanup(args) => cleanup(&args.bpffs),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bpfproxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dump_cmd(args: &DumpArgs) -> anyhow::Result<()> {
+    let view = dump::read(&args.pins.bpffs).with_context(|| {
+        format!(
+            "reading the maps pinned under {} (is the agent installed there?)",
+            args.pins.bpffs.display()
+        )
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{view}");
+    }
+    Ok(())
+}
+
+fn cleanup(bpffs: &Path) -> anyhow::Result<()> {
+    let dir = loader::pin_dir(bpffs);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    println!("removed {}", dir.display());
+    Ok(())
+}
+
+/// The first cgroup2 mount point in /proc/mounts: the node's root cgroup.
+fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"cgroup2"))
+        .and_then(|f| f.get(1).map(PathBuf::from))
+        .context("no cgroup2 mount found; bpfproxy needs cgroup v2")
+}
+
+/// bpffs magic number (statfs f_type).
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// The pin directory must be on a bpffs, or pinning fails with an obscure
+/// error; say what to do instead.
+fn check_bpffs(path: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statfs writes into the zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        bail!(
+            "statfs {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs across targets
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        bail!(
+            "{} is not on a bpf filesystem; mount one first: mount -t bpf bpf /sys/fs/bpf",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cgroup = match &args.cgroup {
+        Some(c) => c.clone(),
+        None => cgroup2_root()?,
+    };
+    let node = args
+        .node_name
+        .clone()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    check_bpffs(&args.pins.bpffs)?;
+    info!(node = %node, cgroup = %cgroup.display(), bpffs = %args.pins.bpffs.display(), source = %args.source.display(), "starting bpfproxy");
+
+    let attached = loader::load_and_attach(&args.pins.bpffs, &cgroup)
+        .context("loading and attaching the kernel programs")?;
+    info!(?attached, "datapath ready");
+    let maps = PinnedMaps::open(&loader::pin_dir(&args.pins.bpffs))
+        .context("opening the pinned maps")?;
+    let metrics = Arc::new(Metrics::new());
+    let syncer = Syncer::new(maps, metrics.clone()).context("reading the pinned maps")?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        if !args.metrics_bind_address.is_empty() {
+            let addr: SocketAddr = args
+                .metrics_bind_address
+                .parse()
+                .context("--metrics-bind-address")?;
+            let m = metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = server::serve_metrics(addr, m).await {
+                    warn!(error = %e, "metrics server stopped");
+                }
+            });
+        }
+        let (tx, rx) = watch::channel(None);
+        let source = tokio::spawn(watch_dir::run(args.source.clone(), tx));
+        let config = SyncConfig {
+            min_interval: args.min_sync_period,
+            period: args.sync_period,
+        };
+        let sync = tokio::spawn(sync::run(syncer, rx, config));
+        tokio::select! {
+            r = source => match r {
+                Ok(Ok(())) => bail!("manifest source stopped"),
+                Ok(Err(e)) => Err(e.context("watching the manifest directory")),
+                Err(e) => bail!("manifest source panicked: {e}"),
+            },
+            _ = sync => bail!("sync loop stopped"),
+            _ = shutdown_signal() => {
+                // Pins stay: the kernel keeps serving Services while no
+                // agent runs (upgrades, restarts).
+                info!("shutting down; datapath stays in place");
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! From the desired state to map contents and the ordered writes that get
+//! the kernel there. Pure: the only I/O is behind [`crate::maps::LbMaps`].
+mod apply;
+mod ids;
+mod invariant;
+mod plan;
+mod render;
+mod state;
+mod view;
+
+pub use apply::{apply, ApplyReport};
+pub use ids::Ids;
+pub use invariant::check_invariant;
+pub use plan::{plan, Op};
+pub use render::{render, RenderOutput};
+pub use state::MapState;
+pub use view::{BackendView, DumpView, FrontendView};

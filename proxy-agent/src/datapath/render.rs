@@ -1,0 +1,66 @@
+//! DesiredState → MapState: the map contents that implement it.
+use std::collections::BTreeSet;
+
+use proxy_common::{BackendValue, RevNatValue, ServiceKey, ServiceValue};
+
+use super::{ids::BackendIdent, Ids, MapState};
+use crate::model::{DesiredState, Frontend};
+
+#[derive(Debug, Default)]
+pub struct RenderOutput {
+    pub state: MapState,
+    /// Frontends left out because an id space was exhausted.
+    pub dropped: Vec<Frontend>,
+}
+
+/// Renders `desired` with stable ids from `ids` (which learns new ones and
+/// forgets unused ones).
+pub fn render(desired: &DesiredState, ids: &mut Ids) -> RenderOutput {
+    let mut out = RenderOutput::default();
+    let mut used_backends: BTreeSet<BackendIdent> = BTreeSet::new();
+    'frontends: for (fe, fs) in &desired.frontends {
+        let proto = fe.protocol.number();
+        let Some(rev_nat_id) = ids.frontend(*fe) else {
+            out.dropped.push(*fe);
+            continue;
+        };
+        let mut backend_ids = Vec::with_capacity(fs.endpoints.len());
+        for ep in &fs.endpoints {
+            let Some(id) = ids.backend((*ep, fe.protocol)) else {
+                out.dropped.push(*fe);
+                continue 'frontends;
+            };
+            backend_ids.push((id, *ep));
+        }
+        for (id, ep) in &backend_ids {
+            used_backends.insert((*ep, fe.protocol));
+            out.state
+                .backends
+                .insert(*id, BackendValue::new(ep.ip, ep.port, proto));
+        }
+        // Bounded by MAX_ENDPOINTS_PER_FRONTEND in the model.
+        let count = u16::try_from(backend_ids.len()).unwrap_or(u16::MAX);
+        let master = ServiceValue::master(count, rev_nat_id, 0, 0);
+        for (i, (id, _)) in backend_ids.iter().take(count as usize).enumerate() {
+            let slot = i as u16 + 1;
+            out.state.services.insert(
+                ServiceKey::new(fe.ip, fe.port, proto, slot),
+                ServiceValue::slot(&master, *id),
+            );
+        }
+        out.state
+            .services
+            .insert(ServiceKey::new(fe.ip, fe.port, proto, 0), master);
+        out.state
+            .rev_nat
+            .insert(rev_nat_id as u32, RevNatValue::new(fe.ip, fe.port));
+        out.state
+            .names
+            .insert(rev_nat_id as u32, fs.name.to_string());
+    }
+    ids.retain(
+        |ident: &BackendIdent| used_backends.contains(ident),
+        |fe| desired.frontends.contains_key(fe),
+    );
+    out
+}

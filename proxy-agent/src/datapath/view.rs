@@ -1,0 +1,116 @@
+//! The one human/JSON view of map contents, used by `bpfproxy dump`, the
+//! golden tests and logs.
+use std::fmt;
+
+use serde::Serialize;
+
+use super::MapState;
+use crate::model::Protocol;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DumpView {
+    pub frontends: Vec<FrontendView>,
+    /// Datapath counters summed over CPUs, by reason (empty when unknown).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct FrontendView {
+    pub service: String,
+    pub vip: String,
+    pub port: u16,
+    pub protocol: String,
+    pub backends: Vec<BackendView>,
+    /// Problems a reader of the maps should know about (missing slots...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct BackendView {
+    pub ip: String,
+    pub port: u16,
+}
+
+impl DumpView {
+    pub fn from_state(state: &MapState) -> Self {
+        let mut frontends = Vec::new();
+        for (key, master) in state.masters() {
+            let mut backends = Vec::new();
+            let mut problems = Vec::new();
+            for slot in 1..=master.count {
+                let slot_key = proxy_common::ServiceKey { slot, ..*key };
+                match state
+                    .services
+                    .get(&slot_key)
+                    .map(|v| (v.backend_id, state.backends.get(&v.backend_id)))
+                {
+                    Some((_, Some(be))) => backends.push(BackendView {
+                        ip: be.ip().to_string(),
+                        port: be.port(),
+                    }),
+                    Some((id, None)) => problems.push(format!("slot {slot}: backend {id} missing")),
+                    None => problems.push(format!("slot {slot} missing")),
+                }
+            }
+            backends.sort();
+            let protocol = Protocol::from_number(key.proto)
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| format!("proto-{}", key.proto));
+            frontends.push(FrontendView {
+                service: state
+                    .names
+                    .get(&(master.rev_nat_id as u32))
+                    .cloned()
+                    .unwrap_or_else(|| format!("<revnat {}>", master.rev_nat_id)),
+                vip: key.ip().to_string(),
+                port: key.port(),
+                protocol,
+                backends,
+                problems,
+            });
+        }
+        frontends.sort();
+        DumpView {
+            frontends,
+            counters: Default::default(),
+        }
+    }
+}
+
+impl fmt::Display for DumpView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.frontends.is_empty() {
+            writeln!(f, "no frontends")?;
+        }
+        for fe in &self.frontends {
+            writeln!(
+                f,
+                "{} {}:{}/{} -> {}",
+                fe.service,
+                fe.vip,
+                fe.port,
+                fe.protocol,
+                if fe.backends.is_empty() {
+                    "no endpoints (reject)".to_string()
+                } else {
+                    format!("{} backends", fe.backends.len())
+                }
+            )?;
+            for be in &fe.backends {
+                writeln!(f, "    {}:{}", be.ip, be.port)?;
+            }
+            for p in &fe.problems {
+                writeln!(f, "    ! {p}")?;
+            }
+        }
+        if !self.counters.is_empty() {
+            writeln!(f, "counters:")?;
+            for (name, value) in &self.counters {
+                writeln!(f, "    {name} {value}")?;
+            }
+        }
+        Ok(())
+    }
+}

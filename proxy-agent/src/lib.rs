@@ -1,0 +1,15 @@
+//! bpfproxy: an eBPF replacement for kube-proxy.
+//!
+//! The flow (see DESIGN.md): source → [`model::build_desired_state`] →
+//! [`datapath::render`] → [`datapath::plan`] → [`datapath::apply`] through
+//! [`maps::LbMaps`] → the kernel programs. Everything before `apply` is pure.
+pub mod cli;
+pub mod datapath;
+pub mod dump;
+pub mod loader;
+pub mod maps;
+pub mod metrics;
+pub mod model;
+pub mod server;
+pub mod source;
+pub mod sync;

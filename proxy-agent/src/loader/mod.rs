@@ -1,0 +1,172 @@
+//! Loads the kernel programs, pins maps and links under the versioned pin
+//! directory, and attaches — or, when a previous agent left pinned links,
+//! atomically swaps the programs inside them, so sockets are never without
+//! a program and established connections are never touched.
+mod link_update;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
+    Ebpf, EbpfLoader,
+};
+use tracing::info;
+
+/// The compiled kernel object, built by aya-build in build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
+
+/// The socket programs, by function name in `proxy-ebpf`.
+pub const SOCK_PROGRAMS: [&str; 4] = [
+    "sock4_connect",
+    "sock4_sendmsg",
+    "sock4_recvmsg",
+    "sock4_getpeername",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("creating pin directory {path}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF object (maps pinned in {pin_dir})")]
+    Object {
+        pin_dir: PathBuf,
+        #[source]
+        source: aya::EbpfError,
+    },
+    #[error("program {name} missing from the eBPF object")]
+    MissingProgram { name: &'static str },
+    #[error("program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("link of program {name}")]
+    Link {
+        name: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("opening cgroup {path}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pinning link {path}")]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("replacing the program in pinned link {path}")]
+    Replace {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How each program got in place, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    Attached,
+    Replaced,
+}
+
+/// The versioned directory under the pin root holding maps and links.
+pub fn pin_dir(bpffs: &Path) -> PathBuf {
+    bpffs.join(proxy_common::maps::PIN_DIR)
+}
+
+/// Loads the object with its maps pinned in (or reused from) the pin
+/// directory and attaches the socket programs to `cgroup`.
+pub fn load_and_attach(
+    bpffs: &Path,
+    cgroup: &Path,
+) -> Result<Vec<(&'static str, Attachment)>, LoadError> {
+    let dir = pin_dir(bpffs);
+    let links = dir.join("links");
+    fs::create_dir_all(&links).map_err(|source| LoadError::PinDir {
+        path: links.clone(),
+        source,
+    })?;
+    // Maps are pinned ByName in the object: an existing pin is reused, so a
+    // restarted agent keeps the state the kernel has been using.
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&dir)
+        .load(OBJECT)
+        .map_err(|source| LoadError::Object {
+            pin_dir: dir.clone(),
+            source,
+        })?;
+    let cgroup_file = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
+        path: cgroup.to_path_buf(),
+        source,
+    })?;
+    let mut done = Vec::new();
+    for name in SOCK_PROGRAMS {
+        let how = attach_one(&mut ebpf, name, &cgroup_file, &links.join(name))?;
+        info!(program = name, ?how, cgroup = %cgroup.display(), "socket program in place");
+        done.push((name, how));
+    }
+    // Dropping `ebpf` is fine: pinned links keep the programs alive and
+    // pinned maps keep the state.
+    Ok(done)
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &fs::File,
+    link_pin: &Path,
+) -> Result<Attachment, LoadError> {
+    let prog_err = |source| LoadError::Program { name, source };
+    let prog: &mut CgroupSockAddr = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram { name })?
+        .try_into()
+        .map_err(prog_err)?;
+    prog.load().map_err(prog_err)?;
+    if link_pin.exists() {
+        let prog_fd = prog.fd().map_err(prog_err)?;
+        match link_update::replace_program(link_pin, prog_fd) {
+            Ok(()) => return Ok(Attachment::Replaced),
+            // The link's cgroup is gone (ENOLINK) or the pin is stale: start
+            // over with a fresh link below.
+            Err(e) if link_update::is_defunct(&e) => {
+                tracing::warn!(link = %link_pin.display(), error = %e, "pinned link is defunct; re-attaching");
+                let _ = fs::remove_file(link_pin);
+            }
+            Err(source) => {
+                return Err(LoadError::Replace {
+                    path: link_pin.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+    // AllowMultiple: other software (systemd, another CNI) may have its own
+    // programs on the same cgroup; we don't displace them.
+    let id = prog
+        .attach(cgroup, CgroupAttachMode::AllowMultiple)
+        .map_err(prog_err)?;
+    let link = prog.take_link(id).map_err(prog_err)?;
+    let fd_link: FdLink = link
+        .try_into()
+        .map_err(|source| LoadError::Link { name, source })?;
+    fd_link
+        .pin(link_pin)
+        .map_err(|source| LoadError::PinLink {
+            path: link_pin.to_path_buf(),
+            source,
+        })?;
+    Ok(Attachment::Attached)
+}

@@ -1,0 +1,91 @@
+//! In-memory maps for tests: a plain one with capacities like the kernel's,
+//! and a faulty one that fails chosen writes.
+use super::{LbMaps, MapsError};
+use crate::datapath::{MapState, Op};
+
+#[derive(Clone, Debug)]
+pub struct FakeMaps {
+    pub state: MapState,
+    /// Max entries per map (services, backends), as the kernel would enforce.
+    pub capacity: u32,
+}
+
+impl FakeMaps {
+    pub fn new(capacity: u32) -> Self {
+        Self {
+            state: MapState::default(),
+            capacity,
+        }
+    }
+
+    fn full(&self, op: &Op) -> bool {
+        let cap = self.capacity as usize;
+        match op {
+            Op::UpsertBackend(id, _) => {
+                !self.state.backends.contains_key(id) && self.state.backends.len() >= cap
+            }
+            Op::UpsertService(k, _) => {
+                !self.state.services.contains_key(k) && self.state.services.len() >= cap
+            }
+            Op::UpsertRevNat(id, _) => {
+                !self.state.rev_nat.contains_key(id) && self.state.rev_nat.len() >= cap
+            }
+            Op::UpsertName(id, _) => {
+                !self.state.names.contains_key(id) && self.state.names.len() >= cap
+            }
+            _ => false,
+        }
+    }
+}
+
+impl LbMaps for FakeMaps {
+    fn read_all(&self) -> Result<MapState, MapsError> {
+        Ok(self.state.clone())
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), MapsError> {
+        if self.full(op) {
+            return Err(MapsError::Full {
+                map: op.map_name(),
+                capacity: self.capacity,
+            });
+        }
+        op.apply_to(&mut self.state);
+        Ok(())
+    }
+}
+
+/// Fails every op for which `fail(index, op)` is true (index counts all ops
+/// ever applied), otherwise behaves like [`FakeMaps`].
+pub struct FaultyMaps<F: FnMut(usize, &Op) -> bool> {
+    pub inner: FakeMaps,
+    pub fail: F,
+    pub count: usize,
+}
+
+impl<F: FnMut(usize, &Op) -> bool> FaultyMaps<F> {
+    pub fn new(inner: FakeMaps, fail: F) -> Self {
+        Self {
+            inner,
+            fail,
+            count: 0,
+        }
+    }
+}
+
+impl<F: FnMut(usize, &Op) -> bool> LbMaps for FaultyMaps<F> {
+    fn read_all(&self) -> Result<MapState, MapsError> {
+        self.inner.read_all()
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), MapsError> {
+        let i = self.count;
+        self.count += 1;
+        if (self.fail)(i, op) {
+            return Err(MapsError::Injected {
+                op: format!("{op:?}"),
+            });
+        }
+        self.inner.apply(op)
+    }
+}

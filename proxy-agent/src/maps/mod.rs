@@ -1,0 +1,43 @@
+//! The one seam between the pure pipeline and the kernel: everything above
+//! [`LbMaps`] is testable without root; [`pinned::PinnedMaps`] is the thin
+//! aya layer.
+mod fake;
+pub mod pinned;
+
+pub use fake::{FakeMaps, FaultyMaps};
+
+use crate::datapath::{MapState, Op};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("map {map} is full ({capacity} entries)")]
+    Full { map: &'static str, capacity: u32 },
+    #[error("writing map {map} failed")]
+    Write {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("reading map {map} failed")]
+    Read {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("opening pinned map {path} failed")]
+    Open {
+        path: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("injected failure on {op}")]
+    Injected { op: String },
+}
+
+/// Read and write access to the agent-owned maps.
+pub trait LbMaps {
+    /// Everything the maps hold now.
+    fn read_all(&self) -> Result<MapState, MapsError>;
+    /// One write. Deleting a missing key is success (idempotence).
+    fn apply(&mut self, op: &Op) -> Result<(), MapsError>;
+}

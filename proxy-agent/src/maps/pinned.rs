@@ -1,0 +1,137 @@
+//! The real maps, opened from their bpffs pins. The agent and `bpfproxy
+//! dump` both use this, so dump shows exactly what the kernel reads.
+use std::{collections::BTreeMap, path::Path};
+
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use proxy_common::{
+    counters, maps as names, BackendValue, RevNatValue, ServiceKey, ServiceName, ServiceValue,
+};
+
+use super::{LbMaps, MapsError};
+use crate::datapath::{MapState, Op};
+
+/// errno of a full hash map on update.
+const E2BIG: i32 = 7;
+
+pub struct PinnedMaps {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, u32, BackendValue>,
+    rev_nat: HashMap<MapData, u32, RevNatValue>,
+    names: HashMap<MapData, u32, ServiceName>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+fn open<T: TryFrom<Map, Error = MapError>>(dir: &Path, name: &str) -> Result<T, MapsError> {
+    let path = dir.join(name);
+    let wrap = |source| MapsError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(wrap)?;
+    let map = Map::from_map_data(data).map_err(wrap)?;
+    T::try_from(map).map_err(wrap)
+}
+
+impl PinnedMaps {
+    /// Opens the maps pinned in `dir` (the versioned pin directory).
+    pub fn open(dir: &Path) -> Result<Self, MapsError> {
+        Ok(Self {
+            services: open(dir, names::SERVICES)?,
+            backends: open(dir, names::BACKENDS)?,
+            rev_nat: open(dir, names::REV_NAT)?,
+            names: open(dir, names::SERVICE_NAMES)?,
+            counters: open(dir, names::COUNTERS)?,
+        })
+    }
+
+    /// Datapath counters summed over CPUs, by reason name.
+    pub fn counters(&self) -> Result<BTreeMap<String, u64>, MapsError> {
+        let mut out = BTreeMap::new();
+        for (i, name) in counters::NAMES.iter().enumerate() {
+            if name.starts_with("unused") {
+                continue;
+            }
+            let values = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(|source| MapsError::Read {
+                    map: names::COUNTERS,
+                    source,
+                })?;
+            out.insert(name.to_string(), values.iter().sum());
+        }
+        Ok(out)
+    }
+}
+
+fn read<K: aya::Pod + Ord, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<BTreeMap<K, V>, MapsError> {
+    map.iter()
+        .collect::<Result<BTreeMap<K, V>, MapError>>()
+        .map_err(|source| MapsError::Read { map: name, source })
+}
+
+/// Maps an insert error, telling a full map apart.
+fn write_err(map: &'static str, source: MapError) -> MapsError {
+    if let MapError::SyscallError(e) = &source {
+        if e.io_error.raw_os_error() == Some(E2BIG) {
+            return MapsError::Full {
+                map,
+                capacity: capacity(map),
+            };
+        }
+    }
+    MapsError::Write { map, source }
+}
+
+fn capacity(map: &str) -> u32 {
+    match map {
+        names::SERVICES => names::SERVICES_MAX,
+        names::BACKENDS => names::BACKENDS_MAX,
+        _ => names::REV_NAT_MAX,
+    }
+}
+
+/// Removes `key`; a key that is already gone is success.
+fn remove<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+    name: &'static str,
+) -> Result<(), MapsError> {
+    match map.remove(key) {
+        Ok(()) | Err(MapError::KeyNotFound) | Err(MapError::ElementNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(source) => Err(MapsError::Write { map: name, source }),
+    }
+}
+
+impl LbMaps for PinnedMaps {
+    fn read_all(&self) -> Result<MapState, MapsError> {
+        Ok(MapState {
+            services: read(&self.services, names::SERVICES)?,
+            backends: read(&self.backends, names::BACKENDS)?,
+            rev_nat: read(&self.rev_nat, names::REV_NAT)?,
+            names: read(&self.names, names::SERVICE_NAMES)?
+                .into_iter()
+                .map(|(id, n)| (id, n.as_str().to_string()))
+                .collect(),
+        })
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), MapsError> {
+        let name = op.map_name();
+        match op {
+            Op::UpsertBackend(id, v) => self.backends.insert(id, v, 0),
+            Op::UpsertService(k, v) => self.services.insert(k, v, 0),
+            Op::UpsertRevNat(id, v) => self.rev_nat.insert(id, v, 0),
+            Op::UpsertName(id, n) => self.names.insert(id, ServiceName::new(n), 0),
+            Op::DeleteService(k) => return remove(&mut self.services, k, name),
+            Op::DeleteBackend(id) => return remove(&mut self.backends, id, name),
+            Op::DeleteRevNat(id) => return remove(&mut self.rev_nat, id, name),
+            Op::DeleteName(id) => return remove(&mut self.names, id, name),
+        }
+        .map_err(|e| write_err(name, e))
+    }
+}

@@ -1,0 +1,122 @@
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+    str::FromStr,
+};
+
+use serde::Serialize;
+
+/// A transport protocol a Service port can carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// The IANA number the kernel uses.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => proxy_common::proto::TCP,
+            Protocol::Udp => proxy_common::proto::UDP,
+            Protocol::Sctp => proxy_common::proto::SCTP,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            proxy_common::proto::TCP => Some(Protocol::Tcp),
+            proxy_common::proto::UDP => Some(Protocol::Udp),
+            proxy_common::proto::SCTP => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = ();
+    /// Kubernetes spells protocols in upper case; anything else is unknown.
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "TCP" => Ok(Protocol::Tcp),
+            "UDP" => Ok(Protocol::Udp),
+            "SCTP" => Ok(Protocol::Sctp),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
+}
+
+/// kube-proxy's name for one port of one Service: `namespace/name:port`
+/// (`namespace/name` when the port is unnamed).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub name: String,
+    pub port: String,
+}
+
+impl fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)?;
+        if !self.port.is_empty() {
+            write!(f, ":{}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
+/// An address clients connect to: a ClusterIP (later also NodePorts and
+/// external addresses) with port and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.ip, self.port, self.protocol)
+    }
+}
+
+/// A backend address: an endpoint's IP with the port the Service port
+/// translates to (its targetPort, as the EndpointSlice states it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.ip, self.port)
+    }
+}
+
+/// What one frontend needs: whose it is and where it leads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendState {
+    pub name: ServicePortName,
+    /// Empty means "reject": the Service exists but has no usable endpoint.
+    pub endpoints: BTreeSet<Endpoint>,
+}
+
+/// Every frontend this node must serve.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub frontends: BTreeMap<Frontend, FrontendState>,
+}

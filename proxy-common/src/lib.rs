@@ -1,0 +1,137 @@
+//! Map key and value types shared by the kernel programs (`proxy-ebpf`) and
+//! the agent (`proxy-agent`).
+//!
+//! Rules every type here follows, because the kernel compares keys byte by
+//! byte:
+//! - `#[repr(C)]` with every padding byte spelled out as a `_pad` field, so a
+//!   key built in userspace and one built in the kernel hash identically;
+//! - a `const` size assertion, so a layout change cannot slip through;
+//! - addresses and ports in network byte order (`_be` suffix), exactly as the
+//!   kernel hands them to the socket programs. With the `user` feature,
+//!   constructors and accessors convert byte order in this one place.
+#![no_std]
+
+pub mod counters;
+pub mod maps;
+
+#[cfg(feature = "user")]
+mod user;
+
+/// IANA protocol numbers, the values carried in `proto` fields.
+pub mod proto {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const SCTP: u8 = 132;
+}
+
+/// Key of the service map. Slot 0 is a frontend's master entry; slots
+/// `1..=count` point at its backends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub slot: u16,
+    pub _pad2: u16,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 12);
+
+impl ServiceKey {
+    /// The master-entry key of a frontend, from values already in network
+    /// byte order (as the kernel sees them).
+    #[inline(always)]
+    pub const fn master_raw(addr_be: u32, port_be: u16, proto: u8) -> Self {
+        Self::slot_raw(addr_be, port_be, proto, 0)
+    }
+
+    #[inline(always)]
+    pub const fn slot_raw(addr_be: u32, port_be: u16, proto: u8, slot: u16) -> Self {
+        Self {
+            addr_be,
+            port_be,
+            proto,
+            _pad: 0,
+            slot,
+            _pad2: 0,
+        }
+    }
+}
+
+/// Value of the service map. For the master entry (slot 0): `count`,
+/// `rev_nat_id`, `flags`, `affinity_timeout_s`; `backend_id` is 0. For a
+/// backend slot: `backend_id`, and the rest copied from the master so a dump
+/// of one slot is self-describing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceValue {
+    pub backend_id: u32,
+    pub count: u16,
+    pub rev_nat_id: u16,
+    pub flags: u16,
+    pub _pad: u16,
+    pub affinity_timeout_s: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+
+/// Value of the backend map, keyed by a `u32` backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendValue {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    /// `BACKEND_STATE_*`.
+    pub state: u8,
+}
+const _: () = assert!(core::mem::size_of::<BackendValue>() == 8);
+
+pub const BACKEND_STATE_ACTIVE: u8 = 0;
+
+/// Value of the reverse-NAT map, keyed by a `u32` revNAT id (one per
+/// frontend): the address the client believes it talks to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RevNatValue {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<RevNatValue>() == 8);
+
+/// Key of the socket reverse-NAT map (LRU): which frontend a socket that was
+/// sent to `backend` really addressed. Read by recvmsg4 (UDP replies must
+/// come from the VIP) and getpeername4 (the peer must read as the VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockRevNatKey {
+    pub cookie: u64,
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockRevNatKey>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockRevNatValue {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub rev_nat_id: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockRevNatValue>() == 8);
+
+/// Length of the name buffer in [`ServiceName`].
+pub const SERVICE_NAME_LEN: usize = 124;
+
+/// Value of the names map, keyed by revNAT id: the `namespace/name:port`
+/// of a frontend, so `bpfproxy dump` in another process can name what the
+/// kernel holds without asking the agent. The kernel programs never read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceName {
+    pub len: u32,
+    pub bytes: [u8; SERVICE_NAME_LEN],
+}
+const _: () = assert!(core::mem::size_of::<ServiceName>() == 128);

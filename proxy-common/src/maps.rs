@@ -1,0 +1,29 @@
+//! Names and sizes of the BPF maps. Names are at most 15 bytes (the kernel's
+//! limit) and carry the layout version, because aya reuses a pinned map of
+//! the same name without checking its layout: a new layout gets new names
+//! and a new pin directory.
+
+/// Sub-directory of the pin root that holds this layout's maps and links.
+pub const PIN_DIR: &str = "v1";
+
+pub const SERVICES: &str = "bpfp_svc_v1";
+pub const BACKENDS: &str = "bpfp_be_v1";
+pub const REV_NAT: &str = "bpfp_rnat_v1";
+pub const SOCK_REV_NAT: &str = "bpfp_sknat_v1";
+pub const SERVICE_NAMES: &str = "bpfp_names_v1";
+pub const COUNTERS: &str = "bpfp_cnt_v1";
+
+/// Every map the agent owns, for loops over all of them (pin checks, dump).
+pub const ALL: [&str; 6] = [
+    SERVICES,
+    BACKENDS,
+    REV_NAT,
+    SOCK_REV_NAT,
+    SERVICE_NAMES,
+    COUNTERS,
+];
+
+pub const SERVICES_MAX: u32 = 65_536;
+pub const BACKENDS_MAX: u32 = 65_536;
+pub const REV_NAT_MAX: u32 = 65_536;
+pub const SOCK_REV_NAT_MAX: u32 = 262_144;

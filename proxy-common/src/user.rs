@@ -1,0 +1,148 @@
+//! Userspace-only conversions: the one place where byte order is converted.
+use core::net::Ipv4Addr;
+
+use crate::{
+    BackendValue, RevNatValue, ServiceKey, ServiceName, ServiceValue, SockRevNatKey,
+    SockRevNatValue, BACKEND_STATE_ACTIVE, SERVICE_NAME_LEN,
+};
+
+// SAFETY: all of these are `#[repr(C)]`, `Copy`, and have no implicit padding
+// (every padding byte is an explicit field), so any bit pattern is valid.
+unsafe impl aya::Pod for ServiceKey {}
+unsafe impl aya::Pod for ServiceValue {}
+unsafe impl aya::Pod for BackendValue {}
+unsafe impl aya::Pod for RevNatValue {}
+unsafe impl aya::Pod for SockRevNatKey {}
+unsafe impl aya::Pod for SockRevNatValue {}
+unsafe impl aya::Pod for ServiceName {}
+
+fn addr_be(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+fn ip(addr_be: u32) -> Ipv4Addr {
+    Ipv4Addr::from(addr_be.to_ne_bytes())
+}
+
+impl ServiceKey {
+    pub fn new(ip: Ipv4Addr, port: u16, proto: u8, slot: u16) -> Self {
+        Self::slot_raw(addr_be(ip), port.to_be(), proto, slot)
+    }
+    pub fn ip(&self) -> Ipv4Addr {
+        ip(self.addr_be)
+    }
+    pub fn port(&self) -> u16 {
+        u16::from_be(self.port_be)
+    }
+    /// The master key of the frontend this key belongs to.
+    pub fn master(&self) -> Self {
+        Self { slot: 0, ..*self }
+    }
+}
+
+impl ServiceValue {
+    pub fn master(count: u16, rev_nat_id: u16, flags: u16, affinity_timeout_s: u32) -> Self {
+        Self {
+            backend_id: 0,
+            count,
+            rev_nat_id,
+            flags,
+            _pad: 0,
+            affinity_timeout_s,
+        }
+    }
+    /// A backend slot: the master's fields with `backend_id` set.
+    pub fn slot(master: &Self, backend_id: u32) -> Self {
+        Self {
+            backend_id,
+            ..*master
+        }
+    }
+}
+
+impl BackendValue {
+    pub fn new(ip: Ipv4Addr, port: u16, proto: u8) -> Self {
+        Self {
+            addr_be: addr_be(ip),
+            port_be: port.to_be(),
+            proto,
+            state: BACKEND_STATE_ACTIVE,
+        }
+    }
+    pub fn ip(&self) -> Ipv4Addr {
+        ip(self.addr_be)
+    }
+    pub fn port(&self) -> u16 {
+        u16::from_be(self.port_be)
+    }
+}
+
+impl RevNatValue {
+    pub fn new(ip: Ipv4Addr, port: u16) -> Self {
+        Self {
+            addr_be: addr_be(ip),
+            port_be: port.to_be(),
+            _pad: 0,
+        }
+    }
+    pub fn ip(&self) -> Ipv4Addr {
+        ip(self.addr_be)
+    }
+    pub fn port(&self) -> u16 {
+        u16::from_be(self.port_be)
+    }
+}
+
+impl SockRevNatKey {
+    pub fn ip(&self) -> Ipv4Addr {
+        ip(self.addr_be)
+    }
+    pub fn port(&self) -> u16 {
+        u16::from_be(self.port_be)
+    }
+}
+
+impl ServiceName {
+    /// Stores `name`, cut at [`SERVICE_NAME_LEN`] bytes on a char boundary.
+    pub fn new(name: &str) -> Self {
+        let mut end = name.len().min(SERVICE_NAME_LEN);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; SERVICE_NAME_LEN];
+        bytes[..end].copy_from_slice(&name.as_bytes()[..end]);
+        Self {
+            len: end as u32,
+            bytes,
+        }
+    }
+    /// The stored name; an out-of-range length (a foreign or corrupt entry)
+    /// reads as the whole buffer, never panics.
+    pub fn as_str(&self) -> &str {
+        let len = (self.len as usize).min(SERVICE_NAME_LEN);
+        core::str::from_utf8(&self.bytes[..len]).unwrap_or("<invalid utf-8>")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_key_keeps_network_byte_order() {
+        let k = ServiceKey::new(Ipv4Addr::new(10, 96, 0, 10), 53, crate::proto::UDP, 0);
+        assert_eq!(k.addr_be.to_ne_bytes(), [10, 96, 0, 10]);
+        assert_eq!(k.port_be.to_ne_bytes(), [0, 53]);
+        assert_eq!(k.ip(), Ipv4Addr::new(10, 96, 0, 10));
+        assert_eq!(k.port(), 53);
+    }
+
+    #[test]
+    fn service_name_round_trips_and_truncates_on_char_boundary() {
+        assert_eq!(ServiceName::new("default/web:http").as_str(), "default/web:http");
+        let long = "é".repeat(100); // 200 bytes
+        let n = ServiceName::new(&long);
+        assert!(n.len as usize <= SERVICE_NAME_LEN);
+        assert_eq!(n.as_str(), "é".repeat(62));
+    }
+}

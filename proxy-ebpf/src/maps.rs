@@ -1,0 +1,32 @@
+//! The maps, pinned by name so they outlive the agent: a restarted agent and
+//! the programs left attached while no agent runs share the same state.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use proxy_common::{
+    counters, maps as names, BackendValue, RevNatValue, ServiceKey, ServiceName, ServiceValue,
+    SockRevNatKey, SockRevNatValue,
+};
+
+#[map(name = "bpfp_svc_v1")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(names::SERVICES_MAX, 0);
+
+#[map(name = "bpfp_be_v1")]
+pub static BACKENDS: HashMap<u32, BackendValue> = HashMap::pinned(names::BACKENDS_MAX, 0);
+
+/// Not read by the socket programs yet (they keep the frontend per socket);
+/// the TC programs' reply path will use it.
+#[map(name = "bpfp_rnat_v1")]
+pub static REV_NAT: HashMap<u32, RevNatValue> = HashMap::pinned(names::REV_NAT_MAX, 0);
+
+#[map(name = "bpfp_sknat_v1")]
+pub static SOCK_REV_NAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
+    LruHashMap::pinned(names::SOCK_REV_NAT_MAX, 0);
+
+/// Written by the agent for `bpfproxy dump`; never read here.
+#[map(name = "bpfp_names_v1")]
+pub static SERVICE_NAMES: HashMap<u32, ServiceName> = HashMap::pinned(names::REV_NAT_MAX, 0);
+
+#[map(name = "bpfp_cnt_v1")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::MAX, 0);
