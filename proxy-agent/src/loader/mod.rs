@@ -153,10 +153,11 @@ fn attach_one(
             }
         }
     }
-    // AllowMultiple: other software (systemd, another CNI) may have its own
-    // programs on the same cgroup; we don't displace them.
+    // With bpf_link (kernel >= 5.7) cgroup attachments are always
+    // multi-program, so other software's programs on the same cgroup stay;
+    // the kernel rejects any explicit flag here (EINVAL), hence Single (0).
     let id = prog
-        .attach(cgroup, CgroupAttachMode::AllowMultiple)
+        .attach(cgroup, CgroupAttachMode::Single)
         .map_err(prog_err)?;
     let link = prog.take_link(id).map_err(prog_err)?;
     let fd_link: FdLink = link
