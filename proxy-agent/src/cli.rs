@@ -184,8 +184,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let attached = loader::load_and_attach(&args.pins.bpffs, &cgroup)
         .context("loading and attaching the kernel programs")?;
     info!(?attached, "datapath ready");
-    let maps = PinnedMaps::open(&loader::pin_dir(&args.pins.bpffs))
-        .context("opening the pinned maps")?;
+    let maps =
+        PinnedMaps::open(&loader::pin_dir(&args.pins.bpffs)).context("opening the pinned maps")?;
     let metrics = Arc::new(Metrics::new());
     let syncer = Syncer::new(maps, metrics.clone()).context("reading the pinned maps")?;
 

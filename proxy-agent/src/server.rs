@@ -20,7 +20,11 @@ fn respond(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.encode(),
         ),
-        "/healthz" => (StatusCode::OK, "text/plain; charset=utf-8", "ok".to_string()),
+        "/healthz" => (
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "ok".to_string(),
+        ),
         "/proxyMode" => (
             StatusCode::OK,
             "text/plain; charset=utf-8",

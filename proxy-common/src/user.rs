@@ -139,7 +139,10 @@ mod tests {
 
     #[test]
     fn service_name_round_trips_and_truncates_on_char_boundary() {
-        assert_eq!(ServiceName::new("default/web:http").as_str(), "default/web:http");
+        assert_eq!(
+            ServiceName::new("default/web:http").as_str(),
+            "default/web:http"
+        );
         let long = "é".repeat(100); // 200 bytes
         let n = ServiceName::new(&long);
         assert!(n.len as usize <= SERVICE_NAME_LEN);

@@ -49,7 +49,8 @@ pub fn plan(desired: &MapState, actual: &MapState) -> Vec<Op> {
         .services
         .keys()
         .filter(|k| !desired.services.contains_key(k));
-    let (stale_masters, stale_slots): (Vec<&ServiceKey>, Vec<&ServiceKey>) = stale_services.partition(|k| k.slot == 0);
+    let (stale_masters, stale_slots): (Vec<&ServiceKey>, Vec<&ServiceKey>) =
+        stale_services.partition(|k| k.slot == 0);
     ops.extend(stale_masters.into_iter().map(|k| Op::DeleteService(*k)));
     ops.extend(stale_slots.into_iter().map(|k| Op::DeleteService(*k)));
     for id in actual.rev_nat.keys() {

@@ -92,10 +92,10 @@ impl fmt::Display for DumpView {
                 fe.vip,
                 fe.port,
                 fe.protocol,
-                if fe.backends.is_empty() {
-                    "no endpoints (reject)".to_string()
-                } else {
-                    format!("{} backends", fe.backends.len())
+                match fe.backends.len() {
+                    0 => "no endpoints (reject)".to_string(),
+                    1 => "1 backend".to_string(),
+                    n => format!("{n} backends"),
                 }
             )?;
             for be in &fe.backends {

@@ -163,11 +163,9 @@ fn attach_one(
     let fd_link: FdLink = link
         .try_into()
         .map_err(|source| LoadError::Link { name, source })?;
-    fd_link
-        .pin(link_pin)
-        .map_err(|source| LoadError::PinLink {
-            path: link_pin.to_path_buf(),
-            source,
-        })?;
+    fd_link.pin(link_pin).map_err(|source| LoadError::PinLink {
+        path: link_pin.to_path_buf(),
+        source,
+    })?;
     Ok(Attachment::Attached)
 }

@@ -6,8 +6,10 @@ use crate::datapath::{MapState, Op};
 #[derive(Clone, Debug)]
 pub struct FakeMaps {
     pub state: MapState,
-    /// Max entries per map (services, backends), as the kernel would enforce.
+    /// Max entries per map, as the kernel would enforce.
     pub capacity: u32,
+    /// Max entries of the backend map alone (to fill just that one).
+    pub backend_capacity: u32,
 }
 
 impl FakeMaps {
@@ -15,6 +17,7 @@ impl FakeMaps {
         Self {
             state: MapState::default(),
             capacity,
+            backend_capacity: capacity,
         }
     }
 
@@ -22,7 +25,8 @@ impl FakeMaps {
         let cap = self.capacity as usize;
         match op {
             Op::UpsertBackend(id, _) => {
-                !self.state.backends.contains_key(id) && self.state.backends.len() >= cap
+                !self.state.backends.contains_key(id)
+                    && self.state.backends.len() >= self.backend_capacity as usize
             }
             Op::UpsertService(k, _) => {
                 !self.state.services.contains_key(k) && self.state.services.len() >= cap
@@ -45,9 +49,13 @@ impl LbMaps for FakeMaps {
 
     fn apply(&mut self, op: &Op) -> Result<(), MapsError> {
         if self.full(op) {
+            let capacity = match op {
+                Op::UpsertBackend(..) => self.backend_capacity,
+                _ => self.capacity,
+            };
             return Err(MapsError::Full {
                 map: op.map_name(),
-                capacity: self.capacity,
+                capacity,
             });
         }
         op.apply_to(&mut self.state);

@@ -59,7 +59,8 @@ pub fn build_desired_state(services: &[Service], slices: &[EndpointSlice]) -> Bu
 
     for svc in sorted {
         let Some((namespace, name)) = namespaced_name(&svc.metadata) else {
-            out.skips.push(skip("Service", "<unnamed>", SkipReason::MissingName, ""));
+            out.skips
+                .push(skip("Service", "<unnamed>", SkipReason::MissingName, ""));
             continue;
         };
         let obj = format!("{namespace}/{name}");
@@ -231,7 +232,12 @@ fn usable_slices(
     let mut by_service: BTreeMap<(String, String), Vec<UsableSlice>> = BTreeMap::new();
     for slice in slices {
         let Some((namespace, name)) = namespaced_name(&slice.metadata) else {
-            skips.push(skip("EndpointSlice", "<unnamed>", SkipReason::MissingName, ""));
+            skips.push(skip(
+                "EndpointSlice",
+                "<unnamed>",
+                SkipReason::MissingName,
+                "",
+            ));
             continue;
         };
         let obj = format!("{namespace}/{name}");

@@ -67,10 +67,10 @@ pub struct Skip {
 
 impl fmt::Display for Skip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "skipped {} {}: {} ({})",
-            self.kind, self.object, self.reason, self.detail
-        )
+        write!(f, "skipped {} {}: {}", self.kind, self.object, self.reason)?;
+        if !self.detail.is_empty() {
+            write!(f, " ({})", self.detail)?;
+        }
+        Ok(())
     }
 }

@@ -58,7 +58,10 @@ pub fn parse_documents(file: &str, text: &str, snap: &mut Snapshot) {
 
 fn add_object(where_: &str, value: serde_yaml::Value, snap: &mut Snapshot) {
     let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-    let api_version = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("");
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|k| k.as_str())
+        .unwrap_or("");
     match (api_version, kind) {
         ("v1", "Service") => match serde_yaml::from_value::<Service>(value) {
             Ok(svc) => snap.services.push(svc),

@@ -1,0 +1,44 @@
+//! Shared by the pure test files: manifests in, map state / dump text out.
+#![allow(dead_code)]
+
+use proxy_agent::{
+    datapath::{apply, plan, render, DumpView, Ids, MapState},
+    maps::FakeMaps,
+    model::{build_desired_state, BuildOutput},
+    source::{manifest::parse_documents, Snapshot},
+};
+
+pub fn snapshot(yaml: &str) -> Snapshot {
+    let mut snap = Snapshot::default();
+    parse_documents("test.yaml", yaml, &mut snap);
+    snap
+}
+
+pub fn build(yaml: &str) -> BuildOutput {
+    let snap = snapshot(yaml);
+    let mut out = build_desired_state(&snap.services, &snap.slices);
+    out.skips.extend(snap.skips);
+    out.skips.sort();
+    out
+}
+
+/// The full pure pipeline into fresh fake maps.
+pub fn program(yaml: &str) -> (MapState, BuildOutput) {
+    let out = build(yaml);
+    let mut ids = Ids::default();
+    let desired = render(&out.state, &mut ids).state;
+    let mut maps = FakeMaps::new(65_536);
+    let report = apply(&plan(&desired, &maps.state), &mut maps);
+    assert!(report.ok(), "{report:?}");
+    (maps.state, out)
+}
+
+/// The dump text golden files hold: the map view plus the skips.
+pub fn dump_text(yaml: &str) -> String {
+    let (state, out) = program(yaml);
+    let mut text = DumpView::from_state(&state).to_string();
+    for s in &out.skips {
+        text.push_str(&format!("{s}\n"));
+    }
+    text
+}

@@ -1,0 +1,142 @@
+//! Table tests of the Service/EndpointSlice semantics (kube-proxy's rules).
+mod common;
+
+use std::net::Ipv4Addr;
+
+use proxy_agent::model::{Frontend, Protocol, SkipReason};
+
+fn svc(ports: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: ns}}\nspec:\n  clusterIP: 10.96.0.1\n{extra_spec}  ports: {ports}\n"
+    )
+}
+
+fn slice(name: &str, ports: &str, endpoints: &str) -> String {
+    format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: ns\n  labels: {{kubernetes.io/service-name: s}}\naddressType: IPv4\nports: {ports}\nendpoints: {endpoints}\n"
+    )
+}
+
+/// The endpoints of frontend 10.96.0.1:port/proto as "ip:port" strings.
+fn endpoints_of(yaml: &str, port: u16, protocol: Protocol) -> Option<Vec<String>> {
+    let out = common::build(yaml);
+    let fe = Frontend {
+        ip: Ipv4Addr::new(10, 96, 0, 1),
+        port,
+        protocol,
+    };
+    out.state
+        .frontends
+        .get(&fe)
+        .map(|f| f.endpoints.iter().map(|e| e.to_string()).collect())
+}
+
+#[test]
+fn endpoint_ports_are_matched_to_service_ports_by_name_and_protocol() {
+    let yaml = svc(
+        "[{name: a, port: 80, targetPort: x}, {name: b, port: 81, protocol: UDP}]",
+        "",
+    ) + &slice(
+        "s-1",
+        "[{name: b, port: 9001, protocol: UDP}, {name: a, port: 9000}, {name: b, port: 9999, protocol: TCP}]",
+        "[{addresses: [10.0.0.1]}]",
+    );
+    assert_eq!(
+        endpoints_of(&yaml, 80, Protocol::Tcp).unwrap(),
+        ["10.0.0.1:9000"]
+    );
+    assert_eq!(
+        endpoints_of(&yaml, 81, Protocol::Udp).unwrap(),
+        ["10.0.0.1:9001"]
+    );
+    assert_eq!(
+        endpoints_of(&yaml, 81, Protocol::Tcp),
+        None,
+        "81/TCP is not a Service port"
+    );
+}
+
+#[test]
+fn an_unnamed_single_port_matches_the_unnamed_slice_port() {
+    let yaml = svc("[{port: 80, targetPort: 8080}]", "")
+        + &slice("s-1", "[{port: 8080}]", "[{addresses: [10.0.0.1]}]");
+    assert_eq!(
+        endpoints_of(&yaml, 80, Protocol::Tcp).unwrap(),
+        ["10.0.0.1:8080"]
+    );
+}
+
+#[test]
+fn endpoints_from_several_slices_are_merged_and_deduplicated() {
+    let yaml = svc("[{port: 80}]", "")
+        + &slice(
+            "s-1",
+            "[{port: 80}]",
+            "[{addresses: [10.0.0.1]}, {addresses: [10.0.0.2]}]",
+        )
+        + &slice(
+            "s-2",
+            "[{port: 80}]",
+            "[{addresses: [10.0.0.2]}, {addresses: [10.0.0.3]}]",
+        );
+    assert_eq!(
+        endpoints_of(&yaml, 80, Protocol::Tcp).unwrap(),
+        ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
+    );
+}
+
+#[test]
+fn not_ready_endpoints_are_left_out_and_unknown_readiness_counts_as_ready() {
+    let yaml = svc("[{port: 80}]", "")
+        + &slice(
+            "s-1",
+            "[{port: 80}]",
+            "[{addresses: [10.0.0.1], conditions: {ready: false}}, {addresses: [10.0.0.2], conditions: {}}]",
+        );
+    assert_eq!(
+        endpoints_of(&yaml, 80, Protocol::Tcp).unwrap(),
+        ["10.0.0.2:80"]
+    );
+}
+
+#[test]
+fn a_service_without_slices_is_programmed_to_reject() {
+    let yaml = svc("[{port: 80}]", "");
+    assert_eq!(
+        endpoints_of(&yaml, 80, Protocol::Tcp).unwrap(),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn dual_stack_services_program_their_ipv4_cluster_ip() {
+    let yaml = svc("[{port: 80}]", "  clusterIPs: [\"fd00::1\", 10.96.0.1]\n");
+    assert!(endpoints_of(&yaml, 80, Protocol::Tcp).is_some());
+}
+
+#[test]
+fn invalid_port_numbers_are_skipped_without_harming_other_ports() {
+    let yaml = svc(
+        "[{name: a, port: 0}, {name: b, port: 70000}, {name: c, port: 82}]",
+        "",
+    );
+    let out = common::build(&yaml);
+    let reasons: Vec<_> = out.skips.iter().map(|s| s.reason).collect();
+    assert_eq!(reasons, [SkipReason::InvalidPort, SkipReason::InvalidPort]);
+    assert_eq!(out.state.frontends.len(), 1);
+}
+
+#[test]
+fn list_documents_and_empty_documents_are_read() {
+    let yaml = "---\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: s, namespace: ns}\n  spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n";
+    let out = common::build(yaml);
+    assert!(out.skips.is_empty(), "{:?}", out.skips);
+    assert_eq!(out.state.frontends.len(), 1);
+}
+
+#[test]
+fn a_yaml_syntax_error_is_a_skip_not_a_crash() {
+    let out = common::build("apiVersion: v1\nkind: Service\nmetadata: {name: [\n");
+    assert_eq!(out.skips.len(), 1);
+    assert_eq!(out.skips[0].reason, SkipReason::Unparsable);
+}
