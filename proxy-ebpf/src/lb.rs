@@ -26,7 +26,7 @@ pub fn select(addr_be: u32, port_be: u16, proto: u8) -> Result<Lookup, u32> {
     let key = ServiceKey::master_raw(addr_be, port_be, proto);
     // SAFETY: the value is copied out at once; entries are replaced whole by
     // the agent, never edited in place.
-    let Some(master) = (unsafe { SERVICES.get(&key) }).copied() else {
+    let Some(master) = (unsafe { SERVICES.get(key) }).copied() else {
         return Ok(Lookup::NotAService);
     };
     if master.count == 0 {
@@ -39,10 +39,10 @@ pub fn select(addr_be: u32, port_be: u16, proto: u8) -> Result<Lookup, u32> {
     let rand = unsafe { bpf_get_prandom_u32() };
     let pick = ((rand as u64 * master.count as u64) >> 32) as u16;
     let slot_key = ServiceKey::slot_raw(addr_be, port_be, proto, pick + 1);
-    let Some(slot) = (unsafe { SERVICES.get(&slot_key) }).copied() else {
+    let Some(slot) = (unsafe { SERVICES.get(slot_key) }).copied() else {
         return Err(counters::ERR_SLOT_MISSING);
     };
-    let Some(backend) = (unsafe { BACKENDS.get(&slot.backend_id) }).copied() else {
+    let Some(backend) = (unsafe { BACKENDS.get(slot.backend_id) }).copied() else {
         return Err(counters::ERR_BACKEND_MISSING);
     };
     Ok(Lookup::Backend { backend, master })

@@ -76,7 +76,7 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
                 port_be,
                 rev_nat_id: master.rev_nat_id,
             };
-            if SOCK_REV_NAT.insert(&key, &value, 0).is_err() {
+            if SOCK_REV_NAT.insert(key, value, 0).is_err() {
                 bump(counters::ERR_SOCK_REV_NAT_UPDATE);
             }
             sa.user_ip4 = backend.addr_be;
@@ -106,7 +106,7 @@ fn translate_reverse(ctx: &SockAddrContext) {
         _pad: 0,
     };
     // SAFETY: copied out at once.
-    if let Some(front) = unsafe { SOCK_REV_NAT.get(&key) }.copied() {
+    if let Some(front) = unsafe { SOCK_REV_NAT.get(key) }.copied() {
         sa.user_ip4 = front.addr_be;
         sa.user_port = front.port_be as u32;
         bump(counters::REV_TRANSLATED);

@@ -1,1 +1,70 @@
-fn main() {}
+//! `cargo xtask`: what cargo cannot do alone.
+
+mod apt;
+mod bpf_linker;
+mod demo;
+mod procs;
+mod setup;
+mod sh;
+mod sweep;
+mod test;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "bpfproxy's project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and the tests need (idempotent; as root on a
+    /// fresh machine).
+    Setup,
+    /// The project's full check, as CI runs it: setup, fmt, clippy, build,
+    /// all tests (root), with leftovers swept before and after.
+    Test {
+        /// Run only the tests that need no root (no setup of Debian packages).
+        #[arg(long)]
+        unprivileged: bool,
+    },
+    /// Remove leftovers of privileged tests (bpfpt-* namespaces, cgroups,
+    /// bpffs mounts, agents).
+    Sweep,
+    /// Run the demo.
+    Demo(demo::Args),
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain, not a backtrace: these errors name commands and files.
+            eprintln!("\nerror: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    workspace::ensure_cargo_bin_on_path()?;
+    match cli.command {
+        Task::Setup => setup::run(&setup::Options { apt: true }),
+        Task::Test { unprivileged } => test::run(&test::Options { unprivileged }),
+        Task::Sweep => {
+            if !procs::is_root() {
+                anyhow::bail!("sweeping namespaces, cgroups and mounts needs root");
+            }
+            sweep::sweep()
+        }
+        Task::Demo(args) => demo::run(args),
+    }
+}

@@ -2,7 +2,6 @@
 //! before it runs, and a failure names the command that failed.
 
 use std::ffi::OsStr;
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -53,11 +52,7 @@ pub fn read(c: &mut Command) -> Result<String> {
 /// Runs `c` quietly; its stdout if it could start and exited 0, else `None`.
 /// For probes ("is this installed?") where failure is an answer.
 pub fn probe(c: &mut Command) -> Option<String> {
-    let out = c
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
+    let out = c.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
     if !out.status.success() {
         return None;
     }
@@ -90,17 +85,4 @@ fn quote(s: &OsStr) -> String {
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
-}
-
-/// Whether `program` is an executable file somewhere on PATH.
-pub fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| is_executable(&dir.join(program)))
-    })
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

@@ -18,7 +18,13 @@ pub fn root() -> PathBuf {
 pub fn target_dir() -> Result<PathBuf> {
     let mut c = sh::cmd(
         "cargo",
-        ["metadata", "--format-version", "1", "--no-deps", "--offline"],
+        [
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ],
     );
     c.current_dir(root());
     let out = sh::read(&mut c)?;
@@ -51,15 +57,15 @@ pub fn ensure_cargo_bin_on_path() -> Result<()> {
     let current: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
-    let missing: Vec<PathBuf> = dirs
-        .into_iter()
-        .filter(|d| !current.contains(d))
-        .fold(Vec::new(), |mut acc, d| {
-            if !acc.contains(&d) {
-                acc.push(d);
-            }
-            acc
-        });
+    let missing: Vec<PathBuf> =
+        dirs.into_iter()
+            .filter(|d| !current.contains(d))
+            .fold(Vec::new(), |mut acc, d| {
+                if !acc.contains(&d) {
+                    acc.push(d);
+                }
+                acc
+            });
     if missing.is_empty() {
         return Ok(());
     }

@@ -1,0 +1,81 @@
+//! Debian packages the tests and the demo use, installed only when missing.
+
+use anyhow::{bail, Result};
+
+use crate::{procs, sh};
+
+/// Every Debian package the tests, benches and demo need (bookworm names).
+pub const PACKAGES: &[&str] = &[
+    "iproute2",   // ip, ip netns, tc
+    "curl",       // HTTP clients in tests and the demo
+    "dnsutils",   // dig
+    "util-linux", // nsenter, mount
+    "procps",     // kill, pgrep, sysctl
+    "bpftool",    // inspecting programs, maps and links
+    "iptables",   // checking that no iptables rules are needed
+    "conntrack",  // conntrack table inspection
+    "ethtool",    // veth offload settings
+    "tcpdump",    // debugging test traffic
+];
+
+/// The packages of `wanted` that are not installed.
+pub fn missing(wanted: &[&str]) -> Vec<String> {
+    // One dpkg-query for all; unknown packages are just absent from its
+    // output (and make it exit non-zero, hence no exit-code check).
+    let mut c = sh::cmd("dpkg-query", ["-W", "-f=${Package} ${Status}\\n"]);
+    c.args(wanted);
+    let out = c
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let installed: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, status)| status.trim() == "install ok installed")
+        .map(|(name, _)| name)
+        .collect();
+    wanted
+        .iter()
+        .filter(|p| !installed.contains(p))
+        .map(|p| p.to_string())
+        .collect()
+}
+
+/// Installs whatever of [`PACKAGES`] is missing; `apt-get update` only then.
+pub fn ensure() -> Result<()> {
+    let missing = missing(PACKAGES);
+    if missing.is_empty() {
+        println!("apt packages: all {} present", PACKAGES.len());
+        return Ok(());
+    }
+    println!("apt packages: installing {}", missing.join(" "));
+    if !procs::is_root() {
+        bail!(
+            "Debian packages {} are missing and installing them needs root \
+             (run `cargo xtask setup` as root)",
+            missing.join(" ")
+        );
+    }
+    // Wait for another apt/dpkg (a concurrent setup) instead of failing.
+    let lock = "DPkg::Lock::Timeout=300";
+    sh::run(
+        sh::cmd("apt-get", ["-o", lock, "-q", "update"]).env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    let mut install = sh::cmd(
+        "apt-get",
+        ["-o", lock, "-q", "install", "-y", "--no-install-recommends"],
+    );
+    install
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    sh::run(&mut install)?;
+    let still = self::missing(PACKAGES);
+    if !still.is_empty() {
+        bail!(
+            "apt-get install finished but {} are still missing",
+            still.join(" ")
+        );
+    }
+    Ok(())
+}

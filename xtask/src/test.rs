@@ -1,0 +1,190 @@
+//! `cargo xtask test`: the project's whole check, as CI runs it.
+//!
+//! setup, rustfmt, clippy (host crates and the eBPF crate), build, sweep of
+//! test leftovers, nextest, and the sweep again even when tests failed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{procs, setup, sh, sweep, workspace};
+
+pub struct Options {
+    /// Run only the tests that need no root.
+    pub unprivileged: bool,
+}
+
+/// The eBPF crate: built for bpfel-unknown-none with nightly only.
+const EBPF_CRATE: &str = "proxy-ebpf";
+const EBPF_TARGET: &str = "bpfel-unknown-none";
+
+pub fn run(opts: &Options) -> Result<()> {
+    if !opts.unprivileged && !procs::is_root() {
+        bail!(
+            "the privileged test tiers (BPF programs, network namespaces, cgroups) \
+             need root: run `cargo xtask test` as root, or `cargo xtask test \
+             --unprivileged` for the tests that need no root"
+        );
+    }
+    let root = workspace::root();
+    let mut steps = Steps::new(if opts.unprivileged { 6 } else { 8 });
+    let result = pipeline(opts, &root, &mut steps);
+    steps.summary();
+    result
+}
+
+fn pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()> {
+    steps.step("setup", || {
+        setup::run(&setup::Options {
+            apt: !opts.unprivileged,
+        })
+    })?;
+    let target = workspace::target_dir()?;
+    steps.step("rustfmt", || {
+        sh::run(&mut cargo(root, ["fmt", "--all", "--check"]))
+            .context("rustfmt check failed (`cargo fmt --all` formats the code)")
+    })?;
+    steps.step("clippy (host crates)", || {
+        sh::run(&mut cargo(
+            root,
+            [
+                "clippy",
+                "--workspace",
+                "--exclude",
+                EBPF_CRATE,
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ))
+    })?;
+    steps.step("clippy (eBPF crate, nightly)", || {
+        ebpf_clippy(root, &target)
+    })?;
+    steps.step("build", || {
+        sh::run(&mut cargo(
+            root,
+            [
+                "build",
+                "--workspace",
+                "--exclude",
+                EBPF_CRATE,
+                "--bins",
+                "--tests",
+            ],
+        ))
+    })?;
+    let agent = target.join("debug").join("bpfproxy");
+    if !agent.is_file() {
+        bail!("the build made no agent binary at {}", agent.display());
+    }
+
+    if opts.unprivileged {
+        return steps.step("tests (unprivileged)", || {
+            let mut c = cargo(
+                root,
+                [
+                    "nextest",
+                    "run",
+                    "--no-fail-fast",
+                    "-p",
+                    "proxy-common",
+                    "-p",
+                    "proxy-agent",
+                    "-p",
+                    "xtask",
+                ],
+            );
+            sh::run(c.env("BPFPROXY_BIN", &agent))
+        });
+    }
+
+    steps.step("sweep leftovers", sweep::sweep)?;
+    let tests = steps.step("tests", || {
+        let mut c = cargo(
+            root,
+            [
+                "nextest",
+                "run",
+                "--workspace",
+                "--exclude",
+                EBPF_CRATE,
+                "--no-fail-fast",
+            ],
+        );
+        sh::run(c.env("BPFPROXY_BIN", &agent))
+    });
+    // Always, also after failed tests.
+    let swept = steps.step("sweep leftovers", sweep::sweep);
+    tests?;
+    swept
+}
+
+/// Clippy of the eBPF crate for its real target, in its own target directory
+/// so it neither waits for nor invalidates the agent's embedded eBPF build.
+fn ebpf_clippy(root: &Path, target: &Path) -> Result<()> {
+    let target_dir: PathBuf = target.join("ebpf-clippy");
+    let mut c = sh::cmd("rustup", ["run", "nightly", "cargo", "clippy", "--release"]);
+    c.args([
+        "--target",
+        EBPF_TARGET,
+        "-Z",
+        "build-std=core",
+        "--target-dir",
+    ])
+    .arg(&target_dir)
+    .args(["--", "-D", "warnings"])
+    .current_dir(root.join(EBPF_CRATE));
+    sh::run(&mut c)
+}
+
+/// `cargo ARGS` in the workspace root (so rust-toolchain.toml applies).
+fn cargo<const N: usize>(root: &Path, args: [&str; N]) -> Command {
+    let mut c = sh::cmd("cargo", args);
+    c.current_dir(root);
+    c
+}
+
+/// Announces numbered steps and keeps their timings for a summary.
+struct Steps {
+    total: usize,
+    done: Vec<(String, Duration, bool)>,
+}
+
+impl Steps {
+    fn new(total: usize) -> Self {
+        Self {
+            total,
+            done: Vec::new(),
+        }
+    }
+
+    fn step(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        let n = self.done.len() + 1;
+        println!("\n==> [{n}/{}] {name}", self.total);
+        let start = Instant::now();
+        let r = f();
+        let took = start.elapsed();
+        match &r {
+            Ok(()) => println!("==> {name}: ok ({took:.1?})"),
+            Err(e) => println!("==> {name}: FAILED ({took:.1?}): {e:#}"),
+        }
+        self.done.push((name.to_string(), took, r.is_ok()));
+        r.with_context(|| format!("step `{name}` failed"))
+    }
+
+    fn summary(&self) {
+        println!("\n==> summary");
+        for (name, took, ok) in &self.done {
+            let mark = if *ok { "ok    " } else { "FAILED" };
+            println!("    {mark} {took:>8.1?}  {name}");
+        }
+        let skipped = self.total.saturating_sub(self.done.len());
+        if skipped > 0 {
+            println!("    ({skipped} later steps not run)");
+        }
+    }
+}
