@@ -38,7 +38,7 @@ pub enum LoadError {
     Object {
         pin_dir: PathBuf,
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     #[error("program {name} missing from the eBPF object")]
     MissingProgram { name: &'static str },
@@ -105,7 +105,7 @@ pub fn load_and_attach(
         .load(OBJECT)
         .map_err(|source| LoadError::Object {
             pin_dir: dir.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let cgroup_file = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.to_path_buf(),

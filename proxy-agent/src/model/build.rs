@@ -55,7 +55,7 @@ pub fn build_desired_state(services: &[Service], slices: &[EndpointSlice]) -> Bu
     // Sorted by namespace/name so that conflicts resolve the same way on
     // every node and every sync.
     let mut sorted: Vec<&Service> = services.iter().collect();
-    sorted.sort_by(|a, b| object_name(&a.metadata).cmp(&object_name(&b.metadata)));
+    sorted.sort_by_key(|s| object_name(&s.metadata));
 
     for svc in sorted {
         let Some((namespace, name)) = namespaced_name(&svc.metadata) else {

@@ -1,6 +1,9 @@
 //! Watches a manifest directory and publishes a fresh [`Snapshot`] after
 //! every burst of changes.
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
@@ -45,8 +48,8 @@ pub async fn run(dir: PathBuf, tx: watch::Sender<Option<Snapshot>>) -> anyhow::R
 }
 
 /// Re-reads the directory and publishes when anything changed.
-async fn publish(dir: &PathBuf, tx: &watch::Sender<Option<Snapshot>>, last: &mut Option<String>) {
-    let dir2 = dir.clone();
+async fn publish(dir: &Path, tx: &watch::Sender<Option<Snapshot>>, last: &mut Option<String>) {
+    let dir2 = dir.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || load_dir(&dir2)).await;
     match loaded {
         Ok(Ok(snap)) => {
