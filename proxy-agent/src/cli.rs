@@ -16,6 +16,7 @@ use crate::{
     dump, loader,
     maps::pinned::PinnedMaps,
     metrics::Metrics,
+    model::{ModelConfig, NodeContext},
     server,
     source::watch_dir,
     sync::{self, SyncConfig, Syncer},
@@ -71,6 +72,10 @@ pub struct RunArgs {
     /// This node's name (default: $NODE_NAME, else the hostname).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// Services labelled service.kubernetes.io/service-proxy-name=<this>
+    /// are handled; those naming any other proxy are left alone.
+    #[arg(long)]
+    pub service_proxy_name: Option<String>,
     /// Where /metrics, /healthz and /proxyMode are served; empty disables.
     #[arg(long, default_value = "0.0.0.0:10249")]
     pub metrics_bind_address: String,
@@ -187,7 +192,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let maps =
         PinnedMaps::open(&loader::pin_dir(&args.pins.bpffs)).context("opening the pinned maps")?;
     let metrics = Arc::new(Metrics::new());
-    let syncer = Syncer::new(maps, metrics.clone()).context("reading the pinned maps")?;
+    let model = ModelConfig {
+        node: NodeContext {
+            name: node.clone(),
+            zone: None,
+        },
+        proxy_name: args.service_proxy_name.clone(),
+    };
+    let syncer = Syncer::new(maps, metrics.clone(), model).context("reading the pinned maps")?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

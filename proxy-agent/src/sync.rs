@@ -8,7 +8,7 @@ use crate::{
     datapath::{apply, plan, render, DumpView, Ids},
     maps::{LbMaps, MapsError},
     metrics::{MapLabels, Metrics, SkipLabels},
-    model::{build_desired_state, Skip},
+    model::{build_desired_state, ModelConfig, Skip},
     source::Snapshot,
 };
 
@@ -42,6 +42,7 @@ pub struct Syncer<M: LbMaps> {
     maps: M,
     ids: Ids,
     metrics: Arc<Metrics>,
+    config: ModelConfig,
     /// Skips already reported, so each is logged and counted once, not on
     /// every sync.
     reported: BTreeSet<Skip>,
@@ -50,12 +51,13 @@ pub struct Syncer<M: LbMaps> {
 impl<M: LbMaps> Syncer<M> {
     /// Restores ids from what the maps hold (after a restart: the pinned
     /// maps), so existing entries keep their ids and are not rewritten.
-    pub fn new(maps: M, metrics: Arc<Metrics>) -> Result<Self, MapsError> {
+    pub fn new(maps: M, metrics: Arc<Metrics>, config: ModelConfig) -> Result<Self, MapsError> {
         let ids = Ids::restore(&maps.read_all()?);
         Ok(Self {
             maps,
             ids,
             metrics,
+            config,
             reported: BTreeSet::new(),
         })
     }
@@ -67,7 +69,11 @@ impl<M: LbMaps> Syncer<M> {
     /// Makes the maps equal to what `snap` asks for. Only called with a
     /// complete snapshot: pruning on a partial view would delete Services.
     pub fn sync(&mut self, snap: &Snapshot) -> Result<SyncOutcome, MapsError> {
-        let built = build_desired_state(&snap.services, &snap.slices);
+        let built = build_desired_state(
+            snap.services.iter().map(|s| s.as_ref()),
+            snap.slices.iter().map(|s| s.as_ref()),
+            &self.config,
+        );
         self.report_skips(snap.skips.iter().chain(&built.skips));
         let rendered = render(&built.state, &mut self.ids);
         for fe in &rendered.dropped {

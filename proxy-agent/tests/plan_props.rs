@@ -9,7 +9,9 @@ use proptest::prelude::*;
 use proxy_agent::{
     datapath::{apply, check_invariant, plan, render, Ids, MapState, Op},
     maps::{FakeMaps, FaultyMaps, LbMaps, MapsError},
-    model::{DesiredState, Endpoint, Frontend, FrontendState, Protocol, ServicePortName},
+    model::{
+        DesiredState, Endpoint, Frontend, FrontendKind, FrontendState, Protocol, ServicePortName,
+    },
 };
 
 /// Fake maps that check the invariant after every write.
@@ -59,7 +61,15 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
                     name: format!("svc-{}", fe.ip.octets()[3]),
                     port: fe.port.to_string(),
                 };
-                (fe, FrontendState { name, endpoints })
+                (
+                    fe,
+                    FrontendState {
+                        name,
+                        kind: FrontendKind::ClusterIp,
+                        endpoints,
+                        affinity_timeout_s: 0,
+                    },
+                )
             })
             .collect::<BTreeMap<_, _>>(),
     })
@@ -151,6 +161,8 @@ fn a_full_backend_map_holds_back_only_the_frontends_that_need_new_backends() {
                 (
                     fe(*f),
                     FrontendState {
+                        kind: FrontendKind::ClusterIp,
+                        affinity_timeout_s: 0,
                         name: ServicePortName {
                             namespace: "ns".into(),
                             name: format!("s{f}"),

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use proxy_common::{BackendValue, RevNatValue, ServiceKey, ServiceValue};
 
 use super::{ids::BackendIdent, Ids, MapState};
-use crate::model::{DesiredState, Frontend};
+use crate::model::{DesiredState, Frontend, FrontendKind};
 
 #[derive(Debug, Default)]
 pub struct RenderOutput {
@@ -18,7 +18,13 @@ pub struct RenderOutput {
 pub fn render(desired: &DesiredState, ids: &mut Ids) -> RenderOutput {
     let mut out = RenderOutput::default();
     let mut used_backends: BTreeSet<BackendIdent> = BTreeSet::new();
-    'frontends: for (fe, fs) in &desired.frontends {
+    // The socket programs serve ClusterIPs; the other kinds wait for the
+    // per-packet (TC) datapath.
+    let programmed = desired
+        .frontends
+        .iter()
+        .filter(|(_, fs)| fs.kind == FrontendKind::ClusterIp);
+    'frontends: for (fe, fs) in programmed {
         let proto = fe.protocol.number();
         let Some(rev_nat_id) = ids.frontend(*fe) else {
             out.dropped.push(*fe);
@@ -40,7 +46,7 @@ pub fn render(desired: &DesiredState, ids: &mut Ids) -> RenderOutput {
         }
         // Bounded by MAX_ENDPOINTS_PER_FRONTEND in the model.
         let count = u16::try_from(backend_ids.len()).unwrap_or(u16::MAX);
-        let master = ServiceValue::master(count, rev_nat_id, 0, 0);
+        let master = ServiceValue::master(count, rev_nat_id, 0, fs.affinity_timeout_s);
         for (i, (id, _)) in backend_ids.iter().take(count as usize).enumerate() {
             let slot = i as u16 + 1;
             out.state.services.insert(
@@ -60,7 +66,12 @@ pub fn render(desired: &DesiredState, ids: &mut Ids) -> RenderOutput {
     }
     ids.retain(
         |ident: &BackendIdent| used_backends.contains(ident),
-        |fe| desired.frontends.contains_key(fe),
+        |fe| {
+            desired
+                .frontends
+                .get(fe)
+                .is_some_and(|fs| fs.kind == FrontendKind::ClusterIp)
+        },
     );
     out
 }

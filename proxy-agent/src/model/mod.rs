@@ -2,9 +2,28 @@
 //! Services and EndpointSlices with kube-proxy's semantics. Pure functions
 //! only; nothing here knows about BPF.
 mod build;
+mod endpoints;
+mod service;
 mod skip;
+mod slices;
 mod types;
 
 pub use build::{build_desired_state, BuildOutput};
 pub use skip::{Skip, SkipReason};
-pub use types::{DesiredState, Endpoint, Frontend, FrontendState, Protocol, ServicePortName};
+pub use types::{
+    DesiredState, Endpoint, Frontend, FrontendKind, FrontendState, ModelConfig, NodeContext,
+    Protocol, ServicePortName,
+};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// `(namespace, name)` of an object; a missing namespace is `default`.
+fn namespaced_name(meta: &ObjectMeta) -> Option<(&str, &str)> {
+    let name = meta.name.as_deref().filter(|n| !n.is_empty())?;
+    Some((meta.namespace.as_deref().unwrap_or("default"), name))
+}
+
+/// A Kubernetes port number (i32 in the API) as a usable port.
+fn valid_port(n: i32) -> Option<u16> {
+    u16::try_from(n).ok().filter(|p| *p != 0)
+}

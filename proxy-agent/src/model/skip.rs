@@ -14,6 +14,10 @@ pub enum SkipReason {
     MissingSpec,
     /// spec.clusterIP is not an IP address.
     InvalidClusterIp,
+    /// An entry of spec.externalIPs is not an IP address.
+    InvalidExternalIp,
+    /// A status.loadBalancer.ingress IP is not an IP address.
+    InvalidLoadBalancerIp,
     /// An IPv6 ClusterIP: modelled later, not programmed yet.
     Ipv6NotSupported,
     /// A port number outside 1..=65535.
@@ -38,6 +42,8 @@ impl SkipReason {
             SkipReason::MissingName => "missing_name",
             SkipReason::MissingSpec => "missing_spec",
             SkipReason::InvalidClusterIp => "invalid_cluster_ip",
+            SkipReason::InvalidExternalIp => "invalid_external_ip",
+            SkipReason::InvalidLoadBalancerIp => "invalid_load_balancer_ip",
             SkipReason::Ipv6NotSupported => "ipv6_not_supported",
             SkipReason::InvalidPort => "invalid_port",
             SkipReason::UnknownProtocol => "unknown_protocol",
@@ -72,5 +78,14 @@ impl fmt::Display for Skip {
             write!(f, " ({})", self.detail)?;
         }
         Ok(())
+    }
+}
+
+pub(super) fn skip(kind: &'static str, object: &str, reason: SkipReason, detail: &str) -> Skip {
+    Skip {
+        kind,
+        object: object.to_string(),
+        reason,
+        detail: detail.to_string(),
     }
 }

@@ -107,12 +107,56 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// Which address of a Service a frontend is: the kind decides which traffic
+/// policy applies and which datapath serves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FrontendKind {
+    /// spec.clusterIPs: internal traffic, socket programs.
+    ClusterIp,
+    /// spec.ports[].nodePort on the node's addresses; the frontend's IP is
+    /// 0.0.0.0, meaning "any node address".
+    NodePort,
+    /// spec.externalIPs.
+    ExternalIp,
+    /// status.loadBalancer.ingress[].ip (not with ipMode Proxy).
+    LoadBalancer,
+}
+
+impl FrontendKind {
+    /// External kinds follow externalTrafficPolicy, ClusterIP follows
+    /// internalTrafficPolicy.
+    pub fn is_external(self) -> bool {
+        self != FrontendKind::ClusterIp
+    }
+}
+
 /// What one frontend needs: whose it is and where it leads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrontendState {
     pub name: ServicePortName,
-    /// Empty means "reject": the Service exists but has no usable endpoint.
+    pub kind: FrontendKind,
+    /// Empty means "reject": the Service exists but has no usable endpoint
+    /// (for a `Local` policy: none on this node).
     pub endpoints: BTreeSet<Endpoint>,
+    /// sessionAffinity ClientIP timeout; 0 = no affinity.
+    pub affinity_timeout_s: u32,
+}
+
+/// What the model needs to know about this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    pub name: String,
+    /// The Node's `topology.kubernetes.io/zone` label.
+    pub zone: Option<String>,
+}
+
+/// Settings of the model.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelConfig {
+    pub node: NodeContext,
+    /// Services labelled `service.kubernetes.io/service-proxy-name` with this
+    /// value are ours; any other value belongs to another proxy.
+    pub proxy_name: Option<String>,
 }
 
 /// Every frontend this node must serve.

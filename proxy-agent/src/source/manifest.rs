@@ -64,12 +64,12 @@ fn add_object(where_: &str, value: serde_yaml::Value, snap: &mut Snapshot) {
         .unwrap_or("");
     match (api_version, kind) {
         ("v1", "Service") => match serde_yaml::from_value::<Service>(value) {
-            Ok(svc) => snap.services.push(svc),
+            Ok(svc) => snap.services.push(svc.into()),
             Err(e) => snap.skips.push(unparsable(where_, &e.to_string())),
         },
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             match serde_yaml::from_value::<EndpointSlice>(value) {
-                Ok(slice) => snap.slices.push(slice),
+                Ok(slice) => snap.slices.push(slice.into()),
                 Err(e) => snap.skips.push(unparsable(where_, &e.to_string())),
             }
         }

@@ -3,6 +3,8 @@
 pub mod manifest;
 pub mod watch_dir;
 
+use std::sync::Arc;
+
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::model::Skip;
@@ -10,8 +12,10 @@ use crate::model::Skip;
 /// A complete view of the objects a source holds at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    pub services: Vec<Service>,
-    pub slices: Vec<EndpointSlice>,
+    /// Shared, because the API-server source hands out its cached objects
+    /// without copying them.
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
     /// Documents that could not be read as objects.
     pub skips: Vec<Skip>,
 }

@@ -4,7 +4,7 @@
 use proxy_agent::{
     datapath::{apply, plan, render, DumpView, Ids, MapState},
     maps::FakeMaps,
-    model::{build_desired_state, BuildOutput},
+    model::{build_desired_state, BuildOutput, ModelConfig},
     source::{manifest::parse_documents, Snapshot},
 };
 
@@ -16,7 +16,11 @@ pub fn snapshot(yaml: &str) -> Snapshot {
 
 pub fn build(yaml: &str) -> BuildOutput {
     let snap = snapshot(yaml);
-    let mut out = build_desired_state(&snap.services, &snap.slices);
+    let mut out = build_desired_state(
+        snap.services.iter().map(|s| s.as_ref()),
+        snap.slices.iter().map(|s| s.as_ref()),
+        &ModelConfig::default(),
+    );
     out.skips.extend(snap.skips);
     out.skips.sort();
     out

@@ -1,0 +1,189 @@
+//! A Service validated into the parts the proxy uses.
+use std::net::{IpAddr, Ipv4Addr};
+
+use k8s_openapi::api::core::v1::Service;
+
+use super::{
+    skip::{skip, SkipReason},
+    ModelConfig, Protocol, Skip,
+};
+
+/// Services carrying this label belong to the proxy it names; kube-proxy
+/// ignores them unless the name is its own.
+const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// kube-proxy's default ClientIP affinity timeout (3 hours).
+const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+/// The API server's upper bound for timeoutSeconds (1 day).
+const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
+
+pub struct PortInfo {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub node_port: Option<u16>,
+}
+
+pub struct ServiceInfo<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub cluster_ips: Vec<Ipv4Addr>,
+    pub external_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub internal_local: bool,
+    pub external_local: bool,
+    pub affinity_timeout_s: u32,
+    pub ports: Vec<PortInfo>,
+}
+
+/// The proxy-relevant view of `svc`, or None when it is not ours to handle
+/// (headless, ExternalName, another proxy's, no ClusterIP yet) or unusable
+/// (with a skip saying why).
+pub fn parse_service<'a>(
+    svc: &'a Service,
+    config: &ModelConfig,
+    skips: &mut Vec<Skip>,
+) -> Option<ServiceInfo<'a>> {
+    let Some((namespace, name)) = super::namespaced_name(&svc.metadata) else {
+        skips.push(skip("Service", "<unnamed>", SkipReason::MissingName, ""));
+        return None;
+    };
+    let obj = format!("{namespace}/{name}");
+    let proxy_name = svc
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL));
+    if proxy_name.is_some() && proxy_name != config.proxy_name.as_ref() {
+        return None;
+    }
+    let Some(spec) = &svc.spec else {
+        skips.push(skip("Service", &obj, SkipReason::MissingSpec, ""));
+        return None;
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    // clusterIPs (dual-stack) lists clusterIP first; older objects may only
+    // have clusterIP.
+    let raw: Vec<&str> = match &spec.cluster_ips {
+        Some(list) if !list.is_empty() => list.iter().map(String::as_str).collect(),
+        _ => spec.cluster_ip.as_deref().into_iter().collect(),
+    };
+    // Headless ("None") or not allocated yet: nothing to program.
+    if raw.is_empty() || raw.iter().any(|ip| ip.is_empty() || *ip == "None") {
+        return None;
+    }
+    let (cluster_ips, saw_v6) = parse_ips(raw, &obj, SkipReason::InvalidClusterIp, skips)?;
+    if cluster_ips.is_empty() && saw_v6 {
+        skips.push(skip("Service", &obj, SkipReason::Ipv6NotSupported, ""));
+        return None;
+    }
+    // A bad external address costs only that address.
+    let external_ips = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| {
+            parse_ips([ip.as_str()], &obj, SkipReason::InvalidExternalIp, skips).map(|(v, _)| v)
+        })
+        .flatten()
+        .collect();
+    let load_balancer_ips = load_balancer_ips(svc, &obj, skips);
+    let affinity_timeout_s = if spec.session_affinity.as_deref() == Some("ClientIP") {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .map(|t| t.clamp(1, MAX_AFFINITY_TIMEOUT_S as i32) as u32)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_S)
+    } else {
+        0
+    };
+    let has_node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+    let mut ports = Vec::new();
+    for sp in spec.ports.iter().flatten() {
+        let port_name = sp.name.clone().unwrap_or_default();
+        let Ok(protocol) = sp.protocol.as_deref().unwrap_or("TCP").parse::<Protocol>() else {
+            skips.push(skip(
+                "Service",
+                &obj,
+                SkipReason::UnknownProtocol,
+                &format!("port {port_name:?} protocol {:?}", sp.protocol),
+            ));
+            continue;
+        };
+        let Some(port) = super::valid_port(sp.port) else {
+            skips.push(skip(
+                "Service",
+                &obj,
+                SkipReason::InvalidPort,
+                &format!("port {port_name:?} number {}", sp.port),
+            ));
+            continue;
+        };
+        let node_port = if has_node_ports {
+            sp.node_port.and_then(super::valid_port)
+        } else {
+            None
+        };
+        ports.push(PortInfo {
+            name: port_name,
+            protocol,
+            port,
+            node_port,
+        });
+    }
+    Some(ServiceInfo {
+        namespace,
+        name,
+        cluster_ips,
+        external_ips,
+        load_balancer_ips,
+        internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        affinity_timeout_s,
+        ports,
+    })
+}
+
+/// IPv4 addresses among `raw`, and whether IPv6 ones were seen. None (with a
+/// skip) if any is not an address at all.
+fn parse_ips<'r>(
+    raw: impl IntoIterator<Item = &'r str>,
+    obj: &str,
+    reason: SkipReason,
+    skips: &mut Vec<Skip>,
+) -> Option<(Vec<Ipv4Addr>, bool)> {
+    let mut v4 = Vec::new();
+    let mut saw_v6 = false;
+    for text in raw {
+        match text.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => v4.push(ip),
+            Ok(IpAddr::V6(_)) => saw_v6 = true,
+            Err(_) => {
+                skips.push(skip("Service", obj, reason, &format!("{text:?}")));
+                return None;
+            }
+        }
+    }
+    Some((v4, saw_v6))
+}
+
+/// status.loadBalancer.ingress IPs that traffic is really addressed to.
+/// With `ipMode: Proxy` the load balancer proxies to the nodes itself, so
+/// kube-proxy must not capture that IP (KEP-1860).
+fn load_balancer_ips(svc: &Service, obj: &str, skips: &mut Vec<Skip>) -> Vec<Ipv4Addr> {
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    ingress
+        .into_iter()
+        .flatten()
+        .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+        .filter_map(|i| i.ip.as_deref().filter(|ip| !ip.is_empty()))
+        .filter_map(|ip| parse_ips([ip], obj, SkipReason::InvalidLoadBalancerIp, skips))
+        .flat_map(|(v, _)| v)
+        .collect()
+}

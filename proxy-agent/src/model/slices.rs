@@ -1,0 +1,168 @@
+//! EndpointSlices validated into the parts the proxy uses.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::{
+    skip::{skip, SkipReason},
+    Protocol, Skip,
+};
+
+/// Label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// One usable port of an EndpointSlice.
+pub struct SlicePort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// One endpoint with its conditions (API defaults applied) and topology.
+pub struct SliceEndpoint {
+    pub ip: Ipv4Addr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node_name: Option<String>,
+    /// Topology hints: zones / nodes this endpoint should serve.
+    pub for_zones: Option<Vec<String>>,
+    pub for_nodes: Option<Vec<String>>,
+}
+
+/// The parts of an EndpointSlice the proxy uses.
+pub struct UsableSlice {
+    pub ports: Vec<SlicePort>,
+    pub endpoints: Vec<SliceEndpoint>,
+    /// `endpoints.kubernetes.io/last-change-trigger-time`, for the network
+    /// programming latency metric.
+    pub trigger_time: Option<String>,
+}
+
+/// Validates EndpointSlices and groups them by (namespace, service name).
+pub fn usable_slices<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    skips: &mut Vec<Skip>,
+) -> BTreeMap<(String, String), Vec<UsableSlice>> {
+    let mut by_service: BTreeMap<(String, String), Vec<UsableSlice>> = BTreeMap::new();
+    for slice in slices {
+        let Some((namespace, name)) = super::namespaced_name(&slice.metadata) else {
+            skips.push(skip(
+                "EndpointSlice",
+                "<unnamed>",
+                SkipReason::MissingName,
+                "",
+            ));
+            continue;
+        };
+        let obj = format!("{namespace}/{name}");
+        let Some(service) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        else {
+            skips.push(skip(
+                "EndpointSlice",
+                &obj,
+                SkipReason::MissingServiceNameLabel,
+                "",
+            ));
+            continue;
+        };
+        // IPv6 slices belong to the IPv6 family (not programmed yet); FQDN
+        // slices are ignored by kube-proxy too. Neither is an error.
+        if slice.address_type != "IPv4" {
+            continue;
+        }
+        let ports = usable_ports(slice, &obj, skips);
+        let endpoints = usable_endpoints(slice, &obj, skips);
+        let trigger_time = slice
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("endpoints.kubernetes.io/last-change-trigger-time"))
+            .cloned();
+        by_service
+            .entry((namespace.to_string(), service.clone()))
+            .or_default()
+            .push(UsableSlice {
+                ports,
+                endpoints,
+                trigger_time,
+            });
+    }
+    by_service
+}
+
+fn usable_ports(slice: &EndpointSlice, obj: &str, skips: &mut Vec<Skip>) -> Vec<SlicePort> {
+    let mut ports = Vec::new();
+    for p in slice.ports.iter().flatten() {
+        let name = p.name.clone().unwrap_or_default();
+        let Ok(protocol) = p.protocol.as_deref().unwrap_or("TCP").parse::<Protocol>() else {
+            skips.push(skip(
+                "EndpointSlice",
+                obj,
+                SkipReason::UnknownProtocol,
+                &format!("port {name:?} protocol {:?}", p.protocol),
+            ));
+            continue;
+        };
+        let Some(port) = p.port.and_then(super::valid_port) else {
+            skips.push(skip(
+                "EndpointSlice",
+                obj,
+                SkipReason::InvalidPort,
+                &format!("port {name:?} number {:?}", p.port),
+            ));
+            continue;
+        };
+        ports.push(SlicePort {
+            name,
+            protocol,
+            port,
+        });
+    }
+    ports
+}
+
+fn usable_endpoints(slice: &EndpointSlice, obj: &str, skips: &mut Vec<Skip>) -> Vec<SliceEndpoint> {
+    let mut endpoints = Vec::new();
+    for ep in &slice.endpoints {
+        // All addresses of an endpoint are fungible; kube-proxy uses the
+        // first.
+        let Some(first) = ep.addresses.first() else {
+            continue;
+        };
+        let Ok(ip) = first.parse::<Ipv4Addr>() else {
+            skips.push(skip(
+                "EndpointSlice",
+                obj,
+                SkipReason::InvalidEndpointAddress,
+                &format!("{first:?}"),
+            ));
+            continue;
+        };
+        let cond = ep.conditions.as_ref();
+        // API defaults: ready is "unknown → true", serving defaults to
+        // ready, terminating to false.
+        let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+        let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+        let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+        let hints = ep.hints.as_ref();
+        endpoints.push(SliceEndpoint {
+            ip,
+            ready,
+            serving,
+            terminating,
+            node_name: ep.node_name.clone(),
+            for_zones: hints
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|z| z.iter().map(|z| z.name.clone()).collect()),
+            for_nodes: hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .map(|n| n.iter().map(|n| n.name.clone()).collect()),
+        });
+    }
+    endpoints
+}
