@@ -140,3 +140,156 @@ fn a_yaml_syntax_error_is_a_skip_not_a_crash() {
     assert_eq!(out.skips.len(), 1);
     assert_eq!(out.skips[0].reason, SkipReason::Unparsable);
 }
+
+/// Endpoints of frontend `ip:port/TCP` on node `node` (zone `zone`).
+fn endpoints_on(
+    yaml: &str,
+    node: &str,
+    zone: Option<&str>,
+    ip: Ipv4Addr,
+    port: u16,
+) -> Vec<String> {
+    let out = common::build_on(yaml, node, zone);
+    let fe = Frontend {
+        ip,
+        port,
+        protocol: Protocol::Tcp,
+    };
+    out.state
+        .frontends
+        .get(&fe)
+        .map(|f| f.endpoints.iter().map(|e| e.to_string()).collect())
+        .unwrap_or_else(|| panic!("no frontend {fe}: {:?}", out.state))
+}
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+const ANY: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+
+fn two_node_slice() -> String {
+    slice(
+        "s-1",
+        "[{port: 80}]",
+        "[{addresses: [10.0.0.1], nodeName: n1}, {addresses: [10.0.0.2], nodeName: n2}]",
+    )
+}
+
+#[test]
+fn internal_traffic_policy_local_uses_only_this_nodes_endpoints() {
+    let yaml = svc("[{port: 80}]", "  internalTrafficPolicy: Local\n") + &two_node_slice();
+    assert_eq!(endpoints_on(&yaml, "n1", None, VIP, 80), ["10.0.0.1:80"]);
+    let out = common::build_on(&yaml, "n3", None);
+    assert!(
+        out.state.frontends.values().all(|f| f.endpoints.is_empty()),
+        "n3 has none: reject"
+    );
+    assert_eq!(out.no_local_endpoints_internal, 1);
+}
+
+#[test]
+fn external_traffic_policy_local_narrows_node_ports_but_not_the_cluster_ip() {
+    let yaml = svc(
+        "[{port: 80, nodePort: 30080}]",
+        "  type: NodePort\n  externalTrafficPolicy: Local\n",
+    ) + &two_node_slice();
+    assert_eq!(endpoints_on(&yaml, "n2", None, ANY, 30080), ["10.0.0.2:80"]);
+    assert_eq!(
+        endpoints_on(&yaml, "n2", None, VIP, 80),
+        ["10.0.0.1:80", "10.0.0.2:80"]
+    );
+    assert_eq!(
+        common::build_on(&yaml, "n3", None).no_local_endpoints_external,
+        1
+    );
+}
+
+#[test]
+fn node_ports_external_ips_and_load_balancer_ips_become_frontends() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: ns}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.1\n  externalIPs: [192.0.2.10, bogus]\n  ports: [{port: 80, nodePort: 30080}]\nstatus:\n  loadBalancer:\n    ingress: [{ip: 198.51.100.1}, {ip: 198.51.100.2, ipMode: Proxy}, {hostname: lb.example}]\n";
+    let out = common::build(yaml);
+    let kinds: Vec<_> = out
+        .state
+        .frontends
+        .iter()
+        .map(|(fe, fs)| (fe.to_string(), fs.kind))
+        .collect();
+    use proxy_agent::model::FrontendKind::*;
+    assert_eq!(
+        kinds,
+        [
+            ("0.0.0.0:30080/TCP".to_string(), NodePort),
+            ("10.96.0.1:80/TCP".to_string(), ClusterIp),
+            ("192.0.2.10:80/TCP".to_string(), ExternalIp),
+            ("198.51.100.1:80/TCP".to_string(), LoadBalancer),
+        ]
+    );
+    assert_eq!(out.skips.len(), 1);
+    assert_eq!(out.skips[0].reason, SkipReason::InvalidExternalIp);
+}
+
+#[test]
+fn zone_hints_are_used_only_when_every_ready_endpoint_has_them() {
+    let hinted = svc("[{port: 80}]", "  trafficDistribution: PreferClose\n")
+        + &slice(
+            "s-1",
+            "[{port: 80}]",
+            "[{addresses: [10.0.0.1], zone: a, hints: {forZones: [{name: a}]}}, {addresses: [10.0.0.2], zone: b, hints: {forZones: [{name: b}]}}]",
+        );
+    assert_eq!(
+        endpoints_on(&hinted, "n1", Some("a"), VIP, 80),
+        ["10.0.0.1:80"]
+    );
+    assert_eq!(
+        endpoints_on(&hinted, "n1", Some("c"), VIP, 80),
+        ["10.0.0.1:80", "10.0.0.2:80"],
+        "no endpoint for zone c: hints ignored"
+    );
+    let half = hinted.replace(", hints: {forZones: [{name: b}]}", "");
+    assert_eq!(
+        endpoints_on(&half, "n1", Some("a"), VIP, 80),
+        ["10.0.0.1:80", "10.0.0.2:80"]
+    );
+}
+
+#[test]
+fn node_hints_prefer_the_same_node() {
+    let yaml = svc("[{port: 80}]", "  trafficDistribution: PreferSameNode\n")
+        + &slice(
+            "s-1",
+            "[{port: 80}]",
+            "[{addresses: [10.0.0.1], hints: {forNodes: [{name: n1}], forZones: [{name: a}]}}, {addresses: [10.0.0.2], hints: {forNodes: [{name: n2}], forZones: [{name: a}]}}]",
+        );
+    assert_eq!(
+        endpoints_on(&yaml, "n2", Some("a"), VIP, 80),
+        ["10.0.0.2:80"]
+    );
+}
+
+#[test]
+fn client_ip_affinity_carries_its_timeout_with_kube_proxys_default() {
+    let with = |cfg: &str| {
+        let out = common::build(&svc("[{port: 80}]", cfg));
+        out.state
+            .frontends
+            .values()
+            .next()
+            .expect("frontend")
+            .affinity_timeout_s
+    };
+    assert_eq!(with(""), 0);
+    assert_eq!(with("  sessionAffinity: ClientIP\n"), 10_800);
+    assert_eq!(
+        with("  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n"),
+        60
+    );
+}
+
+#[test]
+fn a_service_proxy_name_label_is_honoured_only_when_it_names_us() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: ns, labels: {service.kubernetes.io/service-proxy-name: bpfproxy}}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n";
+    assert!(common::build(yaml).state.frontends.is_empty());
+    let ours = proxy_agent::model::ModelConfig {
+        proxy_name: Some("bpfproxy".into()),
+        ..Default::default()
+    };
+    assert_eq!(common::build_with(yaml, &ours).state.frontends.len(), 1);
+}

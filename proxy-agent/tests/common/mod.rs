@@ -4,7 +4,7 @@
 use proxy_agent::{
     datapath::{apply, plan, render, DumpView, Ids, MapState},
     maps::FakeMaps,
-    model::{build_desired_state, BuildOutput, ModelConfig},
+    model::{build_desired_state, BuildOutput, ModelConfig, NodeContext},
     source::{manifest::parse_documents, Snapshot},
 };
 
@@ -15,11 +15,27 @@ pub fn snapshot(yaml: &str) -> Snapshot {
 }
 
 pub fn build(yaml: &str) -> BuildOutput {
+    build_with(yaml, &ModelConfig::default())
+}
+
+/// [`build`] on a node with a name and zone.
+pub fn build_on(yaml: &str, node: &str, zone: Option<&str>) -> BuildOutput {
+    let config = ModelConfig {
+        node: NodeContext {
+            name: node.to_string(),
+            zone: zone.map(str::to_string),
+        },
+        proxy_name: None,
+    };
+    build_with(yaml, &config)
+}
+
+pub fn build_with(yaml: &str, config: &ModelConfig) -> BuildOutput {
     let snap = snapshot(yaml);
     let mut out = build_desired_state(
         snap.services.iter().map(|s| s.as_ref()),
         snap.slices.iter().map(|s| s.as_ref()),
-        &ModelConfig::default(),
+        config,
     );
     out.skips.extend(snap.skips);
     out.skips.sort();
