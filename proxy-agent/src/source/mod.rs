@@ -1,11 +1,15 @@
 //! Where Services and EndpointSlices come from. Today: a directory of
 //! ordinary Kubernetes YAML, the embedded default that needs no cluster.
+pub mod kube;
 pub mod manifest;
 pub mod watch_dir;
 
 use std::sync::Arc;
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 
 use crate::model::Skip;
 
@@ -16,6 +20,8 @@ pub struct Snapshot {
     /// without copying them.
     pub services: Vec<Arc<Service>>,
     pub slices: Vec<Arc<EndpointSlice>>,
+    /// This node, when the source knows it (zone label, deletion).
+    pub node: Option<Arc<Node>>,
     /// Documents that could not be read as objects.
     pub skips: Vec<Skip>,
 }

@@ -1,0 +1,178 @@
+//! The API-server source: reflectors for Services, EndpointSlices and this
+//! Node, published as one [`Snapshot`] once Services and EndpointSlices have
+//! both been listed (nothing is programmed or pruned before that).
+use std::{path::Path, sync::Arc};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{
+        reflector::{self, Store},
+        watcher, WatchStreamExt,
+    },
+    Api, Client, Config,
+};
+use tokio::sync::{watch, Notify};
+use tracing::{info, warn};
+
+use super::Snapshot;
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("reading kubeconfig {path}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no kubeconfig given and not running in a pod")]
+    InCluster(#[source] kube::config::InClusterError),
+    #[error("--master {url:?} is not a URL")]
+    Master { url: String },
+    #[error("creating the Kubernetes client")]
+    Client(#[source] kube::Error),
+}
+
+/// A client from `--kubeconfig`, else the pod's service account. `master`
+/// overrides the server address: in a pod, the default is the `kubernetes`
+/// Service's ClusterIP, which this very agent has to program first.
+pub async fn client(
+    kubeconfig: Option<&Path>,
+    master: Option<&str>,
+) -> Result<Client, ClientError> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let wrap = |source| ClientError::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            };
+            let kc = Kubeconfig::read_from(path).map_err(wrap)?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(wrap)?
+        }
+        None => Config::incluster().map_err(ClientError::InCluster)?,
+    };
+    if let Some(url) = master {
+        config.cluster_url = url.parse().map_err(|_| ClientError::Master {
+            url: url.to_string(),
+        })?;
+    }
+    Client::try_from(config).map_err(ClientError::Client)
+}
+
+/// Which kind of object changed, for kube-proxy's change counters.
+#[derive(Clone, Copy)]
+enum Kind {
+    Service,
+    EndpointSlice,
+    Node,
+}
+
+/// Watches until `tx` has no receivers. Reflectors retry with backoff and
+/// relist on their own (also after 410 Gone), keeping the last complete
+/// state meanwhile, so an API-server outage never empties the maps.
+pub async fn run(
+    client: Client,
+    node_name: String,
+    metrics: Arc<Metrics>,
+    tx: watch::Sender<Option<Snapshot>>,
+) -> anyhow::Result<()> {
+    let changed = Arc::new(Notify::new());
+    let services = spawn_reflector::<Service>(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        Kind::Service,
+        &changed,
+        &metrics,
+    );
+    let slices = spawn_reflector::<EndpointSlice>(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        Kind::EndpointSlice,
+        &changed,
+        &metrics,
+    );
+    let node = spawn_reflector::<Node>(
+        Api::all(client),
+        watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+        Kind::Node,
+        &changed,
+        &metrics,
+    );
+    services.wait_until_ready().await?;
+    slices.wait_until_ready().await?;
+    info!(
+        services = services.state().len(),
+        endpoint_slices = slices.state().len(),
+        "Services and EndpointSlices synced"
+    );
+    loop {
+        // Notify keeps at most one permit: a burst of events while a
+        // snapshot is being taken coalesces into one more snapshot.
+        let snap = Snapshot {
+            services: services.state(),
+            slices: slices.state(),
+            node: node.state().into_iter().next(),
+            skips: Vec::new(),
+        };
+        tx.send_replace(Some(snap));
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tx.closed() => return Ok(()),
+        }
+    }
+}
+
+/// Starts a reflector task for `K` and returns its store.
+fn spawn_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: Kind,
+    changed: &Arc<Notify>,
+    metrics: &Arc<Metrics>,
+) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    tokio::spawn(drive(stream, kind, changed.clone(), metrics.clone()));
+    reader
+}
+
+async fn drive<K>(
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    kind: Kind,
+    changed: Arc<Notify>,
+    metrics: Arc<Metrics>,
+) {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Apply(_)) | Ok(watcher::Event::Delete(_)) => {
+                metrics.change_queued(match kind {
+                    Kind::Service => Some(true),
+                    Kind::EndpointSlice => Some(false),
+                    Kind::Node => None,
+                });
+                changed.notify_one();
+            }
+            // A (re)list finished: the store now holds the new full state.
+            Ok(watcher::Event::InitDone) => changed.notify_one(),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "watch error; retrying with backoff"),
+        }
+    }
+}
