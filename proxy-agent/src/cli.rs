@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info};
 
 use crate::{
     dump, loader,
@@ -18,7 +18,7 @@ use crate::{
     metrics::Metrics,
     model::{ModelConfig, NodeContext},
     server,
-    source::watch_dir,
+    source::{kube as kube_source, watch_dir},
     sync::{self, SyncConfig, Syncer},
 };
 
@@ -60,9 +60,18 @@ pub struct DumpArgs {
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Directory of Kubernetes YAML (Services, EndpointSlices), re-read on
-    /// change: the embedded default that needs no cluster.
+    /// change: the embedded default that needs no cluster. Without it,
+    /// bpfproxy watches the API server.
+    #[arg(long, conflicts_with_all = ["kubeconfig", "master"])]
+    pub source: Option<PathBuf>,
+    /// kubeconfig for the API server (default: the pod's service account).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// API server URL, overriding the kubeconfig's or the in-cluster one
+    /// (which is the `kubernetes` ClusterIP this agent has to program
+    /// first: in a DaemonSet, give the real address).
     #[arg(long)]
-    pub source: PathBuf,
+    pub master: Option<String>,
     /// cgroup v2 directory the socket programs attach to (default: the root
     /// of the cgroup2 mount, i.e. every process on the node).
     #[arg(long)]
@@ -79,6 +88,9 @@ pub struct RunArgs {
     /// Where /metrics, /healthz and /proxyMode are served; empty disables.
     #[arg(long, default_value = "0.0.0.0:10249")]
     pub metrics_bind_address: String,
+    /// Where /healthz and /livez (kube-proxy's JSON) are served; empty disables.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: String,
     /// Minimum time between syncs; bursts of changes coalesce into one.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub min_sync_period: Duration,
@@ -184,7 +196,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     check_bpffs(&args.pins.bpffs)?;
-    info!(node = %node, cgroup = %cgroup.display(), bpffs = %args.pins.bpffs.display(), source = %args.source.display(), "starting bpfproxy");
+    info!(node = %node, cgroup = %cgroup.display(), bpffs = %args.pins.bpffs.display(), source = ?args.source, "starting bpfproxy");
 
     let attached = loader::load_and_attach(&args.pins.bpffs, &cgroup)
         .context("loading and attaching the kernel programs")?;
@@ -207,20 +219,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        if !args.metrics_bind_address.is_empty() {
-            let addr: SocketAddr = args
-                .metrics_bind_address
-                .parse()
-                .context("--metrics-bind-address")?;
-            let m = metrics.clone();
-            tokio::spawn(async move {
-                if let Err(e) = server::serve_metrics(addr, m).await {
-                    warn!(error = %e, "metrics server stopped");
-                }
-            });
-        }
+        serve_http(&args, &metrics)?;
         let (tx, rx) = watch::channel(None);
-        let source = tokio::spawn(watch_dir::run(args.source.clone(), tx));
+        let source = match &args.source {
+            Some(dir) => tokio::spawn(watch_dir::run(dir.clone(), metrics.clone(), tx)),
+            None => {
+                let client =
+                    kube_source::client(args.kubeconfig.as_deref(), args.master.as_deref())
+                        .await
+                        .context("connecting to the API server")?;
+                tokio::spawn(kube_source::run(client, node, metrics.clone(), tx))
+            }
+        };
         let config = SyncConfig {
             min_interval: args.min_sync_period,
             period: args.sync_period,
@@ -228,9 +238,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let sync = tokio::spawn(sync::run(syncer, rx, config));
         tokio::select! {
             r = source => match r {
-                Ok(Ok(())) => bail!("manifest source stopped"),
-                Ok(Err(e)) => Err(e.context("watching the manifest directory")),
-                Err(e) => bail!("manifest source panicked: {e}"),
+                Ok(Ok(())) => bail!("source stopped"),
+                Ok(Err(e)) => Err(e.context("watching Services and EndpointSlices")),
+                Err(e) => bail!("source task panicked: {e}"),
             },
             _ = sync => bail!("sync loop stopped"),
             _ = shutdown_signal() => {
@@ -241,6 +251,42 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// Starts the :10249 and :10256 servers (unless disabled with "").
+fn serve_http(args: &RunArgs, metrics: &Arc<Metrics>) -> anyhow::Result<()> {
+    let timeout = args.sync_period * 2;
+    if !args.metrics_bind_address.is_empty() {
+        let addr: SocketAddr = args
+            .metrics_bind_address
+            .parse()
+            .context("--metrics-bind-address")?;
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                server::serve("metrics", addr, move |p| server::metrics_routes(&m, p)).await
+            {
+                error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    if !args.healthz_bind_address.is_empty() {
+        let addr: SocketAddr = args
+            .healthz_bind_address
+            .parse()
+            .context("--healthz-bind-address")?;
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = server::serve("healthz", addr, move |p| {
+                server::health_routes(&m, p, timeout)
+            })
+            .await
+            {
+                error!(error = %e, "health server stopped");
+            }
+        });
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

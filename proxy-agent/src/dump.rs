@@ -10,6 +10,6 @@ use crate::{
 pub fn read(bpffs: &Path) -> Result<DumpView, MapsError> {
     let maps = PinnedMaps::open(&pin_dir(bpffs))?;
     let mut view = DumpView::from_state(&maps.read_all()?);
-    view.counters = maps.counters()?;
+    view.counters = maps.read_counters()?;
     Ok(view)
 }

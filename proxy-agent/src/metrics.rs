@@ -38,6 +38,9 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
     pub registry: Registry,
+    /// Queue/update times behind `:10256` (kube-proxy derives health from
+    /// the same events as these metrics).
+    pub health: crate::health::ProxierHealth,
     pub sync_duration: Histogram,
     pub network_programming_duration: Histogram,
     pub last_sync_timestamp: FloatGauge,
@@ -184,6 +187,7 @@ impl Metrics {
         }
         Self {
             registry: r,
+            health: Default::default(),
             sync_duration,
             network_programming_duration,
             last_sync_timestamp,
@@ -217,6 +221,7 @@ impl Metrics {
             None => {}
         }
         self.last_queued_timestamp.set(unix_now());
+        self.health.queued(std::time::SystemTime::now());
     }
 
     /// A sync consumed every change queued so far.

@@ -1,19 +1,28 @@
 //! The sync loop: snapshot → desired state → map contents → plan → apply.
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
+use k8s_openapi::api::core::v1::Node;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::{
     datapath::{apply, plan, render, DumpView, Ids},
     maps::{LbMaps, MapsError},
-    metrics::{MapLabels, Metrics, SkipLabels},
-    model::{build_desired_state, ModelConfig, Skip},
+    metrics::{unix_now, MapLabels, Metrics, PolicyLabels, ReasonLabels, SkipLabels},
+    model::{build_desired_state, BuildOutput, ModelConfig, Skip},
     source::Snapshot,
 };
 
 /// How long to wait before retrying after a sync that left work undone.
 const RETRY: Duration = Duration::from_secs(1);
+/// The Node label that places it in a zone (topology hints).
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Taint the cluster autoscaler puts on a node it is about to delete.
+const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
 /// Sync settings (from the command line).
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +55,8 @@ pub struct Syncer<M: LbMaps> {
     /// Skips already reported, so each is logged and counted once, not on
     /// every sync.
     reported: BTreeSet<Skip>,
+    /// Trigger times already observed for the network programming latency.
+    trigger_times: BTreeMap<String, String>,
 }
 
 impl<M: LbMaps> Syncer<M> {
@@ -59,6 +70,7 @@ impl<M: LbMaps> Syncer<M> {
             metrics,
             config,
             reported: BTreeSet::new(),
+            trigger_times: BTreeMap::new(),
         })
     }
 
@@ -69,6 +81,7 @@ impl<M: LbMaps> Syncer<M> {
     /// Makes the maps equal to what `snap` asks for. Only called with a
     /// complete snapshot: pruning on a partial view would delete Services.
     pub fn sync(&mut self, snap: &Snapshot) -> Result<SyncOutcome, MapsError> {
+        self.observe_node(snap.node.as_deref());
         let built = build_desired_state(
             snap.services.iter().map(|s| s.as_ref()),
             snap.slices.iter().map(|s| s.as_ref()),
@@ -91,17 +104,9 @@ impl<M: LbMaps> Syncer<M> {
                 })
                 .inc();
         }
-        for (map, n) in [
-            (proxy_common::maps::SERVICES, rendered.state.services.len()),
-            (proxy_common::maps::BACKENDS, rendered.state.backends.len()),
-            (proxy_common::maps::REV_NAT, rendered.state.rev_nat.len()),
-        ] {
-            self.metrics
-                .map_entries
-                .get_or_create(&MapLabels {
-                    map: map.to_string(),
-                })
-                .set(n as i64);
+        self.record_state(&built, &rendered.state);
+        if report.ok() {
+            self.observe_programming_latency(&built);
         }
         if !ops.is_empty() {
             debug!(view = %DumpView::from_state(&rendered.state), "desired maps");
@@ -111,6 +116,73 @@ impl<M: LbMaps> Syncer<M> {
             failed: report.failed.len(),
             held_back: report.held_back,
         })
+    }
+
+    /// Zone for topology hints and eligibility for `/healthz`.
+    fn observe_node(&mut self, node: Option<&Node>) {
+        let Some(node) = node else { return };
+        self.config.node.zone = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ZONE_LABEL))
+            .cloned();
+        let deleting = node.metadata.deletion_timestamp.is_some()
+            || node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| t.iter().any(|t| t.key == TO_BE_DELETED_TAINT));
+        self.metrics.health.set_node_eligible(!deleting);
+    }
+
+    fn record_state(&self, built: &BuildOutput, state: &crate::datapath::MapState) {
+        let m = &self.metrics;
+        for (map, n) in [
+            (proxy_common::maps::SERVICES, state.services.len()),
+            (proxy_common::maps::BACKENDS, state.backends.len()),
+            (proxy_common::maps::REV_NAT, state.rev_nat.len()),
+        ] {
+            m.map_entries
+                .get_or_create(&MapLabels {
+                    map: map.to_string(),
+                })
+                .set(n as i64);
+        }
+        for (policy, n) in [
+            ("internal", built.no_local_endpoints_internal),
+            ("external", built.no_local_endpoints_external),
+        ] {
+            m.no_local_endpoints
+                .get_or_create(&PolicyLabels {
+                    traffic_policy: policy.to_string(),
+                })
+                .set(n as i64);
+        }
+        for (reason, n) in self.maps.counters() {
+            m.datapath_events
+                .get_or_create(&ReasonLabels { reason })
+                .set(n as i64);
+        }
+    }
+
+    /// kube-proxy's network programming latency: from the EndpointSlice
+    /// controller's trigger time to the moment the change is in the maps,
+    /// once per new trigger time.
+    fn observe_programming_latency(&mut self, built: &BuildOutput) {
+        let now = jiff::Timestamp::now();
+        for (svc, t) in &built.trigger_times {
+            if self.trigger_times.get(svc) == Some(t) {
+                continue;
+            }
+            if let Ok(ts) = t.parse::<jiff::Timestamp>() {
+                let secs = (now - ts).total(jiff::Unit::Second).unwrap_or(0.0);
+                if secs >= 0.0 {
+                    self.metrics.network_programming_duration.observe(secs);
+                }
+            }
+        }
+        self.trigger_times = built.trigger_times.clone();
     }
 
     fn report_skips<'a>(&mut self, skips: impl Iterator<Item = &'a Skip>) {
@@ -130,7 +202,8 @@ impl<M: LbMaps> Syncer<M> {
 }
 
 /// Runs syncs until the snapshot channel closes. Nothing is written before
-/// the source's first complete snapshot (restart safety).
+/// the source's first complete snapshot (restart safety). Between changes, a
+/// sync every `period` re-reads the maps and repairs drift.
 pub async fn run<M: LbMaps>(
     mut syncer: Syncer<M>,
     mut rx: watch::Receiver<Option<Snapshot>>,
@@ -140,19 +213,37 @@ pub async fn run<M: LbMaps>(
     let mut retry = false;
     loop {
         let wait = if retry { RETRY } else { config.period };
-        tokio::select! {
-            changed = rx.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(wait) => {}
-        }
+        let changed = tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() { return }
+                true
+            }
+            _ = tokio::time::sleep(wait) => false,
+        };
         let Some(snap) = rx.borrow_and_update().clone() else {
             continue; // not synced yet
         };
-        let start = std::time::Instant::now();
+        let started = SystemTime::now();
+        let clock = std::time::Instant::now();
         match syncer.sync(&snap) {
             Ok(outcome) => {
-                let secs = start.elapsed().as_secs_f64();
-                syncer.metrics.sync_duration.observe(secs);
-                syncer.metrics.last_sync_timestamp.set(unix_now());
+                let secs = clock.elapsed().as_secs_f64();
+                let m = &syncer.metrics;
+                m.sync_duration.observe(secs);
+                m.last_sync_timestamp.set(unix_now());
+                m.changes_applied();
+                if outcome.complete() {
+                    m.health.updated(started, SystemTime::now());
+                }
+                // Writes without a change to the objects mean the maps had
+                // drifted (someone edited them, or a write was lost).
+                if !changed && !retry && !first && outcome.ops > 0 {
+                    warn!(
+                        ops = outcome.ops,
+                        "periodic resync repaired drift in the maps"
+                    );
+                    m.drift_repairs.inc_by(outcome.ops as u64);
+                }
                 retry = !outcome.complete();
                 if first || outcome.ops > 0 {
                     info!(
@@ -172,11 +263,4 @@ pub async fn run<M: LbMaps>(
         }
         tokio::time::sleep(config.min_interval).await;
     }
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }

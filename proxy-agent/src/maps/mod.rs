@@ -40,4 +40,8 @@ pub trait LbMaps {
     fn read_all(&self) -> Result<MapState, MapsError>;
     /// One write. Deleting a missing key is success (idempotence).
     fn apply(&mut self, op: &Op) -> Result<(), MapsError>;
+    /// Datapath counters by reason, where the maps have them.
+    fn counters(&self) -> std::collections::BTreeMap<String, u64> {
+        Default::default()
+    }
 }

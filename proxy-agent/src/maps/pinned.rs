@@ -45,7 +45,7 @@ impl PinnedMaps {
     }
 
     /// Datapath counters summed over CPUs, by reason name.
-    pub fn counters(&self) -> Result<BTreeMap<String, u64>, MapsError> {
+    pub fn read_counters(&self) -> Result<BTreeMap<String, u64>, MapsError> {
         let mut out = BTreeMap::new();
         for (i, name) in counters::NAMES.iter().enumerate() {
             if name.starts_with("unused") {
@@ -118,6 +118,10 @@ impl LbMaps for PinnedMaps {
                 .map(|(id, n)| (id, n.as_str().to_string()))
                 .collect(),
         })
+    }
+
+    fn counters(&self) -> BTreeMap<String, u64> {
+        self.read_counters().unwrap_or_default()
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), MapsError> {

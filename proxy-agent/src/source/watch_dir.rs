@@ -2,6 +2,7 @@
 //! every burst of changes.
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -10,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::{manifest::load_dir, Snapshot};
+use crate::metrics::Metrics;
 
 /// How long a burst of file events is allowed to settle before re-reading:
 /// editors and `kubectl`-like tools write several events per save.
@@ -20,7 +22,11 @@ const POLL: Duration = Duration::from_secs(5);
 
 /// Reads `dir` once (the first full sync), then keeps `tx` up to date until
 /// every receiver is gone.
-pub async fn run(dir: PathBuf, tx: watch::Sender<Option<Snapshot>>) -> anyhow::Result<()> {
+pub async fn run(
+    dir: PathBuf,
+    metrics: Arc<Metrics>,
+    tx: watch::Sender<Option<Snapshot>>,
+) -> anyhow::Result<()> {
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         // The receiver only disappears on shutdown.
@@ -30,7 +36,9 @@ pub async fn run(dir: PathBuf, tx: watch::Sender<Option<Snapshot>>) -> anyhow::R
 
     let mut last: Option<String> = None;
     loop {
-        publish(&dir, &tx, &mut last).await;
+        if publish(&dir, &tx, &mut last).await {
+            metrics.change_queued(None);
+        }
         tokio::select! {
             ev = ev_rx.recv() => {
                 match ev {
@@ -48,7 +56,12 @@ pub async fn run(dir: PathBuf, tx: watch::Sender<Option<Snapshot>>) -> anyhow::R
 }
 
 /// Re-reads the directory and publishes when anything changed.
-async fn publish(dir: &Path, tx: &watch::Sender<Option<Snapshot>>, last: &mut Option<String>) {
+/// Returns whether a new snapshot was published.
+async fn publish(
+    dir: &Path,
+    tx: &watch::Sender<Option<Snapshot>>,
+    last: &mut Option<String>,
+) -> bool {
     let dir2 = dir.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || load_dir(&dir2)).await;
     match loaded {
@@ -59,9 +72,11 @@ async fn publish(dir: &Path, tx: &watch::Sender<Option<Snapshot>>, last: &mut Op
             if last.as_deref() != Some(fingerprint.as_str()) {
                 *last = Some(fingerprint);
                 tx.send_replace(Some(snap));
+                return true;
             }
         }
         Ok(Err(e)) => warn!(dir = %dir.display(), error = %e, "cannot read manifest directory"),
         Err(e) => warn!(error = %e, "manifest reader task failed"),
     }
+    false
 }
