@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the agent: watch Services and EndpointSlices and program the kernel.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show what the kernel maps hold: every frontend with its backends.
     Dump(DumpArgs),
     /// Remove the pinned programs and maps (uninstall). Live connections
@@ -109,7 +109,7 @@ pub fn main() -> ExitCode {
         )
         .init();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Dump(args) => dump_cmd(&args),
         Command::Cleanup(args) => cleanup(&args.bpffs),
     };
