@@ -106,6 +106,7 @@ type flags struct {
 	bootstrapNS        bool
 	kubernetesService  bool
 	minRequestTimeout  int
+	shutdownTimeout    time.Duration
 	shutdownAfterStdin bool
 }
 
@@ -124,6 +125,7 @@ func main() {
 	fs.BoolVar(&f.bootstrapNS, "bootstrap-namespaces", true, "create the default, kube-system, kube-public and kube-node-lease namespaces at start-up")
 	fs.BoolVar(&f.kubernetesService, "kubernetes-service", false, "create Service default/kubernetes (ClusterIP .1, port 443) and its EndpointSlice pointing at this server")
 	fs.IntVar(&f.minRequestTimeout, "min-request-timeout", 1800, "watch requests time out after a random duration between this many seconds and twice that")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", time.Second, "on SIGTERM/SIGINT, how long to wait for open connections (watches) before exiting anyway (kube-apiserver waits up to 60s)")
 	fs.BoolVar(&f.shutdownAfterStdin, "exit-on-stdin-eof", false, "shut down when stdin is closed (lets a test harness tie the server's lifetime to its own)")
 	klogFlags := flag.NewFlagSet("klog", flag.ExitOnError)
 	klog.InitFlags(klogFlags)
@@ -232,6 +234,10 @@ func run(f flags) error {
 	if err != nil {
 		return fmt.Errorf("new server: %w", err)
 	}
+	// By default this is the request timeout (60 s) and open watches keep
+	// the HTTP server's graceful Shutdown waiting that long: too slow for
+	// tests that stop and restart the server.
+	server.ShutdownTimeout = f.shutdownTimeout
 
 	// --- Resources ---------------------------------------------------------
 	getter := cfg.RESTOptionsGetter

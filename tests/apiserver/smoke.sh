@@ -75,9 +75,9 @@ expect "bootstrap namespaces" "$(c "$API/api/v1/namespaces" | j 'sorted(i["metad
 expect "create namespace" "$(post /api/v1/namespaces '{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"t1"}}' | j 'd["status"]["phase"]')" "Active"
 
 # --- 2. watch (started before the writes) -------------------------------------
-c -N "$API/api/v1/namespaces/t1/services?watch=1" >"$TMP/watch-svc" 2>/dev/null &
+curl -sS -N --cacert "$CA" "$API/api/v1/namespaces/t1/services?watch=1" >"$TMP/watch-svc" 2>/dev/null &
 W1=$!; PIDS+=("$W1")
-c -N "$API/apis/discovery.k8s.io/v1/namespaces/t1/endpointslices?watch=1&allowWatchBookmarks=true" >"$TMP/watch-slice" 2>/dev/null &
+curl -sS -N --cacert "$CA" "$API/apis/discovery.k8s.io/v1/namespaces/t1/endpointslices?watch=1&allowWatchBookmarks=true" >"$TMP/watch-slice" 2>/dev/null &
 W2=$!; PIDS+=("$W2")
 sleep 0.3
 
@@ -136,8 +136,14 @@ for l in sys.stdin:
 echo "     RSS: apiserver $(rss_mb "$API_PID") MB, etcd $(rss_mb "$ETCD_PID") MB"
 
 # --- 7. restart on the same etcd: the allocator is seeded from storage ----------
+curl -sS -N --cacert "$CA" "$API/api/v1/services?watch=1" >/dev/null 2>&1 &
+W3=$!; PIDS+=("$W3")
+sleep 0.2
 t=$(now); kill "$API_PID"; wait "$API_PID" 2>/dev/null || true
-pass "apiserver stopped (SIGTERM) in $(elapsed "$t") s"
+d=$(elapsed "$t")
+awk -v d="$d" 'BEGIN { exit !(d < 5) }' || fail "SIGTERM with an open watch took $d s"
+pass "apiserver stopped (SIGTERM, one watch open) in $d s"
+wait "$W3" 2>/dev/null || true
 start_api main2
 ips=$(c "$API/api/v1/services" | j 'sorted(i["spec"].get("clusterIP","") for i in d["items"])')
 new=$(post /api/v1/namespaces/t1/services '{"apiVersion":"v1","kind":"Service","metadata":{"name":"after"},"spec":{"ports":[{"port":80}]}}' | j 'd["spec"]["clusterIP"]')

@@ -1,0 +1,382 @@
+//! End-to-end tests of ClusterIP translation at the socket layer: the real
+//! kernel, the real agent binary, real sockets in network namespaces (see
+//! `bpfproxy_tests::sandbox` for the layout and the safety rules).
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context, Result};
+use bpfproxy_tests::{agent, manifest, Agent, Sandbox, SandboxConfig};
+
+const VIP: &str = "10.96.0.10";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn sandbox(backends: usize) -> Result<Sandbox> {
+    Sandbox::with_config(SandboxConfig {
+        backends,
+        probe_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_probe"))),
+        ..SandboxConfig::default()
+    })
+}
+
+/// Service `default/web`: http 80→8080/TCP, alt 81→9090/TCP, dns 53→5353/UDP,
+/// backed by the given backends (1-based, as the sandbox numbers them).
+fn web(sb: &Sandbox, backends: &[usize]) -> String {
+    let ips: Vec<String> = backends.iter().map(|i| sb.backend_ip(*i)).collect();
+    let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+    manifest::documents(&[
+        manifest::service(
+            "default/web",
+            VIP,
+            &[
+                ("http", 80, 8080, "TCP"),
+                ("alt", 81, 9090, "TCP"),
+                ("dns", 53, 5353, "UDP"),
+            ],
+        ),
+        // Slice ports deliberately in another order than the Service's:
+        // matching is by name.
+        manifest::endpoint_slice(
+            "default/web",
+            "web-1",
+            &refs,
+            &[
+                ("dns", 5353, "UDP"),
+                ("alt", 9090, "TCP"),
+                ("http", 8080, "TCP"),
+            ],
+            &[],
+        ),
+    ])
+}
+
+fn addrs(sb: &Sandbox, backends: &[usize], port: u16) -> Vec<String> {
+    let mut v: Vec<String> = backends
+        .iter()
+        .map(|i| format!("{}:{port}", sb.backend_ip(*i)))
+        .collect();
+    v.sort();
+    v
+}
+
+fn start(sb: &Sandbox, backends: &[usize]) -> Result<Agent> {
+    sb.write_manifest("web.yaml", &web(sb, backends))?;
+    let mut a = sb.start_agent()?;
+    a.wait_for_backends(VIP, 80, "TCP", &addrs(sb, backends, 8080), WAIT)?;
+    Ok(a)
+}
+
+/// Pearson's chi-square statistic against a uniform spread.
+fn chi_square(counts: &[u64]) -> f64 {
+    let n: u64 = counts.iter().sum();
+    let expected = n as f64 / counts.len() as f64;
+    counts
+        .iter()
+        .map(|c| (*c as f64 - expected).powi(2) / expected)
+        .sum()
+}
+
+#[test]
+fn tcp_through_a_cluster_ip_reaches_all_backends_uniformly() -> Result<()> {
+    let sb = sandbox(3)?;
+    let _agent = start(&sb, &[1, 2, 3])?;
+
+    // A real client first.
+    let body = sb.client(&["curl", "-sS", "--max-time", "5", &format!("http://{VIP}/")])?;
+    ensure!(
+        body.trim().starts_with("backend-"),
+        "curl answered {body:?}"
+    );
+
+    let r = sb.probe_tcp(&format!("{VIP}:80"), 600)?;
+    ensure!(r.ok == 600 && r.failed == 0, "{r:?}");
+    let counts: Vec<u64> = sb.backend_names().iter().map(|n| r.count(n)).collect();
+    ensure!(
+        counts.iter().all(|c| *c > 0),
+        "every backend reached: {counts:?}"
+    );
+    // Critical value of chi-square with 2 degrees of freedom at p = 0.001:
+    // a fair spread fails this 1 run in 1000.
+    let x2 = chi_square(&counts);
+    ensure!(
+        x2 < 13.816,
+        "spread {counts:?} is not uniform (chi-square {x2:.2})"
+    );
+    Ok(())
+}
+
+#[test]
+fn named_ports_translate_to_their_own_target_ports() -> Result<()> {
+    let sb = sandbox(2)?;
+    let agent = start(&sb, &[1, 2])?;
+    let dump = agent.dump_json()?;
+    ensure!(
+        agent::backends(&dump, VIP, 81, "TCP") == Some(addrs(&sb, &[1, 2], 9090)),
+        "alt must lead to 9090: {dump}"
+    );
+    ensure!(
+        agent::backends(&dump, VIP, 53, "UDP") == Some(addrs(&sb, &[1, 2], 5353)),
+        "dns must lead to 5353: {dump}"
+    );
+    // Backends listen on 8080 and 9090 only: a wrong target port would be
+    // refused.
+    for port in [80, 81] {
+        let r = sb.probe_tcp(&format!("{VIP}:{port}"), 20)?;
+        ensure!(r.ok == 20, "port {port}: {r:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn udp_replies_and_peer_names_show_the_cluster_ip() -> Result<()> {
+    let sb = sandbox(3)?;
+    let _agent = start(&sb, &[1, 2, 3])?;
+
+    // Unconnected sockets (sendto/recvfrom), as resolvers use them.
+    let u = sb.probe_udp(&format!("{VIP}:53"), 60)?;
+    ensure!(u.ok == 60, "{u:?}");
+    ensure!(
+        u.sources == vec![format!("{VIP}:53")],
+        "reply source must be the VIP: {u:?}"
+    );
+    ensure!(
+        u.by_backend.len() == 3,
+        "datagrams spread over backends: {u:?}"
+    );
+
+    // Connected UDP: getpeername() and the reply.
+    let c = sb.probe_udp_connected(&format!("{VIP}:53"))?;
+    ensure!(c.ok && c.peer.as_deref() == Some("10.96.0.10:53"), "{c:?}");
+    ensure!(
+        c.reply
+            .as_deref()
+            .is_some_and(|r| r.starts_with("backend-")),
+        "{c:?}"
+    );
+
+    // TCP getpeername().
+    let held = sb.hold(&format!("{VIP}:80"))?;
+    ensure!(held.peer() == "10.96.0.10:80", "peer {}", held.peer());
+    Ok(())
+}
+
+#[test]
+fn scaling_is_seen_within_a_second_while_open_connections_survive() -> Result<()> {
+    let sb = sandbox(3)?;
+    let mut agent = start(&sb, &[1, 2, 3])?;
+    let mut held = sb.hold(&format!("{VIP}:80"))?;
+    let pinned = held.ping()?;
+    let pinned_idx = sb
+        .backend_names()
+        .iter()
+        .position(|n| *n == pinned)
+        .context("held connection's backend")?
+        + 1;
+    let rest: Vec<usize> = (1..=3).filter(|i| *i != pinned_idx).collect();
+
+    // Scale down: remove the held connection's backend.
+    let t0 = Instant::now();
+    sb.write_manifest("web.yaml", &web(&sb, &rest))?;
+    agent.wait_for_backends(VIP, 80, "TCP", &addrs(&sb, &rest, 8080), WAIT)?;
+    let seen = t0.elapsed();
+    ensure!(seen < Duration::from_secs(1), "scale-down took {seen:?}");
+    let r = sb.probe_tcp(&format!("{VIP}:80"), 60)?;
+    ensure!(
+        r.ok == 60 && r.count(&pinned) == 0,
+        "removed backend still chosen: {r:?}"
+    );
+    ensure!(held.ping()? == pinned, "open connection keeps its backend");
+
+    // Scale up again.
+    let t0 = Instant::now();
+    sb.write_manifest("web.yaml", &web(&sb, &[1, 2, 3]))?;
+    agent.wait_for_backends(VIP, 80, "TCP", &addrs(&sb, &[1, 2, 3], 8080), WAIT)?;
+    let seen = t0.elapsed();
+    ensure!(seen < Duration::from_secs(1), "scale-up took {seen:?}");
+    let r = sb.probe_tcp(&format!("{VIP}:80"), 90)?;
+    ensure!(
+        r.ok == 90 && r.count(&pinned) > 0,
+        "re-added backend chosen: {r:?}"
+    );
+    ensure!(held.ping()? == pinned);
+    Ok(())
+}
+
+#[test]
+fn a_service_without_endpoints_refuses_connections_at_once() -> Result<()> {
+    let sb = sandbox(1)?;
+    let mut agent = start(&sb, &[1])?;
+    sb.write_manifest("web.yaml", &web(&sb, &[]))?;
+    agent.wait_until(|d| agent::backends(d, VIP, 80, "TCP") == Some(vec![]), WAIT)?;
+    let r = sb.probe_connect_time(&format!("{VIP}:80"))?;
+    ensure!(!r.ok, "{r:?}");
+    ensure!(
+        r.errno == Some(libc::ECONNREFUSED),
+        "ECONNREFUSED expected: {r:?}"
+    );
+    ensure!(r.elapsed_ms < 100.0, "refusal took {} ms", r.elapsed_ms);
+    // curl, as a user would see it: exit code 7 (could not connect), fast.
+    let t0 = Instant::now();
+    let out = sb.client_output(
+        &["curl", "-sS", "--max-time", "5", &format!("http://{VIP}/")],
+        Duration::from_secs(10),
+    )?;
+    ensure!(out.status.code() == Some(7), "curl: {out:?}");
+    ensure!(t0.elapsed() < Duration::from_secs(1));
+    Ok(())
+}
+
+#[test]
+fn sigkill_during_a_request_stream_fails_nothing_and_a_new_agent_takes_over() -> Result<()> {
+    let sb = sandbox(3)?;
+    let mut agent = start(&sb, &[1, 2, 3])?;
+    let mut held = sb.hold(&format!("{VIP}:80"))?;
+    let pinned = held.ping()?;
+    let stream = sb.spawn_probe(&[
+        "loop",
+        "--to",
+        &format!("{VIP}:80"),
+        "--interval-ms",
+        "10",
+        "--duration-ms",
+        "4000",
+    ])?;
+    std::thread::sleep(Duration::from_millis(800));
+    agent.kill()?;
+    std::thread::sleep(Duration::from_millis(800));
+    ensure!(
+        held.ping()? == pinned,
+        "connection survives the agent's death"
+    );
+    agent.start_again()?;
+    let r: bpfproxy_tests::TcpReport = stream.finish_json(Duration::from_secs(15))?;
+    ensure!(
+        r.failed == 0 && r.ok > 100,
+        "requests failed across the restart: {r:?}"
+    );
+    ensure!(r.by_backend.len() == 3, "{r:?}");
+    let log = std::fs::read_to_string(agent.log_path())?;
+    ensure!(
+        log.matches("how=Replaced").count() == 4,
+        "the new agent swaps programs in the pinned links:\n{log}"
+    );
+    // The new agent owns the state: it applies a change.
+    sb.write_manifest("web.yaml", &web(&sb, &[2]))?;
+    agent.wait_for_backends(VIP, 80, "TCP", &addrs(&sb, &[2], 8080), WAIT)?;
+    ensure!(held.ping()? == pinned);
+    Ok(())
+}
+
+#[test]
+fn dump_json_matches_the_manifests() -> Result<()> {
+    let sb = sandbox(2)?;
+    let b0 = sb.backend_ip(1);
+    let b1 = sb.backend_ip(2);
+    let docs = manifest::documents(&[
+        web(&sb, &[1, 2]),
+        manifest::service(
+            "kube-system/kube-dns",
+            "10.96.0.53",
+            &[("dns", 53, 5353, "UDP")],
+        ),
+        manifest::endpoint_slice(
+            "kube-system/kube-dns",
+            "kube-dns-1",
+            &[b1.as_str()],
+            &[("dns", 5353, "UDP")],
+            &[],
+        ),
+        manifest::service("default/empty", "10.96.0.99", &[("", 80, 8080, "TCP")]),
+        // Left alone: headless.
+        manifest::service("default/headless", "None", &[("", 80, 8080, "TCP")]),
+    ]);
+    sb.write_manifest("all.yaml", &docs)?;
+    let mut agent = sb.start_agent()?;
+    let dump = agent.wait_until(|d| agent::frontend_count(d) == 5, WAIT)?;
+    let fe = |svc: &str, vip: &str, port: u16, proto: &str, backends: &[(&str, u16)]| {
+        serde_json::json!({
+            "service": svc, "vip": vip, "port": port, "protocol": proto,
+            "backends": backends.iter().map(|(ip, p)| serde_json::json!({"ip": ip, "port": p})).collect::<Vec<_>>(),
+        })
+    };
+    let both = |p| [(b0.as_str(), p), (b1.as_str(), p)];
+    // Sorted by Service name, as the dump lists them.
+    let expected = serde_json::json!([
+        fe("default/empty", "10.96.0.99", 80, "TCP", &[]),
+        fe("default/web:alt", VIP, 81, "TCP", &both(9090)),
+        fe("default/web:dns", VIP, 53, "UDP", &both(5353)),
+        fe("default/web:http", VIP, 80, "TCP", &both(8080)),
+        fe(
+            "kube-system/kube-dns:dns",
+            "10.96.0.53",
+            53,
+            "UDP",
+            &[(b1.as_str(), 5353)]
+        ),
+    ]);
+    ensure!(
+        dump["frontends"] == expected,
+        "dump:\n{dump:#}\nexpected:\n{expected:#}"
+    );
+    Ok(())
+}
+
+#[test]
+fn unusable_objects_are_skipped_logged_and_counted_while_the_rest_works() -> Result<()> {
+    let sb = sandbox(1)?;
+    let ip = sb.backend_ip(1);
+    let docs = manifest::documents(&[
+        web(&sb, &[1]),
+        manifest::service("default/bad-ip", "10.96.999.1", &[("", 80, 8080, "TCP")]),
+        manifest::service(
+            "default/bad-proto",
+            "10.96.0.77",
+            &[("q", 80, 8080, "QUIC")],
+        ),
+        manifest::endpoint_slice(
+            "default/web",
+            "web-bad",
+            &["not-an-ip", ip.as_str()],
+            &[("http", 8080, "TCP")],
+            &[],
+        ),
+    ]);
+    sb.write_manifest("web.yaml", &docs)?;
+    sb.write_manifest(
+        "broken.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: [\n",
+    )?;
+    let mut agent = sb.start_agent()?;
+    agent.wait_for_backends(VIP, 80, "TCP", &addrs(&sb, &[1], 8080), WAIT)?;
+    let r = sb.probe_tcp(&format!("{VIP}:80"), 10)?;
+    ensure!(r.ok == 10, "{r:?}");
+    let log = std::fs::read_to_string(agent.log_path())?;
+    for needle in [
+        "skipped Service default/bad-ip: invalid_cluster_ip",
+        "skipped Service default/bad-proto: unknown_protocol",
+        "skipped EndpointSlice default/web-bad: invalid_endpoint_address",
+        "broken.yaml#0: unparsable",
+    ] {
+        ensure!(log.contains(needle), "log lacks {needle:?}:\n{log}");
+    }
+    // The agent serves kube-proxy's metrics port inside the client netns.
+    let metrics = sb.client(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:10249/metrics",
+    ])?;
+    for needle in [
+        r#"bpfproxy_skipped_objects_total{kind="Service",reason="invalid_cluster_ip"} 1"#,
+        r#"bpfproxy_skipped_objects_total{kind="Service",reason="unknown_protocol"} 1"#,
+        r#"bpfproxy_skipped_objects_total{kind="Manifest",reason="unparsable"} 1"#,
+    ] {
+        ensure!(
+            metrics.contains(needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
+    }
+    Ok(())
+}
