@@ -104,6 +104,7 @@ impl<M: LbMaps> Syncer<M> {
                 })
                 .inc();
         }
+        self.prune_affinity(&rendered.state);
         self.record_state(&built, &rendered.state);
         if report.ok() {
             self.observe_programming_latency(&built);
@@ -116,6 +117,25 @@ impl<M: LbMaps> Syncer<M> {
             failed: report.failed.len(),
             held_back: report.held_back,
         })
+    }
+
+    /// Session affinity must not outlive a backend's membership in its
+    /// frontend: forget pairs the maps no longer hold.
+    fn prune_affinity(&mut self, state: &crate::datapath::MapState) {
+        let pairs: BTreeSet<(u32, u32)> = state
+            .services
+            .values()
+            .filter(|v| v.backend_id != 0)
+            .map(|v| (v.rev_nat_id as u32, v.backend_id))
+            .collect();
+        match self
+            .maps
+            .prune_affinity(&|rev, be| pairs.contains(&(rev, be)))
+        {
+            Ok(0) => {}
+            Ok(n) => debug!(entries = n, "pruned session-affinity entries"),
+            Err(e) => warn!(error = %e, "pruning session affinity failed; retrying next sync"),
+        }
     }
 
     /// Zone for topology hints and eligibility for `/healthz`.

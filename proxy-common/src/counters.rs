@@ -13,6 +13,11 @@ pub const ERR_BACKEND_MISSING: u32 = 3;
 pub const ERR_SOCK_REV_NAT_UPDATE: u32 = 4;
 /// recvmsg/getpeername restored the frontend address.
 pub const REV_TRANSLATED: u32 = 5;
+/// A connection went to the client's previous backend (session affinity).
+pub const AFFINITY_HIT: u32 = 6;
+
+/// The affinity entry could not be written (translation still done).
+pub const ERR_AFFINITY_UPDATE: u32 = 7;
 
 /// Size of the counters array.
 pub const MAX: u32 = 8;
@@ -25,6 +30,6 @@ pub const NAMES: [&str; MAX as usize] = [
     "err_backend_missing",
     "err_sock_rev_nat_update",
     "rev_translated",
-    "unused6",
-    "unused7",
+    "affinity_hit",
+    "err_affinity_update",
 ];

@@ -135,3 +135,24 @@ pub struct ServiceName {
     pub bytes: [u8; SERVICE_NAME_LEN],
 }
 const _: () = assert!(core::mem::size_of::<ServiceName>() == 128);
+
+/// Key of the session-affinity map (LRU): one client (its network
+/// namespace: a pod, or the node's host network) and one frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKey {
+    pub netns_cookie: u64,
+    pub rev_nat_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
+
+/// The backend a client was last sent to and when (seconds of the kernel's
+/// monotonic clock).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub last_used_s: u32,
+}
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 8);

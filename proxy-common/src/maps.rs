@@ -12,18 +12,21 @@ pub const REV_NAT: &str = "bpfp_rnat_v1";
 pub const SOCK_REV_NAT: &str = "bpfp_sknat_v1";
 pub const SERVICE_NAMES: &str = "bpfp_names_v1";
 pub const COUNTERS: &str = "bpfp_cnt_v1";
+pub const AFFINITY: &str = "bpfp_aff_v1";
 
 /// Every map the agent owns, for loops over all of them (pin checks, dump).
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 7] = [
     SERVICES,
     BACKENDS,
     REV_NAT,
     SOCK_REV_NAT,
     SERVICE_NAMES,
     COUNTERS,
+    AFFINITY,
 ];
 
 pub const SERVICES_MAX: u32 = 65_536;
 pub const BACKENDS_MAX: u32 = 65_536;
 pub const REV_NAT_MAX: u32 = 65_536;
 pub const SOCK_REV_NAT_MAX: u32 = 262_144;
+pub const AFFINITY_MAX: u32 = 65_536;

@@ -2,8 +2,8 @@
 use core::net::Ipv4Addr;
 
 use crate::{
-    BackendValue, RevNatValue, ServiceKey, ServiceName, ServiceValue, SockRevNatKey,
-    SockRevNatValue, BACKEND_STATE_ACTIVE, SERVICE_NAME_LEN,
+    AffinityKey, AffinityValue, BackendValue, RevNatValue, ServiceKey, ServiceName, ServiceValue,
+    SockRevNatKey, SockRevNatValue, BACKEND_STATE_ACTIVE, SERVICE_NAME_LEN,
 };
 
 // SAFETY: all of these are `#[repr(C)]`, `Copy`, and have no implicit padding
@@ -15,6 +15,8 @@ unsafe impl aya::Pod for RevNatValue {}
 unsafe impl aya::Pod for SockRevNatKey {}
 unsafe impl aya::Pod for SockRevNatValue {}
 unsafe impl aya::Pod for ServiceName {}
+unsafe impl aya::Pod for AffinityKey {}
+unsafe impl aya::Pod for AffinityValue {}
 
 fn addr_be(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())

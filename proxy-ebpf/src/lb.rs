@@ -1,8 +1,11 @@
 //! Frontend lookup and backend selection, shared by every hook.
-use aya_ebpf::helpers::bpf_get_prandom_u32;
-use proxy_common::{counters, BackendValue, ServiceKey, ServiceValue};
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use proxy_common::{counters, AffinityKey, AffinityValue, BackendValue, ServiceKey, ServiceValue};
 
-use crate::maps::{BACKENDS, SERVICES};
+use crate::{
+    counters::bump,
+    maps::{AFFINITY, BACKENDS, SERVICES},
+};
 
 /// What the service map says about a destination.
 pub enum Lookup {
@@ -17,12 +20,20 @@ pub enum Lookup {
     },
 }
 
-/// Picks a backend for a connection to `addr_be:port_be/proto`, uniformly at
-/// random among the frontend's slots.
+/// Picks a backend for a connection to `addr_be:port_be/proto`: the
+/// client's previous one when the frontend has session affinity and it is
+/// still fresh, else uniformly at random among the frontend's slots.
+/// `client` names the client for affinity (its netns cookie); it is only
+/// called when the frontend has affinity.
 ///
 /// Err carries a counter reason; callers fail open on it.
 #[inline(always)]
-pub fn select(addr_be: u32, port_be: u16, proto: u8) -> Result<Lookup, u32> {
+pub fn select(
+    addr_be: u32,
+    port_be: u16,
+    proto: u8,
+    client: impl FnOnce() -> u64,
+) -> Result<Lookup, u32> {
     let key = ServiceKey::master_raw(addr_be, port_be, proto);
     // SAFETY: the value is copied out at once; entries are replaced whole by
     // the agent, never edited in place.
@@ -32,18 +43,74 @@ pub fn select(addr_be: u32, port_be: u16, proto: u8) -> Result<Lookup, u32> {
     if master.count == 0 {
         return Ok(Lookup::NoEndpoints);
     }
+    if master.affinity_timeout_s == 0 {
+        let (_, backend) = pick(addr_be, port_be, proto, &master)?;
+        return Ok(Lookup::Backend { backend, master });
+    }
+    let now = now_s();
+    let key = AffinityKey {
+        netns_cookie: client(),
+        rev_nat_id: master.rev_nat_id as u32,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    if let Some(prev) = unsafe { AFFINITY.get(key) }.copied() {
+        // wrapping: the clock may not have moved, never backwards.
+        if now.wrapping_sub(prev.last_used_s) <= master.affinity_timeout_s {
+            // The agent deletes entries whose backend left the frontend; a
+            // backend gone from the map entirely is re-picked.
+            if let Some(backend) = unsafe { BACKENDS.get(prev.backend_id) }.copied() {
+                remember(key, prev.backend_id, now);
+                bump(counters::AFFINITY_HIT);
+                return Ok(Lookup::Backend { backend, master });
+            }
+        }
+    }
+    let (backend_id, backend) = pick(addr_be, port_be, proto, &master)?;
+    remember(key, backend_id, now);
+    Ok(Lookup::Backend { backend, master })
+}
+
+/// kube-proxy's affinity timeout counts from the client's last new
+/// connection, so every use refreshes the entry.
+#[inline(always)]
+fn remember(key: AffinityKey, backend_id: u32, now: u32) {
+    let value = AffinityValue {
+        backend_id,
+        last_used_s: now,
+    };
+    if AFFINITY.insert(key, value, 0).is_err() {
+        bump(counters::ERR_AFFINITY_UPDATE);
+    }
+}
+
+/// Seconds of the monotonic clock; u32 wraps after 136 years of uptime.
+#[inline(always)]
+fn now_s() -> u32 {
+    // SAFETY: helper without preconditions.
+    (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
+}
+
+/// A uniformly random backend among the frontend's `count` slots.
+#[inline(always)]
+fn pick(
+    addr_be: u32,
+    port_be: u16,
+    proto: u8,
+    master: &ServiceValue,
+) -> Result<(u32, BackendValue), u32> {
     // Multiply-shift maps a 32-bit random number onto 0..count without a
     // division (no divide-by-zero path for the verifier to reject) and with
     // a bias below count/2^32.
     // SAFETY: helper without preconditions.
     let rand = unsafe { bpf_get_prandom_u32() };
-    let pick = ((rand as u64 * master.count as u64) >> 32) as u16;
-    let slot_key = ServiceKey::slot_raw(addr_be, port_be, proto, pick + 1);
+    let idx = ((rand as u64 * master.count as u64) >> 32) as u16;
+    let slot_key = ServiceKey::slot_raw(addr_be, port_be, proto, idx + 1);
     let Some(slot) = (unsafe { SERVICES.get(slot_key) }).copied() else {
         return Err(counters::ERR_SLOT_MISSING);
     };
     let Some(backend) = (unsafe { BACKENDS.get(slot.backend_id) }).copied() else {
         return Err(counters::ERR_BACKEND_MISSING);
     };
-    Ok(Lookup::Backend { backend, master })
+    Ok((slot.backend_id, backend))
 }

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    counters, maps as names, BackendValue, RevNatValue, ServiceKey, ServiceName, ServiceValue,
-    SockRevNatKey, SockRevNatValue,
+    counters, maps as names, AffinityKey, AffinityValue, BackendValue, RevNatValue, ServiceKey,
+    ServiceName, ServiceValue, SockRevNatKey, SockRevNatValue,
 };
 
 #[map(name = "bpfp_svc_v1")]
@@ -30,3 +30,10 @@ pub static SERVICE_NAMES: HashMap<u32, ServiceName> = HashMap::pinned(names::REV
 
 #[map(name = "bpfp_cnt_v1")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::MAX, 0);
+
+/// Session affinity (sessionAffinity: ClientIP): the backend each client
+/// netns last used per frontend. The agent removes entries whose backend
+/// left the frontend.
+#[map(name = "bpfp_aff_v1")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(names::AFFINITY_MAX, 0);

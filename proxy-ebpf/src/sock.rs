@@ -1,6 +1,6 @@
 //! The cgroup socket hooks: connect4, sendmsg4, recvmsg4, getpeername4.
 use aya_ebpf::{
-    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext,
@@ -52,7 +52,9 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
     // field must be read whole (4 bytes), then narrowed.
     let port_be = sa.user_port as u16;
     let proto = sa.protocol as u8;
-    match select(addr_be, port_be, proto) {
+    // SAFETY: helper valid for sock_addr programs (kernel >= 5.7).
+    let client = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    match select(addr_be, port_be, proto, client) {
         Ok(Lookup::NotAService) => ALLOW,
         Ok(Lookup::NoEndpoints) => {
             bump(counters::REJECTED_NO_ENDPOINTS);

@@ -12,6 +12,9 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+for tool in curl perl; do
+    command -v $tool >/dev/null || { echo "run.sh needs $tool (apt-get install $tool)" >&2; exit 2; }
+done
 BIN=$("$HERE/build.sh" | tail -n1)
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/bpfproxy-apiserver.XXXXXX")

@@ -8,7 +8,9 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BIN=$("$HERE/build.sh" | tail -n1)
-command -v python3 >/dev/null || { echo "smoke.sh needs python3 (JSON parsing)" >&2; exit 2; }
+for tool in curl perl python3; do
+    command -v $tool >/dev/null || { echo "smoke.sh needs $tool (apt-get install $tool)" >&2; exit 2; }
+done
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/bpfproxy-apiserver-smoke.XXXXXX")
 PIDS=()

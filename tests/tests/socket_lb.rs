@@ -380,3 +380,50 @@ fn unusable_objects_are_skipped_logged_and_counted_while_the_rest_works() -> Res
     }
     Ok(())
 }
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_backend_until_it_leaves() -> Result<()> {
+    let sb = sandbox(3)?;
+    let mut svc = manifest::ServiceSpec::cluster_ip("default/sticky", "10.96.0.20")
+        .port("http", 80, 8080, "TCP");
+    svc.client_ip_affinity_seconds = Some(60);
+    let slice = |backends: &[usize]| {
+        let ips: Vec<String> = backends.iter().map(|i| sb.backend_ip(*i)).collect();
+        let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+        manifest::endpoint_slice(
+            "default/sticky",
+            "sticky-1",
+            &refs,
+            &[("http", 8080, "TCP")],
+            &[],
+        )
+    };
+    sb.write_manifest(
+        "sticky.yaml",
+        &manifest::documents(&[svc.to_yaml(), slice(&[1, 2, 3])]),
+    )?;
+    let mut agent = sb.start_agent()?;
+    agent.wait_for_backends("10.96.0.20", 80, "TCP", &addrs(&sb, &[1, 2, 3], 8080), WAIT)?;
+
+    let r = sb.probe_tcp("10.96.0.20:80", 60)?;
+    ensure!(
+        r.ok == 60 && r.by_backend.len() == 1,
+        "one client, one backend: {r:?}"
+    );
+    let chosen = r.by_backend.keys().next().cloned().unwrap_or_default();
+    let idx: usize = chosen.trim_start_matches("backend-").parse()?;
+
+    // The backend leaves the Service: the client moves, and sticks again.
+    let rest: Vec<usize> = (1..=3).filter(|i| *i != idx).collect();
+    sb.write_manifest(
+        "sticky.yaml",
+        &manifest::documents(&[svc.to_yaml(), slice(&rest)]),
+    )?;
+    agent.wait_for_backends("10.96.0.20", 80, "TCP", &addrs(&sb, &rest, 8080), WAIT)?;
+    let r = sb.probe_tcp("10.96.0.20:80", 60)?;
+    ensure!(
+        r.ok == 60 && r.by_backend.len() == 1 && r.count(&chosen) == 0,
+        "{r:?}"
+    );
+    Ok(())
+}

@@ -40,6 +40,12 @@ pub trait LbMaps {
     fn read_all(&self) -> Result<MapState, MapsError>;
     /// One write. Deleting a missing key is success (idempotence).
     fn apply(&mut self, op: &Op) -> Result<(), MapsError>;
+    /// Deletes session-affinity entries whose (revNAT id, backend id) pair
+    /// `keep` rejects: the backend left that frontend. Returns how many.
+    fn prune_affinity(&mut self, keep: &dyn Fn(u32, u32) -> bool) -> Result<usize, MapsError> {
+        let _ = keep;
+        Ok(0)
+    }
     /// Datapath counters by reason, where the maps have them.
     fn counters(&self) -> std::collections::BTreeMap<String, u64> {
         Default::default()

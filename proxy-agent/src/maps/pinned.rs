@@ -4,7 +4,8 @@ use std::{collections::BTreeMap, path::Path};
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use proxy_common::{
-    counters, maps as names, BackendValue, RevNatValue, ServiceKey, ServiceName, ServiceValue,
+    counters, maps as names, AffinityKey, AffinityValue, BackendValue, RevNatValue, ServiceKey,
+    ServiceName, ServiceValue,
 };
 
 use super::{LbMaps, MapsError};
@@ -19,6 +20,7 @@ pub struct PinnedMaps {
     rev_nat: HashMap<MapData, u32, RevNatValue>,
     names: HashMap<MapData, u32, ServiceName>,
     counters: PerCpuArray<MapData, u64>,
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
 }
 
 fn open<T: TryFrom<Map, Error = MapError>>(dir: &Path, name: &str) -> Result<T, MapsError> {
@@ -41,6 +43,7 @@ impl PinnedMaps {
             rev_nat: open(dir, names::REV_NAT)?,
             names: open(dir, names::SERVICE_NAMES)?,
             counters: open(dir, names::COUNTERS)?,
+            affinity: open(dir, names::AFFINITY)?,
         })
     }
 
@@ -118,6 +121,20 @@ impl LbMaps for PinnedMaps {
                 .map(|(id, n)| (id, n.as_str().to_string()))
                 .collect(),
         })
+    }
+
+    fn prune_affinity(&mut self, keep: &dyn Fn(u32, u32) -> bool) -> Result<usize, MapsError> {
+        let stale: Vec<AffinityKey> = self
+            .affinity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| !keep(k.rev_nat_id, v.backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            remove(&mut self.affinity, k, names::AFFINITY)?;
+        }
+        Ok(stale.len())
     }
 
     fn counters(&self) -> BTreeMap<String, u64> {
