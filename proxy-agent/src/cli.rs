@@ -165,7 +165,42 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// The pin directory must be on a bpffs, or pinning fails with an obscure
 /// error; say what to do instead.
 fn check_bpffs(path: &Path) -> anyhow::Result<()> {
+    // Many distributions leave /sys/fs/bpf unmounted; mount it as Cilium
+    // does (with the DaemonSet's Bidirectional propagation it shows on the
+    // host, so pins survive pod restarts).
+    let default_root = Path::new("/sys/fs/bpf");
+    if path.starts_with(default_root) && !is_bpffs(default_root)? {
+        let src = std::ffi::CString::new("bpf")?;
+        let dst = std::ffi::CString::new("/sys/fs/bpf")?;
+        // SAFETY: valid NUL-terminated strings; no data argument.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            bail!(
+                "mounting bpffs on /sys/fs/bpf: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        info!("mounted bpffs on /sys/fs/bpf");
+    }
     std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    if !is_bpffs(path)? {
+        bail!(
+            "{} is not on a bpf filesystem; mount one first: mount -t bpf bpf /sys/fs/bpf",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: statfs writes into the zeroed struct we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
@@ -177,13 +212,7 @@ fn check_bpffs(path: &Path) -> anyhow::Result<()> {
         );
     }
     #[allow(clippy::unnecessary_cast)] // f_type's type differs across targets
-    if st.f_type as i64 != BPF_FS_MAGIC {
-        bail!(
-            "{} is not on a bpf filesystem; mount one first: mount -t bpf bpf /sys/fs/bpf",
-            path.display()
-        );
-    }
-    Ok(())
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

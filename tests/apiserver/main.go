@@ -94,20 +94,20 @@ func utilruntimeMust(err error) {
 }
 
 type flags struct {
-	etcdServers        []string
-	etcdPrefix         string
-	etcdCompaction     time.Duration
-	watchCache         bool
-	bindAddress        string
-	bindPort           int
-	certDir            string
-	serviceCIDR        string
-	kubeconfigOut      string
-	bootstrapNS        bool
-	kubernetesService  bool
-	minRequestTimeout  int
-	shutdownTimeout    time.Duration
-	shutdownAfterStdin bool
+	etcdServers       []string
+	etcdPrefix        string
+	etcdCompaction    time.Duration
+	watchCache        bool
+	bindAddress       string
+	bindPort          int
+	certDir           string
+	serviceCIDR       string
+	kubeconfigOut     string
+	bootstrapNS       bool
+	kubernetesService bool
+	minRequestTimeout int
+	shutdownTimeout   time.Duration
+	exitOnStdinEOF    bool
 }
 
 func main() {
@@ -126,7 +126,7 @@ func main() {
 	fs.BoolVar(&f.kubernetesService, "kubernetes-service", false, "create Service default/kubernetes (ClusterIP .1, port 443) and its EndpointSlice pointing at this server")
 	fs.IntVar(&f.minRequestTimeout, "min-request-timeout", 1800, "watch requests time out after a random duration between this many seconds and twice that")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", time.Second, "on SIGTERM/SIGINT, how long to wait for open connections (watches) before exiting anyway (kube-apiserver waits up to 60s)")
-	fs.BoolVar(&f.shutdownAfterStdin, "exit-on-stdin-eof", false, "shut down when stdin is closed (lets a test harness tie the server's lifetime to its own)")
+	fs.BoolVar(&f.exitOnStdinEOF, "exit-on-stdin-eof", false, "shut down when stdin is closed (lets a test harness tie the server's lifetime to its own)")
 	klogFlags := flag.NewFlagSet("klog", flag.ExitOnError)
 	klog.InitFlags(klogFlags)
 	fs.AddGoFlagSet(klogFlags) // -v=N, --logtostderr, ...
@@ -140,7 +140,7 @@ func main() {
 
 func run(f flags) error {
 	ctx := genericapiserver.SetupSignalContext() // SIGINT/SIGTERM -> graceful stop
-	if f.shutdownAfterStdin {
+	if f.exitOnStdinEOF {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
 		go func() { _, _ = io.Copy(io.Discard, os.Stdin); cancel() }()

@@ -84,13 +84,13 @@ func (s *strategy) ValidateUpdate(_ context.Context, obj, old runtime.Object) fi
 	return errs
 }
 
-func (s *strategy) WarningsOnCreate(context.Context, runtime.Object) []string      { return nil }
+func (s *strategy) WarningsOnCreate(context.Context, runtime.Object) []string { return nil }
 func (s *strategy) WarningsOnUpdate(context.Context, runtime.Object, runtime.Object) []string {
 	return nil
 }
-func (s *strategy) Canonicalize(runtime.Object)     {}
-func (s *strategy) AllowCreateOnUpdate() bool       { return false } // PUT does not create (server-side apply still does)
-func (s *strategy) AllowUnconditionalUpdate() bool  { return true }  // PUT without resourceVersion is allowed, as in kube
+func (s *strategy) Canonicalize(runtime.Object)    {}
+func (s *strategy) AllowCreateOnUpdate() bool      { return false } // PUT does not create (server-side apply still does)
+func (s *strategy) AllowUnconditionalUpdate() bool { return true }  // PUT without resourceVersion is allowed, as in kube
 
 func storageAttrFunc(namespaced bool) storage.AttrFunc {
 	if namespaced {
