@@ -24,8 +24,9 @@ const LOG_TAIL: usize = 40;
 pub struct AgentConfig {
     /// The `bpfproxy` binary.
     pub bin: PathBuf,
-    /// `--source`: the manifest directory.
-    pub source: PathBuf,
+    /// `--source`: the manifest directory; None: the API server named by
+    /// `--kubeconfig` in `extra_args` (see [`AgentConfig::for_api_server`]).
+    pub source: Option<PathBuf>,
     /// `--cgroup`: a test's child cgroup, never the root.
     pub cgroup: PathBuf,
     /// `--bpffs`: a private bpffs mount.
@@ -47,7 +48,7 @@ impl AgentConfig {
     pub fn new(source: &Path, cgroup: &Path, bpffs: &Path) -> Result<Self> {
         Ok(AgentConfig {
             bin: crate::paths::bpfproxy_bin()?,
-            source: source.to_path_buf(),
+            source: Some(source.to_path_buf()),
             cgroup: cgroup.to_path_buf(),
             bpffs: bpffs.to_path_buf(),
             node_name: None,
@@ -58,17 +59,39 @@ impl AgentConfig {
         })
     }
 
+    /// Watches the API server of `kubeconfig` instead of a directory. The
+    /// agent runs in our namespace (the server listens on our loopback), so
+    /// its HTTP ports are the given free loopback ports, not the defaults.
+    pub fn for_api_server(
+        mut self,
+        kubeconfig: &Path,
+        metrics_port: u16,
+        healthz_port: u16,
+    ) -> Self {
+        self.source = None;
+        self.netns = None;
+        self.extra_args.extend([
+            "--kubeconfig".to_string(),
+            kubeconfig.display().to_string(),
+            format!("--metrics-bind-address=127.0.0.1:{metrics_port}"),
+            format!("--healthz-bind-address=127.0.0.1:{healthz_port}"),
+        ]);
+        self
+    }
+
     /// The `bpfproxy run …` arguments.
     pub fn run_args(&self) -> Vec<OsString> {
-        let mut a: Vec<OsString> = vec![
-            "run".into(),
-            "--source".into(),
-            self.source.clone().into(),
+        let mut a: Vec<OsString> = vec!["run".into()];
+        if let Some(source) = &self.source {
+            a.push("--source".into());
+            a.push(source.clone().into());
+        }
+        a.extend::<[OsString; 4]>([
             "--cgroup".into(),
             self.cgroup.clone().into(),
             "--bpffs".into(),
             self.bpffs.clone().into(),
-        ];
+        ]);
         if let Some(n) = &self.node_name {
             a.push("--node-name".into());
             a.push(n.into());

@@ -13,8 +13,10 @@
 //! child cgroup, never the root; nothing is sent from the root namespace.
 
 pub mod agent;
+pub mod apiserver;
 pub mod bpffs;
 pub mod cgroup;
+pub mod cluster;
 pub mod interrupt;
 pub mod manifest;
 pub mod netns;

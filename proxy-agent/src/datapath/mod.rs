@@ -14,4 +14,4 @@ pub use invariant::check_invariant;
 pub use plan::{plan, Op};
 pub use render::{render, RenderOutput};
 pub use state::MapState;
-pub use view::{BackendView, DumpView, FrontendView};
+pub use view::{BackendView, DumpView, FrontendView, MapEntries};

@@ -10,9 +10,19 @@ use crate::model::Protocol;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DumpView {
     pub frontends: Vec<FrontendView>,
+    /// Entries per map: after a Service is deleted, nothing may be left.
+    pub entries: MapEntries,
     /// Datapath counters summed over CPUs, by reason (empty when unknown).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MapEntries {
+    pub services: usize,
+    pub backends: usize,
+    pub rev_nat: usize,
+    pub names: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -74,6 +84,12 @@ impl DumpView {
         frontends.sort();
         DumpView {
             frontends,
+            entries: MapEntries {
+                services: state.services.len(),
+                backends: state.backends.len(),
+                rev_nat: state.rev_nat.len(),
+                names: state.names.len(),
+            },
             counters: Default::default(),
         }
     }
@@ -105,6 +121,12 @@ impl fmt::Display for DumpView {
                 writeln!(f, "    ! {p}")?;
             }
         }
+        let e = &self.entries;
+        writeln!(
+            f,
+            "map entries: services {} backends {} revnat {} names {}",
+            e.services, e.backends, e.rev_nat, e.names
+        )?;
         if !self.counters.is_empty() {
             writeln!(f, "counters:")?;
             for (name, value) in &self.counters {

@@ -129,6 +129,21 @@ pub async fn run(
     }
 }
 
+/// How fast to retry a failed list/watch: 100 ms doubling to at most 1 s,
+/// with jitter. client-go waits up to 30 s, but then changes made during an
+/// API-server outage would reach the node up to 30 s after it returns; one
+/// request per second per watch is what a recovering server must absorb
+/// instead (jitter spreads the nodes out).
+fn reconnect_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(100))
+        .with_max_delay(std::time::Duration::from_secs(1))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
+}
+
 /// Starts a reflector task for `K` and returns its store.
 fn spawn_reflector<K>(
     api: Api<K>,
@@ -147,7 +162,7 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store::<K>();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    let stream = reflector::reflector(writer, watcher(api, config).backoff(reconnect_backoff()));
     tokio::spawn(drive(stream, kind, changed.clone(), metrics.clone()));
     reader
 }
