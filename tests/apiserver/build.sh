@@ -12,8 +12,9 @@
 #
 # Cache layout (all under $CACHE):
 #   apiserver-<hash>/bin/...           final binaries (what callers use)
-#   apiserver-sysroot-<pkghash>/       apt state, .debs, unpacked root/ (~600 MB)
-#   apiserver-gocache/                 GOCACHE, shared so source edits rebuild in ~20 s
+#   apiserver-sysroot-<pkghash>/       .debs (~91 MB) + unpacked root/ (~700 MB)
+#   apiserver-gocache/                 GOCACHE, shared so source edits rebuild in ~10 s
+#   apiserver-build.lock               serializes concurrent builds
 #
 # Environment knobs:
 #   BPFPROXY_CACHE   cache root (default /var/cache/bpfproxy)
@@ -41,6 +42,18 @@ fi
 command -v apt-get >/dev/null || die "apt-get not found (this script expects Debian)"
 command -v dpkg >/dev/null || die "dpkg not found"
 mkdir -p "$CACHE" || die "cannot create $CACHE (set BPFPROXY_CACHE to a writable dir)"
+
+# Several test binaries may call this at once: one builds, the others wait
+# and then take the fast path.
+exec 9>"$CACHE/apiserver-build.lock"
+if ! flock -n 9; then
+    log "another build.sh is running; waiting for it"
+    flock 9
+fi
+if [[ -x $OUT/bin/bpfproxy-test-apiserver && -x $OUT/bin/etcd ]]; then
+    echo "$OUT/bin"
+    exit 0
+fi
 
 # --- 1. Fetch + unpack the sid packages (once per packages.txt) ---------------
 pkghash=$(sha256sum "$HERE/packages.txt" | cut -c1-16)
@@ -157,7 +170,7 @@ k8sver=$(sed -n 's/^golang-k8s-apiserver-dev=\(0\.\([0-9]*\)\.\([0-9]*\)\).*/1.\
 V=k8s.io/component-base/version
 ldflags="-s -w -X $V.gitVersion=v$k8sver -X $V.gitMajor=1 -X $V.gitMinor=$(cut -d. -f2 <<<"$k8sver") -X $V.gitTreeState=clean -X $V.gitCommit=$hash"
 
-log "compiling $PKG (Go $(go env GOVERSION); a cold build takes ~6 min on 2 cores)"
+log "compiling $PKG (Go $(go env GOVERSION); a cold build takes 3-6 min on 2 cores)"
 start=$SECONDS
 mkdir -p "$WORK/bin"
 (cd "$SRC" && go build -trimpath -ldflags "$ldflags" -o "$WORK/bin/bpfproxy-test-apiserver" .) >&2 \
@@ -166,13 +179,10 @@ log "compiled in $((SECONDS - start)) s"
 cp "$ROOT/usr/bin/etcd" "$WORK/bin/etcd"
 [[ -x $ROOT/usr/bin/etcdctl ]] && cp "$ROOT/usr/bin/etcdctl" "$WORK/bin/etcdctl"
 
-# Publish atomically: a concurrent build.sh either sees nothing or all of it.
+# Publish with one rename: readers (fast path, no lock) see all or nothing.
 mkdir -p "$OUT"
-rm -rf "$OUT/bin.tmp.$$"
-mv "$WORK/bin" "$OUT/bin.tmp.$$"
-if ! mv -T "$OUT/bin.tmp.$$" "$OUT/bin" 2>/dev/null; then
-    rm -rf "$OUT/bin.tmp.$$"   # somebody else won the race; theirs is identical
-fi
+rm -rf "$OUT/bin"
+mv -T "$WORK/bin" "$OUT/bin"
 printf '%s\n' "${GO_SOURCES[@]}" packages.txt build.sh >"$OUT/inputs.txt"
 cp "$SYS/resolved.txt" "$OUT/packages.resolved.txt"
 # Prune builds of other source versions unused for 3 days (~90 MB each).

@@ -199,6 +199,17 @@ impl ApiServer {
         )
     }
 
+    /// Starts the API server on `port` (0: a new free one).
+    pub fn start_server_on(&mut self, port: u16) -> Result<()> {
+        self.port = port;
+        self.start_server()
+    }
+
+    /// The port the server listens on (also while it is stopped).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Stops the API server (SIGTERM, then SIGKILL); etcd keeps running.
     pub fn stop_server(&mut self) {
         if let Some(mut c) = self.server.take() {

@@ -29,7 +29,7 @@ pub fn run(opts: &Options) -> Result<()> {
         );
     }
     let root = workspace::root();
-    let mut steps = Steps::new(if opts.unprivileged { 6 } else { 8 });
+    let mut steps = Steps::new(if opts.unprivileged { 6 } else { 9 });
     let result = pipeline(opts, &root, &mut steps);
     steps.summary();
     result
@@ -102,6 +102,11 @@ fn pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()> {
         });
     }
 
+    // Built here, not inside the first test that needs it: a cold build
+    // takes minutes, longer than a test may run.
+    steps.step("test API server (etcd + k8s.io/apiserver, cached)", || {
+        sh::run(Command::new("bash").arg(root.join("tests/apiserver/build.sh")))
+    })?;
     steps.step("sweep leftovers", sweep::sweep)?;
     let tests = steps.step("tests", || {
         let mut c = cargo(
