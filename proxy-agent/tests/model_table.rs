@@ -21,7 +21,7 @@ fn slice(name: &str, ports: &str, endpoints: &str) -> String {
 fn endpoints_of(yaml: &str, port: u16, protocol: Protocol) -> Option<Vec<String>> {
     let out = common::build(yaml);
     let fe = Frontend {
-        ip: Ipv4Addr::new(10, 96, 0, 1),
+        ip: Ipv4Addr::new(10, 96, 0, 1).into(),
         port,
         protocol,
     };
@@ -151,7 +151,7 @@ fn endpoints_on(
 ) -> Vec<String> {
     let out = common::build_on(yaml, node, zone);
     let fe = Frontend {
-        ip,
+        ip: ip.into(),
         port,
         protocol: Protocol::Tcp,
     };
@@ -292,4 +292,35 @@ fn a_service_proxy_name_label_is_honoured_only_when_it_names_us() {
         ..Default::default()
     };
     assert_eq!(common::build_with(yaml, &ours).state.frontends.len(), 1);
+}
+
+#[test]
+fn ipv6_is_modelled_per_family_but_only_ipv4_is_programmed() {
+    let yaml = svc("[{port: 80}]", "  clusterIPs: [10.96.0.1, \"fd00::1\"]\n")
+        + &slice("s-4", "[{port: 80}]", "[{addresses: [10.0.0.1]}]")
+        + &slice("s-6", "[{port: 80}]", "[{addresses: [\"fd00::a\"]}]")
+            .replace("addressType: IPv4", "addressType: IPv6");
+    let out = common::build(&yaml);
+    let v6 = Frontend {
+        ip: "fd00::1".parse().expect("ip"),
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    let eps: Vec<String> = out.state.frontends[&v6]
+        .endpoints
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(eps, ["[fd00::a]:80"]);
+    assert_eq!(
+        endpoints_of(&yaml, 80, Protocol::Tcp).unwrap(),
+        ["10.0.0.1:80"],
+        "families do not mix"
+    );
+    let (maps, _) = common::program(&yaml);
+    assert_eq!(
+        maps.masters().count(),
+        1,
+        "only the IPv4 frontend reaches the maps"
+    );
 }

@@ -41,13 +41,13 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
         prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)],
     )
         .prop_map(|(ip, port, protocol)| Frontend {
-            ip: Ipv4Addr::new(10, 96, 0, ip),
+            ip: Ipv4Addr::new(10, 96, 0, ip).into(),
             port,
             protocol,
         });
     let endpoints = proptest::collection::btree_set(
         (0u8..6, prop_oneof![Just(8080u16), Just(53)]).prop_map(|(ip, port)| Endpoint {
-            ip: Ipv4Addr::new(10, 244, 0, ip),
+            ip: Ipv4Addr::new(10, 244, 0, ip).into(),
             port,
         }),
         0..5,
@@ -58,7 +58,7 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
             .map(|(fe, endpoints)| {
                 let name = ServicePortName {
                     namespace: "ns".into(),
-                    name: format!("svc-{}", fe.ip.octets()[3]),
+                    name: format!("svc-{}", fe.ip),
                     port: fe.port.to_string(),
                 };
                 (
@@ -146,12 +146,12 @@ proptest! {
 #[test]
 fn a_full_backend_map_holds_back_only_the_frontends_that_need_new_backends() {
     let fe = |ip: u8| Frontend {
-        ip: Ipv4Addr::new(10, 96, 0, ip),
+        ip: Ipv4Addr::new(10, 96, 0, ip).into(),
         port: 80,
         protocol: Protocol::Tcp,
     };
     let ep = |ip: u8| Endpoint {
-        ip: Ipv4Addr::new(10, 244, 0, ip),
+        ip: Ipv4Addr::new(10, 244, 0, ip).into(),
         port: 8080,
     };
     let state = |entries: &[(u8, &[u8])]| DesiredState {

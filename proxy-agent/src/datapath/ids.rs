@@ -35,7 +35,7 @@ impl Ids {
         for (id, be) in &state.backends {
             if let Some(protocol) = Protocol::from_number(be.proto) {
                 let ep = Endpoint {
-                    ip: be.ip(),
+                    ip: be.ip().into(),
                     port: be.port(),
                 };
                 ids.backends.insert((ep, protocol), *id);
@@ -44,7 +44,7 @@ impl Ids {
         for (key, value) in state.masters() {
             if let Some(protocol) = Protocol::from_number(key.proto) {
                 let fe = Frontend {
-                    ip: key.ip(),
+                    ip: key.ip().into(),
                     port: key.port(),
                     protocol,
                 };

@@ -1,5 +1,8 @@
 //! Services + EndpointSlices → [`DesiredState`], with kube-proxy's rules.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
@@ -71,92 +74,97 @@ pub fn build_desired_state<'a>(
                 name: info.name.to_string(),
                 port: port.name.clone(),
             };
-            let mut eps = categorize(own_slices, &port.name, port.protocol, &config.node);
-            for set in [&mut eps.cluster, &mut eps.local] {
-                if set.len() > MAX_ENDPOINTS_PER_FRONTEND {
-                    out.skips.push(skip(
-                        "Service",
-                        &obj,
-                        SkipReason::TooManyEndpoints,
-                        &format!("{} endpoints for port {:?}", set.len(), port.name),
-                    ));
-                    *set = std::mem::take(set)
-                        .into_iter()
-                        .take(MAX_ENDPOINTS_PER_FRONTEND)
-                        .collect();
+            // Each IP family has its own slices and frontends (dual-stack).
+            for ipv6 in [false, true] {
+                let family = |ip: &&IpAddr| ip.is_ipv6() == ipv6;
+                let cluster_ips: Vec<IpAddr> =
+                    info.cluster_ips.iter().filter(family).copied().collect();
+                if cluster_ips.is_empty() {
+                    continue; // the Service does not have this family
                 }
-            }
-            let has_external = port.node_port.is_some()
-                || !info.external_ips.is_empty()
-                || !info.load_balancer_ips.is_empty();
-            if eps.any && eps.local.is_empty() {
-                if info.internal_local {
-                    out.no_local_endpoints_internal += 1;
+                let mut eps = categorize(own_slices, &port.name, port.protocol, ipv6, &config.node);
+                for set in [&mut eps.cluster, &mut eps.local] {
+                    if set.len() > MAX_ENDPOINTS_PER_FRONTEND {
+                        out.skips.push(skip(
+                            "Service",
+                            &obj,
+                            SkipReason::TooManyEndpoints,
+                            &format!("{} endpoints for port {:?}", set.len(), port.name),
+                        ));
+                        *set = std::mem::take(set)
+                            .into_iter()
+                            .take(MAX_ENDPOINTS_PER_FRONTEND)
+                            .collect();
+                    }
                 }
-                if info.external_local && has_external {
-                    out.no_local_endpoints_external += 1;
-                }
-            }
-            let internal = if info.internal_local {
-                &eps.local
-            } else {
-                &eps.cluster
-            };
-            let external = if info.external_local {
-                &eps.local
-            } else {
-                &eps.cluster
-            };
-
-            let mut frontends: Vec<(Ipv4Addr, u16, FrontendKind)> = Vec::new();
-            frontends.extend(
-                info.cluster_ips
-                    .iter()
-                    .map(|ip| (*ip, port.port, FrontendKind::ClusterIp)),
-            );
-            if let Some(np) = port.node_port {
-                frontends.push((Ipv4Addr::UNSPECIFIED, np, FrontendKind::NodePort));
-            }
-            frontends.extend(
-                info.external_ips
-                    .iter()
-                    .map(|ip| (*ip, port.port, FrontendKind::ExternalIp)),
-            );
-            frontends.extend(
-                info.load_balancer_ips
-                    .iter()
-                    .map(|ip| (*ip, port.port, FrontendKind::LoadBalancer)),
-            );
-
-            for (ip, number, kind) in frontends {
-                let frontend = Frontend {
-                    ip,
-                    port: number,
-                    protocol: port.protocol,
-                };
-                if let Some(owner) = out.state.frontends.get(&frontend) {
-                    out.skips.push(skip(
-                        "Service",
-                        &obj,
-                        SkipReason::DuplicateFrontend,
-                        &format!("{frontend} already belongs to {}", owner.name),
-                    ));
-                    continue;
-                }
-                let endpoints = if kind.is_external() {
-                    external
+                let any_node_ip = if ipv6 {
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED)
                 } else {
-                    internal
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
                 };
-                out.state.frontends.insert(
-                    frontend,
-                    FrontendState {
-                        name: spn.clone(),
-                        kind,
-                        endpoints: endpoints.clone(),
-                        affinity_timeout_s: info.affinity_timeout_s,
-                    },
+                let mut frontends: Vec<(IpAddr, u16, FrontendKind)> = Vec::new();
+                frontends.extend(
+                    cluster_ips
+                        .iter()
+                        .map(|ip| (*ip, port.port, FrontendKind::ClusterIp)),
                 );
+                if let Some(np) = port.node_port {
+                    frontends.push((any_node_ip, np, FrontendKind::NodePort));
+                }
+                frontends.extend(
+                    info.external_ips
+                        .iter()
+                        .filter(family)
+                        .map(|ip| (*ip, port.port, FrontendKind::ExternalIp)),
+                );
+                frontends.extend(
+                    info.load_balancer_ips
+                        .iter()
+                        .filter(family)
+                        .map(|ip| (*ip, port.port, FrontendKind::LoadBalancer)),
+                );
+                let has_external = frontends.iter().any(|(_, _, k)| k.is_external());
+                if eps.any && eps.local.is_empty() {
+                    if info.internal_local {
+                        out.no_local_endpoints_internal += 1;
+                    }
+                    if info.external_local && has_external {
+                        out.no_local_endpoints_external += 1;
+                    }
+                }
+                for (ip, number, kind) in frontends {
+                    let frontend = Frontend {
+                        ip,
+                        port: number,
+                        protocol: port.protocol,
+                    };
+                    if let Some(owner) = out.state.frontends.get(&frontend) {
+                        out.skips.push(skip(
+                            "Service",
+                            &obj,
+                            SkipReason::DuplicateFrontend,
+                            &format!("{frontend} already belongs to {}", owner.name),
+                        ));
+                        continue;
+                    }
+                    // ClusterIPs follow internalTrafficPolicy, the external
+                    // kinds externalTrafficPolicy.
+                    let local = if kind.is_external() {
+                        info.external_local
+                    } else {
+                        info.internal_local
+                    };
+                    let endpoints = if local { &eps.local } else { &eps.cluster };
+                    out.state.frontends.insert(
+                        frontend,
+                        FrontendState {
+                            name: spn.clone(),
+                            kind,
+                            endpoints: endpoints.clone(),
+                            affinity_timeout_s: info.affinity_timeout_s,
+                        },
+                    );
+                }
             }
         }
     }

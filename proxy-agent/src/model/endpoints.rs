@@ -29,16 +29,18 @@ enum Topology {
     SameZone,
 }
 
-/// The endpoints of `port_name/protocol` across a Service's slices, with
-/// the target port each slice gives them.
+/// The endpoints of `port_name/protocol` across a Service's slices of one
+/// IP family, with the target port each slice gives them.
 pub fn categorize(
     slices: &[UsableSlice],
     port_name: &str,
     protocol: Protocol,
+    ipv6: bool,
     node: &NodeContext,
 ) -> Categorized {
     let eps: Vec<(Endpoint, &SliceEndpoint)> = slices
         .iter()
+        .filter(|s| s.ipv6 == ipv6)
         .flat_map(|s| {
             s.ports
                 .iter()

@@ -1,5 +1,5 @@
 //! A Service validated into the parts the proxy uses.
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 
@@ -26,9 +26,11 @@ pub struct PortInfo {
 pub struct ServiceInfo<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
-    pub cluster_ips: Vec<Ipv4Addr>,
-    pub external_ips: Vec<Ipv4Addr>,
-    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// Both families of a dual-stack Service; IPv6 is modelled, and left
+    /// out when rendering until the datapath has IPv6 programs.
+    pub cluster_ips: Vec<IpAddr>,
+    pub external_ips: Vec<IpAddr>,
+    pub load_balancer_ips: Vec<IpAddr>,
     pub internal_local: bool,
     pub external_local: bool,
     pub affinity_timeout_s: u32,
@@ -73,19 +75,13 @@ pub fn parse_service<'a>(
     if raw.is_empty() || raw.iter().any(|ip| ip.is_empty() || *ip == "None") {
         return None;
     }
-    let (cluster_ips, saw_v6) = parse_ips(raw, &obj, SkipReason::InvalidClusterIp, skips)?;
-    if cluster_ips.is_empty() && saw_v6 {
-        skips.push(skip("Service", &obj, SkipReason::Ipv6NotSupported, ""));
-        return None;
-    }
+    let cluster_ips = parse_ips(raw, &obj, SkipReason::InvalidClusterIp, skips)?;
     // A bad external address costs only that address.
     let external_ips = spec
         .external_ips
         .iter()
         .flatten()
-        .filter_map(|ip| {
-            parse_ips([ip.as_str()], &obj, SkipReason::InvalidExternalIp, skips).map(|(v, _)| v)
-        })
+        .filter_map(|ip| parse_ips([ip.as_str()], &obj, SkipReason::InvalidExternalIp, skips))
         .flatten()
         .collect();
     let load_balancer_ips = load_balancer_ips(svc, &obj, skips);
@@ -146,33 +142,30 @@ pub fn parse_service<'a>(
     })
 }
 
-/// IPv4 addresses among `raw`, and whether IPv6 ones were seen. None (with a
-/// skip) if any is not an address at all.
+/// The addresses in `raw`; None (with a skip) if any is not an address.
 fn parse_ips<'r>(
     raw: impl IntoIterator<Item = &'r str>,
     obj: &str,
     reason: SkipReason,
     skips: &mut Vec<Skip>,
-) -> Option<(Vec<Ipv4Addr>, bool)> {
-    let mut v4 = Vec::new();
-    let mut saw_v6 = false;
+) -> Option<Vec<IpAddr>> {
+    let mut ips = Vec::new();
     for text in raw {
         match text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => v4.push(ip),
-            Ok(IpAddr::V6(_)) => saw_v6 = true,
+            Ok(ip) => ips.push(ip),
             Err(_) => {
                 skips.push(skip("Service", obj, reason, &format!("{text:?}")));
                 return None;
             }
         }
     }
-    Some((v4, saw_v6))
+    Some(ips)
 }
 
 /// status.loadBalancer.ingress IPs that traffic is really addressed to.
 /// With `ipMode: Proxy` the load balancer proxies to the nodes itself, so
 /// kube-proxy must not capture that IP (KEP-1860).
-fn load_balancer_ips(svc: &Service, obj: &str, skips: &mut Vec<Skip>) -> Vec<Ipv4Addr> {
+fn load_balancer_ips(svc: &Service, obj: &str, skips: &mut Vec<Skip>) -> Vec<IpAddr> {
     let ingress = svc
         .status
         .as_ref()
@@ -184,6 +177,6 @@ fn load_balancer_ips(svc: &Service, obj: &str, skips: &mut Vec<Skip>) -> Vec<Ipv
         .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
         .filter_map(|i| i.ip.as_deref().filter(|ip| !ip.is_empty()))
         .filter_map(|ip| parse_ips([ip], obj, SkipReason::InvalidLoadBalancerIp, skips))
-        .flat_map(|(v, _)| v)
+        .flatten()
         .collect()
 }

@@ -18,8 +18,6 @@ pub enum SkipReason {
     InvalidExternalIp,
     /// A status.loadBalancer.ingress IP is not an IP address.
     InvalidLoadBalancerIp,
-    /// An IPv6 ClusterIP: modelled later, not programmed yet.
-    Ipv6NotSupported,
     /// A port number outside 1..=65535.
     InvalidPort,
     /// A protocol other than TCP, UDP, SCTP.
@@ -44,7 +42,6 @@ impl SkipReason {
             SkipReason::InvalidClusterIp => "invalid_cluster_ip",
             SkipReason::InvalidExternalIp => "invalid_external_ip",
             SkipReason::InvalidLoadBalancerIp => "invalid_load_balancer_ip",
-            SkipReason::Ipv6NotSupported => "ipv6_not_supported",
             SkipReason::InvalidPort => "invalid_port",
             SkipReason::UnknownProtocol => "unknown_protocol",
             SkipReason::InvalidEndpointAddress => "invalid_endpoint_address",

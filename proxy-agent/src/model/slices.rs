@@ -1,5 +1,5 @@
 //! EndpointSlices validated into the parts the proxy uses.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -20,7 +20,7 @@ pub struct SlicePort {
 
 /// One endpoint with its conditions (API defaults applied) and topology.
 pub struct SliceEndpoint {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -32,6 +32,8 @@ pub struct SliceEndpoint {
 
 /// The parts of an EndpointSlice the proxy uses.
 pub struct UsableSlice {
+    /// IPv6 slices (addressType IPv6) serve IPv6 frontends only.
+    pub ipv6: bool,
     pub ports: Vec<SlicePort>,
     pub endpoints: Vec<SliceEndpoint>,
     /// `endpoints.kubernetes.io/last-change-trigger-time`, for the network
@@ -70,13 +72,14 @@ pub fn usable_slices<'a>(
             ));
             continue;
         };
-        // IPv6 slices belong to the IPv6 family (not programmed yet); FQDN
-        // slices are ignored by kube-proxy too. Neither is an error.
-        if slice.address_type != "IPv4" {
-            continue;
-        }
+        // FQDN slices are ignored by kube-proxy too; not an error.
+        let ipv6 = match slice.address_type.as_str() {
+            "IPv4" => false,
+            "IPv6" => true,
+            _ => continue,
+        };
         let ports = usable_ports(slice, &obj, skips);
-        let endpoints = usable_endpoints(slice, &obj, skips);
+        let endpoints = usable_endpoints(slice, ipv6, &obj, skips);
         let trigger_time = slice
             .metadata
             .annotations
@@ -87,6 +90,7 @@ pub fn usable_slices<'a>(
             .entry((namespace.to_string(), service.clone()))
             .or_default()
             .push(UsableSlice {
+                ipv6,
                 ports,
                 endpoints,
                 trigger_time,
@@ -126,7 +130,12 @@ fn usable_ports(slice: &EndpointSlice, obj: &str, skips: &mut Vec<Skip>) -> Vec<
     ports
 }
 
-fn usable_endpoints(slice: &EndpointSlice, obj: &str, skips: &mut Vec<Skip>) -> Vec<SliceEndpoint> {
+fn usable_endpoints(
+    slice: &EndpointSlice,
+    ipv6: bool,
+    obj: &str,
+    skips: &mut Vec<Skip>,
+) -> Vec<SliceEndpoint> {
     let mut endpoints = Vec::new();
     for ep in &slice.endpoints {
         // All addresses of an endpoint are fungible; kube-proxy uses the
@@ -134,7 +143,13 @@ fn usable_endpoints(slice: &EndpointSlice, obj: &str, skips: &mut Vec<Skip>) -> 
         let Some(first) = ep.addresses.first() else {
             continue;
         };
-        let Ok(ip) = first.parse::<Ipv4Addr>() else {
+        // An address of the other family than the slice's is as invalid
+        // as a malformed one.
+        let Some(ip) = first
+            .parse::<IpAddr>()
+            .ok()
+            .filter(|ip| ip.is_ipv6() == ipv6)
+        else {
             skips.push(skip(
                 "EndpointSlice",
                 obj,

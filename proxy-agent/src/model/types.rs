@@ -1,7 +1,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    net::IpAddr,
     str::FromStr,
 };
 
@@ -82,14 +82,15 @@ impl fmt::Display for ServicePortName {
 /// external addresses) with port and protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
 }
 
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.ip, self.port, self.protocol)
+        // SocketAddr brackets IPv6 addresses: [fd00::1]:80.
+        write!(f, "{}/{}", std::net::SocketAddr::new(self.ip, self.port), self.protocol)
     }
 }
 
@@ -97,13 +98,13 @@ impl fmt::Display for Frontend {
 /// translates to (its targetPort, as the EndpointSlice states it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.ip, self.port)
+        write!(f, "{}", std::net::SocketAddr::new(self.ip, self.port))
     }
 }
 
@@ -114,7 +115,7 @@ pub enum FrontendKind {
     /// spec.clusterIPs: internal traffic, socket programs.
     ClusterIp,
     /// spec.ports[].nodePort on the node's addresses; the frontend's IP is
-    /// 0.0.0.0, meaning "any node address".
+    /// 0.0.0.0 (or :: for IPv6), meaning "any node address".
     NodePort,
     /// spec.externalIPs.
     ExternalIp,
