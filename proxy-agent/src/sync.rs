@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    datapath::{apply, plan, render, DumpView, Ids},
+    datapath::{apply, plan, render, DumpView, Ids, MapState},
     maps::{LbMaps, MapsError},
     metrics::{unix_now, MapLabels, Metrics, PolicyLabels, ReasonLabels, SkipLabels},
     model::{build_desired_state, BuildOutput, ModelConfig, Skip},
@@ -57,6 +57,10 @@ pub struct Syncer<M: LbMaps> {
     reported: BTreeSet<Skip>,
     /// Trigger times already observed for the network programming latency.
     trigger_times: BTreeMap<String, String>,
+    /// What the maps hold after the last complete sync. Reading 10k
+    /// Services back from the kernel costs more than computing them, so
+    /// only full resyncs (and the sync after a failure) read the maps.
+    written: Option<MapState>,
 }
 
 impl<M: LbMaps> Syncer<M> {
@@ -71,6 +75,7 @@ impl<M: LbMaps> Syncer<M> {
             config,
             reported: BTreeSet::new(),
             trigger_times: BTreeMap::new(),
+            written: None,
         })
     }
 
@@ -78,9 +83,16 @@ impl<M: LbMaps> Syncer<M> {
         &self.maps
     }
 
+    /// The maps themselves, e.g. to simulate someone else writing them.
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
     /// Makes the maps equal to what `snap` asks for. Only called with a
     /// complete snapshot: pruning on a partial view would delete Services.
-    pub fn sync(&mut self, snap: &Snapshot) -> Result<SyncOutcome, MapsError> {
+    /// `full` re-reads the maps instead of trusting the last write, which
+    /// repairs drift (someone else wrote the maps, a write was lost).
+    pub fn sync(&mut self, snap: &Snapshot, full: bool) -> Result<SyncOutcome, MapsError> {
         self.observe_node(snap.node.as_deref());
         let built = build_desired_state(
             snap.services.iter().map(|s| s.as_ref()),
@@ -92,8 +104,12 @@ impl<M: LbMaps> Syncer<M> {
         for fe in &rendered.dropped {
             warn!(frontend = %fe, "no free id for frontend or backend; left out");
         }
-        let actual = self.maps.read_all()?;
+        let actual = match self.written.take() {
+            Some(written) if !full => written,
+            _ => self.maps.read_all()?,
+        };
         let ops = plan(&rendered.state, &actual);
+        drop(actual);
         let report = apply(&ops, &mut self.maps);
         for (op, e) in &report.failed {
             error!(op = ?op, error = %e, "map write failed; other Services are unaffected, retrying later");
@@ -112,6 +128,9 @@ impl<M: LbMaps> Syncer<M> {
         if !ops.is_empty() {
             debug!(view = %DumpView::from_state(&rendered.state), "desired maps");
         }
+        // After a partial failure the maps are somewhere in between: read
+        // them next time.
+        self.written = report.ok().then_some(rendered.state);
         Ok(SyncOutcome {
             ops: ops.len(),
             failed: report.failed.len(),
@@ -121,7 +140,7 @@ impl<M: LbMaps> Syncer<M> {
 
     /// Session affinity must not outlive a backend's membership in its
     /// frontend: forget pairs the maps no longer hold.
-    fn prune_affinity(&mut self, state: &crate::datapath::MapState) {
+    fn prune_affinity(&mut self, state: &MapState) {
         let pairs: BTreeSet<(u32, u32)> = state
             .services
             .values()
@@ -156,7 +175,7 @@ impl<M: LbMaps> Syncer<M> {
         self.metrics.health.set_node_eligible(!deleting);
     }
 
-    fn record_state(&self, built: &BuildOutput, state: &crate::datapath::MapState) {
+    fn record_state(&self, built: &BuildOutput, state: &MapState) {
         let m = &self.metrics;
         for (map, n) in [
             (proxy_common::maps::SERVICES, state.services.len()),
@@ -245,7 +264,9 @@ pub async fn run<M: LbMaps>(
         };
         let started = SystemTime::now();
         let clock = std::time::Instant::now();
-        match syncer.sync(&snap) {
+        // Timer-driven syncs re-read the maps (drift repair); change-driven
+        // ones trust the last complete write.
+        match syncer.sync(&snap, !changed) {
             Ok(outcome) => {
                 let secs = clock.elapsed().as_secs_f64();
                 let m = &syncer.metrics;

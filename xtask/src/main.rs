@@ -1,6 +1,7 @@
 //! `cargo xtask`: what cargo cannot do alone.
 
 mod apt;
+mod bench;
 mod bpf_linker;
 mod demo;
 mod procs;
@@ -38,6 +39,9 @@ enum Task {
     Sweep,
     /// Run the demo.
     Demo(demo::Args),
+    /// Run the benchmarks (release build; root for the kernel ones) and
+    /// write their reports to target/bench/.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,5 +70,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sweep::sweep()
         }
         Task::Demo(args) => demo::run(args),
+        Task::Bench(args) => bench::run(&args),
     }
 }

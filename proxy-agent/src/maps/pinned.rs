@@ -47,6 +47,17 @@ impl PinnedMaps {
         })
     }
 
+    /// The backend in slot `slot` of a frontend, as the kernel would find it
+    /// (three lookups; for benchmarks and debugging without a full dump).
+    pub fn slot_backend(&self, key: &ServiceKey) -> Option<BackendValue> {
+        let master = self.services.get(&key.master(), 0).ok()?;
+        if key.slot == 0 || key.slot > master.count {
+            return None;
+        }
+        let slot = self.services.get(key, 0).ok()?;
+        self.backends.get(&slot.backend_id, 0).ok()
+    }
+
     /// Datapath counters summed over CPUs, by reason name.
     pub fn read_counters(&self) -> Result<BTreeMap<String, u64>, MapsError> {
         let mut out = BTreeMap::new();

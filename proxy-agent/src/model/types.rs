@@ -90,7 +90,12 @@ pub struct Frontend {
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // SocketAddr brackets IPv6 addresses: [fd00::1]:80.
-        write!(f, "{}/{}", std::net::SocketAddr::new(self.ip, self.port), self.protocol)
+        write!(
+            f,
+            "{}/{}",
+            std::net::SocketAddr::new(self.ip, self.port),
+            self.protocol
+        )
     }
 }
 

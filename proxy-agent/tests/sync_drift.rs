@@ -1,0 +1,64 @@
+//! The sync loop's contract with the maps: change-driven syncs trust the
+//! last complete write, full resyncs re-read the maps and repair drift, and
+//! a failed write makes the next sync re-read.
+mod common;
+
+use std::sync::Arc;
+
+use proxy_agent::{
+    datapath::Op,
+    maps::{FakeMaps, FaultyMaps},
+    metrics::Metrics,
+    model::ModelConfig,
+    sync::Syncer,
+};
+
+const YAML: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: ns}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s-1, namespace: ns, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\nports: [{port: 80}]\nendpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2]}]\n";
+
+#[test]
+fn a_full_resync_repairs_drift_that_change_driven_syncs_do_not_read() {
+    let snap = common::snapshot(YAML);
+    let mut s = Syncer::new(
+        FakeMaps::new(1024),
+        Arc::new(Metrics::new()),
+        ModelConfig::default(),
+    )
+    .expect("syncer");
+    assert!(s.sync(&snap, false).expect("sync").ops > 0);
+    let good = s.maps().state.clone();
+    // Someone deletes a backend behind our back.
+    let id = *good.backends.keys().next().expect("a backend");
+    s.maps_mut().state.backends.remove(&id);
+    assert_eq!(
+        s.sync(&snap, false).expect("sync").ops,
+        0,
+        "no change: maps not read"
+    );
+    let repaired = s.sync(&snap, true).expect("sync");
+    assert_eq!(
+        repaired.ops, 1,
+        "the resync rewrites exactly the lost entry"
+    );
+    assert_eq!(s.maps().state, good);
+}
+
+#[test]
+fn after_a_failed_write_the_next_sync_reads_the_maps_again() {
+    let snap = common::snapshot(YAML);
+    let mut fail_first_backend = true;
+    let maps = FaultyMaps::new(FakeMaps::new(1024), move |_, op: &Op| {
+        let fail = fail_first_backend && matches!(op, Op::UpsertBackend(..));
+        if fail {
+            fail_first_backend = false;
+        }
+        fail
+    });
+    let mut s =
+        Syncer::new(maps, Arc::new(Metrics::new()), ModelConfig::default()).expect("syncer");
+    let first = s.sync(&snap, false).expect("sync");
+    assert_eq!(first.failed, 1);
+    let second = s.sync(&snap, false).expect("sync");
+    assert!(second.complete() && second.ops > 0, "{second:?}");
+    proxy_agent::datapath::check_invariant(&s.maps().inner.state).expect("invariant");
+    assert_eq!(s.maps().inner.state.masters().count(), 1);
+}

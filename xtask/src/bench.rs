@@ -1,0 +1,41 @@
+//! `cargo xtask bench`: builds release binaries and runs the benchmarks of
+//! `bench/`, each comparing its variants side by side in one run.
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::{setup, sh, workspace};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Service counts to measure.
+    #[arg(long, default_value = "1000,10000")]
+    services: String,
+    /// Changes measured per count.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    setup::run(&setup::Options { apt: true })?;
+    let root = workspace::root();
+    sh::run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "proxy-agent",
+        "-p",
+        "bpfproxy-bench",
+    ]))?;
+    sh::run(Command::new("bash").arg(root.join("tests/apiserver/build.sh")))?;
+    let bin = workspace::target_dir()?.join("release");
+    let rounds = args.rounds.to_string();
+    for bench in ["pipeline", "sync-latency"] {
+        sh::run(
+            Command::new(bin.join("bpfproxy-bench"))
+                .args([bench, "--services", &args.services, "--rounds", &rounds])
+                .env("BPFPROXY_BIN", bin.join("bpfproxy")),
+        )?;
+    }
+    Ok(())
+}
