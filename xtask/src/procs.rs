@@ -1,7 +1,7 @@
 //! Processes, read from /proc: find them, signal them, wait for them to go.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 
@@ -50,17 +50,8 @@ pub fn list() -> Result<Vec<Proc>> {
     Ok(procs)
 }
 
-/// Whether `pid` is running (a zombie counts as gone).
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // Format: "PID (comm) STATE ..."; comm may hold spaces and parens.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
+/// Liveness checks shared with the test harness (a zombie counts as gone).
+pub use bpfproxy_tests::process::{pid_alive as alive, wait_pids_gone as wait_gone};
 
 /// Sends `signal` (e.g. "TERM", "KILL") to `pids` with kill(1). A process
 /// that is already gone is not an error.
@@ -88,20 +79,6 @@ pub fn signal(pids: &[u32], signal: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Waits up to `timeout` for all of `pids` to be gone; true if they are.
-pub fn wait_gone(pids: &[u32], timeout: Duration) -> bool {
-    let start = Instant::now();
-    loop {
-        if !pids.iter().any(|p| alive(*p)) {
-            return true;
-        }
-        if start.elapsed() >= timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// TERM, then KILL for those still there after `grace`; fails if any

@@ -27,3 +27,37 @@ fn namespaced_name(meta: &ObjectMeta) -> Option<(&str, &str)> {
 fn valid_port(n: i32) -> Option<u16> {
     u16::try_from(n).ok().filter(|p| *p != 0)
 }
+
+/// Protocol and number of a Service or EndpointSlice port (protocol
+/// defaults to TCP, as in the API), or None with a skip naming the port.
+fn usable_port(
+    kind: &'static str,
+    obj: &str,
+    name: &str,
+    protocol: Option<&str>,
+    number: Option<i32>,
+    skips: &mut Vec<Skip>,
+) -> Option<(Protocol, u16)> {
+    let Ok(proto) = protocol.unwrap_or("TCP").parse::<Protocol>() else {
+        skips.push(skip::skip(
+            kind,
+            obj,
+            SkipReason::UnknownProtocol,
+            &format!("port {name:?} protocol {:?}", protocol.unwrap_or_default()),
+        ));
+        return None;
+    };
+    let Some(port) = number.and_then(valid_port) else {
+        skips.push(skip::skip(
+            kind,
+            obj,
+            SkipReason::InvalidPort,
+            &format!(
+                "port {name:?} number {}",
+                number.map_or_else(|| "missing".to_string(), |n| n.to_string())
+            ),
+        ));
+        return None;
+    };
+    Some((proto, port))
+}

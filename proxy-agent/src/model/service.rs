@@ -99,22 +99,14 @@ pub fn parse_service<'a>(
     let mut ports = Vec::new();
     for sp in spec.ports.iter().flatten() {
         let port_name = sp.name.clone().unwrap_or_default();
-        let Ok(protocol) = sp.protocol.as_deref().unwrap_or("TCP").parse::<Protocol>() else {
-            skips.push(skip(
-                "Service",
-                &obj,
-                SkipReason::UnknownProtocol,
-                &format!("port {port_name:?} protocol {:?}", sp.protocol),
-            ));
-            continue;
-        };
-        let Some(port) = super::valid_port(sp.port) else {
-            skips.push(skip(
-                "Service",
-                &obj,
-                SkipReason::InvalidPort,
-                &format!("port {port_name:?} number {}", sp.port),
-            ));
+        let Some((protocol, port)) = super::usable_port(
+            "Service",
+            &obj,
+            &port_name,
+            sp.protocol.as_deref(),
+            Some(sp.port),
+            skips,
+        ) else {
             continue;
         };
         let node_port = if has_node_ports {

@@ -103,22 +103,14 @@ fn usable_ports(slice: &EndpointSlice, obj: &str, skips: &mut Vec<Skip>) -> Vec<
     let mut ports = Vec::new();
     for p in slice.ports.iter().flatten() {
         let name = p.name.clone().unwrap_or_default();
-        let Ok(protocol) = p.protocol.as_deref().unwrap_or("TCP").parse::<Protocol>() else {
-            skips.push(skip(
-                "EndpointSlice",
-                obj,
-                SkipReason::UnknownProtocol,
-                &format!("port {name:?} protocol {:?}", p.protocol),
-            ));
-            continue;
-        };
-        let Some(port) = p.port.and_then(super::valid_port) else {
-            skips.push(skip(
-                "EndpointSlice",
-                obj,
-                SkipReason::InvalidPort,
-                &format!("port {name:?} number {:?}", p.port),
-            ));
+        let Some((protocol, port)) = super::usable_port(
+            "EndpointSlice",
+            obj,
+            &name,
+            p.protocol.as_deref(),
+            p.port,
+            skips,
+        ) else {
             continue;
         };
         ports.push(SlicePort {
