@@ -224,6 +224,11 @@ fn a_forced_relist_after_410_gone_loses_nothing() -> Result<()> {
         agent::frontend(&d, "10.96.1.20", 80, "TCP").is_some(),
         "{d}"
     );
+    let log = std::fs::read_to_string(a.log_path())?;
+    ensure!(
+        log.contains("410") || log.contains("Expired") || log.contains("Gone"),
+        "the agent should have seen 410 Gone and relisted:\n{log}"
+    );
     Ok(())
 }
 
