@@ -287,36 +287,32 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Starts the :10249 and :10256 servers (unless disabled with "").
 fn serve_http(args: &RunArgs, metrics: &Arc<Metrics>) -> anyhow::Result<()> {
     let timeout = args.sync_period * 2;
-    if !args.metrics_bind_address.is_empty() {
-        let addr: SocketAddr = args
-            .metrics_bind_address
-            .parse()
-            .context("--metrics-bind-address")?;
-        let m = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) =
-                server::serve("metrics", addr, move |p| server::metrics_routes(&m, p)).await
-            {
-                error!(error = %e, "metrics server stopped");
-            }
-        });
+    let m = metrics.clone();
+    spawn_server("metrics", &args.metrics_bind_address, move |p| {
+        server::metrics_routes(&m, p)
+    })
+    .context("--metrics-bind-address")?;
+    let m = metrics.clone();
+    spawn_server("healthz", &args.healthz_bind_address, move |p| {
+        server::health_routes(&m, p, timeout)
+    })
+    .context("--healthz-bind-address")
+}
+
+/// Serves `routes` on `addr` in the background; an empty `addr` disables.
+fn spawn_server<F>(name: &'static str, addr: &str, routes: F) -> anyhow::Result<()>
+where
+    F: Fn(&str) -> hyper::Response<server::Body> + Send + Sync + 'static,
+{
+    if addr.is_empty() {
+        return Ok(());
     }
-    if !args.healthz_bind_address.is_empty() {
-        let addr: SocketAddr = args
-            .healthz_bind_address
-            .parse()
-            .context("--healthz-bind-address")?;
-        let m = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = server::serve("healthz", addr, move |p| {
-                server::health_routes(&m, p, timeout)
-            })
-            .await
-            {
-                error!(error = %e, "health server stopped");
-            }
-        });
-    }
+    let addr: SocketAddr = addr.parse()?;
+    tokio::spawn(async move {
+        if let Err(e) = server::serve(name, addr, routes).await {
+            error!(server = name, error = %e, "server stopped");
+        }
+    });
     Ok(())
 }
 

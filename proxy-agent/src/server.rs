@@ -20,7 +20,8 @@ use crate::metrics::Metrics;
 /// What `/proxyMode` answers; dashboards use it to tell proxies apart.
 pub const PROXY_MODE: &str = "ebpf";
 
-type Body = Full<Bytes>;
+/// Response body of both servers.
+pub type Body = Full<Bytes>;
 
 fn response(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));

@@ -32,7 +32,8 @@ pub fn describe(cmd: &Command) -> String {
     parts.join(" ")
 }
 
-fn quote(s: &OsStr) -> String {
+/// `s` quoted for a shell-like display (plain words stay bare).
+pub fn quote(s: &OsStr) -> String {
     let s = s.to_string_lossy();
     let plain = !s.is_empty()
         && s.chars()

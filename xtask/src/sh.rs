@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use bpfproxy_tests::process::quote;
 
 /// A `Command` for `program` with `args`.
 pub fn cmd<I, S>(program: &str, args: I) -> Command
@@ -73,16 +74,4 @@ fn show(c: &Command) -> String {
     parts.push(quote(c.get_program()));
     parts.extend(c.get_args().map(quote));
     parts.join(" ")
-}
-
-fn quote(s: &OsStr) -> String {
-    let s = s.to_string_lossy();
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(ch));
-    if plain {
-        s.into_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
