@@ -13,7 +13,7 @@
 //! no route and the packet dies inside the sandbox. Everything is removed on
 //! drop, in reverse order of creation.
 
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,6 +27,7 @@ use crate::agent::{Agent, AgentConfig};
 use crate::bpffs::PrivateBpffs;
 use crate::cgroup::TestCgroup;
 use crate::netns::Netns;
+use crate::probe_server::{line_reader, ProbeServer};
 use crate::process::{self, Output};
 use crate::reports::{ConnectTimeReport, TcpReport, UdpConnectedReport, UdpReport};
 use crate::veth::VethPair;
@@ -77,25 +78,11 @@ impl SandboxConfig {
     }
 }
 
-/// One `probe serve` process; killed on drop.
-#[derive(Debug)]
-struct BackendServer {
-    child: Child,
-    /// Held open: the server exits when it sees EOF, i.e. when we are gone.
-    _stdin: Option<ChildStdin>,
-}
-
-impl Drop for BackendServer {
-    fn drop(&mut self) {
-        process::kill_and_reap(&mut self.child);
-    }
-}
-
 /// See the module documentation. Fields drop in declaration order, which is
 /// the reverse of creation.
 #[derive(Debug)]
 pub struct Sandbox {
-    servers: Vec<Option<BackendServer>>,
+    servers: Vec<Option<ProbeServer>>,
     veth: VethPair,
     backend_ns: Netns,
     client_ns: Netns,
@@ -164,48 +151,17 @@ impl Sandbox {
         Ok(sb)
     }
 
-    fn spawn_server(&self, i: usize) -> Result<BackendServer> {
-        let ip = backend_ip(i);
+    fn spawn_server(&self, i: usize) -> Result<ProbeServer> {
         let name = backend_name(i);
-        let join = |ports: &[u16]| {
-            ports
-                .iter()
-                .map(|p| format!("{ip}:{p}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let log_path = self.log_dir().join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
-        let mut cmd = self.backend_ns.command(&self.probe)?;
-        cmd.args(["serve", "--name", &name, "--exit-on-stdin-eof"]);
-        if !self.cfg.tcp_ports.is_empty() {
-            cmd.args(["--tcp", &join(&self.cfg.tcp_ports)]);
-        }
-        if !self.cfg.udp_ports.is_empty() {
-            cmd.args(["--udp", &join(&self.cfg.udp_ports)]);
-        }
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        let shown = process::describe(&cmd);
-        let mut child = cmd.spawn().with_context(|| format!("starting `{shown}`"))?;
-        let stdin = child.stdin.take();
-        let lines = line_reader(child.stdout.take());
-        let mut server = BackendServer {
-            child,
-            _stdin: stdin,
-        };
-        match lines.recv_timeout(Duration::from_secs(10)) {
-            Ok(l) if l.trim() == "ready" => Ok(server),
-            other => {
-                process::kill_and_reap(&mut server.child);
-                bail!(
-                    "`{shown}` did not report ready ({other:?}); its log:\n{}",
-                    process::tail_file(&log_path, 20)
-                )
-            }
-        }
+        ProbeServer::start(
+            &self.backend_ns,
+            &self.probe,
+            &name,
+            &backend_ip(i),
+            &self.cfg.tcp_ports,
+            &self.cfg.udp_ports,
+            &self.log_dir().join(format!("{name}.log")),
+        )
     }
 
     // ---- what is where ----
@@ -311,24 +267,12 @@ impl Sandbox {
     /// Writes `source/<name>` atomically (temporary file, then rename), so
     /// the agent never reads half a file.
     pub fn write_manifest(&self, name: &str, yaml: &str) -> Result<()> {
-        check_file_name(name)?;
-        let dir = self.source_dir();
-        // A dot-file: a watcher that ignores hidden files never sees it.
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, yaml).with_context(|| format!("writing {}", tmp.display()))?;
-        let dst = dir.join(name);
-        std::fs::rename(&tmp, &dst).with_context(|| format!("renaming to {}", dst.display()))
+        crate::manifest::write_file(&self.source_dir(), name, yaml)
     }
 
     /// Removes `source/<name>` (missing is fine).
     pub fn remove_manifest(&self, name: &str) -> Result<()> {
-        check_file_name(name)?;
-        let p = self.source_dir().join(name);
-        match std::fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("removing {}", p.display())),
-        }
+        crate::manifest::remove_file(&self.source_dir(), name)
     }
 
     // ---- the agent ----
@@ -599,29 +543,6 @@ pub fn backend_name(i: usize) -> String {
 /// start-up, capped at 10 minutes.
 fn budget(count: u32, per_op_s: u64) -> Duration {
     Duration::from_secs((10 + u64::from(count) * per_op_s).min(600))
-}
-
-fn check_file_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        bail!("manifest name {name:?} must be a plain, non-hidden file name");
-    }
-    Ok(())
-}
-
-/// Lines of a child's stdout, on a channel (so reads can time out).
-fn line_reader<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    if let Some(p) = pipe {
-        std::thread::spawn(move || {
-            for line in BufReader::new(p).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    rx
 }
 
 /// All of a child's output, as one message when the pipe closes.

@@ -1,0 +1,328 @@
+//! A multi-node sandbox: "nodes", "pods" and an "external client", each a
+//! network namespace, wired like a small cluster and reachable only from
+//! inside the sandbox.
+//!
+//! ```text
+//!  client 192.168.50.100 ──┐
+//!                          br0 (fabric ns, no uplink)
+//!  node-i 192.168.50.(10+i)┘   each node: cbr0 10.244.i.1/24, forwarding on,
+//!     └─ pod-i-j 10.244.i.(j+1)  routes to the other nodes' pod /24s
+//! ```
+//!
+//! Nothing has a default route: the client knows only the node subnet, pods
+//! know the pod /16 and the node subnet through their node. Every node has
+//! its own cgroup (its host processes and its pods' processes run in it),
+//! its own bpffs and, when a test starts one, its own agent. A probe server
+//! answers on every node address (a host-network backend such as the API
+//! server) and on every pod address.
+use std::path::{Path, PathBuf};
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+
+use crate::agent::AgentConfig;
+use crate::bpffs::PrivateBpffs;
+use crate::cgroup::TestCgroup;
+use crate::netns::Netns;
+use crate::probe_server::ProbeServer;
+use crate::process;
+use crate::veth::VethPair;
+
+/// Address of the external client on the node subnet.
+pub const CLIENT_IP: &str = "192.168.50.100";
+
+/// Address of node `i` (1-based).
+pub fn node_ip(i: usize) -> String {
+    format!("192.168.50.{}", 10 + i)
+}
+
+/// Address of pod `j` on node `i` (both 1-based).
+pub fn pod_ip(i: usize, j: usize) -> String {
+    format!("10.244.{i}.{}", j + 1)
+}
+
+/// What pod `j` on node `i` answers.
+pub fn pod_name(i: usize, j: usize) -> String {
+    format!("node{i}-pod{j}")
+}
+
+/// What node `i`'s host-network server answers.
+pub fn node_name(i: usize) -> String {
+    format!("node{i}")
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub nodes: usize,
+    pub pods_per_node: usize,
+    pub tcp_ports: Vec<u16>,
+    pub udp_ports: Vec<u16>,
+    /// The `probe` binary; None: [`crate::paths::probe_bin`].
+    pub probe_bin: Option<PathBuf>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nodes: 2,
+            pods_per_node: 1,
+            tcp_ports: vec![8080],
+            udp_ports: vec![5353],
+            probe_bin: None,
+        }
+    }
+}
+
+/// One node: its namespace, cgroup, bpffs, and fabric-facing device.
+#[derive(Debug)]
+pub struct Node {
+    pub ns: Netns,
+    pub cgroup: TestCgroup,
+    pub bpffs: PrivateBpffs,
+    /// The node's device on the fabric (what `--devices` would name).
+    pub device: String,
+    _fabric: VethPair,
+}
+
+/// One pod: its namespace behind its node's bridge.
+#[derive(Debug)]
+pub struct Pod {
+    pub ns: Netns,
+    pub node: usize,
+    _veth: VethPair,
+}
+
+/// See the module documentation. Fields drop in declaration order: servers
+/// first, namespaces last.
+#[derive(Debug)]
+pub struct ClusterSandbox {
+    servers: Vec<ProbeServer>,
+    pods: Vec<Vec<Pod>>,
+    nodes: Vec<Node>,
+    client: Netns,
+    _client_link: VethPair,
+    fabric: Netns,
+    work: tempfile::TempDir,
+    cfg: ClusterConfig,
+    probe: PathBuf,
+}
+
+impl ClusterSandbox {
+    pub fn new(cfg: ClusterConfig) -> Result<Self> {
+        crate::privilege::require_root()?;
+        if cfg.nodes == 0 || cfg.nodes > 9 || cfg.pods_per_node > 50 {
+            bail!("a cluster sandbox has 1..=9 nodes and at most 50 pods per node");
+        }
+        let probe = match &cfg.probe_bin {
+            Some(p) => p.clone(),
+            None => crate::paths::probe_bin()?,
+        };
+        let work = tempfile::Builder::new()
+            .prefix(&format!("bpfpt-{}-cluster-", std::process::id()))
+            .tempdir()?;
+        std::fs::create_dir(work.path().join("source"))?;
+        let fabric = Netns::new("fab")?;
+        fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
+        fabric.ip(&["link", "set", "br0", "up"])?;
+        let client = Netns::new("ext")?;
+        let client_link = VethPair::new(&client, &[&format!("{CLIENT_IP}/24")], &fabric, &[])?;
+        fabric.ip(&["link", "set", client_link.b(), "master", "br0"])?;
+
+        let mut nodes = Vec::new();
+        let mut pods = Vec::new();
+        for i in 1..=cfg.nodes {
+            let (node, node_pods) = build_node(&fabric, &cfg, i)?;
+            nodes.push(node);
+            pods.push(node_pods);
+        }
+        // Each node routes the other nodes' pod subnets to them.
+        for (a, node) in nodes.iter().enumerate() {
+            for b in 1..=cfg.nodes {
+                if b != a + 1 {
+                    node.ns.ip(&[
+                        "route",
+                        "add",
+                        &format!("10.244.{b}.0/24"),
+                        "via",
+                        &node_ip(b),
+                    ])?;
+                }
+            }
+        }
+        let mut sb = ClusterSandbox {
+            servers: Vec::new(),
+            pods,
+            nodes,
+            client,
+            _client_link: client_link,
+            fabric,
+            work,
+            cfg,
+            probe,
+        };
+        sb.start_servers()?;
+        Ok(sb)
+    }
+
+    fn start_servers(&mut self) -> Result<()> {
+        let (tcp, udp) = (self.cfg.tcp_ports.clone(), self.cfg.udp_ports.clone());
+        for (n, node) in self.nodes.iter().enumerate() {
+            let i = n + 1;
+            let name = node_name(i);
+            let log = self.work.path().join(format!("{name}.log"));
+            self.servers.push(ProbeServer::start(
+                &node.ns,
+                &self.probe,
+                &name,
+                &node_ip(i),
+                &tcp,
+                &udp,
+                &log,
+            )?);
+            for (k, pod) in self.pods[n].iter().enumerate() {
+                let name = pod_name(i, k + 1);
+                let log = self.work.path().join(format!("{name}.log"));
+                self.servers.push(ProbeServer::start(
+                    &pod.ns,
+                    &self.probe,
+                    &name,
+                    &pod_ip(i, k + 1),
+                    &tcp,
+                    &udp,
+                    &log,
+                )?);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i - 1]
+    }
+
+    pub fn pod(&self, i: usize, j: usize) -> &Pod {
+        &self.pods[i - 1][j - 1]
+    }
+
+    pub fn client_ns(&self) -> &Netns {
+        &self.client
+    }
+
+    pub fn fabric_ns(&self) -> &Netns {
+        &self.fabric
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// The manifest directory every node's agent reads (the "cluster").
+    pub fn source_dir(&self) -> PathBuf {
+        self.work.path().join("source")
+    }
+
+    /// Writes a manifest into [`ClusterSandbox::source_dir`] atomically.
+    pub fn write_manifest(&self, name: &str, yaml: &str) -> Result<()> {
+        crate::manifest::write_file(&self.source_dir(), name, yaml)
+    }
+
+    /// How to run node `i`'s agent: inside the node's namespace, on its
+    /// cgroup and bpffs, named `node-<i>`, reading the sandbox's manifest
+    /// directory unless the config is switched to an API server.
+    pub fn agent_config(&self, i: usize) -> Result<AgentConfig> {
+        let node = self.node(i);
+        let mut c = AgentConfig::new(&self.source_dir(), node.cgroup.path(), node.bpffs.path())?;
+        c.netns = Some(node.ns.path().to_path_buf());
+        c.node_name = Some(format!("node-{i}"));
+        let logs = self.work.path().join(format!("agent-node{i}"));
+        std::fs::create_dir_all(&logs)?;
+        c.log_dir = Some(logs);
+        Ok(c)
+    }
+
+    /// A command in the external client's namespace (not in any node's
+    /// cgroup: it is outside the cluster).
+    pub fn client_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        self.client.command(program)
+    }
+
+    /// A command as a host-network process of node `i`.
+    pub fn node_command(&self, i: usize, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        let node = self.node(i);
+        node.ns.command_in_cgroup(program, &node.cgroup)
+    }
+
+    /// A command inside pod `j` of node `i` (in the node's cgroup, so the
+    /// node's socket programs see it).
+    pub fn pod_command(
+        &self,
+        i: usize,
+        j: usize,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> Result<Command> {
+        self.pod(i, j)
+            .ns
+            .command_in_cgroup(program, &self.node(i).cgroup)
+    }
+
+    /// Runs `probe ARGS` through `cmd` (from one of the `*_command`
+    /// constructors) and parses its JSON report.
+    pub fn probe<T: DeserializeOwned>(
+        &self,
+        mut cmd: Command,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<T> {
+        cmd.args(args);
+        let shown = process::describe(&cmd);
+        let out = process::run_with_timeout(&mut cmd, timeout)?;
+        serde_json::from_str(&out)
+            .with_context(|| format!("parsing the output of `{shown}`: {out}"))
+    }
+
+    /// The probe binary, for `*_command(sb.probe_bin())`.
+    pub fn probe_bin(&self) -> &Path {
+        &self.probe
+    }
+}
+
+/// Node `i` with its fabric link, pod bridge and pods.
+fn build_node(fabric: &Netns, cfg: &ClusterConfig, i: usize) -> Result<(Node, Vec<Pod>)> {
+    let ns = Netns::new(&format!("n{i}"))?;
+    let link = VethPair::new(&ns, &[&format!("{}/24", node_ip(i))], fabric, &[])?;
+    fabric.ip(&["link", "set", link.b(), "master", "br0"])?;
+    // A router for its pods.
+    let mut sysctl = ns.command("sysctl")?;
+    sysctl.args(["-qw", "net.ipv4.ip_forward=1"]);
+    process::run_with_timeout(&mut sysctl, process::HELPER_TIMEOUT)
+        .context("enabling forwarding")?;
+    ns.ip(&["link", "add", "cbr0", "type", "bridge"])?;
+    ns.ip(&["addr", "add", &format!("10.244.{i}.1/24"), "dev", "cbr0"])?;
+    ns.ip(&["link", "set", "cbr0", "up"])?;
+    let mut pods = Vec::new();
+    for j in 1..=cfg.pods_per_node {
+        let pns = Netns::new(&format!("n{i}p{j}"))?;
+        let veth = VethPair::new(&pns, &[&format!("{}/24", pod_ip(i, j))], &ns, &[])?;
+        ns.ip(&["link", "set", veth.b(), "master", "cbr0"])?;
+        // No default route: the pod /16 and the node subnet, via the node.
+        let gw = format!("10.244.{i}.1");
+        pns.ip(&["route", "add", "10.244.0.0/16", "via", &gw])?;
+        pns.ip(&["route", "add", "192.168.50.0/24", "via", &gw])?;
+        pods.push(Pod {
+            ns: pns,
+            node: i,
+            _veth: veth,
+        });
+    }
+    let node = Node {
+        device: link.a().to_string(),
+        cgroup: TestCgroup::new(&format!("n{i}"))?,
+        bpffs: PrivateBpffs::new(&format!("n{i}"))?,
+        ns,
+        _fabric: link,
+    };
+    Ok((node, pods))
+}

@@ -1,0 +1,102 @@
+//! ClusterIP Services in the multi-node sandbox, the way users first try
+//! them: pods reaching backends on other nodes, and the `kubernetes`
+//! Service leading to the API server on a node address, from a pod and from
+//! a node.
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{ensure, Result};
+use bpfproxy_tests::{
+    manifest,
+    multinode::{node_ip, node_name, pod_ip, pod_name, ClusterConfig, ClusterSandbox},
+    Agent, TcpReport,
+};
+
+const T: Duration = Duration::from_secs(30);
+
+fn cluster() -> Result<ClusterSandbox> {
+    ClusterSandbox::new(ClusterConfig {
+        nodes: 3,
+        pods_per_node: 1,
+        tcp_ports: vec![8080, 6443],
+        probe_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_probe"))),
+        ..ClusterConfig::default()
+    })
+}
+
+#[test]
+fn a_pod_reaches_a_cluster_ip_backed_by_pods_on_other_nodes() -> Result<()> {
+    let sb = cluster()?;
+    let (b2, b3) = (pod_ip(2, 1), pod_ip(3, 1));
+    sb.write_manifest(
+        "web.yaml",
+        &manifest::documents(&[
+            manifest::service("default/web", "10.96.0.20", &[("http", 80, 8080, "TCP")]),
+            manifest::endpoint_slice(
+                "default/web",
+                "web-1",
+                &[&b2, &b3],
+                &[("http", 8080, "TCP")],
+                &[],
+            ),
+        ]),
+    )?;
+    let mut agent = Agent::start(sb.agent_config(1)?)?;
+    agent.wait_for_backends(
+        "10.96.0.20",
+        80,
+        "TCP",
+        &[format!("{b2}:8080"), format!("{b3}:8080")],
+        T,
+    )?;
+    let r: TcpReport = sb.probe(
+        sb.pod_command(1, 1, sb.probe_bin())?,
+        &["tcp", "--to", "10.96.0.20:80", "--count", "60"],
+        T,
+    )?;
+    ensure!(r.ok == 60, "{r:?}");
+    ensure!(
+        r.count(&pod_name(2, 1)) > 0 && r.count(&pod_name(3, 1)) > 0,
+        "both nodes' pods: {r:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_kubernetes_service_reaches_the_api_server_on_a_node_address() -> Result<()> {
+    let sb = cluster()?;
+    // kubeadm's `kubernetes` Service: 443 → 6443 on the control plane's
+    // address, a host-network backend.
+    let cp = node_ip(1);
+    sb.write_manifest(
+        "kubernetes.yaml",
+        &manifest::documents(&[
+            manifest::service(
+                "default/kubernetes",
+                "10.96.0.1",
+                &[("https", 443, 6443, "TCP")],
+            ),
+            manifest::endpoint_slice(
+                "default/kubernetes",
+                "kubernetes",
+                &[&cp],
+                &[("https", 6443, "TCP")],
+                &[],
+            ),
+        ]),
+    )?;
+    let mut agent = Agent::start(sb.agent_config(2)?)?;
+    agent.wait_for_backends("10.96.0.1", 443, "TCP", &[format!("{cp}:6443")], T)?;
+    for cmd in [
+        sb.pod_command(2, 1, sb.probe_bin())?,
+        sb.node_command(2, sb.probe_bin())?,
+    ] {
+        let r: TcpReport = sb.probe(cmd, &["tcp", "--to", "10.96.0.1:443", "--count", "5"], T)?;
+        ensure!(r.ok == 5 && r.count(&node_name(1)) == 5, "{r:?}");
+    }
+    // A real client too, from the pod.
+    let mut curl = sb.pod_command(2, 1, "curl")?;
+    curl.args(["-sS", "--max-time", "5", "http://10.96.0.1:443/"]);
+    let body = bpfproxy_tests::process::run_with_timeout(&mut curl, T)?;
+    ensure!(body.trim() == node_name(1), "curl got {body:?}");
+    Ok(())
+}
