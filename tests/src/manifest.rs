@@ -444,6 +444,37 @@ fn scalar(v: &Value) -> String {
     }
 }
 
+/// Writes `dir/<name>` atomically (a hidden temporary file, then rename), so
+/// an agent watching `dir` never reads half a file.
+pub fn write_file(dir: &std::path::Path, name: &str, yaml: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    check_file_name(name)?;
+    // A dot-file: a watcher that ignores hidden files never sees it.
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, yaml).with_context(|| format!("writing {}", tmp.display()))?;
+    let dst = dir.join(name);
+    std::fs::rename(&tmp, &dst).with_context(|| format!("renaming to {}", dst.display()))
+}
+
+/// Removes `dir/<name>` (missing is fine).
+pub fn remove_file(dir: &std::path::Path, name: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    check_file_name(name)?;
+    let p = dir.join(name);
+    match std::fs::remove_file(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", p.display())),
+    }
+}
+
+fn check_file_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        anyhow::bail!("manifest name {name:?} must be a plain, non-hidden file name");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,35 +593,4 @@ mod tests {
             "{y}"
         );
     }
-}
-
-/// Writes `dir/<name>` atomically (a hidden temporary file, then rename), so
-/// an agent watching `dir` never reads half a file.
-pub fn write_file(dir: &std::path::Path, name: &str, yaml: &str) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    check_file_name(name)?;
-    // A dot-file: a watcher that ignores hidden files never sees it.
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, yaml).with_context(|| format!("writing {}", tmp.display()))?;
-    let dst = dir.join(name);
-    std::fs::rename(&tmp, &dst).with_context(|| format!("renaming to {}", dst.display()))
-}
-
-/// Removes `dir/<name>` (missing is fine).
-pub fn remove_file(dir: &std::path::Path, name: &str) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    check_file_name(name)?;
-    let p = dir.join(name);
-    match std::fs::remove_file(&p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", p.display())),
-    }
-}
-
-fn check_file_name(name: &str) -> anyhow::Result<()> {
-    if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        anyhow::bail!("manifest name {name:?} must be a plain, non-hidden file name");
-    }
-    Ok(())
 }
