@@ -427,3 +427,44 @@ fn client_ip_affinity_keeps_a_client_on_one_backend_until_it_leaves() -> Result<
     );
     Ok(())
 }
+
+#[test]
+fn client_ip_affinity_expires_after_its_timeout() -> Result<()> {
+    let sb = sandbox(3)?;
+    let mut svc = manifest::ServiceSpec::cluster_ip("default/brief", "10.96.0.21")
+        .port("http", 80, 8080, "TCP");
+    svc.client_ip_affinity_seconds = Some(1);
+    let ips: Vec<String> = (1..=3).map(|i| sb.backend_ip(i)).collect();
+    let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+    sb.write_manifest(
+        "brief.yaml",
+        &manifest::documents(&[
+            svc.to_yaml(),
+            manifest::endpoint_slice(
+                "default/brief",
+                "brief-1",
+                &refs,
+                &[("http", 8080, "TCP")],
+                &[],
+            ),
+        ]),
+    )?;
+    let mut agent = sb.start_agent()?;
+    agent.wait_for_backends("10.96.0.21", 80, "TCP", &addrs(&sb, &[1, 2, 3], 8080), WAIT)?;
+    let hits = |a: &Agent| -> Result<u64> {
+        Ok(a.dump_json()?["counters"]["affinity_hit"]
+            .as_u64()
+            .unwrap_or(0))
+    };
+    let before = hits(&agent)?;
+    ensure!(sb.probe_tcp("10.96.0.21:80", 3)?.ok == 3);
+    ensure!(
+        hits(&agent)? == before + 2,
+        "the 2nd and 3rd connection reuse the backend"
+    );
+    // Idle longer than timeoutSeconds: the next connection picks afresh.
+    std::thread::sleep(Duration::from_millis(2300));
+    ensure!(sb.probe_tcp("10.96.0.21:80", 1)?.ok == 1);
+    ensure!(hits(&agent)? == before + 2, "an expired entry is no hit");
+    Ok(())
+}
