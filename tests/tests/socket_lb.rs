@@ -99,6 +99,7 @@ fn tcp_through_a_cluster_ip_reaches_all_backends_uniformly() -> Result<()> {
     // Critical value of chi-square with 2 degrees of freedom at p = 0.001:
     // a fair spread fails this 1 run in 1000.
     let x2 = chi_square(&counts);
+    eprintln!("600 connections: {counts:?}, chi-square {x2:.2}");
     ensure!(
         x2 < 13.816,
         "spread {counts:?} is not uniform (chi-square {x2:.2})"
@@ -180,6 +181,7 @@ fn scaling_is_seen_within_a_second_while_open_connections_survive() -> Result<()
     sb.write_manifest("web.yaml", &web(&sb, &rest))?;
     agent.wait_for_backends(VIP, 80, "TCP", &addrs(&sb, &rest, 8080), WAIT)?;
     let seen = t0.elapsed();
+    eprintln!("scale-down in the maps after {seen:?}");
     ensure!(seen < Duration::from_secs(1), "scale-down took {seen:?}");
     let r = sb.probe_tcp(&format!("{VIP}:80"), 60)?;
     ensure!(
@@ -193,6 +195,7 @@ fn scaling_is_seen_within_a_second_while_open_connections_survive() -> Result<()
     sb.write_manifest("web.yaml", &web(&sb, &[1, 2, 3]))?;
     agent.wait_for_backends(VIP, 80, "TCP", &addrs(&sb, &[1, 2, 3], 8080), WAIT)?;
     let seen = t0.elapsed();
+    eprintln!("scale-up in the maps after {seen:?}");
     ensure!(seen < Duration::from_secs(1), "scale-up took {seen:?}");
     let r = sb.probe_tcp(&format!("{VIP}:80"), 90)?;
     ensure!(
@@ -215,6 +218,7 @@ fn a_service_without_endpoints_refuses_connections_at_once() -> Result<()> {
         r.errno == Some(libc::ECONNREFUSED),
         "ECONNREFUSED expected: {r:?}"
     );
+    eprintln!("refused with ECONNREFUSED after {:.3} ms", r.elapsed_ms);
     ensure!(r.elapsed_ms < 100.0, "refusal took {} ms", r.elapsed_ms);
     // curl, as a user would see it: exit code 7 (could not connect), fast.
     let t0 = Instant::now();
