@@ -181,6 +181,10 @@ fn an_api_server_outage_breaks_nothing_and_later_changes_arrive_within_a_second(
     a.wait_until(|d| backends_of(d, 80) == Some(w.addrs(&[2])), WAIT)?;
     let took = back.elapsed();
     let r: bpfproxy_tests::TcpReport = stream.finish_json(Duration::from_secs(30))?;
+    eprintln!(
+        "30 s outage: {} requests ok, {} failed; change in the maps {took:?} after the server returned",
+        r.ok, r.failed
+    );
     ensure!(
         r.failed == 0 && r.ok > 250,
         "requests failed during the outage: {r:?}"

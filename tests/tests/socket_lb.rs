@@ -255,6 +255,10 @@ fn sigkill_during_a_request_stream_fails_nothing_and_a_new_agent_takes_over() ->
     );
     agent.start_again()?;
     let r: bpfproxy_tests::TcpReport = stream.finish_json(Duration::from_secs(15))?;
+    eprintln!(
+        "across SIGKILL and restart: {} ok, {} failed",
+        r.ok, r.failed
+    );
     ensure!(
         r.failed == 0 && r.ok > 100,
         "requests failed across the restart: {r:?}"
