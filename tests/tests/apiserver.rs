@@ -190,7 +190,7 @@ fn an_api_server_outage_breaks_nothing_and_later_changes_arrive_within_a_second(
         "requests failed during the outage: {r:?}"
     );
     ensure!(
-        took < Duration::from_millis(1500),
+        took < Duration::from_secs(1),
         "change arrived {took:?} after the server returned"
     );
     Ok(())

@@ -130,15 +130,15 @@ pub async fn run(
 }
 
 /// How fast to retry a failed list/watch: 100 ms doubling to at most
-/// 500 ms, plus up to as much again of jitter (backon adds it), so a
-/// change made during an API-server outage reaches the node within about a
-/// second of the server's return. client-go waits up to 30 s; the price
-/// here is about two cheap refused connections per second per watch while
-/// the server is down, spread out by the jitter.
+/// 300 ms, plus up to as much again of jitter (backon adds it), so a
+/// change made during an API-server outage reaches the node within a
+/// second of the server's return (measured: see the outage test). client-go
+/// waits up to 30 s; the price here is a few cheap refused connections per
+/// second per watch while the server is down, spread out by the jitter.
 fn reconnect_backoff() -> watcher::ExponentialBackoff {
     backon::ExponentialBuilder::default()
         .with_min_delay(std::time::Duration::from_millis(100))
-        .with_max_delay(std::time::Duration::from_millis(500))
+        .with_max_delay(std::time::Duration::from_millis(300))
         .with_factor(2.0)
         .with_jitter()
         .without_max_times()
