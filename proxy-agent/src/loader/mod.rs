@@ -15,8 +15,9 @@ use aya::{
 };
 use tracing::info;
 
-/// The compiled kernel object, built by aya-build in build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
+/// The compiled kernel object, built by aya-build in build.rs. Public so the
+/// program-test tier loads exactly what the agent ships.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
 
 /// The socket programs, by function name in `proxy-ebpf`.
 pub const SOCK_PROGRAMS: [&str; 4] = [
