@@ -76,6 +76,11 @@ pub struct RunArgs {
     /// of the cgroup2 mount, i.e. every process on the node).
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
+    /// Devices the TC programs (NodePort, externalIPs, LoadBalancer IPs)
+    /// attach to, comma-separated. Default: none, so no per-packet
+    /// translation; devices dropped from the list are detached.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
     #[command(flatten)]
     pub pins: PinArgs,
     /// This node's name (default: $NODE_NAME, else the hostname).
@@ -229,7 +234,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     check_bpffs(&args.pins.bpffs)?;
     info!(node = %node, cgroup = %cgroup.display(), bpffs = %args.pins.bpffs.display(), source = ?args.source, "starting bpfproxy");
 
-    let attached = loader::load_and_attach(&args.pins.bpffs, &cgroup)
+    let attached = loader::load_and_attach(&args.pins.bpffs, &cgroup, &args.devices)
         .context("loading and attaching the kernel programs")?;
     info!(?attached, "datapath ready");
     let maps =
