@@ -645,3 +645,33 @@ fn truncated_packets_are_never_mis_rewritten() -> Result<()> {
     assert!(translated >= 4, "only {translated} prefixes translated");
     Ok(())
 }
+
+#[test]
+fn the_agents_node_addresses_decide_where_nodeports_answer() -> Result<()> {
+    use proxy_agent::node_addrs;
+    let mut dp = Datapath::new("tcnodeaddr")?;
+    nodeport_tcp(&mut dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
+    let filtered_out = Ipv4Addr::new(172, 16, 0, 1);
+    let selected = node_addrs::select(
+        &[Ipv4Addr::LOCALHOST, NODE, filtered_out],
+        &["10.0.0.0/24".parse()?],
+    );
+    assert_eq!(selected, [NODE]);
+    let pin_dir = dp._bpffs.path().join(names::PIN_DIR);
+    // A stale address from an earlier run must disappear.
+    dp.node_addr(filtered_out, filtered_out, node_flags::NODEPORT);
+    node_addrs::program(&pin_dir, &node_addrs::entries(&selected))?;
+
+    let syn = Spec::tcp((CLIENT, 40070), (NODE, NODE_PORT), TCP_SYN).build();
+    let (_, fwd) = dp.ingress(&syn);
+    let (_, out) = dp.egress(&fwd);
+    assert_eq!(view(&out)?.dst, (REMOTE_POD, TARGET_PORT));
+    assert_eq!(view(&out)?.src.0, NODE, "SNAT to the node address");
+    let syn = Spec::tcp((CLIENT, 40071), (filtered_out, NODE_PORT), TCP_SYN).build();
+    assert_eq!(
+        dp.ingress(&syn),
+        (TC_ACT_OK, syn.clone()),
+        "filtered address"
+    );
+    Ok(())
+}
