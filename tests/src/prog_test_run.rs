@@ -40,6 +40,36 @@ pub struct TestRun {
     pub ctx: Vec<u8>,
 }
 
+/// Runs `prog` `repeat` times on `data` inside the kernel and returns the
+/// mean time per run in nanoseconds, as the kernel measured it. The
+/// program sees the packet as the previous run left it (the kernel does not
+/// reset it between runs), so measure paths that do not rewrite.
+pub fn mean_ns(prog: impl AsFd, data: &[u8], repeat: u32) -> io::Result<u32> {
+    let mut out = vec![0u8; data.len() + OUT_HEADROOM];
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_fd().as_raw_fd() as u32,
+        data_size_in: data.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: data.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat,
+        ..Default::default()
+    };
+    // SAFETY: as in `run`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr as *mut libc::c_void,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(attr.duration)
+}
+
 /// Room for the output packet beyond the input (a program may grow it).
 const OUT_HEADROOM: usize = 256;
 
