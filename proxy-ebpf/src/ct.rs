@@ -129,17 +129,12 @@ pub fn create(pkt: &Packet, flow: &NewFlow) -> Result<CtValue, u32> {
             let _ = CONNTRACK.remove(reply_key);
             return Err(counters::ERR_SNAT_PORT);
         };
-        let snat_key = CtKey {
-            saddr_be: pkt.saddr_be,
-            daddr_be: be.addr_be,
-            sport_be: pkt.sport_be,
-            dport_be: be.port_be,
-            proto: pkt.proto,
-            dir: ct_dir::FORWARD_SNAT,
-            _pad: 0,
-        };
         if CONNTRACK
-            .insert(snat_key, entry(snat_addr_be, port_be), BPF_ANY as u64)
+            .insert(
+                snat_key(pkt, be),
+                entry(snat_addr_be, port_be),
+                BPF_ANY as u64,
+            )
             .is_err()
         {
             let _ = CONNTRACK.remove(reply_key);
@@ -155,11 +150,30 @@ pub fn create(pkt: &Packet, flow: &NewFlow) -> Result<CtValue, u32> {
         .is_err()
     {
         let _ = CONNTRACK.remove(reply_key);
+        if fwd.flags & ct_flags::SNAT != 0 {
+            let _ = CONNTRACK.remove(snat_key(pkt, be));
+            let _ = CONNTRACK.remove(reply_snat_key(pkt, be, fwd.nat_addr_be, fwd.nat_port_be));
+        }
         return Err(counters::ERR_CT_UPDATE);
     }
     Ok(fwd)
 }
 
+/// The client → backend tuple as it leaves the backend-facing device.
+#[inline(always)]
+fn snat_key(pkt: &Packet, be: &BackendValue) -> CtKey {
+    CtKey {
+        saddr_be: pkt.saddr_be,
+        daddr_be: be.addr_be,
+        sport_be: pkt.sport_be,
+        dport_be: be.port_be,
+        proto: pkt.proto,
+        dir: ct_dir::FORWARD_SNAT,
+        _pad: 0,
+    }
+}
+
+/// The backend → SNAT address tuple as the reply arrives.
 #[inline(always)]
 fn reply_snat_key(pkt: &Packet, be: &BackendValue, snat_addr_be: u32, port_be: u16) -> CtKey {
     CtKey {

@@ -132,8 +132,9 @@ fn prune_links(links: &Path, wanted: &[String]) {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with(PIN_PREFIX) && !wanted.contains(&name) {
             info!(link = %name, "detaching TC link of a device no longer listed");
-            if let Err(e) = fs::remove_file(entry.path()) {
-                warn!(link = %name, error = %e, "removing stale TC link pin");
+            if let Err(e) = link_update::detach_pinned(&entry.path()) {
+                warn!(link = %name, error = %e, "detaching stale TC link; removing its pin");
+                let _ = fs::remove_file(entry.path());
             }
         }
     }
