@@ -17,7 +17,7 @@ use crate::{
     maps::pinned::PinnedMaps,
     metrics::Metrics,
     model::{ModelConfig, NodeContext},
-    server,
+    node_addrs, server,
     source::{kube as kube_source, watch_dir},
     sync::{self, SyncConfig, Syncer},
 };
@@ -76,6 +76,16 @@ pub struct RunArgs {
     /// of the cgroup2 mount, i.e. every process on the node).
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
+    /// Devices the TC programs (NodePort, externalIPs, LoadBalancer IPs)
+    /// attach to, comma-separated. Default: none, so no per-packet
+    /// translation; devices dropped from the list are detached.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// NodePorts answer only on node addresses inside these CIDRs,
+    /// comma-separated (kube-proxy's nodePortAddresses). Default: every
+    /// non-loopback IPv4 address of the node. Read once at start.
+    #[arg(long, value_delimiter = ',')]
+    pub nodeport_addresses: Vec<node_addrs::Ipv4Cidr>,
     #[command(flatten)]
     pub pins: PinArgs,
     /// This node's name (default: $NODE_NAME, else the hostname).
@@ -229,9 +239,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     check_bpffs(&args.pins.bpffs)?;
     info!(node = %node, cgroup = %cgroup.display(), bpffs = %args.pins.bpffs.display(), source = ?args.source, "starting bpfproxy");
 
-    let attached = loader::load_and_attach(&args.pins.bpffs, &cgroup)
+    let attached = loader::load_and_attach(&args.pins.bpffs, &cgroup, &args.devices)
         .context("loading and attaching the kernel programs")?;
     info!(?attached, "datapath ready");
+    let selected = node_addrs::select(
+        &node_addrs::interface_addrs().context("listing the node's addresses")?,
+        &args.nodeport_addresses,
+    );
+    node_addrs::program(
+        &loader::pin_dir(&args.pins.bpffs),
+        &node_addrs::entries(&selected),
+    )
+    .context("writing the node-address map")?;
+    info!(addresses = ?selected, "NodePorts answer on these addresses");
     let maps =
         PinnedMaps::open(&loader::pin_dir(&args.pins.bpffs)).context("opening the pinned maps")?;
     let metrics = Arc::new(Metrics::new());

@@ -11,6 +11,7 @@ pub mod loader;
 pub mod maps;
 pub mod metrics;
 pub mod model;
+pub mod node_addrs;
 pub mod server;
 pub mod source;
 pub mod sync;

@@ -68,6 +68,8 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
                         kind: FrontendKind::ClusterIp,
                         endpoints,
                         affinity_timeout_s: 0,
+                        policy_local: false,
+                        node_local: BTreeSet::new(),
                     },
                 )
             })
@@ -163,6 +165,8 @@ fn a_full_backend_map_holds_back_only_the_frontends_that_need_new_backends() {
                     FrontendState {
                         kind: FrontendKind::ClusterIp,
                         affinity_timeout_s: 0,
+                        policy_local: false,
+                        node_local: BTreeSet::new(),
                         name: ServicePortName {
                             namespace: "ns".into(),
                             name: format!("s{f}"),

@@ -19,8 +19,28 @@ pub const AFFINITY_HIT: u32 = 6;
 /// The affinity entry could not be written (translation still done).
 pub const ERR_AFFINITY_UPDATE: u32 = 7;
 
+/// TC: a packet to an external frontend was DNATed (new flow).
+pub const TC_NEW_FLOW: u32 = 8;
+/// TC: a packet of a known flow was translated (either direction).
+pub const TC_TRANSLATED: u32 = 9;
+/// TC: a packet to an external frontend without endpoints was dropped.
+pub const TC_DROP_NO_ENDPOINTS: u32 = 10;
+/// TC: an IPv4 fragment passed untouched (no fragment tracking yet).
+pub const TC_PASS_FRAGMENT: u32 = 11;
+/// TC: a malformed or truncated IPv4 packet passed untouched.
+pub const TC_PASS_MALFORMED: u32 = 12;
+/// TC: a conntrack entry could not be written (the packet passed untouched).
+pub const ERR_CT_UPDATE: u32 = 13;
+/// TC: a packet rewrite helper failed (the packet may be half-rewritten and
+/// is dropped rather than sent with wrong addresses or checksums).
+pub const ERR_REWRITE: u32 = 14;
+/// TC: no free SNAT port was found for a new flow (passed untouched).
+pub const ERR_SNAT_PORT: u32 = 15;
+/// TC: no SNAT address is configured for a remote backend (passed untouched).
+pub const ERR_NO_SNAT_ADDR: u32 = 16;
+
 /// Size of the counters array.
-pub const MAX: u32 = 8;
+pub const MAX: u32 = 17;
 
 /// Names for metrics labels and dump, indexed like the constants above.
 pub const NAMES: [&str; MAX as usize] = [
@@ -32,4 +52,13 @@ pub const NAMES: [&str; MAX as usize] = [
     "rev_translated",
     "affinity_hit",
     "err_affinity_update",
+    "tc_new_flow",
+    "tc_translated",
+    "tc_drop_no_endpoints",
+    "tc_pass_fragment",
+    "tc_pass_malformed",
+    "err_ct_update",
+    "err_rewrite",
+    "err_snat_port",
+    "err_no_snat_addr",
 ];

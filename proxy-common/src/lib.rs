@@ -88,6 +88,20 @@ pub struct BackendValue {
 const _: () = assert!(core::mem::size_of::<BackendValue>() == 8);
 
 pub const BACKEND_STATE_ACTIVE: u8 = 0;
+/// Bit of [`BackendValue::state`]: the endpoint runs on this node, so the TC
+/// datapath can DNAT to it without SNAT (replies pass this node anyway).
+pub const BACKEND_FLAG_LOCAL: u8 = 0x80;
+
+/// Bits of [`ServiceValue::flags`].
+pub mod svc_flags {
+    /// Reachable from outside the node through the TC programs: a NodePort
+    /// (address 0.0.0.0), an externalIP or a LoadBalancer ingress IP.
+    /// ClusterIPs are served by the socket programs only.
+    pub const EXTERNAL: u16 = 1 << 0;
+    /// `externalTrafficPolicy: Local`: the slots hold node-local endpoints
+    /// only and the client address is kept (never SNAT).
+    pub const ETP_LOCAL: u16 = 1 << 1;
+}
 
 /// Value of the reverse-NAT map, keyed by a `u32` revNAT id (one per
 /// frontend): the address the client believes it talks to.
@@ -156,3 +170,95 @@ pub struct AffinityValue {
     pub last_used_s: u32,
 }
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 8);
+
+/// Directions of a conntrack entry ([`CtKey::dir`]). Source rewrites
+/// happen at egress, after routing: a packet that enters a device with one
+/// of the node's own addresses as source is dropped as a martian.
+pub mod ct_dir {
+    /// Client → frontend at tc ingress: destination → backend.
+    pub const FORWARD: u8 = 0;
+    /// Client → backend at tc egress (only with SNAT): source → this node's
+    /// SNAT address and port.
+    pub const FORWARD_SNAT: u8 = 1;
+    /// Backend → SNAT address at tc ingress (only with SNAT): destination →
+    /// the client, so routing forwards the reply to the client's device.
+    pub const REPLY_SNAT: u8 = 2;
+    /// Backend → client at tc egress of the client-facing device: source →
+    /// the frontend the client addressed.
+    pub const REPLY: u8 = 3;
+}
+
+/// TCP states of a conntrack entry ([`CtValue::tcp_state`]); 0 for UDP.
+pub mod ct_state {
+    pub const NONE: u8 = 0;
+    /// A SYN was seen, no further packet from the client yet.
+    pub const SYN_SENT: u8 = 1;
+    pub const ESTABLISHED: u8 = 2;
+    /// A FIN or RST was seen in this direction.
+    pub const CLOSING: u8 = 3;
+}
+
+/// Bits of [`CtValue::flags`].
+pub mod ct_flags {
+    /// The forward direction also rewrites the source (eTP=Cluster with a
+    /// backend on another node).
+    pub const SNAT: u8 = 1 << 0;
+}
+
+/// Key of the conntrack map (LRU): a packet's 5-tuple as the program sees it
+/// and the direction the entry serves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    /// `ct_dir::*`.
+    pub dir: u8,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+
+/// Value of the conntrack map. `addr_be:port_be` is the rewrite the key's
+/// direction applies: the backend (FORWARD, new destination), the SNAT
+/// source (FORWARD_SNAT), the client (REPLY_SNAT, new destination) or the
+/// frontend (REPLY, new source). `nat_addr_be:nat_port_be` is the SNAT
+/// source in a FORWARD entry (zero without SNAT), for dumps and cleanup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtValue {
+    pub addr_be: u32,
+    pub port_be: u16,
+    /// `ct_flags::*`.
+    pub flags: u8,
+    /// `ct_state::*`.
+    pub tcp_state: u8,
+    pub nat_addr_be: u32,
+    pub nat_port_be: u16,
+    pub rev_nat_id: u16,
+    pub backend_id: u32,
+    /// Seconds of the kernel's monotonic clock at the last packet.
+    pub last_seen_s: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
+
+/// Value of the node-address map, keyed by an IPv4 address in network byte
+/// order: one of this node's addresses NodePorts answer on, and the source
+/// address to SNAT to. Key 0.0.0.0 (never a destination the programs look
+/// up as a NodePort) holds the SNAT address for externalIPs and LB IPs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeAddrValue {
+    pub snat_addr_be: u32,
+    /// `node_flags::*`.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<NodeAddrValue>() == 8);
+
+/// Bits of [`NodeAddrValue::flags`].
+pub mod node_flags {
+    /// NodePorts answer on this address.
+    pub const NODEPORT: u32 = 1 << 0;
+}

@@ -2,8 +2,9 @@
 use core::net::Ipv4Addr;
 
 use crate::{
-    AffinityKey, AffinityValue, BackendValue, RevNatValue, ServiceKey, ServiceName, ServiceValue,
-    SockRevNatKey, SockRevNatValue, BACKEND_STATE_ACTIVE, SERVICE_NAME_LEN,
+    AffinityKey, AffinityValue, BackendValue, CtKey, CtValue, NodeAddrValue, RevNatValue,
+    ServiceKey, ServiceName, ServiceValue, SockRevNatKey, SockRevNatValue, BACKEND_STATE_ACTIVE,
+    SERVICE_NAME_LEN,
 };
 
 // SAFETY: all of these are `#[repr(C)]`, `Copy`, and have no implicit padding
@@ -17,6 +18,9 @@ unsafe impl aya::Pod for SockRevNatValue {}
 unsafe impl aya::Pod for ServiceName {}
 unsafe impl aya::Pod for AffinityKey {}
 unsafe impl aya::Pod for AffinityValue {}
+unsafe impl aya::Pod for CtKey {}
+unsafe impl aya::Pod for CtValue {}
+unsafe impl aya::Pod for NodeAddrValue {}
 
 fn addr_be(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
@@ -92,6 +96,56 @@ impl RevNatValue {
     }
     pub fn port(&self) -> u16 {
         u16::from_be(self.port_be)
+    }
+}
+
+impl CtKey {
+    pub fn new(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8, dir: u8) -> Self {
+        Self {
+            saddr_be: addr_be(src),
+            daddr_be: addr_be(dst),
+            sport_be: sport.to_be(),
+            dport_be: dport.to_be(),
+            proto,
+            dir,
+            _pad: 0,
+        }
+    }
+    pub fn src(&self) -> (Ipv4Addr, u16) {
+        (ip(self.saddr_be), u16::from_be(self.sport_be))
+    }
+    pub fn dst(&self) -> (Ipv4Addr, u16) {
+        (ip(self.daddr_be), u16::from_be(self.dport_be))
+    }
+}
+
+impl CtValue {
+    /// `addr_be:port_be`, whose meaning depends on the key's direction.
+    pub fn addr(&self) -> (Ipv4Addr, u16) {
+        (ip(self.addr_be), u16::from_be(self.port_be))
+    }
+    pub fn nat_addr(&self) -> (Ipv4Addr, u16) {
+        (ip(self.nat_addr_be), u16::from_be(self.nat_port_be))
+    }
+}
+
+impl NodeAddrValue {
+    pub fn new(snat: Ipv4Addr, flags: u32) -> Self {
+        Self {
+            snat_addr_be: addr_be(snat),
+            flags,
+        }
+    }
+    pub fn snat_ip(&self) -> Ipv4Addr {
+        ip(self.snat_addr_be)
+    }
+}
+
+impl BackendValue {
+    /// Marks the backend as running on this node ([`crate::BACKEND_FLAG_LOCAL`]).
+    pub fn local(mut self) -> Self {
+        self.state |= crate::BACKEND_FLAG_LOCAL;
+        self
     }
 }
 

@@ -93,7 +93,7 @@ fn now_s() -> u32 {
 
 /// A uniformly random backend among the frontend's `count` slots.
 #[inline(always)]
-fn pick(
+pub fn pick(
     addr_be: u32,
     port_be: u16,
     proto: u8,

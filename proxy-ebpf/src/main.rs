@@ -4,6 +4,9 @@
 //! sendmsg() to a Service frontend is rewritten to a backend before the
 //! kernel routes it, and recvmsg()/getpeername() show the frontend again.
 //!
+//! Per-packet translation (TC programs, `tc`): NodePort, externalIP and
+//! LoadBalancer traffic from outside the node, with conntrack.
+//!
 //! Every entry point fails open: on an internal error the socket operation
 //! goes through untouched and a per-reason counter is bumped.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -12,11 +15,21 @@
 #[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]
+mod csum;
+#[cfg(target_arch = "bpf")]
+mod ct;
+#[cfg(target_arch = "bpf")]
 mod lb;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod nat;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
 mod sock;
+#[cfg(target_arch = "bpf")]
+mod tc;
 
 /// Built for the host (e.g. by `cargo clippy --workspace`), the crate is an
 /// empty program; the real one only exists for the BPF target.

@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    counters, maps as names, AffinityKey, AffinityValue, BackendValue, RevNatValue, ServiceKey,
-    ServiceName, ServiceValue, SockRevNatKey, SockRevNatValue,
+    counters, maps as names, AffinityKey, AffinityValue, BackendValue, CtKey, CtValue,
+    NodeAddrValue, RevNatValue, ServiceKey, ServiceName, ServiceValue, SockRevNatKey,
+    SockRevNatValue,
 };
 
 #[map(name = "bpfp_svc_v1")]
@@ -28,7 +29,7 @@ pub static SOCK_REV_NAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
 #[map(name = "bpfp_names_v1")]
 pub static SERVICE_NAMES: HashMap<u32, ServiceName> = HashMap::pinned(names::REV_NAT_MAX, 0);
 
-#[map(name = "bpfp_cnt_v1")]
+#[map(name = "bpfp_cnt_v2")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::MAX, 0);
 
 /// Session affinity (sessionAffinity: ClientIP): the backend each client
@@ -37,3 +38,11 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::MAX, 0);
 #[map(name = "bpfp_aff_v1")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(names::AFFINITY_MAX, 0);
+
+/// Conntrack of the TC programs (see `proxy_common::ct_dir`).
+#[map(name = "bpfp_ct_v1")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(names::CONNTRACK_MAX, 0);
+
+/// This node's addresses that NodePorts answer on, and SNAT addresses.
+#[map(name = "bpfp_node_v1")]
+pub static NODE_ADDRS: HashMap<u32, NodeAddrValue> = HashMap::pinned(names::NODE_ADDRS_MAX, 0);

@@ -4,7 +4,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use proxy_common::{BackendValue, RevNatValue, ServiceKey, ServiceValue};
+use proxy_common::{svc_flags, BackendValue, RevNatValue, ServiceKey, ServiceValue};
 
 use super::{ids::BackendIdent, Ids, MapState};
 use crate::model::{DesiredState, Frontend, FrontendKind, FrontendState};
@@ -24,7 +24,7 @@ pub fn render(desired: &DesiredState, ids: &mut Ids) -> RenderOutput {
     let programmed = desired
         .frontends
         .iter()
-        .filter_map(|(fe, fs)| programmable(fe, fs).map(|ip| (ip, fe, fs)));
+        .filter_map(|(fe, fs)| programmable(fe).map(|ip| (ip, fe, fs)));
     'frontends: for (vip, fe, fs) in programmed {
         let proto = fe.protocol.number();
         let Some(rev_nat_id) = ids.frontend(*fe) else {
@@ -42,14 +42,16 @@ pub fn render(desired: &DesiredState, ids: &mut Ids) -> RenderOutput {
         for (id, ep) in &backend_ids {
             used_backends.insert((*ep, fe.protocol));
             if let IpAddr::V4(ip) = ep.ip {
-                out.state
-                    .backends
-                    .insert(*id, BackendValue::new(ip, ep.port, proto));
+                let mut value = BackendValue::new(ip, ep.port, proto);
+                if fs.node_local.contains(ep) {
+                    value = value.local();
+                }
+                out.state.backends.insert(*id, value);
             }
         }
         // Bounded by MAX_ENDPOINTS_PER_FRONTEND in the model.
         let count = u16::try_from(backend_ids.len()).unwrap_or(u16::MAX);
-        let master = ServiceValue::master(count, rev_nat_id, 0, fs.affinity_timeout_s);
+        let master = ServiceValue::master(count, rev_nat_id, flags(fs), fs.affinity_timeout_s);
         for (i, (id, _)) in backend_ids.iter().take(count as usize).enumerate() {
             let slot = i as u16 + 1;
             out.state.services.insert(
@@ -69,21 +71,35 @@ pub fn render(desired: &DesiredState, ids: &mut Ids) -> RenderOutput {
     }
     ids.retain(
         |ident: &BackendIdent| used_backends.contains(ident),
-        |fe| {
-            desired
-                .frontends
-                .get(fe)
-                .is_some_and(|fs| programmable(fe, fs).is_some())
-        },
+        |fe| desired.frontends.contains_key(fe) && programmable(fe).is_some(),
     );
     out
 }
 
-/// The socket programs serve IPv4 ClusterIPs; the other kinds wait for the
-/// per-packet (TC) datapath and IPv6 for the v6 programs.
-fn programmable(fe: &Frontend, fs: &FrontendState) -> Option<Ipv4Addr> {
-    match (fs.kind, fe.ip) {
-        (FrontendKind::ClusterIp, IpAddr::V4(ip)) => Some(ip),
-        _ => None,
+/// Every IPv4 frontend: ClusterIPs for the socket programs, the external
+/// kinds (NodePort at 0.0.0.0, externalIPs, LoadBalancer IPs) for the TC
+/// programs and, from the node itself, the socket programs too. IPv6 waits
+/// for the v6 programs.
+fn programmable(fe: &Frontend) -> Option<Ipv4Addr> {
+    match fe.ip {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// The master entry's flags: which datapath may translate traffic from
+/// outside the node to this frontend, and whether it must keep the client
+/// address.
+fn flags(fs: &FrontendState) -> u16 {
+    match fs.kind {
+        FrontendKind::ClusterIp => 0,
+        FrontendKind::NodePort | FrontendKind::ExternalIp | FrontendKind::LoadBalancer => {
+            svc_flags::EXTERNAL
+                | if fs.policy_local {
+                    svc_flags::ETP_LOCAL
+                } else {
+                    0
+                }
+        }
     }
 }

@@ -31,6 +31,10 @@ pub struct FrontendView {
     pub vip: String,
     pub port: u16,
     pub protocol: String,
+    /// `external` (the TC programs serve it from outside the node) and
+    /// `etp-local` (client address kept); empty for ClusterIPs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
     pub backends: Vec<BackendView>,
     /// Problems a reader of the maps should know about (missing slots...).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -41,6 +45,9 @@ pub struct FrontendView {
 pub struct BackendView {
     pub ip: String,
     pub port: u16,
+    /// Runs on this node (the TC programs DNAT to it without SNAT).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
 }
 
 impl DumpView {
@@ -59,6 +66,7 @@ impl DumpView {
                     Some((_, Some(be))) => backends.push(BackendView {
                         ip: be.ip().to_string(),
                         port: be.port(),
+                        local: be.state & proxy_common::BACKEND_FLAG_LOCAL != 0,
                     }),
                     Some((id, None)) => problems.push(format!("slot {slot}: backend {id} missing")),
                     None => problems.push(format!("slot {slot} missing")),
@@ -77,6 +85,7 @@ impl DumpView {
                 vip: key.ip().to_string(),
                 port: key.port(),
                 protocol,
+                flags: flag_names(master.flags),
                 backends,
                 problems,
             });
@@ -95,15 +104,32 @@ impl DumpView {
     }
 }
 
+fn flag_names(flags: u16) -> Vec<String> {
+    use proxy_common::svc_flags;
+    [
+        (svc_flags::EXTERNAL, "external"),
+        (svc_flags::ETP_LOCAL, "etp-local"),
+    ]
+    .iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, name)| name.to_string())
+    .collect()
+}
+
 impl fmt::Display for DumpView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.frontends.is_empty() {
             writeln!(f, "no frontends")?;
         }
         for fe in &self.frontends {
+            let flags = if fe.flags.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", fe.flags.join(","))
+            };
             writeln!(
                 f,
-                "{} {}:{}/{} -> {}",
+                "{} {}:{}/{}{flags} -> {}",
                 fe.service,
                 fe.vip,
                 fe.port,
@@ -115,7 +141,8 @@ impl fmt::Display for DumpView {
                 }
             )?;
             for be in &fe.backends {
-                writeln!(f, "    {}:{}", be.ip, be.port)?;
+                let local = if be.local { " (local)" } else { "" };
+                writeln!(f, "    {}:{}{local}", be.ip, be.port)?;
             }
             for p in &fe.problems {
                 writeln!(f, "    ! {p}")?;

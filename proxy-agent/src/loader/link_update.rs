@@ -13,6 +13,7 @@ use aya::programs::ProgramFd;
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 #[repr(C)]
 #[derive(Default)]
@@ -51,8 +52,14 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
-/// Replaces the program of the link pinned at `pin` with `prog`.
-pub fn replace_program(pin: &Path, prog: &ProgramFd) -> io::Result<()> {
+#[repr(C)]
+#[derive(Default)]
+struct LinkDetachAttr {
+    link_fd: u32,
+}
+
+/// Opens the link pinned at `pin`.
+fn open_pinned(pin: &Path) -> io::Result<OwnedFd> {
     let path = CString::new(pin.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut get = ObjGetAttr {
@@ -61,7 +68,29 @@ pub fn replace_program(pin: &Path, prog: &ProgramFd) -> io::Result<()> {
     };
     let fd = bpf(BPF_OBJ_GET, &mut get)?;
     // SAFETY: BPF_OBJ_GET returned a new fd that we now own.
-    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Detaches the link pinned at `pin` now and removes the pin. Removing the
+/// pin alone detaches too, but later (the kernel frees an unpinned link
+/// from a workqueue), so a caller could still see the program attached.
+pub fn detach_pinned(pin: &Path) -> io::Result<()> {
+    let link = open_pinned(pin)?;
+    let mut detach = LinkDetachAttr {
+        link_fd: link.as_raw_fd() as u32,
+    };
+    // A link already defunct (its device is gone) has nothing to detach.
+    if let Err(e) = bpf(BPF_LINK_DETACH, &mut detach) {
+        if !is_defunct(&e) {
+            return Err(e);
+        }
+    }
+    std::fs::remove_file(pin)
+}
+
+/// Replaces the program of the link pinned at `pin` with `prog`.
+pub fn replace_program(pin: &Path, prog: &ProgramFd) -> io::Result<()> {
+    let link = open_pinned(pin)?;
     let mut update = LinkUpdateAttr {
         link_fd: link.as_raw_fd() as u32,
         new_prog_fd: prog.as_fd().as_raw_fd() as u32,

@@ -3,6 +3,9 @@
 //! atomically swaps the programs inside them, so sockets are never without
 //! a program and established connections are never touched.
 mod link_update;
+mod tc;
+
+pub use tc::TC_PROGRAMS;
 
 use std::{
     fs,
@@ -15,8 +18,9 @@ use aya::{
 };
 use tracing::info;
 
-/// The compiled kernel object, built by aya-build in build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
+/// The compiled kernel object, built by aya-build in build.rs. Public so the
+/// program-test tier loads exactly what the agent ships.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
 
 /// The socket programs, by function name in `proxy-ebpf`.
 pub const SOCK_PROGRAMS: [&str; 4] = [
@@ -87,11 +91,14 @@ pub fn pin_dir(bpffs: &Path) -> PathBuf {
 }
 
 /// Loads the object with its maps pinned in (or reused from) the pin
-/// directory and attaches the socket programs to `cgroup`.
+/// directory, attaches the socket programs to `cgroup` and the TC programs
+/// to `devices` (none: no per-packet datapath; TC links of devices no
+/// longer listed are removed).
 pub fn load_and_attach(
     bpffs: &Path,
     cgroup: &Path,
-) -> Result<Vec<(&'static str, Attachment)>, LoadError> {
+    devices: &[String],
+) -> Result<Vec<(String, Attachment)>, LoadError> {
     let dir = pin_dir(bpffs);
     let links = dir.join("links");
     fs::create_dir_all(&links).map_err(|source| LoadError::PinDir {
@@ -115,8 +122,9 @@ pub fn load_and_attach(
     for name in SOCK_PROGRAMS {
         let how = attach_one(&mut ebpf, name, &cgroup_file, &links.join(name))?;
         info!(program = name, ?how, cgroup = %cgroup.display(), "socket program in place");
-        done.push((name, how));
+        done.push((name.to_string(), how));
     }
+    done.extend(tc::attach_devices(&mut ebpf, devices, &links)?);
     // Dropping `ebpf` is fine: pinned links keep the programs alive and
     // pinned maps keep the state.
     Ok(done)

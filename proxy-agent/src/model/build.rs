@@ -156,6 +156,7 @@ pub fn build_desired_state<'a>(
                         info.internal_local
                     };
                     let endpoints = if local { &eps.local } else { &eps.cluster };
+                    let node_local = endpoints.intersection(&eps.local).copied().collect();
                     out.state.frontends.insert(
                         frontend,
                         FrontendState {
@@ -163,6 +164,8 @@ pub fn build_desired_state<'a>(
                             kind,
                             endpoints: endpoints.clone(),
                             affinity_timeout_s: info.affinity_timeout_s,
+                            policy_local: local,
+                            node_local,
                         },
                     );
                 }

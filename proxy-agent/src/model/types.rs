@@ -146,6 +146,13 @@ pub struct FrontendState {
     pub endpoints: BTreeSet<Endpoint>,
     /// sessionAffinity ClientIP timeout; 0 = no affinity.
     pub affinity_timeout_s: u32,
+    /// The frontend's traffic policy is `Local` (internal for ClusterIPs,
+    /// external for the others): `endpoints` are this node's only, and
+    /// external clients keep their address (no SNAT).
+    pub policy_local: bool,
+    /// Which of `endpoints` run on this node: the TC datapath DNATs to
+    /// those without SNAT, since their replies pass this node anyway.
+    pub node_local: BTreeSet<Endpoint>,
 }
 
 /// What the model needs to know about this node.

@@ -1,0 +1,198 @@
+//! This node's addresses for the TC datapath: which destinations NodePorts
+//! answer on (`--nodeport-addresses`, kube-proxy's nodePortAddresses) and
+//! which source remote-backend traffic is SNATed to.
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::Path, str::FromStr};
+
+use aya::maps::{HashMap, Map, MapData};
+use proxy_common::{maps as names, node_flags, NodeAddrValue};
+
+use crate::maps::MapsError;
+
+/// An IPv4 CIDR such as `10.0.0.0/8`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    addr: Ipv4Addr,
+    prefix: u8,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{input:?} is not an IPv4 CIDR (a.b.c.d/len, len ≤ 32)")]
+pub struct CidrError {
+    input: String,
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, CidrError> {
+        let err = || CidrError {
+            input: s.to_string(),
+        };
+        let (addr, prefix) = s.split_once('/').ok_or_else(err)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| err())?;
+        let prefix: u8 = prefix.parse().map_err(|_| err())?;
+        if prefix > 32 {
+            return Err(err());
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Ipv4Cidr {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        // checked_shl: a /0 mask would shift by 32, which overflows.
+        let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
+/// The addresses NodePorts answer on, in interface order: those inside any
+/// of `filter`, or with an empty filter every non-loopback address
+/// (loopback traffic never crosses a TC device; the socket programs serve
+/// it).
+pub fn select(addrs: &[Ipv4Addr], filter: &[Ipv4Cidr]) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = Vec::new();
+    for ip in addrs {
+        let wanted = if filter.is_empty() {
+            !ip.is_loopback() && !ip.is_unspecified()
+        } else {
+            filter.iter().any(|c| c.contains(*ip))
+        };
+        if wanted && !out.contains(ip) {
+            out.push(*ip);
+        }
+    }
+    out
+}
+
+/// The node-address map contents for `selected`: each address answers
+/// NodePorts and SNATs to itself (replies then come back to the address
+/// the client used); key 0.0.0.0 names the SNAT address for externalIPs
+/// and LoadBalancer IPs: the first selected address.
+pub fn entries(selected: &[Ipv4Addr]) -> BTreeMap<u32, NodeAddrValue> {
+    let key = |ip: Ipv4Addr| u32::from_ne_bytes(ip.octets());
+    let mut out: BTreeMap<u32, NodeAddrValue> = selected
+        .iter()
+        .map(|ip| (key(*ip), NodeAddrValue::new(*ip, node_flags::NODEPORT)))
+        .collect();
+    if let Some(first) = selected.first() {
+        out.insert(0, NodeAddrValue::new(*first, 0));
+    }
+    out
+}
+
+/// The IPv4 addresses of this network namespace's interfaces.
+pub fn interface_addrs() -> std::io::Result<Vec<Ipv4Addr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr of its family.
+            let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
+            if family == libc::AF_INET {
+                // SAFETY: AF_INET means a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// Makes the pinned node-address map in `pin_dir` hold exactly `want`:
+/// new entries first, then stale ones removed (a NodePort never stops
+/// answering on an address that stays).
+pub fn program(pin_dir: &Path, want: &BTreeMap<u32, NodeAddrValue>) -> Result<(), MapsError> {
+    let path = pin_dir.join(names::NODE_ADDRS);
+    let open_err = |source| MapsError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(open_err)?;
+    let map = Map::from_map_data(data).map_err(open_err)?;
+    let mut map: HashMap<MapData, u32, NodeAddrValue> = HashMap::try_from(map).map_err(open_err)?;
+    for (k, v) in want {
+        map.insert(k, v, 0).map_err(|source| MapsError::Write {
+            map: names::NODE_ADDRS,
+            source,
+        })?;
+    }
+    let stale: Vec<u32> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains_key(k))
+        .collect();
+    for k in stale {
+        map.remove(&k).map_err(|source| MapsError::Write {
+            map: names::NODE_ADDRS,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> Ipv4Cidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidrs_parse_and_match() {
+        assert!(cidr("10.0.0.0/8").contains(Ipv4Addr::new(10, 1, 2, 3)));
+        assert!(!cidr("10.0.0.0/8").contains(Ipv4Addr::new(11, 0, 0, 1)));
+        assert!(cidr("0.0.0.0/0").contains(Ipv4Addr::new(1, 2, 3, 4)));
+        assert!(cidr("192.0.2.7/32").contains(Ipv4Addr::new(192, 0, 2, 7)));
+        assert!(!cidr("192.0.2.7/32").contains(Ipv4Addr::new(192, 0, 2, 8)));
+        for bad in ["10.0.0.0", "10.0.0.0/33", "x/8", "10.0.0/8", ""] {
+            assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn without_a_filter_every_address_but_loopback_is_selected() {
+        let addrs = [
+            Ipv4Addr::LOCALHOST,
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(192, 168, 1, 1),
+            Ipv4Addr::new(10, 0, 0, 1),
+        ];
+        assert_eq!(
+            select(&addrs, &[]),
+            [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(192, 168, 1, 1)]
+        );
+        assert_eq!(
+            select(&addrs, &[cidr("192.168.0.0/16")]),
+            [Ipv4Addr::new(192, 168, 1, 1)]
+        );
+    }
+
+    #[test]
+    fn entries_answer_nodeports_and_name_the_snat_address() {
+        let e = entries(&[Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 1, 1)]);
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[&0].snat_ip(), Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(e[&0].flags, 0);
+        let k = u32::from_ne_bytes([10, 0, 1, 1]);
+        assert_eq!(e[&k].snat_ip(), Ipv4Addr::new(10, 0, 1, 1));
+        assert_eq!(e[&k].flags, node_flags::NODEPORT);
+        assert!(entries(&[]).is_empty());
+    }
+}

@@ -1,0 +1,104 @@
+//! The agent's loader puts the TC programs on `--devices` as pinned TCX
+//! links, swaps the program inside them on restart (the link and its place
+//! on the device stay) and detaches devices no longer listed.
+//!
+//! The loader runs in this test's thread after it joined a test network
+//! namespace (setns is per thread), so the only devices it can see are the
+//! test's own veths.
+use std::{fs::File, os::fd::AsRawFd, path::Path};
+
+use anyhow::{bail, ensure, Context, Result};
+use aya::programs::{links::PinnedLink, SchedClassifier, TcAttachType};
+use bpfproxy_tests::{require_root, Netns, PrivateBpffs, TestCgroup, VethPair};
+use proxy_agent::loader::{self, Attachment};
+
+/// Joins the network namespace at `path` for the calling thread only.
+fn enter_netns(path: &Path) -> Result<()> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: a valid namespace fd; affects only this thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "setns {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// (program id, program name) of every TCX program on `dev`'s hook.
+fn tcx_programs(dev: &str, attach: TcAttachType) -> Result<Vec<(u32, String)>> {
+    let (_, progs) = SchedClassifier::query_tcx(dev, attach)?;
+    Ok(progs
+        .iter()
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_string()))
+        .collect())
+}
+
+fn link_id(pin: &Path) -> Result<u32> {
+    let link = PinnedLink::from_pin(pin).with_context(|| format!("{}", pin.display()))?;
+    // Closing this fd leaves the pin (and the link) alone.
+    let fd = aya::programs::links::FdLink::from(link);
+    Ok(fd.info()?.id())
+}
+
+#[test]
+fn tc_programs_are_attached_replaced_in_place_and_detached_with_their_device() -> Result<()> {
+    require_root()?;
+    let node = Netns::new("tcnode")?;
+    let peer = Netns::new("tcpeer")?;
+    let veth = VethPair::new(&node, &["10.231.0.1/24"], &peer, &["10.231.0.2/24"])?;
+    let bpffs = PrivateBpffs::new("tcattach")?;
+    let cgroup = TestCgroup::new("tcattach")?;
+    enter_netns(node.path())?;
+    let dev = veth.a().to_string();
+    let links = loader::pin_dir(bpffs.path()).join("links");
+
+    let first = loader::load_and_attach(bpffs.path(), cgroup.path(), std::slice::from_ref(&dev))?;
+    for prog in ["tc_ingress", "tc_egress"] {
+        let name = format!("{prog}@{dev}");
+        ensure!(
+            first.contains(&(name.clone(), Attachment::Attached)),
+            "{name} not attached: {first:?}"
+        );
+    }
+    let ingress = tcx_programs(&dev, TcAttachType::Ingress)?;
+    let egress = tcx_programs(&dev, TcAttachType::Egress)?;
+    ensure!(
+        ingress.len() == 1 && ingress[0].1 == "tc_ingress",
+        "{ingress:?}"
+    );
+    ensure!(
+        egress.len() == 1 && egress[0].1 == "tc_egress",
+        "{egress:?}"
+    );
+    let ingress_pin = links.join(format!("tc-{dev}-ingress"));
+    let link_before = link_id(&ingress_pin)?;
+
+    // A restart: the same links, now running newly loaded programs.
+    let second = loader::load_and_attach(bpffs.path(), cgroup.path(), std::slice::from_ref(&dev))?;
+    ensure!(
+        second.contains(&(format!("tc_ingress@{dev}"), Attachment::Replaced)),
+        "{second:?}"
+    );
+    let ingress2 = tcx_programs(&dev, TcAttachType::Ingress)?;
+    ensure!(
+        ingress2.len() == 1,
+        "replace must not add a program: {ingress2:?}"
+    );
+    ensure!(
+        ingress2[0].0 != ingress[0].0,
+        "program not swapped: {ingress2:?}"
+    );
+    ensure!(
+        link_id(&ingress_pin)? == link_before,
+        "the link itself must stay"
+    );
+
+    // The device leaves --devices: its links go, the programs with them.
+    loader::load_and_attach(bpffs.path(), cgroup.path(), &[])?;
+    ensure!(!ingress_pin.exists(), "stale pin left");
+    ensure!(tcx_programs(&dev, TcAttachType::Ingress)?.is_empty());
+    ensure!(tcx_programs(&dev, TcAttachType::Egress)?.is_empty());
+    Ok(())
+}

@@ -1,0 +1,696 @@
+//! Program tests of the TC datapath: the object the agent ships, loaded
+//! against a private bpffs, its `tc_ingress`/`tc_egress` run with
+//! BPF_PROG_TEST_RUN on hand-built packets, its maps filled directly.
+//!
+//! Nothing here sends a packet anywhere: BPF_PROG_TEST_RUN hands the packet
+//! to the program and back to us.
+use std::net::Ipv4Addr;
+
+use anyhow::{ensure, Context, Result};
+use aya::{
+    maps::{HashMap, MapData},
+    programs::SchedClassifier,
+    Ebpf, EbpfLoader,
+};
+use bpfproxy_tests::{
+    packet::{self, verify_checksums, view, Spec, TCP, TCP_ACK, TCP_FIN, TCP_SYN, UDP},
+    prog_test_run, require_root, PrivateBpffs,
+};
+use proxy_common::{
+    counters, ct_dir, maps as names, node_flags, svc_flags, BackendValue, CtKey, CtValue,
+    NodeAddrValue, ServiceKey, ServiceValue,
+};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+
+const NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 6);
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const NODE_PORT: u16 = 30080;
+const TARGET_PORT: u16 = 8080;
+
+/// The loaded object with its maps pinned in a private bpffs.
+struct Datapath {
+    ebpf: Ebpf,
+    next_backend_id: u32,
+    next_rev_nat_id: u16,
+    // Dropped last: unmounting releases the pins.
+    _bpffs: PrivateBpffs,
+}
+
+/// A backend to program: address, port, whether it runs on this node.
+#[derive(Clone, Copy)]
+struct Be(Ipv4Addr, u16, bool);
+
+impl Datapath {
+    fn new(suffix: &str) -> Result<Self> {
+        require_root()?;
+        let bpffs = PrivateBpffs::new(suffix)?;
+        let dir = bpffs.path().join(names::PIN_DIR);
+        std::fs::create_dir_all(&dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&dir)
+            .load(proxy_agent::loader::OBJECT)
+            .context("loading the agent's eBPF object")?;
+        for name in ["tc_ingress", "tc_egress"] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("{name} missing from the object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("verifier rejected {name}"))?;
+        }
+        Ok(Self {
+            ebpf,
+            next_backend_id: 1,
+            next_rev_nat_id: 1,
+            _bpffs: bpffs,
+        })
+    }
+
+    fn run(&self, prog: &str, pkt: &[u8]) -> std::io::Result<prog_test_run::TestRun> {
+        let p: &SchedClassifier = self
+            .ebpf
+            .program(prog)
+            .expect("program exists")
+            .try_into()
+            .expect("is a classifier");
+        prog_test_run::run(p.fd().expect("loaded"), pkt, None)
+    }
+
+    fn ingress(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
+        let r = self.run("tc_ingress", pkt).expect("BPF_PROG_TEST_RUN");
+        (r.retval, r.data)
+    }
+
+    fn egress(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
+        let r = self.run("tc_egress", pkt).expect("BPF_PROG_TEST_RUN");
+        (r.retval, r.data)
+    }
+
+    fn services(&mut self) -> HashMap<&mut MapData, ServiceKey, ServiceValue> {
+        HashMap::try_from(self.ebpf.map_mut(names::SERVICES).unwrap()).unwrap()
+    }
+
+    /// Programs a frontend (slots, then master), as the agent would.
+    fn service(&mut self, ip: Ipv4Addr, port: u16, proto: u8, flags: u16, backends: &[Be]) {
+        let rev = self.next_rev_nat_id;
+        self.next_rev_nat_id += 1;
+        let master = ServiceValue::master(backends.len() as u16, rev, flags, 0);
+        let mut ids = Vec::new();
+        {
+            let mut be_map: HashMap<_, u32, BackendValue> =
+                HashMap::try_from(self.ebpf.map_mut(names::BACKENDS).unwrap()).unwrap();
+            for b in backends {
+                let id = self.next_backend_id;
+                self.next_backend_id += 1;
+                let mut v = BackendValue::new(b.0, b.1, proto);
+                if b.2 {
+                    v = v.local();
+                }
+                be_map.insert(id, v, 0).unwrap();
+                ids.push(id);
+            }
+        }
+        let mut svc = self.services();
+        // Remove stale slots of an earlier programming of this frontend.
+        for slot in 1..=64u16 {
+            let _ = svc.remove(&ServiceKey::new(ip, port, proto, slot));
+        }
+        for (i, id) in ids.iter().enumerate() {
+            svc.insert(
+                ServiceKey::new(ip, port, proto, i as u16 + 1),
+                ServiceValue::slot(&master, *id),
+                0,
+            )
+            .unwrap();
+        }
+        svc.insert(ServiceKey::new(ip, port, proto, 0), master, 0)
+            .unwrap();
+    }
+
+    fn node_addr(&mut self, ip: Ipv4Addr, snat: Ipv4Addr, flags: u32) {
+        let mut m: HashMap<_, u32, NodeAddrValue> =
+            HashMap::try_from(self.ebpf.map_mut(names::NODE_ADDRS).unwrap()).unwrap();
+        m.insert(
+            u32::from_ne_bytes(ip.octets()),
+            NodeAddrValue::new(snat, flags),
+            0,
+        )
+        .unwrap();
+    }
+
+    /// The usual node: NodePorts on NODE, which is also the SNAT address.
+    fn with_node(suffix: &str) -> Result<Self> {
+        let mut dp = Self::new(suffix)?;
+        dp.node_addr(NODE, NODE, node_flags::NODEPORT);
+        dp.node_addr(Ipv4Addr::UNSPECIFIED, NODE, 0);
+        Ok(dp)
+    }
+
+    fn ct(&mut self, key: &CtKey) -> Option<CtValue> {
+        let m: HashMap<_, CtKey, CtValue> =
+            HashMap::try_from(self.ebpf.map_mut(names::CONNTRACK).unwrap()).unwrap();
+        m.get(key, 0).ok()
+    }
+
+    fn counter(&mut self, reason: u32) -> u64 {
+        let m: aya::maps::PerCpuArray<_, u64> =
+            aya::maps::PerCpuArray::try_from(self.ebpf.map_mut(names::COUNTERS).unwrap()).unwrap();
+        m.get(&reason, 0).unwrap().iter().sum()
+    }
+}
+
+fn nodeport_tcp(dp: &mut Datapath, backends: &[Be]) {
+    dp.service(
+        Ipv4Addr::UNSPECIFIED,
+        NODE_PORT,
+        TCP,
+        svc_flags::EXTERNAL,
+        backends,
+    );
+}
+
+/// Asserts that `after` differs from `before` only in the bytes a rewrite
+/// may touch: IP addresses, IP checksum, ports and L4 checksum.
+fn assert_only_nat_fields_changed(before: &[u8], after: &[u8]) {
+    assert_eq!(before.len(), after.len(), "packet length changed");
+    let v = view(before).unwrap();
+    let csum_at = v.l4_off + if v.proto == TCP { 16 } else { 6 };
+    let ip = packet::ETH_HLEN;
+    for (i, (a, b)) in before.iter().zip(after).enumerate() {
+        let allowed = (ip + 10..ip + 12).contains(&i)
+            || (ip + 12..ip + 20).contains(&i)
+            || (v.l4_off..v.l4_off + 4).contains(&i)
+            || (csum_at..csum_at + 2).contains(&i);
+        assert!(allowed || a == b, "byte {i} changed ({a:#04x} → {b:#04x})");
+    }
+}
+
+#[test]
+fn nodeport_syn_is_dnated_to_a_local_backend_with_correct_checksums() -> Result<()> {
+    let mut dp = Datapath::with_node("tcdnat")?;
+    nodeport_tcp(&mut dp, &[Be(LOCAL_POD, TARGET_PORT, true)]);
+    let syn = Spec::tcp((CLIENT, 40000), (NODE, NODE_PORT), TCP_SYN)
+        .payload(b"abc")
+        .build();
+    let (rc, out) = dp.ingress(&syn);
+    assert_eq!(rc, TC_ACT_OK);
+    let v = view(&out)?;
+    assert_eq!(
+        v.dst,
+        (LOCAL_POD, TARGET_PORT),
+        "destination is the backend"
+    );
+    assert_eq!(
+        v.src,
+        (CLIENT, 40000),
+        "client address kept for a local backend"
+    );
+    verify_checksums(&out)?;
+    assert_only_nat_fields_changed(&syn, &out);
+    // No SNAT for a local backend: egress leaves the forwarded packet alone.
+    let (rc, out2) = dp.egress(&out);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(out2, out);
+    assert_eq!(dp.counter(counters::TC_NEW_FLOW), 1);
+    Ok(())
+}
+
+#[test]
+fn remote_backend_gets_snat_to_the_node_address_at_egress() -> Result<()> {
+    let mut dp = Datapath::with_node("tcsnat")?;
+    nodeport_tcp(&mut dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
+    let syn = Spec::tcp((CLIENT, 40001), (NODE, NODE_PORT), TCP_SYN).build();
+    let (rc, fwd) = dp.ingress(&syn);
+    assert_eq!(rc, TC_ACT_OK);
+    // Ingress only DNATs: a node address as source before routing would be
+    // dropped as a martian.
+    assert_eq!(view(&fwd)?.src, (CLIENT, 40001));
+    assert_eq!(view(&fwd)?.dst, (REMOTE_POD, TARGET_PORT));
+    let (rc, out) = dp.egress(&fwd);
+    assert_eq!(rc, TC_ACT_OK);
+    let v = view(&out)?;
+    assert_eq!(v.src, (NODE, 40001), "source is the node, client port kept");
+    assert_eq!(v.dst, (REMOTE_POD, TARGET_PORT));
+    verify_checksums(&out)?;
+    assert_only_nat_fields_changed(&syn, &out);
+    Ok(())
+}
+
+#[test]
+fn replies_are_reverse_natted_to_the_nodeport() -> Result<()> {
+    let mut dp = Datapath::with_node("tcrnat")?;
+    nodeport_tcp(&mut dp, &[Be(LOCAL_POD, TARGET_PORT, true)]);
+    let syn = Spec::tcp((CLIENT, 40002), (NODE, NODE_PORT), TCP_SYN).build();
+    assert_eq!(dp.ingress(&syn).0, TC_ACT_OK);
+    let reply = Spec::tcp((LOCAL_POD, TARGET_PORT), (CLIENT, 40002), TCP_SYN | TCP_ACK)
+        .payload(b"hello")
+        .build();
+    // At the backend-facing ingress a local backend's reply is not touched.
+    assert_eq!(dp.ingress(&reply), (TC_ACT_OK, reply.clone()));
+    let (rc, out) = dp.egress(&reply);
+    assert_eq!(rc, TC_ACT_OK);
+    let v = view(&out)?;
+    assert_eq!(v.src, (NODE, NODE_PORT), "reply comes from the NodePort");
+    assert_eq!(v.dst, (CLIENT, 40002));
+    verify_checksums(&out)?;
+    assert_only_nat_fields_changed(&reply, &out);
+    Ok(())
+}
+
+#[test]
+fn snated_replies_go_back_to_the_client_in_two_steps() -> Result<()> {
+    let mut dp = Datapath::with_node("tcrsnat")?;
+    nodeport_tcp(&mut dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
+    let syn = Spec::tcp((CLIENT, 40003), (NODE, NODE_PORT), TCP_SYN).build();
+    let (_, fwd) = dp.ingress(&syn);
+    let (_, out) = dp.egress(&fwd);
+    let snat_port = view(&out)?.src.1;
+    let reply = Spec::tcp(
+        (REMOTE_POD, TARGET_PORT),
+        (NODE, snat_port),
+        TCP_SYN | TCP_ACK,
+    )
+    .build();
+    // Ingress (before routing): destination back to the client, so the node
+    // forwards it instead of delivering it locally.
+    let (rc, routed) = dp.ingress(&reply);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(view(&routed)?.dst, (CLIENT, 40003));
+    assert_eq!(view(&routed)?.src, (REMOTE_POD, TARGET_PORT));
+    verify_checksums(&routed)?;
+    // Egress of the client-facing device: source back to the NodePort.
+    let (rc, out) = dp.egress(&routed);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(view(&out)?.src, (NODE, NODE_PORT));
+    assert_eq!(view(&out)?.dst, (CLIENT, 40003));
+    verify_checksums(&out)?;
+    Ok(())
+}
+
+#[test]
+fn two_clients_with_the_same_port_get_distinct_snat_ports() -> Result<()> {
+    let other = Ipv4Addr::new(198, 51, 100, 8);
+    let mut dp = Datapath::with_node("tcsport")?;
+    nodeport_tcp(&mut dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
+    let mut snat_ports = Vec::new();
+    for client in [CLIENT, other] {
+        let syn = Spec::tcp((client, 45000), (NODE, NODE_PORT), TCP_SYN).build();
+        let (_, fwd) = dp.ingress(&syn);
+        let (_, out) = dp.egress(&fwd);
+        assert_eq!(view(&out)?.src.0, NODE);
+        snat_ports.push(view(&out)?.src.1);
+    }
+    assert_ne!(snat_ports[0], snat_ports[1], "SNAT tuples must not collide");
+    for (client, port) in [(CLIENT, snat_ports[0]), (other, snat_ports[1])] {
+        let reply = Spec::tcp((REMOTE_POD, TARGET_PORT), (NODE, port), TCP_ACK).build();
+        let (_, routed) = dp.ingress(&reply);
+        assert_eq!(view(&routed)?.dst, (client, 45000));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_flow_keeps_its_backend_over_many_packets_and_endpoint_changes() -> Result<()> {
+    let mut dp = Datapath::with_node("tcsticky")?;
+    let backends: Vec<Be> = (1..=8)
+        .map(|i| Be(Ipv4Addr::new(10, 244, 1, i), TARGET_PORT, true))
+        .collect();
+    nodeport_tcp(&mut dp, &backends);
+    let mut chosen = std::collections::BTreeSet::new();
+    for flow in 0..40u16 {
+        let sport = 41000 + flow;
+        let syn = Spec::tcp((CLIENT, sport), (NODE, NODE_PORT), TCP_SYN).build();
+        let first = view(&dp.ingress(&syn).1)?.dst;
+        chosen.insert(first);
+        for _ in 0..25 {
+            let ack = Spec::tcp((CLIENT, sport), (NODE, NODE_PORT), TCP_ACK)
+                .payload(b"data")
+                .build();
+            let (rc, out) = dp.ingress(&ack);
+            assert_eq!(rc, TC_ACT_OK);
+            assert_eq!(view(&out)?.dst, first, "flow {sport} changed backend");
+        }
+    }
+    // 40 flows over 8 backends all on one: probability 8^-39.
+    assert!(chosen.len() > 1, "selection is not random: {chosen:?}");
+    // The endpoint set changes entirely: the established flow stays.
+    let syn = Spec::tcp((CLIENT, 42000), (NODE, NODE_PORT), TCP_SYN).build();
+    let first = view(&dp.ingress(&syn).1)?.dst;
+    nodeport_tcp(&mut dp, &[Be(Ipv4Addr::new(10, 244, 9, 9), 9999, true)]);
+    let ack = Spec::tcp((CLIENT, 42000), (NODE, NODE_PORT), TCP_ACK).build();
+    assert_eq!(view(&dp.ingress(&ack).1)?.dst, first);
+    // A new flow gets the new backend.
+    let syn = Spec::tcp((CLIENT, 42001), (NODE, NODE_PORT), TCP_SYN).build();
+    assert_eq!(
+        view(&dp.ingress(&syn).1)?.dst,
+        (Ipv4Addr::new(10, 244, 9, 9), 9999)
+    );
+    Ok(())
+}
+
+#[test]
+fn a_syn_reusing_a_closed_flow_tuple_is_balanced_again() -> Result<()> {
+    let mut dp = Datapath::with_node("tcreuse")?;
+    nodeport_tcp(&mut dp, &[Be(LOCAL_POD, TARGET_PORT, true)]);
+    let tuple = ((CLIENT, 43000), (NODE, NODE_PORT));
+    dp.ingress(&Spec::tcp(tuple.0, tuple.1, TCP_SYN).build());
+    dp.ingress(&Spec::tcp(tuple.0, tuple.1, TCP_FIN | TCP_ACK).build());
+    let key = CtKey::new(CLIENT, 43000, NODE, NODE_PORT, TCP, ct_dir::FORWARD);
+    assert_eq!(
+        dp.ct(&key).context("forward entry")?.tcp_state,
+        proxy_common::ct_state::CLOSING
+    );
+    let other = Be(REMOTE_POD, TARGET_PORT, true);
+    nodeport_tcp(&mut dp, &[other]);
+    let out = dp.ingress(&Spec::tcp(tuple.0, tuple.1, TCP_SYN).build()).1;
+    assert_eq!(view(&out)?.dst, (REMOTE_POD, TARGET_PORT));
+    assert_eq!(
+        dp.ct(&key).context("forward entry")?.tcp_state,
+        proxy_common::ct_state::SYN_SENT
+    );
+    Ok(())
+}
+
+#[test]
+fn udp_checksums_stay_correct_and_a_zero_checksum_stays_zero() -> Result<()> {
+    let mut dp = Datapath::with_node("tcudp")?;
+    dp.service(
+        Ipv4Addr::UNSPECIFIED,
+        30053,
+        UDP,
+        svc_flags::EXTERNAL,
+        &[Be(REMOTE_POD, 5353, false)],
+    );
+    for (sport, zero) in [(50000, false), (50001, true)] {
+        let mut spec = Spec::udp((CLIENT, sport), (NODE, 30053)).payload(b"query");
+        spec.udp_zero_csum = zero;
+        let q = spec.build();
+        let (_, fwd) = dp.ingress(&q);
+        let (rc, out) = dp.egress(&fwd);
+        assert_eq!(rc, TC_ACT_OK);
+        let v = view(&out)?;
+        assert_eq!(v.dst, (REMOTE_POD, 5353));
+        assert_eq!(v.src.0, NODE);
+        verify_checksums(&out)?;
+        assert_eq!(
+            v.l4_csum == 0,
+            zero,
+            "zero UDP checksum must stay zero, others not become zero"
+        );
+        let mut rspec = Spec::udp((REMOTE_POD, 5353), (NODE, v.src.1)).payload(b"answer");
+        rspec.udp_zero_csum = zero;
+        let (_, routed) = dp.ingress(&rspec.build());
+        let (_, back) = dp.egress(&routed);
+        let b = view(&back)?;
+        assert_eq!(b.src, (NODE, 30053));
+        assert_eq!(b.dst, (CLIENT, sport));
+        verify_checksums(&back)?;
+        assert_eq!(b.l4_csum == 0, zero);
+    }
+    Ok(())
+}
+
+#[test]
+fn external_ips_are_translated_and_cluster_ips_are_not() -> Result<()> {
+    let mut dp = Datapath::with_node("tcextip")?;
+    dp.service(
+        EXTERNAL_IP,
+        80,
+        TCP,
+        svc_flags::EXTERNAL,
+        &[Be(REMOTE_POD, TARGET_PORT, false)],
+    );
+    let cluster_ip = Ipv4Addr::new(10, 96, 0, 10);
+    dp.service(
+        cluster_ip,
+        80,
+        TCP,
+        0,
+        &[Be(REMOTE_POD, TARGET_PORT, false)],
+    );
+    let syn = Spec::tcp((CLIENT, 40010), (EXTERNAL_IP, 80), TCP_SYN).build();
+    let (_, fwd) = dp.ingress(&syn);
+    let (_, out) = dp.egress(&fwd);
+    assert_eq!(view(&out)?.dst, (REMOTE_POD, TARGET_PORT));
+    assert_eq!(
+        view(&out)?.src.0,
+        NODE,
+        "SNAT address from the 0.0.0.0 entry"
+    );
+    verify_checksums(&out)?;
+    let syn = Spec::tcp((CLIENT, 40011), (cluster_ip, 80), TCP_SYN).build();
+    assert_eq!(dp.ingress(&syn), (TC_ACT_OK, syn.clone()));
+    Ok(())
+}
+
+#[test]
+fn etp_local_keeps_the_client_address() -> Result<()> {
+    let mut dp = Datapath::with_node("tcetpl")?;
+    dp.service(
+        Ipv4Addr::UNSPECIFIED,
+        NODE_PORT,
+        TCP,
+        svc_flags::EXTERNAL | svc_flags::ETP_LOCAL,
+        // Not flagged local on purpose: the frontend flag alone must decide.
+        &[Be(REMOTE_POD, TARGET_PORT, false)],
+    );
+    let syn = Spec::tcp((CLIENT, 40020), (NODE, NODE_PORT), TCP_SYN).build();
+    let (_, fwd) = dp.ingress(&syn);
+    let (_, out) = dp.egress(&fwd);
+    assert_eq!(view(&out)?.src, (CLIENT, 40020));
+    assert_eq!(view(&out)?.dst, (REMOTE_POD, TARGET_PORT));
+    Ok(())
+}
+
+#[test]
+fn a_frontend_without_endpoints_drops_and_counts() -> Result<()> {
+    let mut dp = Datapath::with_node("tcnoep")?;
+    nodeport_tcp(&mut dp, &[]);
+    let syn = Spec::tcp((CLIENT, 40030), (NODE, NODE_PORT), TCP_SYN).build();
+    assert_eq!(dp.ingress(&syn).0, TC_ACT_SHOT);
+    assert_eq!(dp.counter(counters::TC_DROP_NO_ENDPOINTS), 1);
+    Ok(())
+}
+
+#[test]
+fn foreign_traffic_passes_byte_for_byte() -> Result<()> {
+    let mut dp = Datapath::with_node("tcforeign")?;
+    nodeport_tcp(&mut dp, &[Be(LOCAL_POD, TARGET_PORT, true)]);
+    let other = Ipv4Addr::new(10, 0, 0, 99);
+    let mut arp = packet::ethernet(0x0806);
+    arp.extend_from_slice(&[0u8; 28]);
+    let mut ipv6 = packet::ethernet(0x86dd);
+    ipv6.extend_from_slice(&[0x60; 60]);
+    let mut icmp = Spec::tcp((CLIENT, 0), (NODE, 0), 0);
+    icmp.proto = packet::ICMP;
+    let packets = vec![
+        Spec::tcp((CLIENT, 40040), (NODE, 22), TCP_SYN).build(),
+        Spec::tcp((CLIENT, 40040), (other, NODE_PORT), TCP_SYN).build(),
+        Spec::udp((CLIENT, 40040), (NODE, NODE_PORT)).build(),
+        Spec::tcp((LOCAL_POD, TARGET_PORT), (CLIENT, 40041), TCP_ACK).build(),
+        icmp.build(),
+        arp,
+        ipv6,
+    ];
+    for p in &packets {
+        assert_eq!(dp.ingress(p), (TC_ACT_OK, p.clone()), "ingress {p:02x?}");
+        assert_eq!(dp.egress(p), (TC_ACT_OK, p.clone()), "egress {p:02x?}");
+    }
+    assert_eq!(dp.counter(counters::TC_NEW_FLOW), 0);
+    Ok(())
+}
+
+#[test]
+fn fragments_pass_unchanged() -> Result<()> {
+    let mut dp = Datapath::with_node("tcfrag")?;
+    nodeport_tcp(&mut dp, &[Be(LOCAL_POD, TARGET_PORT, true)]);
+    // A non-first fragment (offset 185 × 8 bytes) whose first bytes happen
+    // to look like ports of the NodePort, and a first fragment (MF set).
+    for frag in [185u16, 0x2000] {
+        let mut spec = Spec::tcp((CLIENT, 40050), (NODE, NODE_PORT), TCP_SYN).payload(&[7; 32]);
+        spec.frag = frag;
+        let p = spec.build();
+        assert_eq!(dp.ingress(&p), (TC_ACT_OK, p.clone()), "frag {frag:#x}");
+    }
+    assert_eq!(dp.counter(counters::TC_PASS_FRAGMENT), 2);
+    assert_eq!(dp.counter(counters::TC_NEW_FLOW), 0);
+    Ok(())
+}
+
+#[test]
+fn packets_with_ip_options_are_translated_at_the_right_offsets() -> Result<()> {
+    let mut dp = Datapath::with_node("tcopts")?;
+    nodeport_tcp(&mut dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
+    let mut spec = Spec::tcp((CLIENT, 40060), (NODE, NODE_PORT), TCP_SYN).payload(b"xyz");
+    // NOP, NOP, then a Router Alert option (4 bytes), then NOP padding.
+    spec.ip_options = vec![1, 1, 0x94, 4, 0, 0, 1, 1];
+    let syn = spec.build();
+    let (rc, fwd) = dp.ingress(&syn);
+    assert_eq!(rc, TC_ACT_OK);
+    let (rc, out) = dp.egress(&fwd);
+    assert_eq!(rc, TC_ACT_OK);
+    let v = view(&out)?;
+    assert_eq!(v.l4_off, packet::ETH_HLEN + 28);
+    assert_eq!((v.src.0, v.dst), (NODE, (REMOTE_POD, TARGET_PORT)));
+    verify_checksums(&out)?;
+    assert_only_nat_fields_changed(&syn, &out);
+    Ok(())
+}
+
+/// Every prefix of a valid NodePort packet, with the IP total length as
+/// built (claims more than is there) and as cut (consistent but short): the
+/// program either passes it unchanged, drops it, or — only when the headers
+/// are complete — translates it correctly. Never a wrong rewrite.
+#[test]
+fn truncated_packets_are_never_mis_rewritten() -> Result<()> {
+    let mut dp = Datapath::with_node("tctrunc")?;
+    nodeport_tcp(&mut dp, &[Be(LOCAL_POD, TARGET_PORT, true)]);
+    let mut udp_dp_specs = Vec::new();
+    dp.service(
+        Ipv4Addr::UNSPECIFIED,
+        30053,
+        UDP,
+        svc_flags::EXTERNAL,
+        &[Be(LOCAL_POD, 5353, true)],
+    );
+    for (i, mut spec) in [
+        Spec::tcp((CLIENT, 0), (NODE, NODE_PORT), TCP_SYN).payload(b"0123456789"),
+        Spec::udp((CLIENT, 0), (NODE, 30053)).payload(b"0123456789"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        spec.ip_options = vec![1, 1, 1, 1];
+        udp_dp_specs.push((i, spec));
+    }
+    let mut translated = 0;
+    let mut sport = 20000;
+    for (_, spec) in &udp_dp_specs {
+        let full_len = spec.clone().build().len();
+        for fix_len in [false, true] {
+            for len in 0..=full_len {
+                sport += 1;
+                let mut s = spec.clone();
+                s.src.1 = sport;
+                let full = s.build();
+                let mut p = full[..len].to_vec();
+                if fix_len && len >= packet::ETH_HLEN + 4 {
+                    let tot = (len - packet::ETH_HLEN) as u16;
+                    p[packet::ETH_HLEN + 2..packet::ETH_HLEN + 4]
+                        .copy_from_slice(&tot.to_be_bytes());
+                    // A consistent header: its checksum covers the new length.
+                    let ip_end = packet::ETH_HLEN + 24;
+                    if len >= ip_end {
+                        p[packet::ETH_HLEN + 10..packet::ETH_HLEN + 12].fill(0);
+                        let c = packet::checksum(&[&p[packet::ETH_HLEN..ip_end]]);
+                        p[packet::ETH_HLEN + 10..packet::ETH_HLEN + 12]
+                            .copy_from_slice(&c.to_be_bytes());
+                    }
+                    // And a valid L4 checksum over what is left, when the
+                    // L4 header is complete.
+                    let csum_at = ip_end + if s.proto == TCP { 16 } else { 6 };
+                    if len >= csum_at + 2 {
+                        p[csum_at..csum_at + 2].fill(0);
+                        let c = packet::l4_checksum(s.src.0, s.dst.0, s.proto, &p[ip_end..]);
+                        p[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+                    }
+                }
+                let r = dp.run("tc_ingress", &p);
+                let r = match r {
+                    // The kernel refuses test packets shorter than an
+                    // Ethernet header, and (6.18) IPv4 ones shorter than
+                    // an IPv4 header, before the program runs.
+                    Err(e) if len < packet::ETH_HLEN + 20 => {
+                        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+                        continue;
+                    }
+                    other => other.with_context(|| format!("len {len}"))?,
+                };
+                ensure!(
+                    r.retval == TC_ACT_OK || r.retval == TC_ACT_SHOT,
+                    "len {len}: verdict {}",
+                    r.retval
+                );
+                if r.data == p {
+                    continue;
+                }
+                // Rewritten: only a packet whose headers are all there, and
+                // then correctly.
+                ensure!(
+                    fix_len || len == full_len,
+                    "len {len}: rewrote a packet whose IP length lies"
+                );
+                let hdrs = packet::ETH_HLEN + 24 + if s.proto == TCP { 20 } else { 8 };
+                ensure!(len >= hdrs, "len {len}: rewrote a packet with cut headers");
+                let v = view(&r.data)?;
+                ensure!(
+                    v.dst.0 == LOCAL_POD,
+                    "len {len}: wrong destination {:?}",
+                    v.dst
+                );
+                if fix_len || len == full_len {
+                    verify_checksums(&r.data).with_context(|| format!("len {len}"))?;
+                }
+                translated += 1;
+            }
+        }
+    }
+    // The complete packets (and consistent cuts inside the payload) must
+    // have been translated, or the test proves nothing.
+    assert!(translated >= 4, "only {translated} prefixes translated");
+    Ok(())
+}
+
+#[test]
+fn the_agents_node_addresses_decide_where_nodeports_answer() -> Result<()> {
+    use proxy_agent::node_addrs;
+    let mut dp = Datapath::new("tcnodeaddr")?;
+    nodeport_tcp(&mut dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
+    let filtered_out = Ipv4Addr::new(172, 16, 0, 1);
+    let selected = node_addrs::select(
+        &[Ipv4Addr::LOCALHOST, NODE, filtered_out],
+        &["10.0.0.0/24".parse()?],
+    );
+    assert_eq!(selected, [NODE]);
+    let pin_dir = dp._bpffs.path().join(names::PIN_DIR);
+    // A stale address from an earlier run must disappear.
+    dp.node_addr(filtered_out, filtered_out, node_flags::NODEPORT);
+    node_addrs::program(&pin_dir, &node_addrs::entries(&selected))?;
+
+    let syn = Spec::tcp((CLIENT, 40070), (NODE, NODE_PORT), TCP_SYN).build();
+    let (_, fwd) = dp.ingress(&syn);
+    let (_, out) = dp.egress(&fwd);
+    assert_eq!(view(&out)?.dst, (REMOTE_POD, TARGET_PORT));
+    assert_eq!(view(&out)?.src.0, NODE, "SNAT to the node address");
+    let syn = Spec::tcp((CLIENT, 40071), (filtered_out, NODE_PORT), TCP_SYN).build();
+    assert_eq!(
+        dp.ingress(&syn),
+        (TC_ACT_OK, syn.clone()),
+        "filtered address"
+    );
+    Ok(())
+}
+
+/// The cost the programs add to every packet that is not theirs, measured
+/// by the kernel over many runs. The bound is loose (a busy shared machine)
+/// but catches a lookup storm or a missed fast path.
+#[test]
+fn foreign_packets_cost_little() -> Result<()> {
+    let mut dp = Datapath::with_node("tccost")?;
+    nodeport_tcp(&mut dp, &[Be(LOCAL_POD, TARGET_PORT, true)]);
+    let foreign = Spec::tcp((CLIENT, 40080), (NODE, 22), TCP_ACK)
+        .payload(&[0; 64])
+        .build();
+    for prog in ["tc_ingress", "tc_egress"] {
+        let p: &SchedClassifier = dp.ebpf.program(prog).context(prog)?.try_into()?;
+        let ns = prog_test_run::mean_ns(p.fd()?, &foreign, 200_000)?;
+        eprintln!("{prog}: {ns} ns per foreign packet");
+        ensure!(ns < 2_000, "{prog} takes {ns} ns per foreign packet");
+    }
+    Ok(())
+}
