@@ -56,18 +56,26 @@ pub fn mean_ns(prog: impl AsFd, data: &[u8], repeat: u32) -> io::Result<u32> {
         ..Default::default()
     };
     // SAFETY: as in `run`.
+    syscall(&mut attr)?;
+    Ok(attr.duration)
+}
+
+/// BPF_PROG_TEST_RUN with a prepared `attr`.
+fn syscall(attr: &mut TestRunAttr) -> io::Result<()> {
+    // SAFETY: callers fill `attr` completely, with buffer pointers and
+    // sizes that stay valid for the duration of the call.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr as *mut libc::c_void,
+            attr as *mut TestRunAttr as *mut libc::c_void,
             std::mem::size_of::<TestRunAttr>(),
         )
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(attr.duration)
+    Ok(())
 }
 
 /// Room for the output packet beyond the input (a program may grow it).
@@ -96,17 +104,7 @@ pub fn run(prog: impl AsFd, data: &[u8], ctx: Option<&[u8]>) -> io::Result<TestR
     // SAFETY: attr is fully initialised; data_in/ctx_in point at buffers of
     // the sizes given and data_out/ctx_out at writable ones, all of which
     // outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr as *mut libc::c_void,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    syscall(&mut attr)?;
     out.truncate(attr.data_size_out as usize);
     ctx_out.truncate(attr.ctx_size_out as usize);
     Ok(TestRun {

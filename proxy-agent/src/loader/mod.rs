@@ -167,13 +167,21 @@ fn attach_one(
     let id = prog
         .attach(cgroup, CgroupAttachMode::Single)
         .map_err(prog_err)?;
-    let link = prog.take_link(id).map_err(prog_err)?;
+    pin_link(name, prog.take_link(id).map_err(prog_err)?, link_pin)?;
+    Ok(Attachment::Attached)
+}
+
+/// Pins a freshly attached link, so it (and its program) outlive the agent.
+pub(crate) fn pin_link<L>(name: &'static str, link: L, pin: &Path) -> Result<(), LoadError>
+where
+    L: TryInto<FdLink, Error = aya::programs::links::LinkError>,
+{
     let fd_link: FdLink = link
         .try_into()
         .map_err(|source| LoadError::Link { name, source })?;
-    fd_link.pin(link_pin).map_err(|source| LoadError::PinLink {
-        path: link_pin.to_path_buf(),
+    fd_link.pin(pin).map_err(|source| LoadError::PinLink {
+        path: pin.to_path_buf(),
         source,
     })?;
-    Ok(Attachment::Attached)
+    Ok(())
 }

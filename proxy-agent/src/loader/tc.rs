@@ -5,7 +5,7 @@
 use std::{fs, path::Path};
 
 use aya::{
-    programs::{links::FdLink, tc, tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType},
+    programs::{tc, tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType},
     util::KernelVersion,
     Ebpf,
 };
@@ -99,14 +99,7 @@ fn attach_one(
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
             .map_err(prog_err)?;
-        let link = prog.take_link(id).map_err(prog_err)?;
-        let fd_link: FdLink = link
-            .try_into()
-            .map_err(|source| LoadError::Link { name, source })?;
-        fd_link.pin(pin).map_err(|source| LoadError::PinLink {
-            path: pin.to_path_buf(),
-            source,
-        })?;
+        super::pin_link(name, prog.take_link(id).map_err(prog_err)?, pin)?;
     } else {
         // clsact fallback (not exercised on the project's 6.x test
         // machines): a netlink filter cannot be pinned; it lives on the
