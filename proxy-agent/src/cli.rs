@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::{
-    dump, loader,
+    dump, healthcheck, loader,
     maps::pinned::PinnedMaps,
     metrics::Metrics,
     model::{ModelConfig, NodeContext},
@@ -286,7 +286,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             min_interval: args.min_sync_period,
             period: args.sync_period,
         };
-        let sync = tokio::spawn(sync::run(syncer, rx, config));
+        let (hc_tx, hc_rx) = watch::channel(Default::default());
+        tokio::spawn(healthcheck::run(
+            hc_rx,
+            metrics.clone(),
+            args.sync_period * 2,
+        ));
+        let sync = tokio::spawn(sync::run(syncer, rx, config, hc_tx));
         tokio::select! {
             r = source => match r {
                 Ok(Ok(())) => bail!("source stopped"),

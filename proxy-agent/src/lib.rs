@@ -7,6 +7,7 @@ pub mod cli;
 pub mod datapath;
 pub mod dump;
 pub mod health;
+pub mod healthcheck;
 pub mod loader;
 pub mod maps;
 pub mod metrics;

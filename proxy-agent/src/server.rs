@@ -23,7 +23,7 @@ pub const PROXY_MODE: &str = "ebpf";
 /// Response body of both servers.
 pub type Body = Full<Bytes>;
 
-fn response(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
+pub fn response(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     if let Ok(v) = content_type.parse() {
@@ -36,7 +36,7 @@ fn response(status: StatusCode, content_type: &str, body: String) -> Response<Bo
     resp
 }
 
-fn not_found() -> Response<Body> {
+pub fn not_found() -> Response<Body> {
     response(
         StatusCode::NOT_FOUND,
         "text/plain; charset=utf-8",

@@ -13,7 +13,7 @@ use crate::{
     datapath::{apply, plan, render, DumpView, Ids, MapState},
     maps::{LbMaps, MapsError},
     metrics::{unix_now, MapLabels, Metrics, PolicyLabels, ReasonLabels, SkipLabels},
-    model::{build_desired_state, BuildOutput, ModelConfig, Skip},
+    model::{build_desired_state, BuildOutput, HealthCheck, ModelConfig, Skip},
     source::Snapshot,
 };
 
@@ -61,6 +61,8 @@ pub struct Syncer<M: LbMaps> {
     /// Services back from the kernel costs more than computing them, so
     /// only full resyncs (and the sync after a failure) read the maps.
     written: Option<MapState>,
+    /// healthCheckNodePorts of the last build, for their servers.
+    health_checks: BTreeMap<u16, HealthCheck>,
 }
 
 impl<M: LbMaps> Syncer<M> {
@@ -76,7 +78,13 @@ impl<M: LbMaps> Syncer<M> {
             reported: BTreeSet::new(),
             trigger_times: BTreeMap::new(),
             written: None,
+            health_checks: BTreeMap::new(),
         })
+    }
+
+    /// The healthCheckNodePorts the last sync found.
+    pub fn health_checks(&self) -> &BTreeMap<u16, HealthCheck> {
+        &self.health_checks
     }
 
     pub fn maps(&self) -> &M {
@@ -94,7 +102,7 @@ impl<M: LbMaps> Syncer<M> {
     /// repairs drift (someone else wrote the maps, a write was lost).
     pub fn sync(&mut self, snap: &Snapshot, full: bool) -> Result<SyncOutcome, MapsError> {
         self.observe_node(snap.node.as_deref());
-        let built = build_desired_state(
+        let mut built = build_desired_state(
             snap.services.iter().map(|s| s.as_ref()),
             snap.slices.iter().map(|s| s.as_ref()),
             &self.config,
@@ -122,6 +130,7 @@ impl<M: LbMaps> Syncer<M> {
         }
         self.prune_affinity(&rendered.state);
         self.record_state(&built, &rendered.state);
+        self.health_checks = std::mem::take(&mut built.health_checks);
         if report.ok() {
             self.observe_programming_latency(&built);
         }
@@ -247,6 +256,7 @@ pub async fn run<M: LbMaps>(
     mut syncer: Syncer<M>,
     mut rx: watch::Receiver<Option<Snapshot>>,
     config: SyncConfig,
+    health_checks: watch::Sender<BTreeMap<u16, HealthCheck>>,
 ) {
     let mut first = true;
     let mut retry = false;
@@ -285,6 +295,13 @@ pub async fn run<M: LbMaps>(
                     );
                     m.drift_repairs.inc_by(outcome.ops as u64);
                 }
+                health_checks.send_if_modified(|hc| {
+                    let changed = hc != syncer.health_checks();
+                    if changed {
+                        hc.clone_from(syncer.health_checks());
+                    }
+                    changed
+                });
                 retry = !outcome.complete();
                 if first || outcome.ops > 0 {
                     info!(

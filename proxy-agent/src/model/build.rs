@@ -31,6 +31,19 @@ pub struct BuildOutput {
     /// Per Service (`namespace/name`), the newest
     /// `endpoints.kubernetes.io/last-change-trigger-time` of its slices.
     pub trigger_times: BTreeMap<String, String>,
+    /// healthCheckNodePort → the Service and its endpoints on this node,
+    /// for the load-balancer health check servers.
+    pub health_checks: BTreeMap<u16, HealthCheck>,
+}
+
+/// What a Service's healthCheckNodePort reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub namespace: String,
+    pub name: String,
+    /// Ready (else serving-terminating) endpoints on this node, the most
+    /// of any of the Service's ports, as kube-proxy reports them.
+    pub local_endpoints: usize,
 }
 
 /// namespace/name without copying (sorting 10k Services by cloned strings
@@ -125,6 +138,17 @@ pub fn build_desired_state<'a>(
                         .map(|ip| (*ip, port.port, FrontendKind::LoadBalancer)),
                 );
                 let has_external = frontends.iter().any(|(_, _, k)| k.is_external());
+                if let Some(port) = info.health_check_node_port {
+                    let hc = out
+                        .health_checks
+                        .entry(port)
+                        .or_insert_with(|| HealthCheck {
+                            namespace: info.namespace.to_string(),
+                            name: info.name.to_string(),
+                            local_endpoints: 0,
+                        });
+                    hc.local_endpoints = hc.local_endpoints.max(eps.local.len());
+                }
                 if eps.any && eps.local.is_empty() {
                     if info.internal_local {
                         out.no_local_endpoints_internal += 1;

@@ -8,7 +8,7 @@ mod skip;
 mod slices;
 mod types;
 
-pub use build::{build_desired_state, BuildOutput};
+pub use build::{build_desired_state, BuildOutput, HealthCheck};
 pub use skip::{Skip, SkipReason};
 pub use types::{
     DesiredState, Endpoint, Frontend, FrontendKind, FrontendState, ModelConfig, NodeContext,

@@ -35,6 +35,9 @@ pub struct ServiceInfo<'a> {
     pub external_local: bool,
     pub affinity_timeout_s: u32,
     pub ports: Vec<PortInfo>,
+    /// spec.healthCheckNodePort, kept only with externalTrafficPolicy Local
+    /// (the API server allocates it for LoadBalancer Services then).
+    pub health_check_node_port: Option<u16>,
 }
 
 /// The proxy-relevant view of `svc`, or None when it is not ours to handle
@@ -131,6 +134,10 @@ pub fn parse_service<'a>(
         external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
         affinity_timeout_s,
         ports,
+        health_check_node_port: spec
+            .health_check_node_port
+            .and_then(super::valid_port)
+            .filter(|_| spec.external_traffic_policy.as_deref() == Some("Local")),
     })
 }
 
