@@ -5,12 +5,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext,
 };
-use proxy_common::{counters, SockRevNatKey, SockRevNatValue};
+use proxy_common::{counters, node_flags, SockRevNatKey, SockRevNatValue};
 
 use crate::{
     counters::bump,
     lb::{select, Lookup},
-    maps::SOCK_REV_NAT,
+    maps::{NODE_ADDRS, SOCK_REV_NAT},
 };
 
 /// Return values of sock_addr programs.
@@ -54,7 +54,13 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
     let proto = sa.protocol as u8;
     // SAFETY: helper valid for sock_addr programs (kernel >= 5.7).
     let client = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    match select(addr_be, port_be, proto, client) {
+    let mut lookup = select(addr_be, port_be, proto, client);
+    // NodePorts (kept under 0.0.0.0) also answer on 127.0.0.0/8 and on the
+    // node's own addresses for processes on the node, as with kube-proxy.
+    if matches!(lookup, Ok(Lookup::NotAService)) && is_nodeport_address(addr_be) {
+        lookup = select(0, port_be, proto, client);
+    }
+    match lookup {
         Ok(Lookup::NotAService) => ALLOW,
         Ok(Lookup::NoEndpoints) => {
             bump(counters::REJECTED_NO_ENDPOINTS);
@@ -91,6 +97,19 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
             ALLOW
         }
     }
+}
+
+/// Loopback, or a node address NodePorts answer on.
+#[inline(always)]
+fn is_nodeport_address(addr_be: u32) -> bool {
+    // The first byte in memory is the first octet (network byte order).
+    if addr_be.to_ne_bytes()[0] == 127 {
+        return true;
+    }
+    // SAFETY: copied out at once.
+    unsafe { NODE_ADDRS.get(addr_be) }
+        .copied()
+        .is_some_and(|n| n.flags & node_flags::NODEPORT != 0)
 }
 
 /// recvmsg()/getpeername(): if this socket was translated to the backend it

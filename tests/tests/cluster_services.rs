@@ -100,3 +100,58 @@ fn the_kubernetes_service_reaches_the_api_server_on_a_node_address() -> Result<(
     ensure!(body.trim() == node_name(1), "curl got {body:?}");
     Ok(())
 }
+
+#[test]
+fn node_ports_answer_on_loopback_and_node_addresses_for_processes_on_the_node() -> Result<()> {
+    let sb = cluster()?;
+    let (b2, b3) = (pod_ip(2, 1), pod_ip(3, 1));
+    let mut svc = manifest::ServiceSpec::cluster_ip("default/web", "10.96.0.30")
+        .port("http", 80, 8080, "TCP");
+    svc.type_ = "NodePort".into();
+    svc.ports[0].node_port = Some(30080);
+    sb.write_manifest(
+        "web.yaml",
+        &manifest::documents(&[
+            svc.to_yaml(),
+            manifest::endpoint_slice(
+                "default/web",
+                "web-1",
+                &[&b2, &b3],
+                &[("http", 8080, "TCP")],
+                &[],
+            ),
+        ]),
+    )?;
+    let mut agent = Agent::start(sb.agent_config(1)?)?;
+    agent.wait_for_backends(
+        "10.96.0.30",
+        80,
+        "TCP",
+        &[format!("{b2}:8080"), format!("{b3}:8080")],
+        T,
+    )?;
+    let targets = [
+        "127.0.0.1:30080".to_string(),
+        format!("{}:30080", node_ip(1)),
+    ];
+    for to in &targets {
+        let r: TcpReport = sb.probe(
+            sb.node_command(1, sb.probe_bin())?,
+            &["tcp", "--to", to, "--count", "40"],
+            T,
+        )?;
+        ensure!(r.ok == 40, "{to} from the node: {r:?}");
+        ensure!(
+            r.count(&pod_name(2, 1)) > 0 && r.count(&pod_name(3, 1)) > 0,
+            "{to}: {r:?}"
+        );
+    }
+    // A pod reaches its node's address on the NodePort too.
+    let r: TcpReport = sb.probe(
+        sb.pod_command(1, 1, sb.probe_bin())?,
+        &["tcp", "--to", &targets[1], "--count", "10"],
+        T,
+    )?;
+    ensure!(r.ok == 10, "{r:?}");
+    Ok(())
+}
