@@ -56,6 +56,7 @@ pub struct Metrics {
     pub map_capacity: Family<MapLabels, Gauge>,
     pub drift_repairs: Counter,
     pub datapath_events: Family<ReasonLabels, Gauge>,
+    pub conntrack_gc: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -168,6 +169,12 @@ impl Metrics {
             "Datapath counters (translations, rejects, fail-open errors) summed over CPUs, as of the last sync",
             datapath_events.clone(),
         );
+        let conntrack_gc = Family::<ReasonLabels, Counter>::default();
+        r.register(
+            "bpfproxy_conntrack_gc_entries",
+            "Conntrack entries removed by the agent, by reason (idle, backend_gone)",
+            conntrack_gc.clone(),
+        );
         for (map, cap) in [
             (
                 proxy_common::maps::SERVICES,
@@ -203,6 +210,7 @@ impl Metrics {
             map_capacity,
             drift_repairs,
             datapath_events,
+            conntrack_gc,
         }
     }
 

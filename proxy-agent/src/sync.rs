@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    datapath::{apply, plan, render, DumpView, Ids, MapState},
+    datapath::{apply, ct_gc, plan, render, DumpView, Ids, MapState},
     maps::{LbMaps, MapsError},
     metrics::{unix_now, MapLabels, Metrics, PolicyLabels, ReasonLabels, SkipLabels},
     model::{build_desired_state, BuildOutput, HealthCheck, ModelConfig, Skip},
@@ -128,7 +128,7 @@ impl<M: LbMaps> Syncer<M> {
                 })
                 .inc();
         }
-        self.prune_affinity(&rendered.state);
+        self.prune_flows(&rendered.state);
         self.record_state(&built, &rendered.state);
         self.health_checks = std::mem::take(&mut built.health_checks);
         if report.ok() {
@@ -149,13 +149,40 @@ impl<M: LbMaps> Syncer<M> {
 
     /// Session affinity must not outlive a backend's membership in its
     /// frontend: forget pairs the maps no longer hold.
-    fn prune_affinity(&mut self, state: &MapState) {
+    /// Session affinity and conntrack must not outlive a backend's
+    /// membership in its frontend (beyond what kube-proxy allows): forget
+    /// what the maps no longer pair.
+    fn prune_flows(&mut self, state: &MapState) {
+        // (revNAT id, backend id) of every frontend slot.
         let pairs: BTreeSet<(u32, u32)> = state
             .services
             .values()
             .filter(|v| v.backend_id != 0)
             .map(|v| (v.rev_nat_id as u32, v.backend_id))
             .collect();
+        let now = ct_gc::monotonic_now_s();
+        let timeouts = ct_gc::CtTimeouts::default();
+        match self
+            .maps
+            .gc_conntrack(&|k, v| ct_gc::expiry(k, v, now, &pairs, &timeouts))
+        {
+            Ok(done) => {
+                for (why, n) in done {
+                    debug!(
+                        reason = why.as_str(),
+                        entries = n,
+                        "conntrack entries removed"
+                    );
+                    self.metrics
+                        .conntrack_gc
+                        .get_or_create(&ReasonLabels {
+                            reason: why.as_str().to_string(),
+                        })
+                        .inc_by(n as u64);
+                }
+            }
+            Err(e) => warn!(error = %e, "conntrack cleanup failed; retrying next sync"),
+        }
         match self
             .maps
             .prune_affinity(&|rev, be| pairs.contains(&(rev, be)))

@@ -1,6 +1,7 @@
 //! From the desired state to map contents and the ordered writes that get
 //! the kernel there. Pure: the only I/O is behind [`crate::maps::LbMaps`].
 mod apply;
+pub mod ct_gc;
 mod ids;
 mod invariant;
 mod plan;

@@ -6,7 +6,11 @@ pub mod pinned;
 
 pub use fake::{FakeMaps, FaultyMaps};
 
-use crate::datapath::{MapState, Op};
+use std::collections::BTreeMap;
+
+use proxy_common::{CtKey, CtValue};
+
+use crate::datapath::{ct_gc::CtExpiry, MapState, Op};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -45,6 +49,15 @@ pub trait LbMaps {
     fn prune_affinity(&mut self, keep: &dyn Fn(u32, u32) -> bool) -> Result<usize, MapsError> {
         let _ = keep;
         Ok(0)
+    }
+    /// Deletes the conntrack entries `expired` names, returning how many
+    /// by reason. Maps without conntrack delete nothing.
+    fn gc_conntrack(
+        &mut self,
+        expired: &dyn Fn(&CtKey, &CtValue) -> Option<CtExpiry>,
+    ) -> Result<BTreeMap<CtExpiry, usize>, MapsError> {
+        let _ = expired;
+        Ok(BTreeMap::new())
     }
     /// Datapath counters by reason, where the maps have them.
     fn counters(&self) -> std::collections::BTreeMap<String, u64> {

@@ -4,12 +4,12 @@ use std::{collections::BTreeMap, path::Path};
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use proxy_common::{
-    counters, maps as names, AffinityKey, AffinityValue, BackendValue, RevNatValue, ServiceKey,
-    ServiceName, ServiceValue,
+    counters, maps as names, AffinityKey, AffinityValue, BackendValue, CtKey, CtValue, RevNatValue,
+    ServiceKey, ServiceName, ServiceValue,
 };
 
 use super::{LbMaps, MapsError};
-use crate::datapath::{MapState, Op};
+use crate::datapath::{ct_gc::CtExpiry, MapState, Op};
 
 /// errno of a full hash map on update.
 const E2BIG: i32 = 7;
@@ -21,6 +21,7 @@ pub struct PinnedMaps {
     names: HashMap<MapData, u32, ServiceName>,
     counters: PerCpuArray<MapData, u64>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    conntrack: HashMap<MapData, CtKey, CtValue>,
 }
 
 fn open<T: TryFrom<Map, Error = MapError>>(dir: &Path, name: &str) -> Result<T, MapsError> {
@@ -44,6 +45,7 @@ impl PinnedMaps {
             names: open(dir, names::SERVICE_NAMES)?,
             counters: open(dir, names::COUNTERS)?,
             affinity: open(dir, names::AFFINITY)?,
+            conntrack: open(dir, names::CONNTRACK)?,
         })
     }
 
@@ -146,6 +148,26 @@ impl LbMaps for PinnedMaps {
             remove(&mut self.affinity, k, names::AFFINITY)?;
         }
         Ok(stale.len())
+    }
+
+    fn gc_conntrack(
+        &mut self,
+        expired: &dyn Fn(&CtKey, &CtValue) -> Option<CtExpiry>,
+    ) -> Result<BTreeMap<CtExpiry, usize>, MapsError> {
+        // Collect first: deleting while iterating a hash map restarts the
+        // iteration.
+        let stale: Vec<(CtKey, CtExpiry)> = self
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| expired(&k, &v).map(|why| (k, why)))
+            .collect();
+        let mut done = BTreeMap::new();
+        for (k, why) in stale {
+            remove(&mut self.conntrack, &k, names::CONNTRACK)?;
+            *done.entry(why).or_insert(0) += 1;
+        }
+        Ok(done)
     }
 
     fn counters(&self) -> BTreeMap<String, u64> {

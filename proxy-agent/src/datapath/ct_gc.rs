@@ -1,0 +1,157 @@
+//! Conntrack garbage collection: which entries of the TC datapath's
+//! conntrack map to delete. The LRU map evicts the oldest entries only when
+//! full; these rules give flows kube-proxy's lifetimes (the kernel
+//! conntrack timeouts kube-proxy sets or relies on) and purge UDP flows to
+//! backends that left their Service — otherwise a client that keeps sending
+//! (a resolver to kube-dns) would keep talking to a dead pod.
+use std::collections::BTreeSet;
+
+use proxy_common::{ct_state, proto, CtKey, CtValue};
+
+/// Idle timeouts in seconds, by protocol and TCP state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    /// A SYN without an answer (nf_conntrack_tcp_timeout_syn_sent).
+    pub tcp_syn: u32,
+    /// kube-proxy's `conntrack.tcpEstablishedTimeout` default (24 h).
+    pub tcp_established: u32,
+    /// After FIN/RST (nf_conntrack_tcp_timeout_time_wait).
+    pub tcp_closing: u32,
+    /// UDP (nf_conntrack_udp_timeout_stream).
+    pub udp: u32,
+    /// Anything else (SCTP...).
+    pub other: u32,
+}
+
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        CtTimeouts {
+            tcp_syn: 120,
+            tcp_established: 86_400,
+            tcp_closing: 120,
+            udp: 120,
+            other: 600,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CtExpiry {
+    /// No packet for longer than its timeout.
+    Idle,
+    /// A UDP flow whose backend no longer serves its frontend.
+    BackendGone,
+}
+
+impl CtExpiry {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CtExpiry::Idle => "idle",
+            CtExpiry::BackendGone => "backend_gone",
+        }
+    }
+}
+
+/// Whether to delete the entry, and why. `live` holds the (revNAT id,
+/// backend id) pairs the service map holds now; `now_s` is the kernel's
+/// monotonic clock in seconds (the clock of `last_seen_s`).
+pub fn expiry(
+    key: &CtKey,
+    value: &CtValue,
+    now_s: u32,
+    live: &BTreeSet<(u32, u32)>,
+    t: &CtTimeouts,
+) -> Option<CtExpiry> {
+    // TCP flows keep their backend for their whole life, even after it
+    // left the Service; UDP has no end, so its flows are cut at once.
+    if key.proto == proto::UDP && !live.contains(&(u32::from(value.rev_nat_id), value.backend_id)) {
+        return Some(CtExpiry::BackendGone);
+    }
+    let timeout = match (key.proto, value.tcp_state) {
+        (proto::TCP, ct_state::ESTABLISHED) => t.tcp_established,
+        (proto::TCP, ct_state::CLOSING) => t.tcp_closing,
+        (proto::TCP, _) => t.tcp_syn,
+        (proto::UDP, _) => t.udp,
+        _ => t.other,
+    };
+    // Wrapping: last_seen may be a tick ahead of our reading of the clock.
+    let idle = now_s.wrapping_sub(value.last_seen_s);
+    (idle > timeout && idle < u32::MAX / 2).then_some(CtExpiry::Idle)
+}
+
+/// The kernel's monotonic clock in seconds, as `bpf_ktime_get_ns` counts.
+pub fn monotonic_now_s() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(p: u8, state: u8, last_seen_s: u32, rev: u16, be: u32) -> (CtKey, CtValue) {
+        let key = CtKey {
+            saddr_be: 1,
+            daddr_be: 2,
+            sport_be: 3,
+            dport_be: 4,
+            proto: p,
+            dir: 0,
+            _pad: 0,
+        };
+        let value = CtValue {
+            addr_be: 0,
+            port_be: 0,
+            flags: 0,
+            tcp_state: state,
+            nat_addr_be: 0,
+            nat_port_be: 0,
+            rev_nat_id: rev,
+            backend_id: be,
+            last_seen_s,
+        };
+        (key, value)
+    }
+
+    #[test]
+    fn udp_flows_to_a_departed_backend_are_purged_tcp_flows_are_not() {
+        let live = BTreeSet::from([(1, 10)]);
+        let t = CtTimeouts::default();
+        let (k, v) = entry(proto::UDP, ct_state::NONE, 100, 1, 11);
+        assert_eq!(expiry(&k, &v, 101, &live, &t), Some(CtExpiry::BackendGone));
+        let (k, v) = entry(proto::UDP, ct_state::NONE, 100, 1, 10);
+        assert_eq!(expiry(&k, &v, 101, &live, &t), None);
+        let (k, v) = entry(proto::TCP, ct_state::ESTABLISHED, 100, 1, 11);
+        assert_eq!(
+            expiry(&k, &v, 101, &live, &t),
+            None,
+            "the flow keeps its backend"
+        );
+    }
+
+    #[test]
+    fn idle_timeouts_follow_the_tcp_state() {
+        let live = BTreeSet::from([(1, 10)]);
+        let t = CtTimeouts::default();
+        let at = |p: u8, s: u8, idle: u32| {
+            let (k, v) = entry(p, s, 1000, 1, 10);
+            expiry(&k, &v, 1000 + idle, &live, &t)
+        };
+        assert_eq!(at(proto::TCP, ct_state::ESTABLISHED, 86_400), None);
+        assert_eq!(
+            at(proto::TCP, ct_state::ESTABLISHED, 86_401),
+            Some(CtExpiry::Idle)
+        );
+        assert_eq!(at(proto::TCP, ct_state::CLOSING, 121), Some(CtExpiry::Idle));
+        assert_eq!(at(proto::TCP, ct_state::SYN_SENT, 119), None);
+        assert_eq!(at(proto::UDP, ct_state::NONE, 121), Some(CtExpiry::Idle));
+        // A last_seen a tick ahead of our clock is not "very old".
+        let (k, v) = entry(proto::TCP, ct_state::CLOSING, 1001, 1, 10);
+        assert_eq!(expiry(&k, &v, 1000, &live, &t), None);
+    }
+}
