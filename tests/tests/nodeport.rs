@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use bpfproxy_tests::{
     manifest::{self, Endpoint, ServiceSpec},
     multinode::{node_ip, pod_ip, pod_name, ClusterConfig, ClusterSandbox, CLIENT_IP},
-    Agent, ConnectTimeReport, TcpReport,
+    Agent, ConnectTimeReport, Netns, TcpReport, UdpReport,
 };
 
 const T: Duration = Duration::from_secs(30);
@@ -320,5 +320,130 @@ fn a_long_lived_connection_survives_endpoint_removal_and_an_agent_restart() -> R
         ensure!(a == first, "after restart: {a:?}");
     }
     conn.close()?;
+    Ok(())
+}
+
+/// Every namespace of the sandbox.
+fn all_namespaces(sb: &ClusterSandbox) -> Vec<&Netns> {
+    let mut v = vec![sb.client_ns(), sb.fabric_ns()];
+    for i in 1..=NODES {
+        v.push(&sb.node(i).ns);
+        v.push(&sb.pod(i, 1).ns);
+    }
+    v
+}
+
+/// Checksum offload off (rx and tx) on every veth of the sandbox: senders
+/// compute full checksums and receivers verify them in software, as a real
+/// NIC would, so a rewrite with a wrong checksum gets the packet dropped.
+fn checksum_offload_off(sb: &ClusterSandbox) -> Result<()> {
+    for ns in all_namespaces(sb) {
+        let links = ns.ip(&["-o", "link", "show", "type", "veth"])?;
+        for line in links.lines() {
+            // `5: name@if4: <...>`
+            let Some(dev) = line.split(": ").nth(1).and_then(|d| d.split('@').next()) else {
+                continue;
+            };
+            ns.run(&["ethtool", "-K", dev, "rx", "off", "tx", "off"], T)
+                .with_context(|| format!("ethtool on {dev} in {}", ns.name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `InCsumErrors` of TCP and UDP in `/proc/net/snmp` of `ns`.
+fn csum_errors(ns: &Netns) -> Result<(u64, u64)> {
+    let snmp = ns.run(&["cat", "/proc/net/snmp"], T)?;
+    let field = |proto: &str| -> Result<u64> {
+        let mut lines = snmp
+            .lines()
+            .filter(|l| l.starts_with(&format!("{proto}: ")));
+        let (Some(head), Some(vals)) = (lines.next(), lines.next()) else {
+            bail!("no {proto} lines in /proc/net/snmp");
+        };
+        let idx = head
+            .split_whitespace()
+            .position(|k| k == "InCsumErrors")
+            .with_context(|| format!("no {proto} InCsumErrors"))?;
+        vals.split_whitespace()
+            .nth(idx)
+            .context("short snmp line")?
+            .parse()
+            .context("InCsumErrors value")
+    };
+    Ok((field("Tcp")?, field("Udp")?))
+}
+
+#[test]
+fn checksums_are_right_for_tcp_and_udp_with_offload_off() -> Result<()> {
+    let sb = cluster()?;
+    checksum_offload_off(&sb)?;
+    let mut svc = ServiceSpec::cluster_ip("default/web", CLUSTER_IP)
+        .port("http", 80, 8080, "TCP")
+        .port("dns", 53, 5353, "UDP");
+    svc.type_ = "NodePort".to_string();
+    svc.ports[0].node_port = Some(NODE_PORT);
+    svc.ports[1].node_port = Some(30053);
+    svc.external_traffic_policy = Some("Cluster".to_string());
+    let eps: Vec<Endpoint> = [1, 2]
+        .iter()
+        .map(|&i| Endpoint::ready(&pod_ip(i, 1)).on_node(&format!("node-{i}")))
+        .collect();
+    sb.write_manifest(
+        "web.yaml",
+        &manifest::documents(&[
+            svc.to_yaml(),
+            manifest::endpoint_slice_with(
+                "default/web",
+                "web-1",
+                &eps,
+                &[("http", 8080, "TCP"), ("dns", 5353, "UDP")],
+            ),
+        ]),
+    )?;
+    let mut agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
+    let udp_backends = vec![
+        format!("{}:5353", pod_ip(1, 1)),
+        format!("{}:5353", pod_ip(2, 1)),
+    ];
+    for agent in &mut agents {
+        agent.wait_for_backends("0.0.0.0", 30053, "UDP", &udp_backends, T)?;
+    }
+    let before: Vec<(u64, u64)> = all_namespaces(&sb)
+        .into_iter()
+        .map(csum_errors)
+        .collect::<Result<_>>()?;
+    for i in 1..=NODES {
+        // TCP: DNAT (+ SNAT for the remote backend) and reverse NAT.
+        let r = client_tcp(&sb, &np(i), 20)?;
+        ensure!(r.ok == 20, "node {i} TCP: {r:?}");
+        ensure!(by_name(&r)?.len() == 2, "node {i}: both backends: {r:?}");
+        // UDP: one socket, one flow, one backend; the reply must come from
+        // the NodePort.
+        let to = format!("{}:30053", node_ip(i));
+        let u: UdpReport = sb.probe(
+            sb.client_command(sb.probe_bin())?,
+            &["udp", "--to", &to, "--count", "5", "--timeout-ms", "1000"],
+            T,
+        )?;
+        println!(
+            "node {i}: TCP {:?}; UDP {:?} from {:?}",
+            r.by_backend, u.by_backend, u.sources
+        );
+        ensure!(u.ok == 5, "node {i} UDP: {u:?}");
+        ensure!(
+            u.sources == vec![to.clone()],
+            "node {i}: UDP replies from {:?}",
+            u.sources
+        );
+    }
+    let after: Vec<(u64, u64)> = all_namespaces(&sb)
+        .into_iter()
+        .map(csum_errors)
+        .collect::<Result<_>>()?;
+    ensure!(
+        before == after,
+        "checksum errors (TCP, UDP) per namespace: {before:?} → {after:?}"
+    );
     Ok(())
 }
