@@ -447,3 +447,123 @@ fn checksums_are_right_for_tcp_and_udp_with_offload_off() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_rolling_update_behind_a_node_port_fails_no_request() -> Result<()> {
+    let sb = ClusterSandbox::new(ClusterConfig {
+        nodes: NODES,
+        pods_per_node: 2,
+        probe_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_probe"))),
+        echo_peer: true,
+        ..ClusterConfig::default()
+    })?;
+    let ep = |i: usize, j: usize| {
+        (
+            Endpoint::ready(&pod_ip(i, j)).on_node(&format!("node-{i}")),
+            Endpoint::terminating_serving(&pod_ip(i, j)).on_node(&format!("node-{i}")),
+        )
+    };
+    let write = |eps: &[Endpoint]| {
+        sb.write_manifest(
+            "web.yaml",
+            &manifest::documents(&[
+                nodeport_service("web", CLUSTER_IP, NODE_PORT, "Cluster"),
+                manifest::endpoint_slice_with(
+                    "default/web",
+                    "web-1",
+                    eps,
+                    &[("http", 8080, "TCP")],
+                ),
+            ]),
+        )
+    };
+    let at = |i: usize, j: usize| format!("{}:8080", pod_ip(i, j));
+    write(&[ep(1, 1).0, ep(2, 1).0])?;
+    let mut agents = start_agents(&sb, |_| vec![at(1, 1), at(2, 1)])?;
+
+    // Continuous requests through node 3 (no local backend: DNAT + SNAT)
+    // and node 1 (a local and a remote backend), in the background.
+    let duration_ms = 6000;
+    let loops: Vec<_> = [1, 3]
+        .into_iter()
+        .map(|i| -> Result<_> {
+            let mut cmd = sb.client_command(sb.probe_bin())?;
+            cmd.args([
+                "loop",
+                "--to",
+                &np(i),
+                "--interval-ms",
+                "20",
+                "--duration-ms",
+                &duration_ms.to_string(),
+                "--timeout-ms",
+                "1000",
+            ]);
+            Ok((
+                i,
+                std::thread::spawn(move || bpfproxy_tests::process::run_with_timeout(&mut cmd, T)),
+            ))
+        })
+        .collect::<Result<_>>()?;
+
+    // Pod by pod: the new pod becomes ready, the old one terminates (still
+    // serving), then vanishes.
+    let started = Instant::now();
+    let steps: Vec<(Vec<Endpoint>, Vec<String>)> = vec![
+        (
+            vec![ep(1, 1).0, ep(2, 1).0, ep(1, 2).0],
+            vec![at(1, 1), at(2, 1), at(1, 2)],
+        ),
+        (
+            vec![ep(1, 1).1, ep(2, 1).0, ep(1, 2).0],
+            vec![at(2, 1), at(1, 2)],
+        ),
+        (vec![ep(2, 1).0, ep(1, 2).0], vec![at(2, 1), at(1, 2)]),
+        (
+            vec![ep(2, 1).0, ep(1, 2).0, ep(2, 2).0],
+            vec![at(2, 1), at(1, 2), at(2, 2)],
+        ),
+        (
+            vec![ep(2, 1).1, ep(1, 2).0, ep(2, 2).0],
+            vec![at(1, 2), at(2, 2)],
+        ),
+        (vec![ep(1, 2).0, ep(2, 2).0], vec![at(1, 2), at(2, 2)]),
+    ];
+    std::thread::sleep(Duration::from_millis(500));
+    for (eps, want) in &steps {
+        write(eps)?;
+        for agent in &mut agents {
+            agent.wait_for_backends("0.0.0.0", NODE_PORT, "TCP", want, T)?;
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    println!("rolling update done after {:?}", started.elapsed());
+    ensure!(
+        started.elapsed() < Duration::from_millis(duration_ms - 500),
+        "the update took longer than the request loops ran: {:?}",
+        started.elapsed()
+    );
+    for (i, handle) in loops {
+        let out = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("loop thread panicked"))??;
+        let r: TcpReport =
+            serde_json::from_str(&out).with_context(|| format!("loop output: {out}"))?;
+        let names = by_name(&r)?;
+        println!(
+            "node {i}: ok {} failed {} by backend {:?}",
+            r.ok, r.failed, r.by_backend
+        );
+        ensure!(r.failed == 0 && r.ok > 100, "node {i}: {r:?}");
+        for j in [1, 2] {
+            for k in [1, 2] {
+                ensure!(
+                    names.contains_key(&pod_name(j, k)),
+                    "node {i}: {} never answered: {names:?}",
+                    pod_name(j, k)
+                );
+            }
+        }
+    }
+    Ok(())
+}
