@@ -29,6 +29,7 @@ use crate::cgroup::TestCgroup;
 use crate::netns::Netns;
 use crate::probe_server::ProbeServer;
 use crate::process;
+use crate::sandbox::HoldConn;
 use crate::veth::VethPair;
 
 /// Address of the external client on the node subnet.
@@ -62,6 +63,9 @@ pub struct ClusterConfig {
     pub udp_ports: Vec<u16>,
     /// The `probe` binary; None: [`crate::paths::probe_bin`].
     pub probe_bin: Option<PathBuf>,
+    /// Servers answer TCP with `<name> <client-ip>` (`probe serve
+    /// --echo-peer`): what address a backend sees as the client.
+    pub echo_peer: bool,
 }
 
 impl Default for ClusterConfig {
@@ -72,6 +76,7 @@ impl Default for ClusterConfig {
             tcp_ports: vec![8080],
             udp_ports: vec![5353],
             probe_bin: None,
+            echo_peer: false,
         }
     }
 }
@@ -169,11 +174,16 @@ impl ClusterSandbox {
 
     fn start_servers(&mut self) -> Result<()> {
         let (tcp, udp) = (self.cfg.tcp_ports.clone(), self.cfg.udp_ports.clone());
+        let extra: &[&str] = if self.cfg.echo_peer {
+            &["--echo-peer"]
+        } else {
+            &[]
+        };
         for (n, node) in self.nodes.iter().enumerate() {
             let i = n + 1;
             let name = node_name(i);
             let log = self.work.path().join(format!("{name}.log"));
-            self.servers.push(ProbeServer::start(
+            self.servers.push(ProbeServer::start_with(
                 &node.ns,
                 &self.probe,
                 &name,
@@ -181,11 +191,12 @@ impl ClusterSandbox {
                 &tcp,
                 &udp,
                 &log,
+                extra,
             )?);
             for (k, pod) in self.pods[n].iter().enumerate() {
                 let name = pod_name(i, k + 1);
                 let log = self.work.path().join(format!("{name}.log"));
-                self.servers.push(ProbeServer::start(
+                self.servers.push(ProbeServer::start_with(
                     &pod.ns,
                     &self.probe,
                     &name,
@@ -193,6 +204,7 @@ impl ClusterSandbox {
                     &tcp,
                     &udp,
                     &log,
+                    extra,
                 )?);
             }
         }
@@ -281,6 +293,12 @@ impl ClusterSandbox {
         let out = process::run_with_timeout(&mut cmd, timeout)?;
         serde_json::from_str(&out)
             .with_context(|| format!("parsing the output of `{shown}`: {out}"))
+    }
+
+    /// One long-lived TCP connection from the external client to `to`
+    /// (`IP:PORT`), see [`HoldConn`].
+    pub fn client_hold(&self, to: &str) -> Result<HoldConn> {
+        HoldConn::spawn(self.client_command(&self.probe)?, to)
     }
 
     /// The probe binary, for `*_command(sb.probe_bin())`.

@@ -38,6 +38,22 @@ impl ProbeServer {
         udp_ports: &[u16],
         log_path: &Path,
     ) -> Result<Self> {
+        Self::start_with(ns, probe, name, ip, tcp_ports, udp_ports, log_path, &[])
+    }
+
+    /// [`ProbeServer::start`] with more `probe serve` options (e.g.
+    /// `--echo-peer`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with(
+        ns: &Netns,
+        probe: &Path,
+        name: &str,
+        ip: &str,
+        tcp_ports: &[u16],
+        udp_ports: &[u16],
+        log_path: &Path,
+        extra: &[&str],
+    ) -> Result<Self> {
         let join = |ports: &[u16]| {
             ports
                 .iter()
@@ -49,6 +65,7 @@ impl ProbeServer {
             .with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = ns.command(probe)?;
         cmd.args(["serve", "--name", name, "--exit-on-stdin-eof"]);
+        cmd.args(extra);
         if !tcp_ports.is_empty() {
             cmd.args(["--tcp", &join(tcp_ports)]);
         }

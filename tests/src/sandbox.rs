@@ -387,28 +387,7 @@ impl Sandbox {
 
     /// Opens one long-lived TCP connection to `to` (`probe hold`).
     pub fn hold(&self, to: &str) -> Result<HoldConn> {
-        let mut c = self.client_command(&self.probe)?;
-        c.args(["hold", "--to", to])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = c.spawn().context("starting `probe hold`")?;
-        let stdin = child.stdin.take();
-        let lines = line_reader(child.stdout.take());
-        let mut conn = HoldConn {
-            child,
-            stdin,
-            lines,
-            peer: String::new(),
-        };
-        let first = conn.next_line(Duration::from_secs(5))?;
-        match first.strip_prefix("CONNECTED ") {
-            Some(rest) => {
-                conn.peer = rest.split_whitespace().next().unwrap_or("").to_string();
-                Ok(conn)
-            }
-            None => bail!("`probe hold --to {to}` could not connect: {first}"),
-        }
+        HoldConn::spawn(self.client_command(&self.probe)?, to)
     }
 }
 
@@ -480,6 +459,32 @@ pub struct HoldConn {
 }
 
 impl HoldConn {
+    /// Runs `probe hold --to TO` through `c` (a `probe` command in some
+    /// namespace) and waits for it to connect.
+    pub(crate) fn spawn(mut c: Command, to: &str) -> Result<HoldConn> {
+        c.args(["hold", "--to", to])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = c.spawn().context("starting `probe hold`")?;
+        let stdin = child.stdin.take();
+        let lines = line_reader(child.stdout.take());
+        let mut conn = HoldConn {
+            child,
+            stdin,
+            lines,
+            peer: String::new(),
+        };
+        let first = conn.next_line(Duration::from_secs(5))?;
+        match first.strip_prefix("CONNECTED ") {
+            Some(rest) => {
+                conn.peer = rest.split_whitespace().next().unwrap_or("").to_string();
+                Ok(conn)
+            }
+            None => bail!("`probe hold --to {to}` could not connect: {first}"),
+        }
+    }
+
     /// getpeername() of the connection (the VIP when translated).
     pub fn peer(&self) -> &str {
         &self.peer

@@ -1,7 +1,9 @@
 //! probe: the test client and backend server, run inside test namespaces.
 //!
 //! Server:  probe serve --name N --tcp IP:PORT[,…] --udp IP:PORT[,…]
-//!                [--exit-on-stdin-eof] [--max-lifetime-s S]
+//!                [--exit-on-stdin-eof] [--max-lifetime-s S] [--echo-peer]
+//!          (--echo-peer: TCP answers are `<name> <client-ip>`, the address
+//!          the server sees as the connection's peer)
 //! Clients (print one JSON object on stdout, assert nothing themselves):
 //!   probe tcp --to IP:PORT --count N [--timeout-ms T]
 //!   probe udp --to IP:PORT --count N [--timeout-ms T]
@@ -157,9 +159,10 @@ fn serve(args: &[String]) -> Res<u8> {
     let o = Opts::parse(
         args,
         &["name", "tcp", "udp", "max-lifetime-s"],
-        &["exit-on-stdin-eof"],
+        &["exit-on-stdin-eof", "echo-peer"],
     )?;
     let name = o.req("name")?.to_string();
+    let echo_peer = o.flags.contains("echo-peer");
     let tcp = o.addrs("tcp")?;
     let udp = o.addrs("udp")?;
     if tcp.is_empty() && udp.is_empty() {
@@ -181,7 +184,7 @@ fn serve(args: &[String]) -> Res<u8> {
     let conns = Arc::new(AtomicUsize::new(0));
     for l in listeners {
         let (reply, conns) = (reply.clone(), conns.clone());
-        thread::spawn(move || accept_loop(l, reply, conns));
+        thread::spawn(move || accept_loop(l, reply, echo_peer, conns));
     }
     for s in sockets {
         let name = name.clone();
@@ -210,7 +213,9 @@ fn print_line(s: &str) {
     let _ = out.flush();
 }
 
-fn accept_loop(l: TcpListener, reply: Arc<str>, conns: Arc<AtomicUsize>) {
+/// `reply` is `<name>\n`; with `echo_peer` each connection answers
+/// `<name> <peer-ip>\n` instead.
+fn accept_loop(l: TcpListener, reply: Arc<str>, echo_peer: bool, conns: Arc<AtomicUsize>) {
     for conn in l.incoming() {
         match conn {
             Ok(s) => {
@@ -218,7 +223,11 @@ fn accept_loop(l: TcpListener, reply: Arc<str>, conns: Arc<AtomicUsize>) {
                     conns.fetch_sub(1, Ordering::SeqCst);
                     continue; // dropped: closed
                 }
-                let (reply, conns) = (reply.clone(), conns.clone());
+                let reply: Arc<str> = match (echo_peer, s.peer_addr()) {
+                    (true, Ok(peer)) => Arc::from(format!("{} {}\n", reply.trim_end(), peer.ip())),
+                    _ => reply.clone(),
+                };
+                let conns = conns.clone();
                 thread::spawn(move || {
                     let _ = handle_conn(s, &reply);
                     conns.fetch_sub(1, Ordering::SeqCst);

@@ -1,0 +1,569 @@
+//! NodePort Services end to end in the multi-node sandbox, the way users
+//! test them: `NODE_IP:nodePort` from a client outside the cluster, on nodes
+//! with and without a local backend, with both external traffic policies.
+//!
+//! Every node runs its own agent with `--devices <its fabric device>`; the
+//! servers answer `<name> <client-ip>` (`probe serve --echo-peer`), so a test
+//! sees which backend answered and which source address it saw.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use bpfproxy_tests::{
+    manifest::{self, Endpoint, ServiceSpec},
+    multinode::{node_ip, pod_ip, pod_name, ClusterConfig, ClusterSandbox, CLIENT_IP},
+    Agent, ConnectTimeReport, Netns, TcpReport, UdpReport,
+};
+
+const T: Duration = Duration::from_secs(30);
+const NODES: usize = 3;
+const NODE_PORT: u16 = 30080;
+const CLUSTER_IP: &str = "10.96.0.30";
+/// Connections per node for the spread checks.
+const CONNS: u64 = 60;
+/// Probe timeout for connections that are expected to fail.
+const FAIL_TIMEOUT_MS: u64 = 1000;
+
+fn cluster() -> Result<ClusterSandbox> {
+    ClusterSandbox::new(ClusterConfig {
+        nodes: NODES,
+        pods_per_node: 1,
+        probe_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_probe"))),
+        echo_peer: true,
+        ..ClusterConfig::default()
+    })
+}
+
+/// `default/<name>`: type NodePort, `nodePort` → 8080, with a ClusterIP.
+fn nodeport_service(name: &str, cluster_ip: &str, node_port: u16, etp: &str) -> String {
+    let mut s = ServiceSpec::cluster_ip(&format!("default/{name}"), cluster_ip)
+        .port("http", 80, 8080, "TCP");
+    s.type_ = "NodePort".to_string();
+    s.ports[0].node_port = Some(node_port);
+    s.external_traffic_policy = Some(etp.to_string());
+    s.to_yaml()
+}
+
+/// The slice of `default/web`: pod 1 of each node in `nodes`, with its
+/// `nodeName` (`node-<i>`, the agents' `--node-name`).
+fn web_slice(nodes: &[usize]) -> String {
+    let eps: Vec<Endpoint> = nodes
+        .iter()
+        .map(|&i| Endpoint::ready(&pod_ip(i, 1)).on_node(&format!("node-{i}")))
+        .collect();
+    manifest::endpoint_slice_with("default/web", "web-1", &eps, &[("http", 8080, "TCP")])
+}
+
+fn backend(i: usize) -> String {
+    format!("{}:8080", pod_ip(i, 1))
+}
+
+/// Writes `default/web` (eTP `etp`) backed by pod 1 of nodes 1 and 2.
+fn write_web(sb: &ClusterSandbox, etp: &str) -> Result<()> {
+    sb.write_manifest(
+        "web.yaml",
+        &manifest::documents(&[
+            nodeport_service("web", CLUSTER_IP, NODE_PORT, etp),
+            web_slice(&[1, 2]),
+        ]),
+    )
+}
+
+/// Starts node `i`'s agent with TC on its fabric device.
+fn start_agent(sb: &ClusterSandbox, i: usize) -> Result<Agent> {
+    let mut cfg = sb.agent_config(i)?;
+    cfg.extra_args
+        .extend(["--devices".to_string(), sb.node(i).device.clone()]);
+    Agent::start(cfg)
+}
+
+/// One agent per node, each waited for until its NodePort frontend has
+/// `want(i)` as backends.
+fn start_agents(sb: &ClusterSandbox, want: impl Fn(usize) -> Vec<String>) -> Result<Vec<Agent>> {
+    let mut agents = Vec::new();
+    for i in 1..=NODES {
+        agents.push(start_agent(sb, i)?);
+    }
+    for (n, agent) in agents.iter_mut().enumerate() {
+        agent
+            .wait_for_backends("0.0.0.0", NODE_PORT, "TCP", &want(n + 1), T)
+            .with_context(|| format!("node {}'s agent", n + 1))?;
+    }
+    Ok(agents)
+}
+
+/// `count` fresh connections from the external client to `to`.
+fn client_tcp(sb: &ClusterSandbox, to: &str, count: u64) -> Result<TcpReport> {
+    sb.probe(
+        sb.client_command(sb.probe_bin())?,
+        &["tcp", "--to", to, "--count", &count.to_string()],
+        T,
+    )
+}
+
+/// `<name> <peer>` answers grouped: backend name → client addresses seen.
+fn by_name(r: &TcpReport) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for answer in r.by_backend.keys() {
+        let Some((name, peer)) = answer.split_once(' ') else {
+            bail!("answer {answer:?} is not `<name> <peer>` (is --echo-peer on?)");
+        };
+        out.entry(name.to_string())
+            .or_default()
+            .insert(peer.to_string());
+    }
+    Ok(out)
+}
+
+fn np(i: usize) -> String {
+    format!("{}:{NODE_PORT}", node_ip(i))
+}
+
+/// One connect() from the external client with a short timeout.
+fn client_connect(sb: &ClusterSandbox, to: &str) -> Result<ConnectTimeReport> {
+    sb.probe(
+        sb.client_command(sb.probe_bin())?,
+        &[
+            "tcp-connect-time",
+            "--to",
+            to,
+            "--timeout-ms",
+            &FAIL_TIMEOUT_MS.to_string(),
+        ],
+        T,
+    )
+}
+
+#[test]
+fn every_node_serves_the_node_port_and_all_backends_are_reached() -> Result<()> {
+    let sb = cluster()?;
+    write_web(&sb, "Cluster")?;
+    let _agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
+    let want: BTreeSet<String> = [pod_name(1, 1), pod_name(2, 1)].into();
+    for i in 1..=NODES {
+        let r = client_tcp(&sb, &np(i), CONNS)?;
+        let names = by_name(&r)?;
+        println!("node {i} ({}): {:?}", np(i), r.by_backend);
+        ensure!(r.ok == CONNS, "node {i}: {r:?}");
+        let seen: BTreeSet<String> = names.keys().cloned().collect();
+        ensure!(seen == want, "node {i}: all backends, nothing else: {r:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn etp_cluster_a_remote_backend_sees_the_node_address() -> Result<()> {
+    let sb = cluster()?;
+    write_web(&sb, "Cluster")?;
+    let _agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
+    for i in 1..=NODES {
+        let r = client_tcp(&sb, &np(i), CONNS)?;
+        ensure!(r.ok == CONNS, "node {i}: {r:?}");
+        let names = by_name(&r)?;
+        println!("node {i}: backend → client addresses seen: {names:?}");
+        for j in [1, 2] {
+            let Some(peers) = names.get(&pod_name(j, 1)) else {
+                bail!("node {i}: {} never answered: {r:?}", pod_name(j, 1));
+            };
+            // A backend on the node the client hit needs no SNAT: replies
+            // go back through that node anyway.
+            let want = if j == i {
+                CLIENT_IP.to_string()
+            } else {
+                node_ip(i)
+            };
+            ensure!(
+                peers.iter().all(|p| *p == want),
+                "node {i}: {} saw {peers:?}, expected only {want}",
+                pod_name(j, 1)
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn etp_local_keeps_the_client_address_and_nodes_without_endpoints_do_not_serve() -> Result<()> {
+    let sb = cluster()?;
+    write_web(&sb, "Local")?;
+    let _agents = start_agents(&sb, |i| match i {
+        1 | 2 => vec![backend(i)],
+        _ => vec![],
+    })?;
+    for i in [1, 2] {
+        let r = client_tcp(&sb, &np(i), 20)?;
+        ensure!(r.ok == 20, "node {i}: {r:?}");
+        let names = by_name(&r)?;
+        println!("node {i}: {names:?}");
+        let want: BTreeMap<String, BTreeSet<String>> =
+            [(pod_name(i, 1), [CLIENT_IP.to_string()].into())].into();
+        ensure!(
+            names == want,
+            "node {i}: only its local backend, seeing the real client: {names:?}"
+        );
+    }
+    // Node 3 has no local endpoint: it must not serve the NodePort.
+    let c = client_connect(&sb, &np(3))?;
+    println!("node 3 (no local endpoint): {c:?}");
+    ensure!(
+        !c.ok,
+        "node 3 served an eTP=Local NodePort without endpoints: {c:?}"
+    );
+    ensure!(
+        c.elapsed_ms <= (FAIL_TIMEOUT_MS + 500) as f64,
+        "the failure took {} ms",
+        c.elapsed_ms
+    );
+    Ok(())
+}
+
+#[test]
+fn a_node_port_without_endpoints_fails_quickly() -> Result<()> {
+    let sb = cluster()?;
+    sb.write_manifest(
+        "empty.yaml",
+        &nodeport_service("empty", "10.96.0.31", 30081, "Cluster"),
+    )?;
+    let mut agents = Vec::new();
+    for i in 1..=NODES {
+        agents.push(start_agent(&sb, i)?);
+    }
+    for agent in &mut agents {
+        agent.wait_until(
+            |d| bpfproxy_tests::agent::frontend(d, "0.0.0.0", 30081, "TCP").is_some(),
+            T,
+        )?;
+    }
+    for i in 1..=NODES {
+        let to = format!("{}:30081", node_ip(i));
+        let c = client_connect(&sb, &to)?;
+        println!("node {i} ({to}): {c:?}");
+        ensure!(
+            !c.ok,
+            "node {i}: connected to a Service without endpoints: {c:?}"
+        );
+        ensure!(
+            c.elapsed_ms <= (FAIL_TIMEOUT_MS + 500) as f64,
+            "node {i}: the failure took {} ms",
+            c.elapsed_ms
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_long_lived_connection_survives_endpoint_removal_and_an_agent_restart() -> Result<()> {
+    let sb = cluster()?;
+    write_web(&sb, "Cluster")?;
+    let mut agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
+    // Through node 3, which has no local backend: DNAT + SNAT.
+    let mut conn = sb.client_hold(&np(3))?;
+    let first = conn.ping()?;
+    let (name, peer) = first
+        .split_once(' ')
+        .with_context(|| format!("answer {first:?}"))?;
+    ensure!(
+        peer == node_ip(3),
+        "the backend saw {peer}, not node 3: {first:?}"
+    );
+    let kept = if name == pod_name(1, 1) { 1 } else { 2 };
+    ensure!(name == pod_name(kept, 1), "unexpected backend {first:?}");
+    let other = 3 - kept;
+    println!(
+        "held connection via node 3 → {name}; removing {}",
+        pod_name(other, 1)
+    );
+
+    // The other endpoint goes away.
+    sb.write_manifest(
+        "web.yaml",
+        &manifest::documents(&[
+            nodeport_service("web", CLUSTER_IP, NODE_PORT, "Cluster"),
+            web_slice(&[kept]),
+        ]),
+    )?;
+    for agent in &mut agents {
+        agent.wait_for_backends("0.0.0.0", NODE_PORT, "TCP", &[backend(kept)], T)?;
+    }
+    for _ in 0..3 {
+        let a = conn.ping().context("after removing the other endpoint")?;
+        ensure!(a == first, "the held connection moved: {a:?} vs {first:?}");
+    }
+
+    // Node 3's agent crashes and comes back.
+    let agent3 = &mut agents[2];
+    agent3.kill()?;
+    let a = conn.ping().context("while node 3's agent is down")?;
+    ensure!(a == first, "while down: {a:?}");
+    let restarted = Instant::now();
+    agent3.start_again()?;
+    // Ready again: its metrics/dump show the frontend, and the agent lived
+    // through a full sync (a fresh connection through node 3 works).
+    agent3.wait_for_backends("0.0.0.0", NODE_PORT, "TCP", &[backend(kept)], T)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client_tcp(&sb, &np(3), 1)?;
+        if r.ok == 1 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no fresh connection after restart: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent3.check_alive()?;
+    println!("node 3's agent back after {:?}", restarted.elapsed());
+    for _ in 0..3 {
+        let a = conn.ping().context("after the agent restart")?;
+        ensure!(a == first, "after restart: {a:?}");
+    }
+    conn.close()?;
+    Ok(())
+}
+
+/// Every namespace of the sandbox.
+fn all_namespaces(sb: &ClusterSandbox) -> Vec<&Netns> {
+    let mut v = vec![sb.client_ns(), sb.fabric_ns()];
+    for i in 1..=NODES {
+        v.push(&sb.node(i).ns);
+        v.push(&sb.pod(i, 1).ns);
+    }
+    v
+}
+
+/// Checksum offload off (rx and tx) on every veth of the sandbox: senders
+/// compute full checksums and receivers verify them in software, as a real
+/// NIC would, so a rewrite with a wrong checksum gets the packet dropped.
+fn checksum_offload_off(sb: &ClusterSandbox) -> Result<()> {
+    for ns in all_namespaces(sb) {
+        let links = ns.ip(&["-o", "link", "show", "type", "veth"])?;
+        for line in links.lines() {
+            // `5: name@if4: <...>`
+            let Some(dev) = line.split(": ").nth(1).and_then(|d| d.split('@').next()) else {
+                continue;
+            };
+            ns.run(&["ethtool", "-K", dev, "rx", "off", "tx", "off"], T)
+                .with_context(|| format!("ethtool on {dev} in {}", ns.name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `InCsumErrors` of TCP and UDP in `/proc/net/snmp` of `ns`.
+fn csum_errors(ns: &Netns) -> Result<(u64, u64)> {
+    let snmp = ns.run(&["cat", "/proc/net/snmp"], T)?;
+    let field = |proto: &str| -> Result<u64> {
+        let mut lines = snmp
+            .lines()
+            .filter(|l| l.starts_with(&format!("{proto}: ")));
+        let (Some(head), Some(vals)) = (lines.next(), lines.next()) else {
+            bail!("no {proto} lines in /proc/net/snmp");
+        };
+        let idx = head
+            .split_whitespace()
+            .position(|k| k == "InCsumErrors")
+            .with_context(|| format!("no {proto} InCsumErrors"))?;
+        vals.split_whitespace()
+            .nth(idx)
+            .context("short snmp line")?
+            .parse()
+            .context("InCsumErrors value")
+    };
+    Ok((field("Tcp")?, field("Udp")?))
+}
+
+#[test]
+fn checksums_are_right_for_tcp_and_udp_with_offload_off() -> Result<()> {
+    let sb = cluster()?;
+    checksum_offload_off(&sb)?;
+    let mut svc = ServiceSpec::cluster_ip("default/web", CLUSTER_IP)
+        .port("http", 80, 8080, "TCP")
+        .port("dns", 53, 5353, "UDP");
+    svc.type_ = "NodePort".to_string();
+    svc.ports[0].node_port = Some(NODE_PORT);
+    svc.ports[1].node_port = Some(30053);
+    svc.external_traffic_policy = Some("Cluster".to_string());
+    let eps: Vec<Endpoint> = [1, 2]
+        .iter()
+        .map(|&i| Endpoint::ready(&pod_ip(i, 1)).on_node(&format!("node-{i}")))
+        .collect();
+    sb.write_manifest(
+        "web.yaml",
+        &manifest::documents(&[
+            svc.to_yaml(),
+            manifest::endpoint_slice_with(
+                "default/web",
+                "web-1",
+                &eps,
+                &[("http", 8080, "TCP"), ("dns", 5353, "UDP")],
+            ),
+        ]),
+    )?;
+    let mut agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
+    let udp_backends = vec![
+        format!("{}:5353", pod_ip(1, 1)),
+        format!("{}:5353", pod_ip(2, 1)),
+    ];
+    for agent in &mut agents {
+        agent.wait_for_backends("0.0.0.0", 30053, "UDP", &udp_backends, T)?;
+    }
+    let before: Vec<(u64, u64)> = all_namespaces(&sb)
+        .into_iter()
+        .map(csum_errors)
+        .collect::<Result<_>>()?;
+    for i in 1..=NODES {
+        // TCP: DNAT (+ SNAT for the remote backend) and reverse NAT.
+        let r = client_tcp(&sb, &np(i), 20)?;
+        ensure!(r.ok == 20, "node {i} TCP: {r:?}");
+        ensure!(by_name(&r)?.len() == 2, "node {i}: both backends: {r:?}");
+        // UDP: one socket, one flow, one backend; the reply must come from
+        // the NodePort.
+        let to = format!("{}:30053", node_ip(i));
+        let u: UdpReport = sb.probe(
+            sb.client_command(sb.probe_bin())?,
+            &["udp", "--to", &to, "--count", "5", "--timeout-ms", "1000"],
+            T,
+        )?;
+        println!(
+            "node {i}: TCP {:?}; UDP {:?} from {:?}",
+            r.by_backend, u.by_backend, u.sources
+        );
+        ensure!(u.ok == 5, "node {i} UDP: {u:?}");
+        ensure!(
+            u.sources == vec![to.clone()],
+            "node {i}: UDP replies from {:?}",
+            u.sources
+        );
+    }
+    let after: Vec<(u64, u64)> = all_namespaces(&sb)
+        .into_iter()
+        .map(csum_errors)
+        .collect::<Result<_>>()?;
+    ensure!(
+        before == after,
+        "checksum errors (TCP, UDP) per namespace: {before:?} → {after:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_rolling_update_behind_a_node_port_fails_no_request() -> Result<()> {
+    let sb = ClusterSandbox::new(ClusterConfig {
+        nodes: NODES,
+        pods_per_node: 2,
+        probe_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_probe"))),
+        echo_peer: true,
+        ..ClusterConfig::default()
+    })?;
+    let ep = |i: usize, j: usize| {
+        (
+            Endpoint::ready(&pod_ip(i, j)).on_node(&format!("node-{i}")),
+            Endpoint::terminating_serving(&pod_ip(i, j)).on_node(&format!("node-{i}")),
+        )
+    };
+    let write = |eps: &[Endpoint]| {
+        sb.write_manifest(
+            "web.yaml",
+            &manifest::documents(&[
+                nodeport_service("web", CLUSTER_IP, NODE_PORT, "Cluster"),
+                manifest::endpoint_slice_with(
+                    "default/web",
+                    "web-1",
+                    eps,
+                    &[("http", 8080, "TCP")],
+                ),
+            ]),
+        )
+    };
+    let at = |i: usize, j: usize| format!("{}:8080", pod_ip(i, j));
+    write(&[ep(1, 1).0, ep(2, 1).0])?;
+    let mut agents = start_agents(&sb, |_| vec![at(1, 1), at(2, 1)])?;
+
+    // Continuous requests through node 3 (no local backend: DNAT + SNAT)
+    // and node 1 (a local and a remote backend), in the background.
+    let duration_ms = 6000;
+    let loops: Vec<_> = [1, 3]
+        .into_iter()
+        .map(|i| -> Result<_> {
+            let mut cmd = sb.client_command(sb.probe_bin())?;
+            cmd.args([
+                "loop",
+                "--to",
+                &np(i),
+                "--interval-ms",
+                "20",
+                "--duration-ms",
+                &duration_ms.to_string(),
+                "--timeout-ms",
+                "1000",
+            ]);
+            Ok((
+                i,
+                std::thread::spawn(move || bpfproxy_tests::process::run_with_timeout(&mut cmd, T)),
+            ))
+        })
+        .collect::<Result<_>>()?;
+
+    // Pod by pod: the new pod becomes ready, the old one terminates (still
+    // serving), then vanishes.
+    let started = Instant::now();
+    let steps: Vec<(Vec<Endpoint>, Vec<String>)> = vec![
+        (
+            vec![ep(1, 1).0, ep(2, 1).0, ep(1, 2).0],
+            vec![at(1, 1), at(2, 1), at(1, 2)],
+        ),
+        (
+            vec![ep(1, 1).1, ep(2, 1).0, ep(1, 2).0],
+            vec![at(2, 1), at(1, 2)],
+        ),
+        (vec![ep(2, 1).0, ep(1, 2).0], vec![at(2, 1), at(1, 2)]),
+        (
+            vec![ep(2, 1).0, ep(1, 2).0, ep(2, 2).0],
+            vec![at(2, 1), at(1, 2), at(2, 2)],
+        ),
+        (
+            vec![ep(2, 1).1, ep(1, 2).0, ep(2, 2).0],
+            vec![at(1, 2), at(2, 2)],
+        ),
+        (vec![ep(1, 2).0, ep(2, 2).0], vec![at(1, 2), at(2, 2)]),
+    ];
+    std::thread::sleep(Duration::from_millis(500));
+    for (eps, want) in &steps {
+        write(eps)?;
+        for agent in &mut agents {
+            agent.wait_for_backends("0.0.0.0", NODE_PORT, "TCP", want, T)?;
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    println!("rolling update done after {:?}", started.elapsed());
+    ensure!(
+        started.elapsed() < Duration::from_millis(duration_ms - 500),
+        "the update took longer than the request loops ran: {:?}",
+        started.elapsed()
+    );
+    for (i, handle) in loops {
+        let out = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("loop thread panicked"))??;
+        let r: TcpReport =
+            serde_json::from_str(&out).with_context(|| format!("loop output: {out}"))?;
+        let names = by_name(&r)?;
+        println!(
+            "node {i}: ok {} failed {} by backend {:?}",
+            r.ok, r.failed, r.by_backend
+        );
+        ensure!(r.failed == 0 && r.ok > 100, "node {i}: {r:?}");
+        for j in [1, 2] {
+            for k in [1, 2] {
+                ensure!(
+                    names.contains_key(&pod_name(j, k)),
+                    "node {i}: {} never answered: {names:?}",
+                    pod_name(j, k)
+                );
+            }
+        }
+    }
+    Ok(())
+}
