@@ -567,3 +567,73 @@ fn a_rolling_update_behind_a_node_port_fails_no_request() -> Result<()> {
     }
     Ok(())
 }
+
+/// `default/dns`: UDP NodePort 30053 → 5353, backed by pod 1 of `nodes`.
+fn dns(nodes: &[usize]) -> String {
+    let mut svc = ServiceSpec::cluster_ip("default/dns", "10.96.0.53").port("dns", 53, 5353, "UDP");
+    svc.type_ = "NodePort".to_string();
+    svc.ports[0].node_port = Some(30053);
+    let eps: Vec<Endpoint> = nodes
+        .iter()
+        .map(|&i| Endpoint::ready(&pod_ip(i, 1)).on_node(&format!("node-{i}")))
+        .collect();
+    manifest::documents(&[
+        svc.to_yaml(),
+        manifest::endpoint_slice_with("default/dns", "dns-1", &eps, &[("dns", 5353, "UDP")]),
+    ])
+}
+
+#[test]
+fn udp_flows_of_a_removed_backend_are_purged() -> Result<()> {
+    let sb = cluster()?;
+    sb.write_manifest("dns.yaml", &dns(&[1, 2]))?;
+    let mut agent = start_agent(&sb, 3)?;
+    let both = vec![
+        format!("{}:5353", pod_ip(1, 1)),
+        format!("{}:5353", pod_ip(2, 1)),
+    ];
+    agent.wait_for_backends("0.0.0.0", 30053, "UDP", &both, T)?;
+    // One client socket on a fixed port: one conntrack flow, one backend —
+    // as a resolver that keeps its source port.
+    let ask = || -> Result<UdpReport> {
+        sb.probe(
+            sb.client_command(sb.probe_bin())?,
+            &[
+                "udp",
+                "--to",
+                &format!("{}:30053", node_ip(3)),
+                "--count",
+                "10",
+                "--bind-port",
+                "40053",
+                "--timeout-ms",
+                "1000",
+            ],
+            T,
+        )
+    };
+    let r = ask()?;
+    ensure!(
+        r.ok == 10 && r.by_backend.len() == 1,
+        "one flow, one backend: {r:?}"
+    );
+    let first = r.by_backend.keys().next().cloned().unwrap_or_default();
+    let gone = if first == pod_name(1, 1) { 1 } else { 2 };
+    let stays = 3 - gone;
+    // The flow's backend leaves the Service (its pod keeps answering, as a
+    // pod being deleted may): the next sync must purge the flow.
+    sb.write_manifest("dns.yaml", &dns(&[stays]))?;
+    agent.wait_for_backends(
+        "0.0.0.0",
+        30053,
+        "UDP",
+        &[format!("{}:5353", pod_ip(stays, 1))],
+        T,
+    )?;
+    let r = ask()?;
+    ensure!(
+        r.ok == 10 && r.count(&pod_name(stays, 1)) == 10,
+        "the same client port now reaches the remaining backend: {r:?}"
+    );
+    Ok(())
+}

@@ -533,14 +533,20 @@ fn parse_response(buf: &[u8], end: usize) -> Res<String> {
 }
 
 fn udp(args: &[String]) -> Res<u8> {
-    let o = Opts::parse(args, &["to", "count", "timeout-ms"], &[])?;
+    let o = Opts::parse(args, &["to", "count", "timeout-ms", "bind-port"], &[])?;
     let to = o.addr("to")?;
     let count = o.u64_or("count", 1)?.min(MAX_COUNT);
     let timeout = o.timeout()?;
+    // A fixed source port makes consecutive runs one flow for conntrack.
+    let bind_port = o.u64_or("bind-port", 0)?;
     let start = Instant::now();
     // One unconnected socket for all datagrams: sendmsg4/recvmsg4 are what
     // translate here, per datagram.
-    let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    let s = UdpSocket::bind((
+        "0.0.0.0",
+        u16::try_from(bind_port).map_err(|_| "bad --bind-port")?,
+    ))
+    .map_err(|e| format!("bind: {e}"))?;
     let (mut ok, mut failed) = (0u64, 0u64);
     let mut by_backend: BTreeMap<String, u64> = BTreeMap::new();
     let mut sources: BTreeSet<String> = BTreeSet::new();
