@@ -70,6 +70,7 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
                         affinity_timeout_s: 0,
                         policy_local: false,
                         node_local: BTreeSet::new(),
+                        any_endpoints: true,
                     },
                 )
             })
@@ -167,6 +168,7 @@ fn a_full_backend_map_holds_back_only_the_frontends_that_need_new_backends() {
                         affinity_timeout_s: 0,
                         policy_local: false,
                         node_local: BTreeSet::new(),
+                        any_endpoints: true,
                         name: ServicePortName {
                             namespace: "ns".into(),
                             name: format!("s{f}"),

@@ -38,9 +38,12 @@ pub const ERR_REWRITE: u32 = 14;
 pub const ERR_SNAT_PORT: u32 = 15;
 /// TC: no SNAT address is configured for a remote backend (passed untouched).
 pub const ERR_NO_SNAT_ADDR: u32 = 16;
+/// A NodePort without any endpoint: handed to the node's stack, which
+/// refuses it (TCP RST, ICMP port unreachable) as kube-proxy's REJECT.
+pub const TC_REJECT_NO_ENDPOINTS: u32 = 17;
 
 /// Size of the counters array.
-pub const MAX: u32 = 17;
+pub const MAX: u32 = 18;
 
 /// Names for metrics labels and dump, indexed like the constants above.
 pub const NAMES: [&str; MAX as usize] = [
@@ -61,4 +64,5 @@ pub const NAMES: [&str; MAX as usize] = [
     "err_rewrite",
     "err_snat_port",
     "err_no_snat_addr",
+    "tc_reject_no_endpoints",
 ];

@@ -101,6 +101,10 @@ pub mod svc_flags {
     /// `externalTrafficPolicy: Local`: the slots hold node-local endpoints
     /// only and the client address is kept (never SNAT).
     pub const ETP_LOCAL: u16 = 1 << 1;
+    /// The Service has no usable endpoint anywhere: refuse (kube-proxy's
+    /// REJECT) instead of dropping, which only a Local policy without local
+    /// endpoints does.
+    pub const REJECT: u16 = 1 << 2;
 }
 
 /// Value of the reverse-NAT map, keyed by a `u32` revNAT id (one per

@@ -12,7 +12,7 @@ pub const REV_NAT: &str = "bpfp_rnat_v1";
 pub const SOCK_REV_NAT: &str = "bpfp_sknat_v1";
 pub const SERVICE_NAMES: &str = "bpfp_names_v1";
 /// v2: grew with the TC datapath's reasons (a bigger array is a new layout).
-pub const COUNTERS: &str = "bpfp_cnt_v2";
+pub const COUNTERS: &str = "bpfp_cnt_v3";
 pub const AFFINITY: &str = "bpfp_aff_v1";
 pub const CONNTRACK: &str = "bpfp_ct_v1";
 pub const NODE_ADDRS: &str = "bpfp_node_v1";

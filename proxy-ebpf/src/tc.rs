@@ -126,6 +126,17 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
         return Ok(PASS);
     };
     if master.count == 0 {
+        // A NodePort (on a node address) of a Service without endpoints:
+        // leave the packet to the node's own stack. Nothing listens on a
+        // NodePort, so the kernel answers TCP with RST and UDP with ICMP
+        // port unreachable: a fast refusal instead of a timeout. External
+        // IPs are not the node's to answer for, and a Local policy without
+        // local endpoints must stay silent (load balancers steer by health
+        // checks): those drop.
+        if master.flags & svc_flags::REJECT != 0 && svc_addr_be == 0 {
+            bump(counters::TC_REJECT_NO_ENDPOINTS);
+            return Ok(PASS);
+        }
         bump(counters::TC_DROP_NO_ENDPOINTS);
         return Ok(DROP);
     }

@@ -468,12 +468,35 @@ fn etp_local_keeps_the_client_address() -> Result<()> {
 }
 
 #[test]
-fn a_frontend_without_endpoints_drops_and_counts() -> Result<()> {
+fn a_local_policy_frontend_without_local_endpoints_drops_and_counts() -> Result<()> {
+    // Endpoints exist elsewhere (no REJECT flag): silence, so load
+    // balancers go by the health check port.
     let mut dp = Datapath::with_node("tcnoep")?;
     nodeport_tcp(&mut dp, &[]);
     let syn = Spec::tcp((CLIENT, 40030), (NODE, NODE_PORT), TCP_SYN).build();
     assert_eq!(dp.ingress(&syn).0, TC_ACT_SHOT);
     assert_eq!(dp.counter(counters::TC_DROP_NO_ENDPOINTS), 1);
+    Ok(())
+}
+
+#[test]
+fn a_node_port_without_any_endpoint_is_left_to_the_stack_to_refuse() -> Result<()> {
+    let mut dp = Datapath::with_node("tcreject")?;
+    dp.service(
+        Ipv4Addr::UNSPECIFIED,
+        NODE_PORT,
+        TCP,
+        svc_flags::EXTERNAL | svc_flags::REJECT,
+        &[],
+    );
+    let syn = Spec::tcp((CLIENT, 40031), (NODE, NODE_PORT), TCP_SYN).build();
+    assert_eq!(
+        dp.ingress(&syn),
+        (TC_ACT_OK, syn.clone()),
+        "untouched, for the kernel to RST"
+    );
+    assert_eq!(dp.counter(counters::TC_REJECT_NO_ENDPOINTS), 1);
+    assert_eq!(dp.counter(counters::TC_DROP_NO_ENDPOINTS), 0);
     Ok(())
 }
 

@@ -94,12 +94,14 @@ fn flags(fs: &FrontendState) -> u16 {
     match fs.kind {
         FrontendKind::ClusterIp => 0,
         FrontendKind::NodePort | FrontendKind::ExternalIp | FrontendKind::LoadBalancer => {
-            svc_flags::EXTERNAL
-                | if fs.policy_local {
-                    svc_flags::ETP_LOCAL
-                } else {
-                    0
-                }
+            let mut flags = svc_flags::EXTERNAL;
+            if fs.policy_local {
+                flags |= svc_flags::ETP_LOCAL;
+            }
+            if !fs.any_endpoints {
+                flags |= svc_flags::REJECT;
+            }
+            flags
         }
     }
 }

@@ -109,6 +109,7 @@ fn flag_names(flags: u16) -> Vec<String> {
     [
         (svc_flags::EXTERNAL, "external"),
         (svc_flags::ETP_LOCAL, "etp-local"),
+        (svc_flags::REJECT, "reject"),
     ]
     .iter()
     .filter(|(bit, _)| flags & bit != 0)

@@ -190,6 +190,7 @@ pub fn build_desired_state<'a>(
                             affinity_timeout_s: info.affinity_timeout_s,
                             policy_local: local,
                             node_local,
+                            any_endpoints: eps.any,
                         },
                     );
                 }

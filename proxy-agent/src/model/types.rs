@@ -153,6 +153,10 @@ pub struct FrontendState {
     /// Which of `endpoints` run on this node: the TC datapath DNATs to
     /// those without SNAT, since their replies pass this node anyway.
     pub node_local: BTreeSet<Endpoint>,
+    /// Whether the Service port has a usable endpoint anywhere in the
+    /// cluster: without, traffic is refused; with, but none here under a
+    /// Local policy, it is dropped (kube-proxy's REJECT vs DROP).
+    pub any_endpoints: bool,
 }
 
 /// What the model needs to know about this node.
