@@ -155,3 +155,38 @@ fn node_ports_answer_on_loopback_and_node_addresses_for_processes_on_the_node() 
     ensure!(r.ok == 10, "{r:?}");
     Ok(())
 }
+
+#[test]
+fn a_pod_reaches_itself_through_its_service_hairpin() -> Result<()> {
+    let sb = cluster()?;
+    let me = pod_ip(1, 1);
+    let mut svc = manifest::ServiceSpec::cluster_ip("default/self", "10.96.0.40")
+        .port("http", 80, 8080, "TCP");
+    svc.type_ = "NodePort".into();
+    svc.ports[0].node_port = Some(30090);
+    sb.write_manifest(
+        "self.yaml",
+        &manifest::documents(&[
+            svc.to_yaml(),
+            manifest::endpoint_slice(
+                "default/self",
+                "self-1",
+                &[&me],
+                &[("http", 8080, "TCP")],
+                &[],
+            ),
+        ]),
+    )?;
+    let mut agent = Agent::start(sb.agent_config(1)?)?;
+    agent.wait_for_backends("10.96.0.40", 80, "TCP", &[format!("{me}:8080")], T)?;
+    // Through the ClusterIP and through its own node's NodePort.
+    for to in ["10.96.0.40:80".to_string(), format!("{}:30090", node_ip(1))] {
+        let r: TcpReport = sb.probe(
+            sb.pod_command(1, 1, sb.probe_bin())?,
+            &["tcp", "--to", &to, "--count", "5"],
+            T,
+        )?;
+        ensure!(r.ok == 5 && r.count(&pod_name(1, 1)) == 5, "{to}: {r:?}");
+    }
+    Ok(())
+}
