@@ -23,31 +23,39 @@ fn cluster() -> Result<ClusterSandbox> {
     })
 }
 
-#[test]
-fn a_pod_reaches_a_cluster_ip_backed_by_pods_on_other_nodes() -> Result<()> {
-    let sb = cluster()?;
-    let (b2, b3) = (pod_ip(2, 1), pod_ip(3, 1));
+/// Writes `service` (Service `default/web`, port http 80 → 8080) with
+/// `backends`, starts node 1's agent and waits for the frontend.
+fn serve_web(
+    sb: &ClusterSandbox,
+    service: String,
+    cluster_ip: &str,
+    backends: &[&str],
+) -> Result<Agent> {
     sb.write_manifest(
         "web.yaml",
         &manifest::documents(&[
-            manifest::service("default/web", "10.96.0.20", &[("http", 80, 8080, "TCP")]),
+            service,
             manifest::endpoint_slice(
                 "default/web",
                 "web-1",
-                &[&b2, &b3],
+                backends,
                 &[("http", 8080, "TCP")],
                 &[],
             ),
         ]),
     )?;
     let mut agent = Agent::start(sb.agent_config(1)?)?;
-    agent.wait_for_backends(
-        "10.96.0.20",
-        80,
-        "TCP",
-        &[format!("{b2}:8080"), format!("{b3}:8080")],
-        T,
-    )?;
+    let want: Vec<String> = backends.iter().map(|b| format!("{b}:8080")).collect();
+    agent.wait_for_backends(cluster_ip, 80, "TCP", &want, T)?;
+    Ok(agent)
+}
+
+#[test]
+fn a_pod_reaches_a_cluster_ip_backed_by_pods_on_other_nodes() -> Result<()> {
+    let sb = cluster()?;
+    let (b2, b3) = (pod_ip(2, 1), pod_ip(3, 1));
+    let svc = manifest::service("default/web", "10.96.0.20", &[("http", 80, 8080, "TCP")]);
+    let _agent = serve_web(&sb, svc, "10.96.0.20", &[&b2, &b3])?;
     let r: TcpReport = sb.probe(
         sb.pod_command(1, 1, sb.probe_bin())?,
         &["tcp", "--to", "10.96.0.20:80", "--count", "60"],
@@ -109,27 +117,7 @@ fn node_ports_answer_on_loopback_and_node_addresses_for_processes_on_the_node() 
         .port("http", 80, 8080, "TCP");
     svc.type_ = "NodePort".into();
     svc.ports[0].node_port = Some(30080);
-    sb.write_manifest(
-        "web.yaml",
-        &manifest::documents(&[
-            svc.to_yaml(),
-            manifest::endpoint_slice(
-                "default/web",
-                "web-1",
-                &[&b2, &b3],
-                &[("http", 8080, "TCP")],
-                &[],
-            ),
-        ]),
-    )?;
-    let mut agent = Agent::start(sb.agent_config(1)?)?;
-    agent.wait_for_backends(
-        "10.96.0.30",
-        80,
-        "TCP",
-        &[format!("{b2}:8080"), format!("{b3}:8080")],
-        T,
-    )?;
+    let _agent = serve_web(&sb, svc.to_yaml(), "10.96.0.30", &[&b2, &b3])?;
     let targets = [
         "127.0.0.1:30080".to_string(),
         format!("{}:30080", node_ip(1)),
