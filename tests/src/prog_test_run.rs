@@ -2,7 +2,7 @@
 //! once on a packet the test supplies and returns its verdict and the
 //! packet as the program left it.
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
@@ -46,18 +46,26 @@ pub struct TestRun {
 /// reset it between runs), so measure paths that do not rewrite.
 pub fn mean_ns(prog: impl AsFd, data: &[u8], repeat: u32) -> io::Result<u32> {
     let mut out = vec![0u8; data.len() + OUT_HEADROOM];
-    let mut attr = TestRunAttr {
-        prog_fd: prog.as_fd().as_raw_fd() as u32,
-        data_size_in: data.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: data.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat,
-        ..Default::default()
-    };
-    // SAFETY: as in `run`.
+    let mut attr = TestRunAttr::packet(prog.as_fd(), data, &mut out, repeat);
     syscall(&mut attr)?;
     Ok(attr.duration)
+}
+
+impl TestRunAttr {
+    /// Runs `prog` `repeat` times on `data`, writing the result to `out`.
+    /// The pointers stay valid as long as the borrowed buffers do, which
+    /// callers keep alive across [`syscall`].
+    fn packet(prog: BorrowedFd<'_>, data: &[u8], out: &mut [u8], repeat: u32) -> Self {
+        TestRunAttr {
+            prog_fd: prog.as_raw_fd() as u32,
+            data_size_in: data.len() as u32,
+            data_size_out: out.len() as u32,
+            data_in: data.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
+            repeat,
+            ..Default::default()
+        }
+    }
 }
 
 /// BPF_PROG_TEST_RUN with a prepared `attr`.
@@ -86,15 +94,7 @@ const OUT_HEADROOM: usize = 256;
 pub fn run(prog: impl AsFd, data: &[u8], ctx: Option<&[u8]>) -> io::Result<TestRun> {
     let mut out = vec![0u8; data.len() + OUT_HEADROOM];
     let mut ctx_out = vec![0u8; ctx.map_or(0, <[u8]>::len)];
-    let mut attr = TestRunAttr {
-        prog_fd: prog.as_fd().as_raw_fd() as u32,
-        data_size_in: data.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: data.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
-        ..Default::default()
-    };
+    let mut attr = TestRunAttr::packet(prog.as_fd(), data, &mut out, 1);
     if let Some(ctx) = ctx {
         attr.ctx_size_in = ctx.len() as u32;
         attr.ctx_in = ctx.as_ptr() as u64;
