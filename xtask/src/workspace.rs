@@ -74,3 +74,38 @@ pub fn ensure_cargo_bin_on_path() -> Result<()> {
     std::env::set_var("PATH", path);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cargo xtask` has to build on a machine where `cargo xtask setup`
+    /// has not run yet, so nothing it depends on may need the eBPF
+    /// toolchain (nightly's rust-src, bpf-linker): proxy-agent's build
+    /// script compiles the kernel programs with it.
+    #[test]
+    fn xtask_builds_without_the_ebpf_toolchain() {
+        let mut c = sh::cmd(
+            "cargo",
+            [
+                "tree",
+                "--package",
+                "xtask",
+                "--edges",
+                "normal,build",
+                "--prefix",
+                "none",
+                "--offline",
+            ],
+        );
+        c.current_dir(root());
+        let tree = sh::read(&mut c).expect("cargo tree");
+        assert!(tree.contains("bpfproxy-tests"), "{tree}");
+        for needs_ebpf in ["proxy-agent", "proxy-ebpf", "aya-build"] {
+            assert!(
+                !tree.lines().any(|l| l.starts_with(needs_ebpf)),
+                "xtask depends on {needs_ebpf}: `cargo xtask setup` could not run on a fresh machine"
+            );
+        }
+    }
+}
