@@ -17,7 +17,9 @@ use crate::{
     maps::pinned::PinnedMaps,
     metrics::Metrics,
     model::{ModelConfig, NodeContext},
-    node_addrs, server,
+    node_addrs,
+    node_watch::{Devices, NodeWatch},
+    server,
     source::{kube as kube_source, watch_dir},
     sync::{self, SyncConfig, Syncer},
 };
@@ -76,14 +78,18 @@ pub struct RunArgs {
     /// of the cgroup2 mount, i.e. every process on the node).
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
-    /// Devices the TC programs (NodePort, externalIPs, LoadBalancer IPs)
-    /// attach to, comma-separated. Default: none, so no per-packet
-    /// translation; devices dropped from the list are detached.
+    /// Devices the TC programs (NodePort, externalIPs, LoadBalancer IPs
+    /// from outside the node) attach to, comma-separated; `none` for no
+    /// per-packet datapath. Default (`auto`): the devices carrying the
+    /// node's NodePort addresses, except pod bridges, overlays and veths,
+    /// followed as addresses come and go. Devices dropped from the list
+    /// are detached.
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<String>,
     /// NodePorts answer only on node addresses inside these CIDRs,
     /// comma-separated (kube-proxy's nodePortAddresses). Default: every
-    /// non-loopback IPv4 address of the node. Read once at start.
+    /// non-loopback IPv4 address of the node. Addresses are re-read every
+    /// 2 s.
     #[arg(long, value_delimiter = ',')]
     pub nodeport_addresses: Vec<node_addrs::Ipv4Cidr>,
     #[command(flatten)]
@@ -239,19 +245,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     check_bpffs(&args.pins.bpffs)?;
     info!(node = %node, cgroup = %cgroup.display(), bpffs = %args.pins.bpffs.display(), source = ?args.source, "starting bpfproxy");
 
-    let attached = loader::load_and_attach(&args.pins.bpffs, &cgroup, &args.devices)
+    let devices = Devices::from_flag(&args.devices).map_err(anyhow::Error::msg)?;
+    let (loaded, attached) = loader::load(&args.pins.bpffs, &cgroup)
         .context("loading and attaching the kernel programs")?;
-    info!(?attached, "datapath ready");
-    let selected = node_addrs::select(
-        &node_addrs::interface_addrs().context("listing the node's addresses")?,
-        &args.nodeport_addresses,
+    info!(?attached, "socket programs ready");
+    let mut node_watch = NodeWatch::new(
+        loaded,
+        loader::pin_dir(&args.pins.bpffs),
+        args.nodeport_addresses.clone(),
+        devices,
     );
-    node_addrs::program(
-        &loader::pin_dir(&args.pins.bpffs),
-        &node_addrs::entries(&selected),
-    )
-    .context("writing the node-address map")?;
-    info!(addresses = ?selected, "NodePorts answer on these addresses");
+    node_watch.refresh()?;
+    node_watch
+        .spawn()
+        .context("starting the node address watcher")?;
     let maps =
         PinnedMaps::open(&loader::pin_dir(&args.pins.bpffs)).context("opening the pinned maps")?;
     let metrics = Arc::new(Metrics::new());

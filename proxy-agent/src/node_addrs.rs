@@ -86,8 +86,15 @@ pub fn entries(selected: &[Ipv4Addr]) -> BTreeMap<u32, NodeAddrValue> {
     out
 }
 
+/// One IPv4 address of one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceAddr {
+    pub device: String,
+    pub addr: Ipv4Addr,
+}
+
 /// The IPv4 addresses of this network namespace's interfaces.
-pub fn interface_addrs() -> std::io::Result<Vec<Ipv4Addr>> {
+pub fn interface_addrs() -> std::io::Result<Vec<InterfaceAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -98,13 +105,18 @@ pub fn interface_addrs() -> std::io::Result<Vec<Ipv4Addr>> {
     while !cur.is_null() {
         // SAFETY: `cur` is a node of the list getifaddrs returned.
         let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
+        if !ifa.ifa_addr.is_null() && !ifa.ifa_name.is_null() {
             // SAFETY: ifa_addr points at a sockaddr of its family.
             let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
             if family == libc::AF_INET {
                 // SAFETY: AF_INET means a sockaddr_in.
                 let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                // SAFETY: ifa_name is a NUL-terminated interface name.
+                let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+                out.push(InterfaceAddr {
+                    device: name.to_string_lossy().into_owned(),
+                    addr: Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                });
             }
         }
         cur = ifa.ifa_next;
@@ -112,6 +124,30 @@ pub fn interface_addrs() -> std::io::Result<Vec<Ipv4Addr>> {
     // SAFETY: `head` came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
+}
+
+/// Name prefixes of devices that carry a node address but never receive
+/// traffic from outside the cluster: pod bridges, overlay and container
+/// devices of the common CNIs (flannel's `cni0`/`flannel.1`, kubenet's
+/// `cbr0`, Calico's `cali*`/`tunl0`, Docker's `docker0`, Cilium's, Weave's,
+/// veths). Pods reach NodePorts through the socket programs instead.
+const NOT_NODE_DEVICES: [&str; 14] = [
+    "lo", "cni", "cbr", "flannel", "cali", "tunl", "vxlan", "docker", "veth", "cilium_", "lxc",
+    "weave", "kube-", "genev",
+];
+
+/// `--devices` left to its default: the devices carrying one of the
+/// node's `selected` addresses (those NodePorts answer on), in interface
+/// order, except the pod-side devices of [`NOT_NODE_DEVICES`].
+pub fn auto_devices(ifaddrs: &[InterfaceAddr], selected: &[Ipv4Addr]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for ia in ifaddrs {
+        let pod_side = NOT_NODE_DEVICES.iter().any(|p| ia.device.starts_with(p));
+        if selected.contains(&ia.addr) && !pod_side && !out.contains(&ia.device) {
+            out.push(ia.device.clone());
+        }
+    }
+    out
 }
 
 /// Makes the pinned node-address map in `pin_dir` hold exactly `want`:
@@ -182,6 +218,31 @@ mod tests {
             select(&addrs, &[cidr("192.168.0.0/16")]),
             [Ipv4Addr::new(192, 168, 1, 1)]
         );
+    }
+
+    #[test]
+    fn auto_devices_carry_node_addresses_and_are_not_pod_side() {
+        let ia = |device: &str, a: [u8; 4]| InterfaceAddr {
+            device: device.to_string(),
+            addr: Ipv4Addr::from(a),
+        };
+        // A flannel node: the uplink, a Wi-Fi link, the pod bridge and the
+        // VXLAN device all carry addresses.
+        let ifaddrs = [
+            ia("lo", [127, 0, 0, 1]),
+            ia("eth0", [192, 168, 1, 10]),
+            ia("eth0", [192, 168, 1, 11]),
+            ia("cni0", [10, 244, 0, 1]),
+            ia("flannel.1", [10, 244, 0, 0]),
+            ia("wlan0", [192, 168, 2, 10]),
+        ];
+        let addrs: Vec<Ipv4Addr> = ifaddrs.iter().map(|i| i.addr).collect();
+        let every = select(&addrs, &[]);
+        assert_eq!(auto_devices(&ifaddrs, &every), ["eth0", "wlan0"]);
+        // --nodeport-addresses narrows the addresses, and so the devices.
+        let only_lan = select(&addrs, &[cidr("192.168.1.0/24")]);
+        assert_eq!(auto_devices(&ifaddrs, &only_lan), ["eth0"]);
+        assert!(auto_devices(&ifaddrs, &[]).is_empty());
     }
 
     #[test]

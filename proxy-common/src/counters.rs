@@ -38,8 +38,9 @@ pub const ERR_REWRITE: u32 = 14;
 pub const ERR_SNAT_PORT: u32 = 15;
 /// TC: no SNAT address is configured for a remote backend (passed untouched).
 pub const ERR_NO_SNAT_ADDR: u32 = 16;
-/// A NodePort without any endpoint: handed to the node's stack, which
-/// refuses it (TCP RST, ICMP port unreachable) as kube-proxy's REJECT.
+/// TC: a packet to a frontend without any endpoint was refused (TCP RST,
+/// ICMP port unreachable) as kube-proxy's REJECT: by the node's stack for a
+/// NodePort, by the program itself for an externalIP or LoadBalancer IP.
 pub const TC_REJECT_NO_ENDPOINTS: u32 = 17;
 
 /// Size of the counters array.

@@ -13,6 +13,7 @@
 
 pub mod counters;
 pub mod maps;
+pub mod refusal;
 
 #[cfg(feature = "user")]
 mod user;
@@ -154,16 +155,22 @@ pub struct ServiceName {
 }
 const _: () = assert!(core::mem::size_of::<ServiceName>() == 128);
 
-/// Key of the session-affinity map (LRU): one client (its network
-/// namespace: a pod, or the node's host network) and one frontend.
+/// Key of the session-affinity map (LRU): one client and one frontend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AffinityKey {
-    pub netns_cookie: u64,
+    /// The client: its network namespace cookie for the socket programs,
+    /// or [`AFFINITY_CLIENT_IP`] with its IPv4 address (as the packet
+    /// carries it) for traffic the TC programs see from outside the node.
+    pub client: u64,
     pub rev_nat_id: u32,
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
+
+/// Tag of an [`AffinityKey::client`] that is an IP address. Netns cookies
+/// count up from 1 and never reach it.
+pub const AFFINITY_CLIENT_IP: u64 = 1 << 63;
 
 /// The backend a client was last sent to and when (seconds of the kernel's
 /// monotonic clock).

@@ -43,13 +43,28 @@ pub fn select(
     if master.count == 0 {
         return Ok(Lookup::NoEndpoints);
     }
+    let (_, backend) = pick_for(addr_be, port_be, proto, &master, client)?;
+    Ok(Lookup::Backend { backend, master })
+}
+
+/// A backend for a new connection of `client` to the frontend `master`
+/// heads: the client's previous one while its affinity is fresh (when the
+/// frontend has session affinity), else a random one. `client` is only
+/// called when the frontend has affinity.
+#[inline(always)]
+pub fn pick_for(
+    addr_be: u32,
+    port_be: u16,
+    proto: u8,
+    master: &ServiceValue,
+    client: impl FnOnce() -> u64,
+) -> Result<(u32, BackendValue), u32> {
     if master.affinity_timeout_s == 0 {
-        let (_, backend) = pick(addr_be, port_be, proto, &master)?;
-        return Ok(Lookup::Backend { backend, master });
+        return pick(addr_be, port_be, proto, master);
     }
     let now = now_s();
     let key = AffinityKey {
-        netns_cookie: client(),
+        client: client(),
         rev_nat_id: master.rev_nat_id as u32,
         _pad: 0,
     };
@@ -62,13 +77,13 @@ pub fn select(
             if let Some(backend) = unsafe { BACKENDS.get(prev.backend_id) }.copied() {
                 remember(key, prev.backend_id, now);
                 bump(counters::AFFINITY_HIT);
-                return Ok(Lookup::Backend { backend, master });
+                return Ok((prev.backend_id, backend));
             }
         }
     }
-    let (backend_id, backend) = pick(addr_be, port_be, proto, &master)?;
+    let (backend_id, backend) = pick(addr_be, port_be, proto, master)?;
     remember(key, backend_id, now);
-    Ok(Lookup::Backend { backend, master })
+    Ok((backend_id, backend))
 }
 
 /// kube-proxy's affinity timeout counts from the client's last new

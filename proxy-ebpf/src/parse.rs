@@ -29,6 +29,8 @@ pub const TCP_ACK: u8 = 0x10;
 pub struct Packet {
     /// Offset of the TCP/UDP header (after IP options, if any).
     pub l4_off: u32,
+    /// Bytes from the TCP/UDP header to the end of the IP datagram.
+    pub l4_len: u32,
     pub proto: u8,
     pub tcp_flags: u8,
     pub saddr_be: u32,
@@ -116,6 +118,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     };
     Parsed::Packet(Packet {
         l4_off,
+        l4_len,
         proto,
         tcp_flags,
         saddr_be: u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),

@@ -20,7 +20,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use proxy_common::{
-    counters, ct_dir, node_flags, svc_flags, ServiceKey, ServiceValue, BACKEND_FLAG_LOCAL,
+    counters, ct_dir, node_flags, svc_flags, ServiceKey, ServiceValue, AFFINITY_CLIENT_IP,
+    BACKEND_FLAG_LOCAL,
 };
 
 use crate::{
@@ -30,6 +31,7 @@ use crate::{
     maps::{NODE_ADDRS, SERVICES},
     nat,
     parse::{parse, Packet, Parsed},
+    refuse,
 };
 
 const PASS: i32 = TC_ACT_OK;
@@ -126,21 +128,30 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
         return Ok(PASS);
     };
     if master.count == 0 {
-        // A NodePort (on a node address) of a Service without endpoints:
-        // leave the packet to the node's own stack. Nothing listens on a
-        // NodePort, so the kernel answers TCP with RST and UDP with ICMP
-        // port unreachable: a fast refusal instead of a timeout. External
-        // IPs are not the node's to answer for, and a Local policy without
-        // local endpoints must stay silent (load balancers steer by health
-        // checks): those drop.
-        if master.flags & svc_flags::REJECT != 0 && svc_addr_be == 0 {
-            bump(counters::TC_REJECT_NO_ENDPOINTS);
-            return Ok(PASS);
+        // No endpoint anywhere: refuse at once, as kube-proxy's REJECT, so
+        // clients fail fast instead of timing out. A NodePort is on a node
+        // address where nothing listens on the port: the node's own stack
+        // answers TCP with RST and UDP with ICMP port unreachable. External
+        // IPs are usually not the node's, so the refusal is built here. A
+        // Local policy without local endpoints must stay silent (load
+        // balancers steer by health checks): that drops.
+        if master.flags & svc_flags::REJECT != 0 {
+            if svc_addr_be == 0 {
+                bump(counters::TC_REJECT_NO_ENDPOINTS);
+                return Ok(PASS);
+            }
+            let (action, reason) = refuse::refuse(ctx, &pkt);
+            bump(reason);
+            return Ok(action);
         }
         bump(counters::TC_DROP_NO_ENDPOINTS);
         return Ok(DROP);
     }
-    let (backend_id, backend) = lb::pick(svc_addr_be, pkt.dport_be, pkt.proto, &master)?;
+    // Session affinity from outside the node is per client IP, as
+    // kube-proxy's `recent` match: the address the packet carries.
+    let client = || AFFINITY_CLIENT_IP | u64::from(pkt.saddr_be);
+    let (backend_id, backend) =
+        lb::pick_for(svc_addr_be, pkt.dport_be, pkt.proto, &master, client)?;
     let local = backend.state & BACKEND_FLAG_LOCAL != 0;
     let snat_addr_be = if local || master.flags & svc_flags::ETP_LOCAL != 0 {
         None

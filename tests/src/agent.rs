@@ -97,6 +97,13 @@ impl AgentConfig {
             a.push(n.into());
         }
         a.extend(self.extra_args.iter().map(OsString::from));
+        // Never the agent's default (the devices carrying the node's
+        // addresses): an agent in the root namespace, as the API-server
+        // tier and the benchmarks run it, would attach to the host's own
+        // devices. Tests that want TC name their sandbox devices.
+        if !self.extra_args.iter().any(|a| a.starts_with("--devices")) {
+            a.push("--devices=none".into());
+        }
         a
     }
 }

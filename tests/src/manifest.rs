@@ -41,6 +41,8 @@ pub struct ServiceSpec {
     /// `Some(timeout_seconds)` for `sessionAffinity: ClientIP`.
     pub client_ip_affinity_seconds: Option<u32>,
     pub external_name: Option<String>,
+    /// `spec.externalIPs`.
+    pub external_ips: Vec<String>,
     pub labels: Vec<(String, String)>,
 }
 
@@ -56,6 +58,7 @@ impl ServiceSpec {
             external_traffic_policy: None,
             client_ip_affinity_seconds: None,
             external_name: None,
+            external_ips: Vec::new(),
             labels: Vec::new(),
         }
     }
@@ -83,6 +86,9 @@ impl ServiceSpec {
         }
         if let Some(en) = &self.external_name {
             spec.insert("externalName".into(), json!(en));
+        }
+        if !self.external_ips.is_empty() {
+            spec.insert("externalIPs".into(), json!(self.external_ips));
         }
         if !self.ports.is_empty() {
             let ports: Vec<Value> = self

@@ -13,13 +13,15 @@ use anyhow::{bail, ensure, Context, Result};
 use bpfproxy_tests::{
     manifest::{self, Endpoint, ServiceSpec},
     multinode::{node_ip, pod_ip, pod_name, ClusterConfig, ClusterSandbox, CLIENT_IP},
-    Agent, ConnectTimeReport, Netns, TcpReport, UdpReport,
+    Agent, ConnectTimeReport, Netns, TcpReport, UdpConnectedReport, UdpReport,
 };
 
 const T: Duration = Duration::from_secs(30);
 const NODES: usize = 3;
 const NODE_PORT: u16 = 30080;
 const CLUSTER_IP: &str = "10.96.0.30";
+/// An externalIP (TEST-NET-3): no node has it, the client routes it to one.
+const EXTERNAL_IP: &str = "203.0.113.50";
 /// Connections per node for the spread checks.
 const CONNS: u64 = 60;
 /// Probe timeout for connections that are expected to fail.
@@ -153,6 +155,33 @@ fn every_node_serves_the_node_port_and_all_backends_are_reached() -> Result<()> 
 }
 
 #[test]
+fn client_ip_affinity_keeps_an_external_client_on_one_backend() -> Result<()> {
+    let sb = cluster()?;
+    let mut svc = ServiceSpec::cluster_ip("default/web", CLUSTER_IP).port("http", 80, 8080, "TCP");
+    svc.type_ = "NodePort".to_string();
+    svc.ports[0].node_port = Some(NODE_PORT);
+    svc.client_ip_affinity_seconds = Some(300);
+    sb.write_manifest(
+        "web.yaml",
+        &manifest::documents(&[svc.to_yaml(), web_slice(&[1, 2])]),
+    )?;
+    let _agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
+    for i in 1..=NODES {
+        // Fresh connections, each from a new client port: without affinity
+        // 60 of them would reach both backends (p of one = 2^-59).
+        let r = client_tcp(&sb, &np(i), CONNS)?;
+        println!("node {i} ({}): {:?}", np(i), r.by_backend);
+        ensure!(r.ok == CONNS, "node {i}: {r:?}");
+        let names = by_name(&r)?;
+        ensure!(
+            names.len() == 1,
+            "node {i}: one client IP must stay on one backend: {r:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn etp_cluster_a_remote_backend_sees_the_node_address() -> Result<()> {
     let sb = cluster()?;
     write_web(&sb, "Cluster")?;
@@ -218,38 +247,98 @@ fn etp_local_keeps_the_client_address_and_nodes_without_endpoints_do_not_serve()
     Ok(())
 }
 
+/// One connected UDP exchange from the external client to `to`.
+fn client_udp_connected(sb: &ClusterSandbox, to: &str) -> Result<UdpConnectedReport> {
+    sb.probe(
+        sb.client_command(sb.probe_bin())?,
+        &[
+            "udp-connected",
+            "--to",
+            to,
+            "--timeout-ms",
+            &FAIL_TIMEOUT_MS.to_string(),
+        ],
+        T,
+    )
+}
+
+/// Asserts a fast ECONNREFUSED for TCP and UDP to `tcp`/`udp` (`IP:PORT`).
+fn assert_refused(sb: &ClusterSandbox, what: &str, tcp: &str, udp: &str) -> Result<()> {
+    let c = client_connect(sb, tcp)?;
+    println!("{what} TCP {tcp}: {c:?}");
+    ensure!(
+        !c.ok && c.errno == Some(libc::ECONNREFUSED),
+        "{what}: TCP to a Service without endpoints must be refused: {c:?}"
+    );
+    ensure!(
+        c.elapsed_ms < 100.0,
+        "{what}: the TCP refusal took {} ms",
+        c.elapsed_ms
+    );
+    // Connected UDP sockets report an ICMP port unreachable as
+    // ECONNREFUSED on the next recv(), instead of the probe's timeout.
+    let u = client_udp_connected(sb, udp)?;
+    println!("{what} UDP {udp}: {u:?}");
+    let error = u.error.clone().unwrap_or_default();
+    ensure!(
+        !u.ok && error.contains("os error 111"),
+        "{what}: UDP to a Service without endpoints must be refused: {u:?}"
+    );
+    Ok(())
+}
+
 #[test]
-fn a_node_port_without_endpoints_refuses_at_once() -> Result<()> {
+fn a_service_without_endpoints_is_refused_at_once_on_node_ports_and_external_ips() -> Result<()> {
     let sb = cluster()?;
-    sb.write_manifest(
-        "empty.yaml",
-        &nodeport_service("empty", "10.96.0.31", 30081, "Cluster"),
-    )?;
+    let mut svc = ServiceSpec::cluster_ip("default/empty", "10.96.0.31")
+        .port("http", 80, 8080, "TCP")
+        .port("dns", 53, 5353, "UDP");
+    svc.type_ = "NodePort".to_string();
+    svc.ports[0].node_port = Some(30081);
+    svc.ports[1].node_port = Some(30081);
+    svc.external_traffic_policy = Some("Cluster".to_string());
+    svc.external_ips = vec![EXTERNAL_IP.to_string()];
+    sb.write_manifest("empty.yaml", &svc.to_yaml())?;
     let mut agents = Vec::new();
     for i in 1..=NODES {
         agents.push(start_agent(&sb, i)?);
     }
     for agent in &mut agents {
         agent.wait_until(
-            |d| bpfproxy_tests::agent::frontend(d, "0.0.0.0", 30081, "TCP").is_some(),
+            |d| {
+                bpfproxy_tests::agent::frontend(d, "0.0.0.0", 30081, "UDP").is_some()
+                    && bpfproxy_tests::agent::frontend(d, EXTERNAL_IP, 53, "UDP").is_some()
+            },
             T,
         )?;
     }
+    // NodePorts: the node's own stack refuses (nothing listens there).
     for i in 1..=NODES {
-        let to = format!("{}:30081", node_ip(i));
-        let c = client_connect(&sb, &to)?;
-        println!("node {i} ({to}): {c:?}");
-        // Refused (the node's stack answers with a RST), not a timeout.
-        ensure!(
-            !c.ok && c.errno == Some(libc::ECONNREFUSED),
-            "node {i}: a Service without endpoints must refuse: {c:?}"
-        );
-        ensure!(
-            c.elapsed_ms < 100.0,
-            "node {i}: the refusal took {} ms",
-            c.elapsed_ms
-        );
+        let np = format!("{}:30081", node_ip(i));
+        assert_refused(&sb, &format!("node {i}"), &np, &np)?;
     }
+    // The externalIP is no address of any node: the client routes it via
+    // node 2, whose TC program answers for it.
+    let via = node_ip(2);
+    sb.client_command("ip")?
+        .args(["route", "add", &format!("{EXTERNAL_IP}/32"), "via", &via])
+        .status()
+        .context("ip route add")?
+        .success()
+        .then_some(())
+        .context("ip route add failed")?;
+    assert_refused(
+        &sb,
+        "externalIP",
+        &format!("{EXTERNAL_IP}:80"),
+        &format!("{EXTERNAL_IP}:53"),
+    )?;
+    let counters = agents[1].dump_json()?["counters"].clone();
+    let refused = counters["tc_reject_no_endpoints"].as_u64().unwrap_or(0);
+    ensure!(
+        refused >= 4,
+        "node 2 counted {refused} refusals (2 NodePort + 2 externalIP): {counters}"
+    );
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use bpfproxy_tests::{
-    packet::{self, verify_checksums, view, Spec, TCP, TCP_ACK, TCP_FIN, TCP_SYN, UDP},
+    packet::{self, verify_checksums, view, Spec, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP},
     prog_test_run, require_root, PrivateBpffs,
 };
 use proxy_common::{
@@ -23,6 +23,7 @@ use proxy_common::{
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 
 const NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
@@ -97,9 +98,33 @@ impl Datapath {
 
     /// Programs a frontend (slots, then master), as the agent would.
     fn service(&mut self, ip: Ipv4Addr, port: u16, proto: u8, flags: u16, backends: &[Be]) {
+        self.program(ip, port, proto, flags, 0, backends)
+    }
+
+    /// An external frontend with ClientIP session affinity.
+    fn service_with_affinity(
+        &mut self,
+        ip: Ipv4Addr,
+        port: u16,
+        proto: u8,
+        timeout_s: u32,
+        backends: &[Be],
+    ) {
+        self.program(ip, port, proto, svc_flags::EXTERNAL, timeout_s, backends)
+    }
+
+    fn program(
+        &mut self,
+        ip: Ipv4Addr,
+        port: u16,
+        proto: u8,
+        flags: u16,
+        affinity_s: u32,
+        backends: &[Be],
+    ) {
         let rev = self.next_rev_nat_id;
         self.next_rev_nat_id += 1;
-        let master = ServiceValue::master(backends.len() as u16, rev, flags, 0);
+        let master = ServiceValue::master(backends.len() as u16, rev, flags, affinity_s);
         let mut ids = Vec::new();
         {
             let mut be_map: HashMap<_, u32, BackendValue> =
@@ -497,6 +522,115 @@ fn a_node_port_without_any_endpoint_is_left_to_the_stack_to_refuse() -> Result<(
     );
     assert_eq!(dp.counter(counters::TC_REJECT_NO_ENDPOINTS), 1);
     assert_eq!(dp.counter(counters::TC_DROP_NO_ENDPOINTS), 0);
+    Ok(())
+}
+
+/// An externalIP (not a node address) of a Service without any endpoint.
+fn external_ip_without_endpoints(dp: &mut Datapath, port: u16, proto: u8) {
+    let flags = svc_flags::EXTERNAL | svc_flags::REJECT;
+    dp.service(EXTERNAL_IP, port, proto, flags, &[]);
+}
+
+/// The refusal goes back to the hop the packet came from.
+fn assert_macs_swapped(request: &[u8], answer: &[u8]) {
+    assert_eq!(answer[..6], request[6..12], "destination MAC: the sender");
+    assert_eq!(answer[6..12], request[..6], "source MAC: this device");
+}
+
+#[test]
+fn an_external_ip_without_any_endpoint_answers_a_syn_with_a_rst() -> Result<()> {
+    let mut dp = Datapath::with_node("tcrst")?;
+    external_ip_without_endpoints(&mut dp, 80, TCP);
+    // Payload on a SYN (TCP Fast Open) counts in the acknowledgment.
+    let syn = Spec::tcp((CLIENT, 40032), (EXTERNAL_IP, 80), TCP_SYN)
+        .payload(b"early")
+        .build();
+    let (rc, out) = dp.ingress(&syn);
+    assert_eq!(rc, TC_ACT_REDIRECT, "sent back out of the device");
+    assert_eq!(out.len(), packet::ETH_HLEN + 40, "IPv4 + TCP, no payload");
+    assert_macs_swapped(&syn, &out);
+    let v = view(&out)?;
+    assert_eq!(
+        (v.proto, v.src, v.dst),
+        (TCP, (EXTERNAL_IP, 80), (CLIENT, 40032))
+    );
+    let tcp = &out[v.l4_off..];
+    assert_eq!(tcp[13], TCP_RST | TCP_ACK);
+    let ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+    assert_eq!(ack, 0x1000_0001 + 1 + 5, "acknowledges SYN and payload");
+    verify_checksums(&out)?;
+    assert_eq!(dp.counter(counters::TC_REJECT_NO_ENDPOINTS), 1);
+    // A RST is never answered (two refusing hosts would ping-pong).
+    let rst = Spec::tcp((CLIENT, 40032), (EXTERNAL_IP, 80), TCP_RST).build();
+    assert_eq!(dp.ingress(&rst).0, TC_ACT_SHOT);
+    assert_eq!(dp.counter(counters::TC_DROP_NO_ENDPOINTS), 1);
+    Ok(())
+}
+
+#[test]
+fn udp_to_an_external_ip_without_any_endpoint_gets_icmp_port_unreachable() -> Result<()> {
+    let mut dp = Datapath::with_node("tcicmp")?;
+    external_ip_without_endpoints(&mut dp, 53, UDP);
+    let query = Spec::udp((CLIENT, 5353), (EXTERNAL_IP, 53))
+        .payload(b"a query longer than what ICMP quotes")
+        .build();
+    let (rc, out) = dp.ingress(&query);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(out.len(), packet::ETH_HLEN + 56);
+    assert_macs_swapped(&query, &out);
+    let ip = &out[packet::ETH_HLEN..packet::ETH_HLEN + 20];
+    assert_eq!(packet::checksum(&[ip]), 0, "IPv4 header checksum");
+    assert_eq!(ip[9], packet::ICMP);
+    assert_eq!(ip[12..16], EXTERNAL_IP.octets());
+    assert_eq!(ip[16..20], CLIENT.octets());
+    let icmp = &out[packet::ETH_HLEN + 20..];
+    assert_eq!((icmp[0], icmp[1]), (3, 3), "port unreachable");
+    assert_eq!(packet::checksum(&[icmp]), 0, "ICMP checksum");
+    let quoted = &query[packet::ETH_HLEN..packet::ETH_HLEN + 28];
+    assert_eq!(&icmp[8..], quoted, "quotes the IPv4 header and 8 bytes");
+    assert_eq!(dp.counter(counters::TC_REJECT_NO_ENDPOINTS), 1);
+    // With IP options the quote would not fit the fixed layout: dropped.
+    let mut with_options = Spec::udp((CLIENT, 5353), (EXTERNAL_IP, 53));
+    with_options.ip_options = vec![1, 1, 1, 0];
+    assert_eq!(dp.ingress(&with_options.build()).0, TC_ACT_SHOT);
+    assert_eq!(dp.counter(counters::TC_DROP_NO_ENDPOINTS), 1);
+    Ok(())
+}
+
+#[test]
+fn an_external_ip_with_endpoints_elsewhere_only_is_not_refused() -> Result<()> {
+    // Local policy, endpoints on other nodes (no REJECT flag): silence.
+    let mut dp = Datapath::with_node("tcextdrop")?;
+    let flags = svc_flags::EXTERNAL | svc_flags::ETP_LOCAL;
+    dp.service(EXTERNAL_IP, 80, TCP, flags, &[]);
+    let syn = Spec::tcp((CLIENT, 40033), (EXTERNAL_IP, 80), TCP_SYN).build();
+    assert_eq!(dp.ingress(&syn).0, TC_ACT_SHOT);
+    assert_eq!(dp.counter(counters::TC_REJECT_NO_ENDPOINTS), 0);
+    Ok(())
+}
+
+#[test]
+fn client_ip_affinity_keeps_an_external_client_on_one_backend() -> Result<()> {
+    let mut dp = Datapath::with_node("tcaff")?;
+    let backends: Vec<Be> = (1..=8)
+        .map(|i| Be(Ipv4Addr::new(10, 244, 1, i), TARGET_PORT, true))
+        .collect();
+    dp.service_with_affinity(Ipv4Addr::UNSPECIFIED, NODE_PORT, TCP, 300, &backends);
+    let other = Ipv4Addr::new(198, 51, 100, 9);
+    let mut seen = std::collections::BTreeMap::new();
+    for client in [CLIENT, other] {
+        for flow in 0..20u16 {
+            let syn = Spec::tcp((client, 42000 + flow), (NODE, NODE_PORT), TCP_SYN).build();
+            let dst = view(&dp.ingress(&syn).1)?.dst;
+            seen.entry(client)
+                .or_insert_with(std::collections::BTreeSet::new)
+                .insert(dst);
+        }
+    }
+    for (client, backends) in &seen {
+        assert_eq!(backends.len(), 1, "{client} went to {backends:?}");
+    }
+    assert_eq!(dp.counter(counters::AFFINITY_HIT), 2 * 19);
     Ok(())
 }
 

@@ -90,15 +90,20 @@ pub fn pin_dir(bpffs: &Path) -> PathBuf {
     bpffs.join(proxy_common::maps::PIN_DIR)
 }
 
+/// The loaded object, kept alive so the TC programs can follow the node's
+/// devices after start-up (`--devices` auto-detection).
+pub struct Loaded {
+    ebpf: Ebpf,
+    links: PathBuf,
+    /// Devices the TC programs sit on; None before the first
+    /// [`Loaded::set_devices`].
+    devices: Option<Vec<String>>,
+}
+
 /// Loads the object with its maps pinned in (or reused from) the pin
-/// directory, attaches the socket programs to `cgroup` and the TC programs
-/// to `devices` (none: no per-packet datapath; TC links of devices no
-/// longer listed are removed).
-pub fn load_and_attach(
-    bpffs: &Path,
-    cgroup: &Path,
-    devices: &[String],
-) -> Result<Vec<(String, Attachment)>, LoadError> {
+/// directory and attaches the socket programs to `cgroup`. The TC programs
+/// wait for [`Loaded::set_devices`].
+pub fn load(bpffs: &Path, cgroup: &Path) -> Result<(Loaded, Vec<(String, Attachment)>), LoadError> {
     let dir = pin_dir(bpffs);
     let links = dir.join("links");
     fs::create_dir_all(&links).map_err(|source| LoadError::PinDir {
@@ -124,10 +129,45 @@ pub fn load_and_attach(
         info!(program = name, ?how, cgroup = %cgroup.display(), "socket program in place");
         done.push((name.to_string(), how));
     }
-    done.extend(tc::attach_devices(&mut ebpf, devices, &links)?);
-    // Dropping `ebpf` is fine: pinned links keep the programs alive and
-    // pinned maps keep the state.
+    let loaded = Loaded {
+        ebpf,
+        links,
+        devices: None,
+    };
+    Ok((loaded, done))
+}
+
+/// [`load`], then the TC programs on `devices` (none: no per-packet
+/// datapath; TC links of devices no longer listed are removed).
+pub fn load_and_attach(
+    bpffs: &Path,
+    cgroup: &Path,
+    devices: &[String],
+) -> Result<Vec<(String, Attachment)>, LoadError> {
+    let (mut loaded, mut done) = load(bpffs, cgroup)?;
+    done.extend(loaded.set_devices(devices)?);
+    // Dropping the object is fine: pinned links keep the programs alive
+    // and pinned maps keep the state.
     Ok(done)
+}
+
+impl Loaded {
+    /// Puts the TC programs on exactly `devices`: devices new since the
+    /// last call get them (on the first call every device, its pinned link
+    /// of an earlier agent swapped in place), devices no longer listed lose
+    /// them. A call with the same list does nothing.
+    pub fn set_devices(
+        &mut self,
+        devices: &[String],
+    ) -> Result<Vec<(String, Attachment)>, LoadError> {
+        if self.devices.as_deref() == Some(devices) {
+            return Ok(Vec::new());
+        }
+        let already = self.devices.clone().unwrap_or_default();
+        let done = tc::attach_devices(&mut self.ebpf, devices, &already, &self.links)?;
+        self.devices = Some(devices.to_vec());
+        Ok(done)
+    }
 }
 
 fn attach_one(

@@ -32,11 +32,13 @@ fn pin_name(device: &str, attach: TcAttachType) -> String {
     format!("{PIN_PREFIX}{device}-{dir}")
 }
 
-/// Puts `tc_ingress`/`tc_egress` on every device of `devices` and removes
-/// the pinned links of devices no longer listed (which detaches them).
+/// Puts `tc_ingress`/`tc_egress` on every device of `devices` except those
+/// of `already` (this process attached them before) and removes the pinned
+/// links of devices no longer listed (which detaches them).
 pub fn attach_devices(
     ebpf: &mut Ebpf,
     devices: &[String],
+    already: &[String],
     links: &Path,
 ) -> Result<Vec<(String, Attachment)>, LoadError> {
     let mut done = Vec::new();
@@ -48,10 +50,16 @@ pub fn attach_devices(
             .ok_or(LoadError::MissingProgram { name })?
             .try_into()
             .map_err(prog_err)?;
-        prog.load().map_err(prog_err)?;
+        // Loaded once per process; later calls only attach.
+        if prog.fd().is_err() {
+            prog.load().map_err(prog_err)?;
+        }
         for device in devices {
             let pin = links.join(pin_name(device, attach));
             wanted.push(pin_name(device, attach));
+            if already.contains(device) {
+                continue;
+            }
             let how = attach_one(prog, name, device, attach, &pin)?;
             info!(program = name, device = %device, ?how, "TC program in place");
             done.push((format!("{name}@{device}"), how));

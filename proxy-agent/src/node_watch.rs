@@ -1,0 +1,153 @@
+//! Follows the node after start-up: its addresses (which NodePorts answer
+//! on and which SNAT uses) and, with `--devices` left to auto-detection,
+//! the devices the TC programs sit on. Addresses come and go on real nodes
+//! (DHCP renewals, a Wi-Fi link coming up on a Raspberry Pi, a VIP moved by
+//! keepalived), so they are re-read every [`REFRESH_EVERY`]; reading them
+//! costs one `getifaddrs`, and the maps and links change only on a
+//! difference.
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use tracing::{info, warn};
+
+use crate::{
+    loader::Loaded,
+    node_addrs::{self, Ipv4Cidr},
+};
+
+/// How often the node's interfaces are re-read.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
+
+/// What `--devices` asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Devices {
+    /// The devices carrying the node's addresses, followed as they change.
+    Auto,
+    /// Exactly these (empty: no TC datapath).
+    Listed(Vec<String>),
+}
+
+impl Devices {
+    /// From the flag's values: none given or `auto` → [`Devices::Auto`];
+    /// `none` → no devices; else the names.
+    pub fn from_flag(values: &[String]) -> Result<Self, String> {
+        let values: Vec<&str> = values
+            .iter()
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .collect();
+        match values.as_slice() {
+            [] | ["auto"] => Ok(Self::Auto),
+            ["none"] => Ok(Self::Listed(Vec::new())),
+            names if names.iter().any(|n| *n == "auto" || *n == "none") => Err(format!(
+                "--devices: `auto` and `none` stand alone, got {names:?}"
+            )),
+            names => Ok(Self::Listed(names.iter().map(|n| n.to_string()).collect())),
+        }
+    }
+}
+
+/// The node's addresses and TC devices, kept in step with its interfaces.
+pub struct NodeWatch {
+    loaded: Loaded,
+    pin_dir: PathBuf,
+    filter: Vec<Ipv4Cidr>,
+    devices: Devices,
+    /// The addresses last written to the node-address map.
+    programmed: Option<Vec<Ipv4Addr>>,
+    /// The devices the TC programs were last put on.
+    attached: Option<Vec<String>>,
+    /// The last refresh error, logged once rather than every period.
+    last_error: Option<String>,
+}
+
+impl NodeWatch {
+    pub fn new(loaded: Loaded, pin_dir: PathBuf, filter: Vec<Ipv4Cidr>, devices: Devices) -> Self {
+        Self {
+            loaded,
+            pin_dir,
+            filter,
+            devices,
+            programmed: None,
+            attached: None,
+            last_error: None,
+        }
+    }
+
+    /// Re-reads the interfaces; rewrites the node-address map and moves
+    /// the TC programs where something changed.
+    pub fn refresh(&mut self) -> anyhow::Result<()> {
+        let ifaddrs = node_addrs::interface_addrs().context("listing the node's addresses")?;
+        let addrs: Vec<Ipv4Addr> = ifaddrs.iter().map(|i| i.addr).collect();
+        let selected = node_addrs::select(&addrs, &self.filter);
+        if self.programmed.as_ref() != Some(&selected) {
+            node_addrs::program(&self.pin_dir, &node_addrs::entries(&selected))
+                .context("writing the node-address map")?;
+            info!(addresses = ?selected, "NodePorts answer on these addresses");
+            self.programmed = Some(selected.clone());
+        }
+        let devices = match &self.devices {
+            Devices::Auto => node_addrs::auto_devices(&ifaddrs, &selected),
+            Devices::Listed(names) => names.clone(),
+        };
+        if self.attached.as_ref() != Some(&devices) {
+            let done = self
+                .loaded
+                .set_devices(&devices)
+                .with_context(|| format!("attaching the TC programs to {devices:?}"))?;
+            info!(?devices, ?done, "TC programs on these devices");
+            if devices.is_empty() && self.devices == Devices::Auto {
+                warn!("no device carries a node address: outside clients are not served NodePorts, externalIPs or LoadBalancer IPs");
+            }
+            self.attached = Some(devices);
+        }
+        Ok(())
+    }
+
+    /// Refreshes every [`REFRESH_EVERY`] on a thread of its own (the work
+    /// is a few syscalls; aya's loader types are not async). A failure is
+    /// logged once until it changes, and the next period tries again.
+    pub fn spawn(mut self) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("node-watch".to_string())
+            .spawn(move || loop {
+                std::thread::sleep(REFRESH_EVERY);
+                match self.refresh() {
+                    Ok(()) => {
+                        if self.last_error.take().is_some() {
+                            info!("node addresses and devices are followed again");
+                        }
+                    }
+                    Err(e) => {
+                        let text = format!("{e:#}");
+                        if self.last_error.as_deref() != Some(text.as_str()) {
+                            warn!(error = %text, "following the node's addresses and devices");
+                            self.last_error = Some(text);
+                        }
+                    }
+                }
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flag(v: &[&str]) -> Result<Devices, String> {
+        Devices::from_flag(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_devices_flag_defaults_to_auto_and_knows_none() {
+        assert_eq!(flag(&[]), Ok(Devices::Auto));
+        assert_eq!(flag(&["auto"]), Ok(Devices::Auto));
+        assert_eq!(flag(&["none"]), Ok(Devices::Listed(vec![])));
+        assert_eq!(
+            flag(&["eth0", " wlan0"]),
+            Ok(Devices::Listed(vec!["eth0".into(), "wlan0".into()]))
+        );
+        assert!(flag(&["eth0", "none"]).is_err());
+        assert!(flag(&["auto", "eth0"]).is_err());
+    }
+}
