@@ -2,14 +2,21 @@
 use std::path::Path;
 
 use crate::{
-    datapath::DumpView,
+    datapath::{ct_gc::monotonic_now_s, flows, DumpView},
     loader::pin_dir,
     maps::{pinned::PinnedMaps, LbMaps, MapsError},
+    node_addrs,
 };
 
 pub fn read(bpffs: &Path) -> Result<DumpView, MapsError> {
-    let maps = PinnedMaps::open(&pin_dir(bpffs))?;
+    let dir = pin_dir(bpffs);
+    let maps = PinnedMaps::open(&dir)?;
     let mut view = DumpView::from_state(&maps.read_all()?);
     view.counters = maps.read_counters()?;
+    view.node_addresses = node_addrs::read(&dir)?
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    view.flows = flows(&maps.read_conntrack()?, monotonic_now_s());
     Ok(view)
 }

@@ -154,14 +154,7 @@ pub fn auto_devices(ifaddrs: &[InterfaceAddr], selected: &[Ipv4Addr]) -> Vec<Str
 /// new entries first, then stale ones removed (a NodePort never stops
 /// answering on an address that stays).
 pub fn program(pin_dir: &Path, want: &BTreeMap<u32, NodeAddrValue>) -> Result<(), MapsError> {
-    let path = pin_dir.join(names::NODE_ADDRS);
-    let open_err = |source| MapsError::Open {
-        path: path.display().to_string(),
-        source,
-    };
-    let data = MapData::from_pin(&path).map_err(open_err)?;
-    let map = Map::from_map_data(data).map_err(open_err)?;
-    let mut map: HashMap<MapData, u32, NodeAddrValue> = HashMap::try_from(map).map_err(open_err)?;
+    let mut map = open(pin_dir)?;
     for (k, v) in want {
         map.insert(k, v, 0).map_err(|source| MapsError::Write {
             map: names::NODE_ADDRS,
@@ -180,6 +173,31 @@ pub fn program(pin_dir: &Path, want: &BTreeMap<u32, NodeAddrValue>) -> Result<()
         })?;
     }
     Ok(())
+}
+
+/// The addresses NodePorts answer on, as the pinned map in `pin_dir` holds
+/// them (for `bpfproxy dump`).
+pub fn read(pin_dir: &Path) -> Result<Vec<Ipv4Addr>, MapsError> {
+    let map = open(pin_dir)?;
+    let mut out: Vec<Ipv4Addr> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| *k != 0 && v.flags & node_flags::NODEPORT != 0)
+        .map(|(k, _)| Ipv4Addr::from(k.to_ne_bytes()))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn open(pin_dir: &Path) -> Result<HashMap<MapData, u32, NodeAddrValue>, MapsError> {
+    let path = pin_dir.join(names::NODE_ADDRS);
+    let open_err = |source| MapsError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(open_err)?;
+    let map = Map::from_map_data(data).map_err(open_err)?;
+    HashMap::try_from(map).map_err(open_err)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! the kernel there. Pure: the only I/O is behind [`crate::maps::LbMaps`].
 mod apply;
 pub mod ct_gc;
+mod flows;
 mod ids;
 mod invariant;
 mod plan;
@@ -10,6 +11,7 @@ mod state;
 mod view;
 
 pub use apply::{apply, ApplyReport};
+pub use flows::{flows, FlowView};
 pub use ids::Ids;
 pub use invariant::check_invariant;
 pub use plan::{plan, Op};

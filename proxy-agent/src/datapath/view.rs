@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::MapState;
+use super::{FlowView, MapState};
 use crate::model::Protocol;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -15,6 +15,12 @@ pub struct DumpView {
     /// Datapath counters summed over CPUs, by reason (empty when unknown).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub counters: std::collections::BTreeMap<String, u64>,
+    /// The node addresses NodePorts answer on (empty when unknown).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub node_addresses: Vec<String>,
+    /// Live flows of the TC datapath (empty when unknown or none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flows: Vec<FlowView>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -100,6 +106,8 @@ impl DumpView {
                 names: state.names.len(),
             },
             counters: Default::default(),
+            node_addresses: Vec::new(),
+            flows: Vec::new(),
         }
     }
 }
@@ -155,6 +163,15 @@ impl fmt::Display for DumpView {
             "map entries: services {} backends {} revnat {} names {}",
             e.services, e.backends, e.rev_nat, e.names
         )?;
+        if !self.node_addresses.is_empty() {
+            writeln!(f, "NodePorts answer on: {}", self.node_addresses.join(", "))?;
+        }
+        if !self.flows.is_empty() {
+            writeln!(f, "flows ({}):", self.flows.len())?;
+            for flow in &self.flows {
+                writeln!(f, "    {flow}")?;
+            }
+        }
         if !self.counters.is_empty() {
             writeln!(f, "counters:")?;
             for (name, value) in &self.counters {

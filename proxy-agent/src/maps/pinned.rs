@@ -60,6 +60,11 @@ impl PinnedMaps {
         self.backends.get(&slot.backend_id, 0).ok()
     }
 
+    /// Every conntrack entry (for `bpfproxy dump`'s flows).
+    pub fn read_conntrack(&self) -> Result<BTreeMap<CtKey, CtValue>, MapsError> {
+        read(&self.conntrack, names::CONNTRACK)
+    }
+
     /// Datapath counters summed over CPUs, by reason name.
     pub fn read_counters(&self) -> Result<BTreeMap<String, u64>, MapsError> {
         let mut out = BTreeMap::new();
