@@ -3,7 +3,7 @@
 //! which source remote-backend traffic is SNATed to.
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::Path, str::FromStr};
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, MapData};
 use proxy_common::{maps as names, node_flags, NodeAddrValue};
 
 use crate::maps::MapsError;
@@ -190,14 +190,7 @@ pub fn read(pin_dir: &Path) -> Result<Vec<Ipv4Addr>, MapsError> {
 }
 
 fn open(pin_dir: &Path) -> Result<HashMap<MapData, u32, NodeAddrValue>, MapsError> {
-    let path = pin_dir.join(names::NODE_ADDRS);
-    let open_err = |source| MapsError::Open {
-        path: path.display().to_string(),
-        source,
-    };
-    let data = MapData::from_pin(&path).map_err(open_err)?;
-    let map = Map::from_map_data(data).map_err(open_err)?;
-    HashMap::try_from(map).map_err(open_err)
+    crate::maps::pinned::open(pin_dir, names::NODE_ADDRS)
 }
 
 #[cfg(test)]

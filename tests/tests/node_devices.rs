@@ -187,8 +187,8 @@ fn addresses_and_devices_that_appear_later_are_served_and_dropped_ones_are_not()
         f["client"]
             .as_str()
             .is_some_and(|c| c.starts_with(CLIENT_IP))
-            && f["frontend"] == Value::from(node_port(&node_ip(1)))
-            && f["backend"] == Value::from(format!("{}:8080", pod_ip(1, 1)))
+            && f["frontend"] == node_port(&node_ip(1))
+            && f["backend"] == format!("{}:8080", pod_ip(1, 1))
             && f["state"] == "established"
     });
     ensure!(held, "the held connection is a live flow: {flows:?}");

@@ -124,15 +124,25 @@ fn np(i: usize) -> String {
 
 /// One connect() from the external client with a short timeout.
 fn client_connect(sb: &ClusterSandbox, to: &str) -> Result<ConnectTimeReport> {
+    client_once(sb, "tcp-connect-time", to)
+}
+
+/// One connected UDP exchange from the external client with a short
+/// timeout.
+fn client_udp_connected(sb: &ClusterSandbox, to: &str) -> Result<UdpConnectedReport> {
+    client_once(sb, "udp-connected", to)
+}
+
+/// `probe <what> --to TO` from the external client, expected to fail fast.
+fn client_once<R: serde::de::DeserializeOwned>(
+    sb: &ClusterSandbox,
+    what: &str,
+    to: &str,
+) -> Result<R> {
+    let timeout = FAIL_TIMEOUT_MS.to_string();
     sb.probe(
         sb.client_command(sb.probe_bin())?,
-        &[
-            "tcp-connect-time",
-            "--to",
-            to,
-            "--timeout-ms",
-            &FAIL_TIMEOUT_MS.to_string(),
-        ],
+        &[what, "--to", to, "--timeout-ms", &timeout],
         T,
     )
 }
@@ -245,21 +255,6 @@ fn etp_local_keeps_the_client_address_and_nodes_without_endpoints_do_not_serve()
         c.elapsed_ms
     );
     Ok(())
-}
-
-/// One connected UDP exchange from the external client to `to`.
-fn client_udp_connected(sb: &ClusterSandbox, to: &str) -> Result<UdpConnectedReport> {
-    sb.probe(
-        sb.client_command(sb.probe_bin())?,
-        &[
-            "udp-connected",
-            "--to",
-            to,
-            "--timeout-ms",
-            &FAIL_TIMEOUT_MS.to_string(),
-        ],
-        T,
-    )
 }
 
 /// Asserts a fast ECONNREFUSED for TCP and UDP to `tcp`/`udp` (`IP:PORT`).

@@ -24,7 +24,11 @@ pub struct PinnedMaps {
     conntrack: HashMap<MapData, CtKey, CtValue>,
 }
 
-fn open<T: TryFrom<Map, Error = MapError>>(dir: &Path, name: &str) -> Result<T, MapsError> {
+/// Opens the map pinned as `name` in `dir` as a `T`.
+pub(crate) fn open<T: TryFrom<Map, Error = MapError>>(
+    dir: &Path,
+    name: &str,
+) -> Result<T, MapsError> {
     let path = dir.join(name);
     let wrap = |source| MapsError::Open {
         path: path.display().to_string(),
