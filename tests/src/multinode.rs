@@ -15,6 +15,7 @@
 //! its own bpffs and, when a test starts one, its own agent. A probe server
 //! answers on every node address (a host-network backend such as the API
 //! server) and on every pod address.
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use std::process::Command;
@@ -26,9 +27,11 @@ use serde::de::DeserializeOwned;
 use crate::agent::AgentConfig;
 use crate::bpffs::PrivateBpffs;
 use crate::cgroup::TestCgroup;
+use crate::manifest::{Endpoint, ServiceSpec};
 use crate::netns::Netns;
 use crate::probe_server::ProbeServer;
 use crate::process;
+use crate::reports::{ConnectTimeReport, TcpReport};
 use crate::sandbox::HoldConn;
 use crate::veth::VethPair;
 
@@ -53,6 +56,69 @@ pub fn pod_name(i: usize, j: usize) -> String {
 /// What node `i`'s host-network server answers.
 pub fn node_name(i: usize) -> String {
     format!("node{i}")
+}
+
+/// Node `i`'s Kubernetes name: its agent's `--node-name` and the
+/// `nodeName` of its endpoints.
+pub fn k8s_node_name(i: usize) -> String {
+    format!("node-{i}")
+}
+
+/// Pod `j` of node `i` as a ready endpoint with its `nodeName`, so the
+/// agents know which endpoints are local.
+pub fn pod_endpoint(i: usize, j: usize) -> Endpoint {
+    Endpoint::ready(&pod_ip(i, j)).on_node(&k8s_node_name(i))
+}
+
+/// A NodePort Service (`name` as for [`crate::manifest::service`]) with
+/// ports `(port_name, port, target_port, protocol, node_port)` and
+/// `externalTrafficPolicy: etp` ("Cluster" or "Local").
+pub fn node_port_service(
+    name: &str,
+    cluster_ip: &str,
+    ports: &[(&str, u16, u16, &str, u16)],
+    etp: &str,
+) -> String {
+    let mut s = ServiceSpec::cluster_ip(name, cluster_ip);
+    s.type_ = "NodePort".to_string();
+    s.external_traffic_policy = Some(etp.to_string());
+    for (pname, port, target, proto, node_port) in ports {
+        s = s.port(pname, *port, *target, proto);
+        if let Some(p) = s.ports.last_mut() {
+            p.node_port = Some(*node_port);
+        }
+    }
+    s.to_yaml()
+}
+
+/// What one backend answered to `--echo-peer` connections.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerAnswers {
+    /// Connections it answered.
+    pub count: u64,
+    /// The client addresses it saw.
+    pub peers: BTreeSet<String>,
+}
+
+/// A report's `<name> <peer>` answers (servers with `echo_peer`) grouped by
+/// backend name.
+pub fn answers_by_backend(r: &TcpReport) -> Result<BTreeMap<String, PeerAnswers>> {
+    let mut out: BTreeMap<String, PeerAnswers> = BTreeMap::new();
+    for (answer, n) in &r.by_backend {
+        let (name, peer) = split_echo_peer(answer)?;
+        let a = out.entry(name.to_string()).or_default();
+        a.count += n;
+        a.peers.insert(peer.to_string());
+    }
+    Ok(out)
+}
+
+/// `(name, peer)` of one `--echo-peer` answer.
+pub fn split_echo_peer(answer: &str) -> Result<(&str, &str)> {
+    answer
+        .trim()
+        .split_once(' ')
+        .with_context(|| format!("answer {answer:?} is not `<name> <peer>` (is echo_peer on?)"))
 }
 
 #[derive(Debug, Clone)]
@@ -248,11 +314,63 @@ impl ClusterSandbox {
         let node = self.node(i);
         let mut c = AgentConfig::new(&self.source_dir(), node.cgroup.path(), node.bpffs.path())?;
         c.netns = Some(node.ns.path().to_path_buf());
-        c.node_name = Some(format!("node-{i}"));
+        c.node_name = Some(k8s_node_name(i));
         let logs = self.work.path().join(format!("agent-node{i}"));
         std::fs::create_dir_all(&logs)?;
         c.log_dir = Some(logs);
         Ok(c)
+    }
+
+    /// The sandbox's configuration.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.cfg
+    }
+
+    /// Every namespace of the sandbox: the external client, the fabric,
+    /// then each node followed by its pods.
+    pub fn namespaces(&self) -> Vec<&Netns> {
+        let mut v = vec![&self.client, &self.fabric];
+        for (node, pods) in self.nodes.iter().zip(&self.pods) {
+            v.push(&node.ns);
+            v.extend(pods.iter().map(|p| &p.ns));
+        }
+        v
+    }
+
+    /// [`ClusterSandbox::agent_config`] with the TC programs on the node's
+    /// fabric device (`--devices`), so the agent serves NodePorts to
+    /// clients outside the node.
+    pub fn agent_config_with_tc(&self, i: usize) -> Result<AgentConfig> {
+        let mut c = self.agent_config(i)?;
+        c.extra_args
+            .extend(["--devices".to_string(), self.node(i).device.clone()]);
+        Ok(c)
+    }
+
+    /// `probe tcp --to TO --count N` from the external client: `count`
+    /// fresh connections.
+    pub fn client_tcp(&self, to: &str, count: u64, timeout: Duration) -> Result<TcpReport> {
+        self.probe(
+            self.client_command(&self.probe)?,
+            &["tcp", "--to", to, "--count", &count.to_string()],
+            timeout,
+        )
+    }
+
+    /// `probe tcp-connect-time` from the external client: one connect()
+    /// that gives up after `connect_timeout_ms`.
+    pub fn client_connect(&self, to: &str, connect_timeout_ms: u64) -> Result<ConnectTimeReport> {
+        self.probe(
+            self.client_command(&self.probe)?,
+            &[
+                "tcp-connect-time",
+                "--to",
+                to,
+                "--timeout-ms",
+                &connect_timeout_ms.to_string(),
+            ],
+            Duration::from_millis(connect_timeout_ms) + process::HELPER_TIMEOUT,
+        )
     }
 
     /// A command in the external client's namespace (not in any node's
@@ -343,4 +461,70 @@ fn build_node(fabric: &Netns, cfg: &ClusterConfig, i: usize) -> Result<(Node, Ve
         _fabric: link,
     };
     Ok((node, pods))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_port_service_sets_type_node_ports_and_policy() {
+        let y = node_port_service(
+            "default/web",
+            "10.96.0.30",
+            &[
+                ("http", 80, 8080, "TCP", 30080),
+                ("dns", 53, 5353, "UDP", 30053),
+            ],
+            "Local",
+        );
+        let v: serde_json::Value = serde_yaml::from_str(&y).unwrap();
+        assert_eq!(v["spec"]["type"], "NodePort");
+        assert_eq!(v["spec"]["externalTrafficPolicy"], "Local");
+        assert_eq!(v["spec"]["ports"][0]["nodePort"], 30080);
+        assert_eq!(v["spec"]["ports"][1]["nodePort"], 30053);
+        assert_eq!(v["spec"]["ports"][1]["targetPort"], 5353);
+    }
+
+    #[test]
+    fn pod_endpoints_name_their_node_as_the_agents_do() {
+        let e = pod_endpoint(2, 1);
+        assert_eq!(e.ip, "10.244.2.2");
+        assert_eq!(e.node_name.as_deref(), Some("node-2"));
+        assert!(e.ready);
+    }
+
+    #[test]
+    fn echo_peer_answers_are_grouped_by_backend() {
+        let r = TcpReport {
+            ok: 6,
+            failed: 0,
+            by_backend: [
+                ("node1-pod1 192.168.50.100".to_string(), 2),
+                ("node1-pod1 192.168.50.12".to_string(), 1),
+                ("node2-pod1 192.168.50.12".to_string(), 3),
+            ]
+            .into(),
+            errors: vec![],
+            failed_at_ms: vec![],
+            elapsed_ms: 1.0,
+        };
+        let a = answers_by_backend(&r).unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a["node1-pod1"].count, 3);
+        assert_eq!(
+            a["node1-pod1"].peers,
+            ["192.168.50.100".to_string(), "192.168.50.12".to_string()].into()
+        );
+        assert_eq!(a["node2-pod1"].count, 3);
+    }
+
+    #[test]
+    fn answers_without_a_peer_are_an_error() {
+        assert!(split_echo_peer("node1-pod1").is_err());
+        assert_eq!(
+            split_echo_peer("node1-pod1 10.244.3.2\n").unwrap(),
+            ("node1-pod1", "10.244.3.2")
+        );
+    }
 }
