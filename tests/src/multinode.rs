@@ -31,7 +31,7 @@ use crate::manifest::{Endpoint, ServiceSpec};
 use crate::netns::Netns;
 use crate::probe_server::ProbeServer;
 use crate::process;
-use crate::reports::{ConnectTimeReport, TcpReport};
+use crate::reports::{ConnectTimeReport, TcpReport, UdpConnectedReport};
 use crate::sandbox::HoldConn;
 use crate::veth::VethPair;
 
@@ -358,18 +358,23 @@ impl ClusterSandbox {
     }
 
     /// `probe tcp-connect-time` from the external client: one connect()
-    /// that gives up after `connect_timeout_ms`.
-    pub fn client_connect(&self, to: &str, connect_timeout_ms: u64) -> Result<ConnectTimeReport> {
+    /// that gives up after `timeout_ms`.
+    pub fn client_connect(&self, to: &str, timeout_ms: u64) -> Result<ConnectTimeReport> {
+        self.client_once("tcp-connect-time", to, timeout_ms)
+    }
+
+    /// `probe udp-connected` from the external client: one exchange on a
+    /// connected UDP socket, whose recv() gives up after `timeout_ms` (or
+    /// fails with ECONNREFUSED on an ICMP port unreachable).
+    pub fn client_udp_connected(&self, to: &str, timeout_ms: u64) -> Result<UdpConnectedReport> {
+        self.client_once("udp-connected", to, timeout_ms)
+    }
+
+    fn client_once<T: DeserializeOwned>(&self, what: &str, to: &str, timeout_ms: u64) -> Result<T> {
         self.probe(
             self.client_command(&self.probe)?,
-            &[
-                "tcp-connect-time",
-                "--to",
-                to,
-                "--timeout-ms",
-                &connect_timeout_ms.to_string(),
-            ],
-            Duration::from_millis(connect_timeout_ms) + process::HELPER_TIMEOUT,
+            &[what, "--to", to, "--timeout-ms", &timeout_ms.to_string()],
+            Duration::from_millis(timeout_ms) + process::HELPER_TIMEOUT,
         )
     }
 

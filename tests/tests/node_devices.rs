@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use bpfproxy_tests::{
-    manifest::{self, Endpoint, ServiceSpec},
-    multinode::{node_ip, pod_ip, ClusterConfig, ClusterSandbox, CLIENT_IP},
-    Agent, TcpReport, VethPair,
+    manifest::{self, ServiceSpec},
+    multinode::{node_ip, pod_endpoint, pod_ip, ClusterConfig, ClusterSandbox, CLIENT_IP},
+    Agent, VethPair,
 };
 use serde_json::Value;
 
@@ -44,7 +44,7 @@ fn start() -> Result<(ClusterSandbox, Agent)> {
     let slice = manifest::endpoint_slice_with(
         "default/web",
         "web-1",
-        &[Endpoint::ready(&pod_ip(1, 1)).on_node("node-1")],
+        &[pod_endpoint(1, 1)],
         &[("http", 8080, "TCP")],
     );
     sb.write_manifest("web.yaml", &manifest::documents(&[svc.to_yaml(), slice]))?;
@@ -60,21 +60,12 @@ fn node_port(ip: &str) -> String {
     format!("{ip}:{NODE_PORT}")
 }
 
-/// `count` connections from the external client to `to`.
-fn client_tcp(sb: &ClusterSandbox, to: &str, count: u64) -> Result<TcpReport> {
-    sb.probe(
-        sb.client_command(sb.probe_bin())?,
-        &["tcp", "--to", to, "--count", &count.to_string()],
-        T,
-    )
-}
-
 /// Retries one connection until it works (within [`FOLLOW`]); how long
 /// that took.
 fn served_within(sb: &ClusterSandbox, to: &str) -> Result<Duration> {
     let start = Instant::now();
     loop {
-        let r = client_tcp(sb, to, 1)?;
+        let r = sb.client_tcp(to, 1, T)?;
         if r.ok == 1 {
             return Ok(start.elapsed());
         }
@@ -110,7 +101,7 @@ fn device_lines(agent: &Agent) -> Vec<String> {
 #[test]
 fn auto_detection_picks_the_node_device_and_not_the_pod_bridge() -> Result<()> {
     let (sb, agent) = start()?;
-    let r = client_tcp(&sb, &node_port(&node_ip(1)), 20)?;
+    let r = sb.client_tcp(&node_port(&node_ip(1)), 20, T)?;
     ensure!(r.ok == 20, "NodePort through the detected device: {r:?}");
     let lines = device_lines(&agent);
     let device = &sb.node(1).device;
@@ -155,7 +146,7 @@ fn addresses_and_devices_that_appear_later_are_served_and_dropped_ones_are_not()
         .ip(&["route", "add", "192.168.60.0/24", "via", "10.244.1.1"])?;
     let took = served_within(&sb, &node_port(LATE_NODE_IP))?;
     println!("new device served after {took:?}");
-    let r = client_tcp(&sb, &node_port(LATE_NODE_IP), 20)?;
+    let r = sb.client_tcp(&node_port(LATE_NODE_IP), 20, T)?;
     ensure!(r.ok == 20, "{r:?}");
     ensure!(
         device_lines(&agent).len() == 2,

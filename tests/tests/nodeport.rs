@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bpfproxy_tests::{
     manifest::{self, Endpoint, ServiceSpec},
-    multinode::{node_ip, pod_ip, pod_name, ClusterConfig, ClusterSandbox, CLIENT_IP},
-    Agent, ConnectTimeReport, Netns, TcpReport, UdpConnectedReport, UdpReport,
+    multinode::{
+        answers_by_backend, k8s_node_name, node_ip, node_port_service, pod_endpoint, pod_ip,
+        pod_name, ClusterConfig, ClusterSandbox, CLIENT_IP,
+    },
+    Agent, Netns, TcpReport, UdpReport,
 };
 
 const T: Duration = Duration::from_secs(30);
@@ -39,21 +42,14 @@ fn cluster() -> Result<ClusterSandbox> {
 
 /// `default/<name>`: type NodePort, `nodePort` → 8080, with a ClusterIP.
 fn nodeport_service(name: &str, cluster_ip: &str, node_port: u16, etp: &str) -> String {
-    let mut s = ServiceSpec::cluster_ip(&format!("default/{name}"), cluster_ip)
-        .port("http", 80, 8080, "TCP");
-    s.type_ = "NodePort".to_string();
-    s.ports[0].node_port = Some(node_port);
-    s.external_traffic_policy = Some(etp.to_string());
-    s.to_yaml()
+    let ports = [("http", 80, 8080, "TCP", node_port)];
+    node_port_service(&format!("default/{name}"), cluster_ip, &ports, etp)
 }
 
 /// The slice of `default/web`: pod 1 of each node in `nodes`, with its
 /// `nodeName` (`node-<i>`, the agents' `--node-name`).
 fn web_slice(nodes: &[usize]) -> String {
-    let eps: Vec<Endpoint> = nodes
-        .iter()
-        .map(|&i| Endpoint::ready(&pod_ip(i, 1)).on_node(&format!("node-{i}")))
-        .collect();
+    let eps: Vec<Endpoint> = nodes.iter().map(|&i| pod_endpoint(i, 1)).collect();
     manifest::endpoint_slice_with("default/web", "web-1", &eps, &[("http", 8080, "TCP")])
 }
 
@@ -74,10 +70,7 @@ fn write_web(sb: &ClusterSandbox, etp: &str) -> Result<()> {
 
 /// Starts node `i`'s agent with TC on its fabric device.
 fn start_agent(sb: &ClusterSandbox, i: usize) -> Result<Agent> {
-    let mut cfg = sb.agent_config(i)?;
-    cfg.extra_args
-        .extend(["--devices".to_string(), sb.node(i).device.clone()]);
-    Agent::start(cfg)
+    Agent::start(sb.agent_config_with_tc(i)?)
 }
 
 /// One agent per node, each waited for until its NodePort frontend has
@@ -95,56 +88,16 @@ fn start_agents(sb: &ClusterSandbox, want: impl Fn(usize) -> Vec<String>) -> Res
     Ok(agents)
 }
 
-/// `count` fresh connections from the external client to `to`.
-fn client_tcp(sb: &ClusterSandbox, to: &str, count: u64) -> Result<TcpReport> {
-    sb.probe(
-        sb.client_command(sb.probe_bin())?,
-        &["tcp", "--to", to, "--count", &count.to_string()],
-        T,
-    )
-}
-
 /// `<name> <peer>` answers grouped: backend name → client addresses seen.
 fn by_name(r: &TcpReport) -> Result<BTreeMap<String, BTreeSet<String>>> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for answer in r.by_backend.keys() {
-        let Some((name, peer)) = answer.split_once(' ') else {
-            bail!("answer {answer:?} is not `<name> <peer>` (is --echo-peer on?)");
-        };
-        out.entry(name.to_string())
-            .or_default()
-            .insert(peer.to_string());
-    }
-    Ok(out)
+    Ok(answers_by_backend(r)?
+        .into_iter()
+        .map(|(name, a)| (name, a.peers))
+        .collect())
 }
 
 fn np(i: usize) -> String {
     format!("{}:{NODE_PORT}", node_ip(i))
-}
-
-/// One connect() from the external client with a short timeout.
-fn client_connect(sb: &ClusterSandbox, to: &str) -> Result<ConnectTimeReport> {
-    client_once(sb, "tcp-connect-time", to)
-}
-
-/// One connected UDP exchange from the external client with a short
-/// timeout.
-fn client_udp_connected(sb: &ClusterSandbox, to: &str) -> Result<UdpConnectedReport> {
-    client_once(sb, "udp-connected", to)
-}
-
-/// `probe <what> --to TO` from the external client, expected to fail fast.
-fn client_once<R: serde::de::DeserializeOwned>(
-    sb: &ClusterSandbox,
-    what: &str,
-    to: &str,
-) -> Result<R> {
-    let timeout = FAIL_TIMEOUT_MS.to_string();
-    sb.probe(
-        sb.client_command(sb.probe_bin())?,
-        &[what, "--to", to, "--timeout-ms", &timeout],
-        T,
-    )
 }
 
 #[test]
@@ -154,7 +107,7 @@ fn every_node_serves_the_node_port_and_all_backends_are_reached() -> Result<()> 
     let _agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
     let want: BTreeSet<String> = [pod_name(1, 1), pod_name(2, 1)].into();
     for i in 1..=NODES {
-        let r = client_tcp(&sb, &np(i), CONNS)?;
+        let r = sb.client_tcp(&np(i), CONNS, T)?;
         let names = by_name(&r)?;
         println!("node {i} ({}): {:?}", np(i), r.by_backend);
         ensure!(r.ok == CONNS, "node {i}: {r:?}");
@@ -179,7 +132,7 @@ fn client_ip_affinity_keeps_an_external_client_on_one_backend() -> Result<()> {
     for i in 1..=NODES {
         // Fresh connections, each from a new client port: without affinity
         // 60 of them would reach both backends (p of one = 2^-59).
-        let r = client_tcp(&sb, &np(i), CONNS)?;
+        let r = sb.client_tcp(&np(i), CONNS, T)?;
         println!("node {i} ({}): {:?}", np(i), r.by_backend);
         ensure!(r.ok == CONNS, "node {i}: {r:?}");
         let names = by_name(&r)?;
@@ -197,7 +150,7 @@ fn etp_cluster_a_remote_backend_sees_the_node_address() -> Result<()> {
     write_web(&sb, "Cluster")?;
     let _agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
     for i in 1..=NODES {
-        let r = client_tcp(&sb, &np(i), CONNS)?;
+        let r = sb.client_tcp(&np(i), CONNS, T)?;
         ensure!(r.ok == CONNS, "node {i}: {r:?}");
         let names = by_name(&r)?;
         println!("node {i}: backend → client addresses seen: {names:?}");
@@ -231,7 +184,7 @@ fn etp_local_keeps_the_client_address_and_nodes_without_endpoints_do_not_serve()
         _ => vec![],
     })?;
     for i in [1, 2] {
-        let r = client_tcp(&sb, &np(i), 20)?;
+        let r = sb.client_tcp(&np(i), 20, T)?;
         ensure!(r.ok == 20, "node {i}: {r:?}");
         let names = by_name(&r)?;
         println!("node {i}: {names:?}");
@@ -243,7 +196,7 @@ fn etp_local_keeps_the_client_address_and_nodes_without_endpoints_do_not_serve()
         );
     }
     // Node 3 has no local endpoint: it must not serve the NodePort.
-    let c = client_connect(&sb, &np(3))?;
+    let c = sb.client_connect(&np(3), FAIL_TIMEOUT_MS)?;
     println!("node 3 (no local endpoint): {c:?}");
     ensure!(
         !c.ok,
@@ -259,7 +212,7 @@ fn etp_local_keeps_the_client_address_and_nodes_without_endpoints_do_not_serve()
 
 /// Asserts a fast ECONNREFUSED for TCP and UDP to `tcp`/`udp` (`IP:PORT`).
 fn assert_refused(sb: &ClusterSandbox, what: &str, tcp: &str, udp: &str) -> Result<()> {
-    let c = client_connect(sb, tcp)?;
+    let c = sb.client_connect(tcp, FAIL_TIMEOUT_MS)?;
     println!("{what} TCP {tcp}: {c:?}");
     ensure!(
         !c.ok && c.errno == Some(libc::ECONNREFUSED),
@@ -272,7 +225,7 @@ fn assert_refused(sb: &ClusterSandbox, what: &str, tcp: &str, udp: &str) -> Resu
     );
     // Connected UDP sockets report an ICMP port unreachable as
     // ECONNREFUSED on the next recv(), instead of the probe's timeout.
-    let u = client_udp_connected(sb, udp)?;
+    let u = sb.client_udp_connected(udp, FAIL_TIMEOUT_MS)?;
     println!("{what} UDP {udp}: {u:?}");
     let error = u.error.clone().unwrap_or_default();
     ensure!(
@@ -388,7 +341,7 @@ fn a_long_lived_connection_survives_endpoint_removal_and_an_agent_restart() -> R
     agent3.wait_for_backends("0.0.0.0", NODE_PORT, "TCP", &[backend(kept)], T)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = client_tcp(&sb, &np(3), 1)?;
+        let r = sb.client_tcp(&np(3), 1, T)?;
         if r.ok == 1 {
             break;
         }
@@ -408,21 +361,11 @@ fn a_long_lived_connection_survives_endpoint_removal_and_an_agent_restart() -> R
     Ok(())
 }
 
-/// Every namespace of the sandbox.
-fn all_namespaces(sb: &ClusterSandbox) -> Vec<&Netns> {
-    let mut v = vec![sb.client_ns(), sb.fabric_ns()];
-    for i in 1..=NODES {
-        v.push(&sb.node(i).ns);
-        v.push(&sb.pod(i, 1).ns);
-    }
-    v
-}
-
 /// Checksum offload off (rx and tx) on every veth of the sandbox: senders
 /// compute full checksums and receivers verify them in software, as a real
 /// NIC would, so a rewrite with a wrong checksum gets the packet dropped.
 fn checksum_offload_off(sb: &ClusterSandbox) -> Result<()> {
-    for ns in all_namespaces(sb) {
+    for ns in sb.namespaces() {
         let links = ns.ip(&["-o", "link", "show", "type", "veth"])?;
         for line in links.lines() {
             // `5: name@if4: <...>`
@@ -470,10 +413,7 @@ fn checksums_are_right_for_tcp_and_udp_with_offload_off() -> Result<()> {
     svc.ports[0].node_port = Some(NODE_PORT);
     svc.ports[1].node_port = Some(30053);
     svc.external_traffic_policy = Some("Cluster".to_string());
-    let eps: Vec<Endpoint> = [1, 2]
-        .iter()
-        .map(|&i| Endpoint::ready(&pod_ip(i, 1)).on_node(&format!("node-{i}")))
-        .collect();
+    let eps: Vec<Endpoint> = [1, 2].iter().map(|&i| pod_endpoint(i, 1)).collect();
     sb.write_manifest(
         "web.yaml",
         &manifest::documents(&[
@@ -494,13 +434,14 @@ fn checksums_are_right_for_tcp_and_udp_with_offload_off() -> Result<()> {
     for agent in &mut agents {
         agent.wait_for_backends("0.0.0.0", 30053, "UDP", &udp_backends, T)?;
     }
-    let before: Vec<(u64, u64)> = all_namespaces(&sb)
+    let before: Vec<(u64, u64)> = sb
+        .namespaces()
         .into_iter()
         .map(csum_errors)
         .collect::<Result<_>>()?;
     for i in 1..=NODES {
         // TCP: DNAT (+ SNAT for the remote backend) and reverse NAT.
-        let r = client_tcp(&sb, &np(i), 20)?;
+        let r = sb.client_tcp(&np(i), 20, T)?;
         ensure!(r.ok == 20, "node {i} TCP: {r:?}");
         ensure!(by_name(&r)?.len() == 2, "node {i}: both backends: {r:?}");
         // UDP: one socket, one flow, one backend; the reply must come from
@@ -522,7 +463,8 @@ fn checksums_are_right_for_tcp_and_udp_with_offload_off() -> Result<()> {
             u.sources
         );
     }
-    let after: Vec<(u64, u64)> = all_namespaces(&sb)
+    let after: Vec<(u64, u64)> = sb
+        .namespaces()
         .into_iter()
         .map(csum_errors)
         .collect::<Result<_>>()?;
@@ -544,8 +486,8 @@ fn a_rolling_update_behind_a_node_port_fails_no_request() -> Result<()> {
     })?;
     let ep = |i: usize, j: usize| {
         (
-            Endpoint::ready(&pod_ip(i, j)).on_node(&format!("node-{i}")),
-            Endpoint::terminating_serving(&pod_ip(i, j)).on_node(&format!("node-{i}")),
+            pod_endpoint(i, j),
+            Endpoint::terminating_serving(&pod_ip(i, j)).on_node(&k8s_node_name(i)),
         )
     };
     let write = |eps: &[Endpoint]| {
@@ -658,10 +600,7 @@ fn dns(nodes: &[usize]) -> String {
     let mut svc = ServiceSpec::cluster_ip("default/dns", "10.96.0.53").port("dns", 53, 5353, "UDP");
     svc.type_ = "NodePort".to_string();
     svc.ports[0].node_port = Some(30053);
-    let eps: Vec<Endpoint> = nodes
-        .iter()
-        .map(|&i| Endpoint::ready(&pod_ip(i, 1)).on_node(&format!("node-{i}")))
-        .collect();
+    let eps: Vec<Endpoint> = nodes.iter().map(|&i| pod_endpoint(i, 1)).collect();
     manifest::documents(&[
         svc.to_yaml(),
         manifest::endpoint_slice_with("default/dns", "dns-1", &eps, &[("dns", 5353, "UDP")]),
