@@ -147,12 +147,17 @@ fn dump_cmd(args: &DumpArgs) -> anyhow::Result<()> {
             args.pins.bpffs.display()
         )
     })?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+    let text = if args.json {
+        format!("{}\n", serde_json::to_string_pretty(&view)?)
     } else {
-        print!("{view}");
+        view.to_string()
+    };
+    // `bpfproxy dump | head` closes the pipe early: that is not an error
+    // (print! would panic on it).
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 fn cleanup(bpffs: &Path) -> anyhow::Result<()> {

@@ -98,6 +98,25 @@ fn device_lines(agent: &Agent) -> Vec<String> {
         .collect()
 }
 
+/// `bpfproxy dump` writing into a pipe whose reader is already gone, as
+/// `bpfproxy dump | head -0` would.
+fn dump_into_closed_pipe(agent: &Agent) -> Result<std::process::Output> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills the two fds, which we own from here on.
+    ensure!(unsafe { libc::pipe(fds.as_mut_ptr()) } == 0, "pipe()");
+    // SAFETY: fresh fds from pipe(), owned once each.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    std::process::Command::new(&agent.config().bin)
+        .arg("dump")
+        .arg("--bpffs")
+        .arg(&agent.config().bpffs)
+        .stdout(std::process::Stdio::from(write))
+        .output()
+        .context("running bpfproxy dump")
+}
+
 #[test]
 fn auto_detection_picks_the_node_device_and_not_the_pod_bridge() -> Result<()> {
     let (sb, agent) = start()?;
@@ -114,6 +133,13 @@ fn auto_detection_picks_the_node_device_and_not_the_pod_bridge() -> Result<()> {
         node_addresses(&dump) == ["10.244.1.1".to_string(), node_ip(1)],
         "dump names every address NodePorts answer on: {}",
         dump["node_addresses"]
+    );
+    let out = dump_into_closed_pipe(&agent)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && !stderr.contains("panicked"),
+        "a closed pipe is not an error for dump: {:?} {stderr}",
+        out.status
     );
     Ok(())
 }

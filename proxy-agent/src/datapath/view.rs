@@ -144,6 +144,14 @@ impl fmt::Display for DumpView {
                 fe.port,
                 fe.protocol,
                 match fe.backends.len() {
+                    // What the datapath does with it: external frontends
+                    // without the reject flag have endpoints on other
+                    // nodes only (a Local policy) and stay silent.
+                    0 if fe.flags.iter().any(|f| f == "external")
+                        && !fe.flags.iter().any(|f| f == "reject") =>
+                    {
+                        "no local endpoints (drop)".to_string()
+                    }
                     0 => "no endpoints (reject)".to_string(),
                     1 => "1 backend".to_string(),
                     n => format!("{n} backends"),
