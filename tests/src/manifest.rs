@@ -43,6 +43,8 @@ pub struct ServiceSpec {
     pub external_name: Option<String>,
     /// `spec.externalIPs`.
     pub external_ips: Vec<String>,
+    /// `status.loadBalancer.ingress[].ip`, as a cloud or MetalLB sets it.
+    pub load_balancer_ips: Vec<String>,
     pub labels: Vec<(String, String)>,
 }
 
@@ -59,6 +61,7 @@ impl ServiceSpec {
             client_ip_affinity_seconds: None,
             external_name: None,
             external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
             labels: Vec::new(),
         }
     }
@@ -129,12 +132,21 @@ impl ServiceSpec {
                 json!({"clientIP": {"timeoutSeconds": t}}),
             );
         }
-        json!({
+        let mut svc = json!({
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": metadata(ns, name, &self.labels),
             "spec": Value::Object(spec),
-        })
+        });
+        if !self.load_balancer_ips.is_empty() {
+            let ingress: Vec<Value> = self
+                .load_balancer_ips
+                .iter()
+                .map(|ip| json!({ "ip": ip }))
+                .collect();
+            svc["status"] = json!({ "loadBalancer": { "ingress": ingress } });
+        }
+        svc
     }
 
     pub fn to_yaml(&self) -> String {

@@ -25,6 +25,8 @@ const NODE_PORT: u16 = 30080;
 const CLUSTER_IP: &str = "10.96.0.30";
 /// An externalIP (TEST-NET-3): no node has it, the client routes it to one.
 const EXTERNAL_IP: &str = "203.0.113.50";
+/// A LoadBalancer ingress IP, routed like the externalIP.
+const LB_IP: &str = "203.0.113.60";
 /// Connections per node for the spread checks.
 const CONNS: u64 = 60;
 /// Probe timeout for connections that are expected to fail.
@@ -139,6 +141,51 @@ fn client_ip_affinity_keeps_an_external_client_on_one_backend() -> Result<()> {
         ensure!(
             names.len() == 1,
             "node {i}: one client IP must stay on one backend: {r:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Routes `ip` from the external client via node `i`, as an upstream
+/// router (or a cloud load balancer) would for an externalIP or LB IP.
+fn route_via_node(sb: &ClusterSandbox, ip: &str, i: usize) -> Result<()> {
+    let via = node_ip(i);
+    let status = sb
+        .client_command("ip")?
+        .args(["route", "add", &format!("{ip}/32"), "via", &via])
+        .status()
+        .context("ip route add")?;
+    ensure!(status.success(), "ip route add {ip} via {via}: {status}");
+    Ok(())
+}
+
+#[test]
+fn external_ips_and_load_balancer_ips_are_served_from_outside() -> Result<()> {
+    let sb = cluster()?;
+    let mut svc = ServiceSpec::cluster_ip("default/web", CLUSTER_IP).port("http", 80, 8080, "TCP");
+    svc.type_ = "LoadBalancer".to_string();
+    svc.ports[0].node_port = Some(NODE_PORT);
+    svc.external_ips = vec![EXTERNAL_IP.to_string()];
+    svc.load_balancer_ips = vec![LB_IP.to_string()];
+    sb.write_manifest(
+        "web.yaml",
+        &manifest::documents(&[svc.to_yaml(), web_slice(&[1, 2])]),
+    )?;
+    let mut agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
+    let want = [backend(1), backend(2)];
+    agents[2].wait_for_backends(LB_IP, 80, "TCP", &want, T)?;
+    // Node 3 has no local backend: DNAT and SNAT to its address.
+    for ip in [EXTERNAL_IP, LB_IP] {
+        route_via_node(&sb, ip, 3)?;
+        let r = sb.client_tcp(&format!("{ip}:80"), CONNS, T)?;
+        println!("{ip}: {:?}", r.by_backend);
+        ensure!(r.ok == CONNS, "{ip}: {r:?}");
+        let names = by_name(&r)?;
+        let want: BTreeMap<String, BTreeSet<String>> =
+            [1, 2].map(|j| (pod_name(j, 1), [node_ip(3)].into())).into();
+        ensure!(
+            names == want,
+            "{ip}: both backends, each seeing node 3: {names:?}"
         );
     }
     Ok(())
@@ -267,14 +314,7 @@ fn a_service_without_endpoints_is_refused_at_once_on_node_ports_and_external_ips
     }
     // The externalIP is no address of any node: the client routes it via
     // node 2, whose TC program answers for it.
-    let via = node_ip(2);
-    sb.client_command("ip")?
-        .args(["route", "add", &format!("{EXTERNAL_IP}/32"), "via", &via])
-        .status()
-        .context("ip route add")?
-        .success()
-        .then_some(())
-        .context("ip route add failed")?;
+    route_via_node(&sb, EXTERNAL_IP, 2)?;
     assert_refused(
         &sb,
         "externalIP",
