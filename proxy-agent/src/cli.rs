@@ -86,6 +86,11 @@ pub struct RunArgs {
     /// are detached.
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<String>,
+    /// How the TC programs attach: TCX links where the kernel has them
+    /// (≥ 6.6), a clsact `cls_bpf` filter otherwise; `clsact` forces the
+    /// older path.
+    #[arg(long, value_enum, default_value_t = loader::TcMode::Auto)]
+    pub tc_attach: loader::TcMode,
     /// NodePorts answer only on node addresses inside these CIDRs,
     /// comma-separated (kube-proxy's nodePortAddresses). Default: every
     /// non-loopback IPv4 address of the node. Addresses are re-read every
@@ -251,7 +256,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(node = %node, cgroup = %cgroup.display(), bpffs = %args.pins.bpffs.display(), source = ?args.source, "starting bpfproxy");
 
     let devices = Devices::from_flag(&args.devices).map_err(anyhow::Error::msg)?;
-    let (loaded, attached) = loader::load(&args.pins.bpffs, &cgroup)
+    let (loaded, attached) = loader::load(&args.pins.bpffs, &cgroup, args.tc_attach)
         .context("loading and attaching the kernel programs")?;
     info!(?attached, "socket programs ready");
     let mut node_watch = NodeWatch::new(

@@ -120,6 +120,52 @@ fn every_node_serves_the_node_port_and_all_backends_are_reached() -> Result<()> 
 }
 
 #[test]
+fn node_ports_are_served_on_the_clsact_path_of_older_kernels_across_a_restart() -> Result<()> {
+    let sb = cluster()?;
+    write_web(&sb, "Cluster")?;
+    let mut agents = Vec::new();
+    for i in 1..=NODES {
+        let mut cfg = sb.agent_config_with_tc(i)?;
+        cfg.extra_args.push("--tc-attach=clsact".to_string());
+        agents.push(Agent::start(cfg)?);
+    }
+    let want = [backend(1), backend(2)];
+    for agent in &mut agents {
+        agent.wait_for_backends("0.0.0.0", NODE_PORT, "TCP", &want, T)?;
+    }
+    let mut conn = sb.client_hold(&np(3))?;
+    let first = conn.ping()?;
+    // A restart swaps the program inside the same filter: the held flow
+    // goes on, new connections are served, and no second filter appears.
+    agents[2].restart()?;
+    agents[2].wait_for_backends("0.0.0.0", NODE_PORT, "TCP", &want, T)?;
+    for i in 1..=NODES {
+        let r = sb.client_tcp(&np(i), 20, T)?;
+        ensure!(r.ok == 20 && r.by_backend.len() == 2, "node {i}: {r:?}");
+    }
+    ensure!(
+        conn.ping()? == first,
+        "the held connection kept its backend"
+    );
+    let node = sb.node(3);
+    for hook in ["ingress", "egress"] {
+        let out = node
+            .ns
+            .command("tc")?
+            .args(["filter", "show", "dev", &node.device, hook])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let filters = text.lines().filter(|l| l.contains("direct-action")).count();
+        ensure!(
+            filters == 1,
+            "node 3 {hook}: one filter after the restart:\n{text}"
+        );
+    }
+    conn.close()?;
+    Ok(())
+}
+
+#[test]
 fn client_ip_affinity_keeps_an_external_client_on_one_backend() -> Result<()> {
     let sb = cluster()?;
     let mut svc = ServiceSpec::cluster_ip("default/web", CLUSTER_IP).port("http", 80, 8080, "TCP");

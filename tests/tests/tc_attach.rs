@@ -1,6 +1,8 @@
 //! The agent's loader puts the TC programs on `--devices` as pinned TCX
 //! links, swaps the program inside them on restart (the link and its place
-//! on the device stay) and detaches devices no longer listed.
+//! on the device stay) and detaches devices no longer listed; the clsact
+//! path of kernels before 6.6 (forced here with `TcMode::Clsact`) does the
+//! same with one `cls_bpf` filter per hook.
 //!
 //! The loader runs in this test's thread after it joined a test network
 //! namespace (setns is per thread), so the only devices it can see are the
@@ -10,7 +12,7 @@ use std::{fs::File, os::fd::AsRawFd, path::Path};
 use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{links::PinnedLink, SchedClassifier, TcAttachType};
 use bpfproxy_tests::{require_root, Netns, PrivateBpffs, TestCgroup, VethPair};
-use proxy_agent::loader::{self, Attachment};
+use proxy_agent::loader::{self, Attachment, TcMode};
 
 /// Joins the network namespace at `path` for the calling thread only.
 fn enter_netns(path: &Path) -> Result<()> {
@@ -54,7 +56,12 @@ fn tc_programs_are_attached_replaced_in_place_and_detached_with_their_device() -
     let dev = veth.a().to_string();
     let links = loader::pin_dir(bpffs.path()).join("links");
 
-    let first = loader::load_and_attach(bpffs.path(), cgroup.path(), std::slice::from_ref(&dev))?;
+    let first = loader::load_and_attach(
+        bpffs.path(),
+        cgroup.path(),
+        TcMode::Tcx,
+        std::slice::from_ref(&dev),
+    )?;
     for prog in ["tc_ingress", "tc_egress"] {
         let name = format!("{prog}@{dev}");
         ensure!(
@@ -76,7 +83,12 @@ fn tc_programs_are_attached_replaced_in_place_and_detached_with_their_device() -
     let link_before = link_id(&ingress_pin)?;
 
     // A restart: the same links, now running newly loaded programs.
-    let second = loader::load_and_attach(bpffs.path(), cgroup.path(), std::slice::from_ref(&dev))?;
+    let second = loader::load_and_attach(
+        bpffs.path(),
+        cgroup.path(),
+        TcMode::Tcx,
+        std::slice::from_ref(&dev),
+    )?;
     ensure!(
         second.contains(&(format!("tc_ingress@{dev}"), Attachment::Replaced)),
         "{second:?}"
@@ -96,9 +108,91 @@ fn tc_programs_are_attached_replaced_in_place_and_detached_with_their_device() -
     );
 
     // The device leaves --devices: its links go, the programs with them.
-    loader::load_and_attach(bpffs.path(), cgroup.path(), &[])?;
+    loader::load_and_attach(bpffs.path(), cgroup.path(), TcMode::Tcx, &[])?;
     ensure!(!ingress_pin.exists(), "stale pin left");
     ensure!(tcx_programs(&dev, TcAttachType::Ingress)?.is_empty());
     ensure!(tcx_programs(&dev, TcAttachType::Egress)?.is_empty());
+    Ok(())
+}
+
+/// (handle, program name, program id) of every `cls_bpf` filter on `dev`'s
+/// clsact `hook` ("ingress"/"egress"), from `tc filter show`.
+fn clsact_filters(dev: &str, hook: &str) -> Result<Vec<(String, String, u32)>> {
+    let out = std::process::Command::new("tc")
+        .args(["filter", "show", "dev", dev, hook])
+        .output()
+        .context("running tc filter show")?;
+    ensure!(out.status.success(), "tc filter show: {out:?}");
+    let mut filters = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |w: &str| {
+            words
+                .iter()
+                .position(|x| *x == w)
+                .and_then(|i| words.get(i + 1))
+        };
+        if let (Some(handle), Some(id)) = (after("handle"), after("id")) {
+            let name = after(handle).copied().unwrap_or("?");
+            filters.push((handle.to_string(), name.to_string(), id.parse()?));
+        }
+    }
+    Ok(filters)
+}
+
+#[test]
+fn the_clsact_path_replaces_its_one_filter_in_place_and_removes_it() -> Result<()> {
+    require_root()?;
+    let node = Netns::new("clsnode")?;
+    let peer = Netns::new("clspeer")?;
+    let veth = VethPair::new(&node, &["10.232.0.1/24"], &peer, &["10.232.0.2/24"])?;
+    let bpffs = PrivateBpffs::new("clsattach")?;
+    let cgroup = TestCgroup::new("clsattach")?;
+    enter_netns(node.path())?;
+    let dev = veth.a().to_string();
+    let marker = loader::pin_dir(bpffs.path()).join(format!("links/tc-{dev}-ingress"));
+    let attach = |devices: &[String]| {
+        loader::load_and_attach(bpffs.path(), cgroup.path(), TcMode::Clsact, devices)
+    };
+
+    let first = attach(std::slice::from_ref(&dev))?;
+    ensure!(
+        first.contains(&(format!("tc_ingress@{dev}"), Attachment::Attached)),
+        "{first:?}"
+    );
+    let ingress = clsact_filters(&dev, "ingress")?;
+    ensure!(
+        ingress.len() == 1 && ingress[0].1.starts_with("tc_ingress"),
+        "one filter: {ingress:?}"
+    );
+    let egress = clsact_filters(&dev, "egress")?;
+    ensure!(
+        egress.len() == 1 && egress[0].1.starts_with("tc_egress"),
+        "{egress:?}"
+    );
+    ensure!(marker.is_dir(), "the device is marked for clean-up");
+
+    // A restart: the same filter, now running the newly loaded program.
+    let second = attach(std::slice::from_ref(&dev))?;
+    ensure!(
+        second.contains(&(format!("tc_ingress@{dev}"), Attachment::Replaced)),
+        "{second:?}"
+    );
+    let ingress2 = clsact_filters(&dev, "ingress")?;
+    ensure!(
+        ingress2.len() == 1,
+        "a restart must not stack filters: {ingress2:?}"
+    );
+    ensure!(ingress2[0].0 == ingress[0].0, "same filter handle");
+    ensure!(
+        ingress2[0].2 != ingress[0].2,
+        "program not swapped: {ingress2:?}"
+    );
+
+    // The device leaves --devices: the filters go.
+    attach(&[])?;
+    ensure!(clsact_filters(&dev, "ingress")?.is_empty());
+    ensure!(clsact_filters(&dev, "egress")?.is_empty());
+    ensure!(!marker.exists(), "marker left");
     Ok(())
 }

@@ -5,7 +5,7 @@
 mod link_update;
 mod tc;
 
-pub use tc::TC_PROGRAMS;
+pub use tc::{TcMode, TC_PROGRAMS};
 
 use std::{
     fs,
@@ -95,6 +95,7 @@ pub fn pin_dir(bpffs: &Path) -> PathBuf {
 pub struct Loaded {
     ebpf: Ebpf,
     links: PathBuf,
+    tc_mode: TcMode,
     /// Devices the TC programs sit on; None before the first
     /// [`Loaded::set_devices`].
     devices: Option<Vec<String>>,
@@ -103,7 +104,11 @@ pub struct Loaded {
 /// Loads the object with its maps pinned in (or reused from) the pin
 /// directory and attaches the socket programs to `cgroup`. The TC programs
 /// wait for [`Loaded::set_devices`].
-pub fn load(bpffs: &Path, cgroup: &Path) -> Result<(Loaded, Vec<(String, Attachment)>), LoadError> {
+pub fn load(
+    bpffs: &Path,
+    cgroup: &Path,
+    tc_mode: TcMode,
+) -> Result<(Loaded, Vec<(String, Attachment)>), LoadError> {
     let dir = pin_dir(bpffs);
     let links = dir.join("links");
     fs::create_dir_all(&links).map_err(|source| LoadError::PinDir {
@@ -132,6 +137,7 @@ pub fn load(bpffs: &Path, cgroup: &Path) -> Result<(Loaded, Vec<(String, Attachm
     let loaded = Loaded {
         ebpf,
         links,
+        tc_mode,
         devices: None,
     };
     Ok((loaded, done))
@@ -142,9 +148,10 @@ pub fn load(bpffs: &Path, cgroup: &Path) -> Result<(Loaded, Vec<(String, Attachm
 pub fn load_and_attach(
     bpffs: &Path,
     cgroup: &Path,
+    tc_mode: TcMode,
     devices: &[String],
 ) -> Result<Vec<(String, Attachment)>, LoadError> {
-    let (mut loaded, mut done) = load(bpffs, cgroup)?;
+    let (mut loaded, mut done) = load(bpffs, cgroup, tc_mode)?;
     done.extend(loaded.set_devices(devices)?);
     // Dropping the object is fine: pinned links keep the programs alive
     // and pinned maps keep the state.
@@ -164,7 +171,8 @@ impl Loaded {
             return Ok(Vec::new());
         }
         let already = self.devices.clone().unwrap_or_default();
-        let done = tc::attach_devices(&mut self.ebpf, devices, &already, &self.links)?;
+        let done =
+            tc::attach_devices(&mut self.ebpf, self.tc_mode, devices, &already, &self.links)?;
         self.devices = Some(devices.to_vec());
         Ok(done)
     }

@@ -1,15 +1,26 @@
-//! Attaches the TC programs to the node devices: TCX links (kernel ≥ 6.6)
-//! pinned per device and direction, whose program is swapped in place on
-//! restart (BPF_LINK_UPDATE, as for the cgroup links), so packets never
-//! cross a device without a program. Older kernels get a clsact filter.
+//! Attaches the TC programs to the node devices, in one of two ways:
+//!
+//! - TCX links (kernel ≥ 6.6), pinned per device and direction, whose
+//!   program is swapped in place on restart (BPF_LINK_UPDATE, as for the
+//!   cgroup links), so packets never cross a device without a program.
+//! - Older kernels: a `cls_bpf` filter on the device's clsact qdisc at a
+//!   fixed priority and handle, so a restarted agent finds its filter again
+//!   and replaces the program in it atomically (a netlink change of the
+//!   same filter) instead of stacking a second one. A netlink filter cannot
+//!   be pinned, so an empty directory under the same pin name marks the
+//!   device for the next agent's clean-up.
 use std::{fs, path::Path};
 
 use aya::{
-    programs::{tc, tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType},
+    programs::{
+        links::Link,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
     util::KernelVersion,
     Ebpf,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{link_update, Attachment, LoadError};
 
@@ -22,6 +33,37 @@ pub const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
 /// Pin names of TC links start with this; anything else in the links
 /// directory belongs to the socket programs.
 const PIN_PREFIX: &str = "tc-";
+
+/// Priority and handle of our clsact filters: fixed, so a restarted agent
+/// finds them. Priority 1 runs before filters other software adds with the
+/// kernel's default priorities.
+const CLSACT_PRIORITY: u16 = 1;
+const CLSACT_HANDLE: u16 = 0xb9f;
+
+/// How the TC programs attach (`--tc-attach`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcMode {
+    /// TCX where the kernel has it (≥ 6.6), clsact otherwise.
+    #[default]
+    Auto,
+    Tcx,
+    /// The pre-6.6 path, also on newer kernels (to test it there).
+    Clsact,
+}
+
+impl TcMode {
+    fn uses_tcx(self) -> bool {
+        match self {
+            // An unreadable kernel version is taken as new: TCX attach then
+            // fails with a clear error instead of silently falling back.
+            TcMode::Auto => {
+                KernelVersion::current().map_or(true, |v| v >= KernelVersion::new(6, 6, 0))
+            }
+            TcMode::Tcx => true,
+            TcMode::Clsact => false,
+        }
+    }
+}
 
 /// `tc-<device>-<ingress|egress>`.
 fn pin_name(device: &str, attach: TcAttachType) -> String {
@@ -37,10 +79,12 @@ fn pin_name(device: &str, attach: TcAttachType) -> String {
 /// links of devices no longer listed (which detaches them).
 pub fn attach_devices(
     ebpf: &mut Ebpf,
+    mode: TcMode,
     devices: &[String],
     already: &[String],
     links: &Path,
 ) -> Result<Vec<(String, Attachment)>, LoadError> {
+    let tcx = mode.uses_tcx();
     let mut done = Vec::new();
     let mut wanted = Vec::new();
     for (name, attach) in TC_PROGRAMS {
@@ -60,7 +104,11 @@ pub fn attach_devices(
             if already.contains(device) {
                 continue;
             }
-            let how = attach_one(prog, name, device, attach, &pin)?;
+            let how = if tcx {
+                attach_tcx(prog, name, device, attach, &pin)?
+            } else {
+                attach_clsact(prog, name, device, attach, &pin)?
+            };
             info!(program = name, device = %device, ?how, "TC program in place");
             done.push((format!("{name}@{device}"), how));
         }
@@ -69,7 +117,7 @@ pub fn attach_devices(
     Ok(done)
 }
 
-fn attach_one(
+fn attach_tcx(
     prog: &mut SchedClassifier,
     name: &'static str,
     device: &str,
@@ -94,51 +142,118 @@ fn attach_one(
             }
         }
     }
-    // An unreadable kernel version is taken as new: TCX attach then fails
-    // with a clear error instead of silently falling back.
-    let tcx = KernelVersion::current().map_or(true, |v| v >= KernelVersion::new(6, 6, 0));
-    if tcx {
-        // TCX: multi-program per hook, so other software's TC programs stay;
-        // the default order appends after them.
-        let id = prog
-            .attach_with_options(
-                device,
-                attach,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(prog_err)?;
-        super::pin_link(name, prog.take_link(id).map_err(prog_err)?, pin)?;
-    } else {
-        // clsact fallback (not exercised on the project's 6.x test
-        // machines): a netlink filter cannot be pinned; it lives on the
-        // device until removed, so the link is leaked on purpose instead of
-        // being detached when the program is dropped.
-        if let Err(e) = tc::qdisc_add_clsact(device) {
-            // EEXIST: the qdisc is already there, which is what we want.
-            warn!(device = %device, error = %e, "adding clsact qdisc");
-        }
-        let id = prog.attach(device, attach).map_err(prog_err)?;
-        let link = prog.take_link(id).map_err(prog_err)?;
-        std::mem::forget(link);
-    }
+    // TCX: multi-program per hook, so other software's TC programs stay;
+    // the default order appends after them.
+    let id = prog
+        .attach_with_options(
+            device,
+            attach,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(prog_err)?;
+    super::pin_link(name, prog.take_link(id).map_err(prog_err)?, pin)?;
     Ok(Attachment::Attached)
 }
 
-/// Removes pinned TC links not in `wanted`: the device left `--devices`.
+/// The clsact path: replaces the program in our filter when there is one,
+/// else adds the filter (and the qdisc) and leaves the marker directory.
+fn attach_clsact(
+    prog: &mut SchedClassifier,
+    name: &'static str,
+    device: &str,
+    attach: TcAttachType,
+    marker: &Path,
+) -> Result<Attachment, LoadError> {
+    let prog_err = |source| LoadError::Program { name, source };
+    let handle = TcHandle::new(0, CLSACT_HANDLE);
+    if let Ok(existing) =
+        SchedClassifierLink::attached(device, attach, CLSACT_PRIORITY, handle, None)
+    {
+        // Without NLM_F_CREATE this only changes an existing filter: it
+        // fails (and we add one below) when there is none.
+        if let Ok(id) = prog.attach_to_link(existing) {
+            keep_filter(prog, id, name)?;
+            return Ok(Attachment::Replaced);
+        }
+    }
+    if let Err(e) = tc::qdisc_add_clsact(device) {
+        // Mostly EEXIST: the qdisc is already there, which is what we want;
+        // anything worse makes the filter attach below fail loudly.
+        debug!(device = %device, error = %e, "adding clsact qdisc");
+    }
+    let options = NlOptions {
+        priority: CLSACT_PRIORITY,
+        handle,
+        ..Default::default()
+    };
+    let id = prog
+        .attach_with_options(device, attach, TcAttachOptions::Netlink(options))
+        .map_err(prog_err)?;
+    keep_filter(prog, id, name)?;
+    fs::create_dir_all(marker).map_err(|source| LoadError::PinDir {
+        path: marker.to_path_buf(),
+        source,
+    })?;
+    Ok(Attachment::Attached)
+}
+
+/// A netlink filter is removed when aya drops its link: the link is leaked
+/// on purpose, the filter then lives on the device until removed.
+fn keep_filter(
+    prog: &mut SchedClassifier,
+    id: tc::SchedClassifierLinkId,
+    name: &'static str,
+) -> Result<(), LoadError> {
+    let link = prog
+        .take_link(id)
+        .map_err(|source| LoadError::Program { name, source })?;
+    std::mem::forget(link);
+    Ok(())
+}
+
+/// Removes our clsact filter from `device`'s hook (the device left
+/// `--devices`); a device or filter already gone is fine.
+fn detach_clsact(device: &str, attach: TcAttachType) {
+    let handle = TcHandle::new(0, CLSACT_HANDLE);
+    if let Ok(link) = SchedClassifierLink::attached(device, attach, CLSACT_PRIORITY, handle, None) {
+        if let Err(e) = link.detach() {
+            warn!(device = %device, error = %e, "removing the clsact filter");
+        }
+    }
+}
+
+/// Removes pinned TC links (and clsact markers) not in `wanted`: the
+/// device left `--devices`.
 fn prune_links(links: &Path, wanted: &[String]) {
     let Ok(entries) = fs::read_dir(links) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(PIN_PREFIX) && !wanted.contains(&name) {
-            info!(link = %name, "detaching TC link of a device no longer listed");
-            if let Err(e) = link_update::detach_pinned(&entry.path()) {
-                warn!(link = %name, error = %e, "detaching stale TC link; removing its pin");
-                let _ = fs::remove_file(entry.path());
+        if !name.starts_with(PIN_PREFIX) || wanted.contains(&name) {
+            continue;
+        }
+        info!(link = %name, "detaching the TC programs of a device no longer listed");
+        if entry.path().is_dir() {
+            if let Some((device, attach)) = parse_pin_name(&name) {
+                detach_clsact(device, attach);
             }
+            let _ = fs::remove_dir(entry.path());
+        } else if let Err(e) = link_update::detach_pinned(&entry.path()) {
+            warn!(link = %name, error = %e, "detaching stale TC link; removing its pin");
+            let _ = fs::remove_file(entry.path());
         }
     }
+}
+
+/// The device and hook of a pin name (the inverse of [`pin_name`]).
+fn parse_pin_name(name: &str) -> Option<(&str, TcAttachType)> {
+    let rest = name.strip_prefix(PIN_PREFIX)?;
+    if let Some(device) = rest.strip_suffix("-ingress") {
+        return Some((device, TcAttachType::Ingress));
+    }
+    rest.strip_suffix("-egress")
+        .map(|device| (device, TcAttachType::Egress))
 }
 
 #[cfg(test)]
@@ -146,8 +261,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pin_names_are_per_device_and_direction() {
+    fn pin_names_are_per_device_and_direction_and_parse_back() {
         assert_eq!(pin_name("eth0", TcAttachType::Ingress), "tc-eth0-ingress");
         assert_eq!(pin_name("eth0", TcAttachType::Egress), "tc-eth0-egress");
+        for (dev, attach) in [
+            ("eth0", TcAttachType::Ingress),
+            ("br-lan-egress", TcAttachType::Egress),
+        ] {
+            let name = pin_name(dev, attach);
+            let parsed = parse_pin_name(&name).unwrap();
+            assert_eq!(parsed.0, dev);
+            assert_eq!(
+                parsed.1 == TcAttachType::Ingress,
+                attach == TcAttachType::Ingress
+            );
+        }
+        assert!(parse_pin_name("sock4_connect").is_none());
     }
 }
