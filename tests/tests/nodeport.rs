@@ -106,7 +106,7 @@ fn np(i: usize) -> String {
 fn every_node_serves_the_node_port_and_all_backends_are_reached() -> Result<()> {
     let sb = cluster()?;
     write_web(&sb, "Cluster")?;
-    let _agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
+    let mut agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
     let want: BTreeSet<String> = [pod_name(1, 1), pod_name(2, 1)].into();
     for i in 1..=NODES {
         let r = sb.client_tcp(&np(i), CONNS, T)?;
@@ -115,6 +115,27 @@ fn every_node_serves_the_node_port_and_all_backends_are_reached() -> Result<()> 
         ensure!(r.ok == CONNS, "node {i}: {r:?}");
         let seen: BTreeSet<String> = names.keys().cloned().collect();
         ensure!(seen == want, "node {i}: all backends, nothing else: {r:?}");
+    }
+    // `kubectl delete service web`: nothing is left in the maps, and the
+    // port is a closed port of the node again.
+    manifest::remove_file(&sb.source_dir(), "web.yaml")?;
+    for (n, agent) in agents.iter_mut().enumerate() {
+        let dump = agent.wait_until(|d| bpfproxy_tests::agent::frontend_count(d) == 0, T)?;
+        let entries = &dump["entries"];
+        ensure!(
+            ["services", "backends", "rev_nat", "names"]
+                .iter()
+                .all(|m| entries[m] == 0),
+            "node {}: map entries left: {entries}",
+            n + 1
+        );
+    }
+    for i in 1..=NODES {
+        let c = sb.client_connect(&np(i), FAIL_TIMEOUT_MS)?;
+        ensure!(
+            c.errno == Some(libc::ECONNREFUSED),
+            "node {i}: a deleted NodePort is a closed port: {c:?}"
+        );
     }
     Ok(())
 }
