@@ -209,9 +209,15 @@ fn addresses_and_devices_that_appear_later_are_served_and_dropped_ones_are_not()
             && f["state"] == "established"
     });
     ensure!(held, "the held connection is a live flow: {flows:?}");
+    let text = agent.dump_text()?;
+    let line = format!(
+        "-> {} => {}:8080 established",
+        node_port(&node_ip(1)),
+        pod_ip(1, 1)
+    );
     ensure!(
-        agent.dump_text()?.contains("flows ("),
-        "the text dump lists flows"
+        text.lines().any(|l| l.contains(&line)),
+        "the text dump shows the held flow ({line}):\n{text}"
     );
     Ok(())
 }

@@ -125,6 +125,39 @@ fn flag_names(flags: u16) -> Vec<String> {
     .collect()
 }
 
+/// At most this many flows in the text dump (`--json` has them all): a
+/// busy node has thousands, mostly closing ones waiting out their timeout.
+const TEXT_FLOWS: usize = 20;
+
+/// A count per state, then the live flows first, most recently active
+/// first.
+fn write_flows(f: &mut fmt::Formatter<'_>, flows: &[FlowView]) -> fmt::Result {
+    let mut by_state: std::collections::BTreeMap<&str, usize> = Default::default();
+    for flow in flows {
+        let state = if flow.state.is_empty() {
+            "udp"
+        } else {
+            flow.state.as_str()
+        };
+        *by_state.entry(state).or_default() += 1;
+    }
+    let counts: Vec<String> = by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    writeln!(f, "flows: {} ({})", flows.len(), counts.join(", "))?;
+    let mut shown: Vec<&FlowView> = flows.iter().collect();
+    shown.sort_by_key(|fl| (fl.state == "closing", fl.idle_s));
+    for flow in shown.iter().take(TEXT_FLOWS) {
+        writeln!(f, "    {flow}")?;
+    }
+    if flows.len() > TEXT_FLOWS {
+        writeln!(
+            f,
+            "    … {} more (bpfproxy dump --json lists every flow)",
+            flows.len() - TEXT_FLOWS
+        )?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for DumpView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.frontends.is_empty() {
@@ -175,10 +208,7 @@ impl fmt::Display for DumpView {
             writeln!(f, "NodePorts answer on: {}", self.node_addresses.join(", "))?;
         }
         if !self.flows.is_empty() {
-            writeln!(f, "flows ({}):", self.flows.len())?;
-            for flow in &self.flows {
-                writeln!(f, "    {flow}")?;
-            }
+            write_flows(f, &self.flows)?;
         }
         if !self.counters.is_empty() {
             writeln!(f, "counters:")?;
@@ -187,5 +217,41 @@ impl fmt::Display for DumpView {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(port: u16, state: &str, idle_s: u32) -> FlowView {
+        FlowView {
+            protocol: "TCP".into(),
+            client: format!("192.168.50.100:{port}"),
+            frontend: "192.168.50.11:30080".into(),
+            backend: "10.244.1.2:8080".into(),
+            snat: None,
+            state: state.into(),
+            idle_s,
+        }
+    }
+
+    #[test]
+    fn the_text_dump_counts_flows_and_shows_live_ones_first() {
+        let mut view = DumpView::from_state(&MapState::default());
+        view.flows = (0..24).map(|i| flow(40000 + i, "closing", 0)).collect();
+        view.flows.push(flow(50000, "established", 9));
+        let text = view.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("flows:"))
+            .expect("a flows line");
+        assert_eq!(lines[at], "flows: 25 (24 closing, 1 established)");
+        assert!(lines[at + 1].contains(":50000 ") && lines[at + 1].contains("established"));
+        assert_eq!(
+            lines[at + 1 + TEXT_FLOWS],
+            "    … 5 more (bpfproxy dump --json lists every flow)"
+        );
     }
 }
