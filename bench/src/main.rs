@@ -9,10 +9,18 @@
 //!   running at once with different `--min-sync-period`. Needs root (it
 //!   loads BPF programs into a child cgroup and a private bpffs; it sends no
 //!   packets).
+//! - `tc-datapath`: kernel time per packet of the TC programs, by packet
+//!   class (foreign, new NodePort flow, established, reply), with 10 and
+//!   10k Services in the maps. Needs root (it loads BPF programs into a
+//!   private bpffs and runs them with BPF_PROG_TEST_RUN; it sends no
+//!   packets and attaches nothing).
+mod datapath;
 mod objects;
 mod pipeline;
 mod report;
 mod sync_latency;
+mod tc_classes;
+mod tc_datapath;
 
 use clap::{Parser, Subcommand};
 
@@ -37,11 +45,34 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         rounds: usize,
     },
+    TcDatapath {
+        #[arg(long, value_delimiter = ',', default_value = "10,10000")]
+        services: Vec<usize>,
+        #[arg(long, default_value_t = 100)]
+        rounds: usize,
+        /// Single runs per packet class, program and round.
+        #[arg(long, default_value_t = 300)]
+        batch: usize,
+        /// Runs per sample of the repeat-timed foreign packet.
+        #[arg(long, default_value_t = 20_000)]
+        repeat: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Pipeline { services, rounds } => pipeline::run(&services, rounds),
         Bench::SyncLatency { services, rounds } => sync_latency::run(&services, rounds),
+        Bench::TcDatapath {
+            services,
+            rounds,
+            batch,
+            repeat,
+        } => tc_datapath::run(&tc_datapath::Options {
+            services,
+            rounds,
+            batch,
+            repeat,
+        }),
     }
 }

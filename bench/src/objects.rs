@@ -1,9 +1,12 @@
 //! Synthetic clusters: Service `bench/svc-<i>` with one port and two
 //! endpoints, ClusterIPs 10.96.0.0/16 and endpoints 10.201.0.0/16 (never
-//! sent to: the benchmarks only read maps).
-use std::net::Ipv4Addr;
+//! sent to: the benchmarks only read maps or run programs on packets they
+//! hand to the kernel with BPF_PROG_TEST_RUN).
+use std::{net::Ipv4Addr, sync::Arc};
 
 use bpfproxy_tests::manifest;
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use proxy_agent::source::Snapshot;
 
 pub fn vip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 96, (i / 250 + 1) as u8, (i % 250 + 1) as u8)
@@ -39,4 +42,48 @@ pub fn slice_yaml(i: usize, version: usize) -> String {
         &[("http", 8080, "TCP")],
         &[],
     )
+}
+
+/// Services `0..n` with their slices, as a source would hand them over.
+pub fn snapshot(n: usize) -> anyhow::Result<Snapshot> {
+    let mut snap = Snapshot::default();
+    for i in 0..n {
+        push(&mut snap, &service_yaml(i), &slice_yaml(i, 0))?;
+    }
+    Ok(snap)
+}
+
+/// Adds one Service and its EndpointSlice to `snap`.
+pub fn push(snap: &mut Snapshot, service: &str, slice: &str) -> anyhow::Result<()> {
+    snap.services
+        .push(Arc::new(serde_yaml::from_str::<Service>(service)?));
+    snap.slices
+        .push(Arc::new(serde_yaml::from_str::<EndpointSlice>(slice)?));
+    Ok(())
+}
+
+/// `bench/nodeport`: a NodePort Service (ClusterIP 10.96.0.10, outside the
+/// range of [`vip`]) with `backends` as ready endpoints on no particular
+/// node, so this node SNATs the traffic it forwards to them.
+pub fn nodeport_yaml(node_port: u16, target_port: u16, backends: &[Ipv4Addr]) -> (String, String) {
+    let mut svc = manifest::ServiceSpec::cluster_ip("bench/nodeport", "10.96.0.10").port(
+        "http",
+        80,
+        target_port,
+        "TCP",
+    );
+    svc.type_ = "NodePort".into();
+    for p in &mut svc.ports {
+        p.node_port = Some(node_port);
+    }
+    let ips: Vec<String> = backends.iter().map(Ipv4Addr::to_string).collect();
+    let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+    let slice = manifest::endpoint_slice(
+        "bench/nodeport",
+        "nodeport-1",
+        &ips,
+        &[("http", target_port, "TCP")],
+        &[],
+    );
+    (svc.to_yaml(), slice)
 }

@@ -2,26 +2,9 @@
 //! (build → render → plan → apply) on fake maps, 1k vs 10k Services.
 use std::{fmt::Write as _, sync::Arc, time::Instant};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use proxy_agent::{
-    maps::FakeMaps, metrics::Metrics, model::ModelConfig, source::Snapshot, sync::Syncer,
-};
+use proxy_agent::{maps::FakeMaps, metrics::Metrics, model::ModelConfig, sync::Syncer};
 
 use crate::{objects, report};
-
-pub fn snapshot(n: usize) -> anyhow::Result<Snapshot> {
-    let mut snap = Snapshot::default();
-    for i in 0..n {
-        snap.services.push(Arc::new(serde_yaml::from_str::<Service>(
-            &objects::service_yaml(i),
-        )?));
-        snap.slices
-            .push(Arc::new(serde_yaml::from_str::<EndpointSlice>(
-                &objects::slice_yaml(i, 0),
-            )?));
-    }
-    Ok(snap)
-}
 
 pub fn run(sizes: &[usize], rounds: usize) -> anyhow::Result<()> {
     let mut body = String::new();
@@ -30,7 +13,7 @@ pub fn run(sizes: &[usize], rounds: usize) -> anyhow::Result<()> {
         "One sync after one EndpointSlice change (fake maps), {rounds} rounds:\n"
     );
     for &n in sizes {
-        let mut snap = snapshot(n)?;
+        let mut snap = objects::snapshot(n)?;
         let mut syncer = Syncer::new(
             FakeMaps::new(1 << 20),
             Arc::new(Metrics::new()),

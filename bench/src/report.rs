@@ -1,4 +1,4 @@
-//! Summaries and the report file.
+//! Summaries, tables and the report file.
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
 /// p50, p95 and max of `samples`, in milliseconds.
@@ -7,14 +7,52 @@ pub fn summary(samples: &mut [Duration]) -> String {
         return "no samples".into();
     }
     samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     format!(
         "p50 {:8.2} ms  p95 {:8.2} ms  max {:8.2} ms  (n={})",
-        ms(at(0.5)),
-        ms(at(0.95)),
-        ms(at(1.0)),
+        ms(quantile(samples, 0.5)),
+        ms(quantile(samples, 0.95)),
+        ms(quantile(samples, 1.0)),
         samples.len()
     )
+}
+
+/// The `q` quantile (nearest rank) of `sorted`, which must not be empty.
+pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> T {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// A markdown table whose first `labels` columns are left-aligned text and
+/// the others right-aligned numbers; cells are padded so it also reads as
+/// plain text on a terminal.
+pub fn table(header: &[String], rows: &[Vec<String>], labels: usize) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&width)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i < labels {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect();
+        format!("| {} |\n", padded.join(" | "))
+    };
+    let mut out = line(header);
+    let rule: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
+    out.push_str(&line(&rule));
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
 }
 
 pub fn ms(d: Duration) -> f64 {

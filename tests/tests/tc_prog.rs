@@ -832,22 +832,3 @@ fn the_agents_node_addresses_decide_where_nodeports_answer() -> Result<()> {
     );
     Ok(())
 }
-
-/// The cost the programs add to every packet that is not theirs, measured
-/// by the kernel over many runs. The bound is loose (a busy shared machine)
-/// but catches a lookup storm or a missed fast path.
-#[test]
-fn foreign_packets_cost_little() -> Result<()> {
-    let mut dp = Datapath::with_node("tccost")?;
-    nodeport_tcp(&mut dp, &[Be(LOCAL_POD, TARGET_PORT, true)]);
-    let foreign = Spec::tcp((CLIENT, 40080), (NODE, 22), TCP_ACK)
-        .payload(&[0; 64])
-        .build();
-    for prog in ["tc_ingress", "tc_egress"] {
-        let p: &SchedClassifier = dp.ebpf.program(prog).context(prog)?.try_into()?;
-        let ns = prog_test_run::mean_ns(p.fd()?, &foreign, 200_000)?;
-        eprintln!("{prog}: {ns} ns per foreign packet");
-        ensure!(ns < 2_000, "{prog} takes {ns} ns per foreign packet");
-    }
-    Ok(())
-}

@@ -8,10 +8,10 @@ use crate::{setup, sh, workspace};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Service counts to measure.
+    /// Service counts to measure (pipeline, sync-latency).
     #[arg(long, default_value = "1000,10000")]
     services: String,
-    /// Changes measured per count.
+    /// Changes measured per count (pipeline, sync-latency).
     #[arg(long, default_value_t = 20)]
     rounds: usize,
 }
@@ -37,5 +37,8 @@ pub fn run(args: &Args) -> Result<()> {
                 .env("BPFPROXY_BIN", bin.join("bpfproxy")),
         )?;
     }
+    // Its own defaults: per-packet cost with 10 vs 10k Services, and rounds
+    // of packet batches rather than single changes.
+    sh::run(Command::new(bin.join("bpfproxy-bench")).arg("tc-datapath"))?;
     Ok(())
 }

@@ -1,0 +1,135 @@
+//! One TC datapath under test: the object the agent ships, its maps pinned
+//! in a private bpffs and programmed by the agent's own sync pipeline, its
+//! `tc_ingress`/`tc_egress` loaded but attached nowhere. Packets reach them
+//! only through BPF_PROG_TEST_RUN, which hands them back to us: nothing is
+//! sent anywhere.
+use std::{net::Ipv4Addr, sync::Arc};
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{HashMap, MapData, MapError},
+    programs::{ProgramFd, SchedClassifier},
+    Ebpf, EbpfLoader,
+};
+use bpfproxy_tests::{prog_test_run, PrivateBpffs};
+use proxy_agent::{
+    loader,
+    maps::{pinned::PinnedMaps, LbMaps},
+    metrics::Metrics,
+    model::ModelConfig,
+    node_addrs,
+    source::Snapshot,
+    sync::Syncer,
+};
+use proxy_common::{maps as names, CtKey, CtValue};
+
+/// The two TC programs.
+#[derive(Clone, Copy, Debug)]
+pub enum Prog {
+    Ingress,
+    Egress,
+}
+
+impl Prog {
+    pub const BOTH: [Prog; 2] = [Prog::Ingress, Prog::Egress];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Prog::Ingress => "tc_ingress",
+            Prog::Egress => "tc_egress",
+        }
+    }
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    // Dropped after `ebpf`: unmounting releases the pins.
+    bpffs: PrivateBpffs,
+}
+
+impl Datapath {
+    /// Loads the object into a fresh private bpffs named after `suffix`.
+    ///
+    /// The same steps as the program-test tier's `Datapath::new` in
+    /// `tests/tests/tc_prog.rs` (which cannot be shared from here: the
+    /// tests library must build without the agent, see tests/Cargo.toml).
+    pub fn load(suffix: &str) -> Result<Self> {
+        let bpffs = PrivateBpffs::new(suffix)?;
+        let dir = loader::pin_dir(bpffs.path());
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&dir)
+            .load(loader::OBJECT)
+            .context("loading the agent's eBPF object")?;
+        for prog in Prog::BOTH {
+            let name = prog.name();
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("{name} missing from the object"))?
+                .try_into()?;
+            p.load()
+                .with_context(|| format!("verifier rejected {name}"))?;
+        }
+        Ok(Self { ebpf, bpffs })
+    }
+
+    /// Programs the Services of `snap` exactly as the agent does (one full
+    /// sync through the pinned maps), with `node` as the node address that
+    /// answers NodePorts and that remote-backend traffic is SNATed to.
+    /// Returns the service map's frontends and entries, read back from the
+    /// kernel (proof that the maps hold what the bench claims).
+    pub fn program(&self, snap: &Snapshot, node: Ipv4Addr) -> Result<(usize, usize)> {
+        let dir = loader::pin_dir(self.bpffs.path());
+        node_addrs::program(&dir, &node_addrs::entries(&[node]))?;
+        let maps = PinnedMaps::open(&dir)?;
+        let mut syncer = Syncer::new(maps, Arc::new(Metrics::new()), ModelConfig::default())?;
+        let out = syncer.sync(snap, true)?;
+        anyhow::ensure!(
+            out.complete(),
+            "sync left work undone ({} failed, {} held back)",
+            out.failed,
+            out.held_back
+        );
+        let services = syncer.maps().read_all()?.services;
+        let frontends = services.keys().filter(|k| k.slot == 0).count();
+        Ok((frontends, services.len()))
+    }
+
+    fn fd(&self, prog: Prog) -> Result<&ProgramFd> {
+        let p: &SchedClassifier = self
+            .ebpf
+            .program(prog.name())
+            .with_context(|| format!("{} missing", prog.name()))?
+            .try_into()?;
+        Ok(p.fd()?)
+    }
+
+    /// One run, for checking what a packet class does: (verdict, packet).
+    pub fn run(&self, prog: Prog, pkt: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let r = prog_test_run::run(self.fd(prog)?, pkt, None)
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {}", prog.name()))?;
+        Ok((r.retval, r.data))
+    }
+
+    /// The kernel's time for running `prog` `repeat` times on `pkt`, per
+    /// run, in ns. Each call starts from a fresh copy of `pkt`, but within
+    /// one call every run sees the packet as the previous run left it.
+    pub fn time(&self, prog: Prog, pkt: &[u8], repeat: u32) -> Result<u32> {
+        prog_test_run::mean_ns(self.fd(prog)?, pkt, repeat)
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {}", prog.name()))
+    }
+
+    /// The conntrack entry under `key`, if any.
+    pub fn conntrack(&self, key: &CtKey) -> Result<Option<CtValue>> {
+        let map = self
+            .ebpf
+            .map(names::CONNTRACK)
+            .context("conntrack map missing")?;
+        let ct: HashMap<&MapData, CtKey, CtValue> = HashMap::try_from(map)?;
+        match ct.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading the conntrack map"),
+        }
+    }
+}
