@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use aya::{
     maps::{HashMap, MapData, MapError},
     programs::{ProgramFd, SchedClassifier},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use bpfproxy_tests::{prog_test_run, PrivateBpffs};
 use proxy_agent::{
@@ -49,27 +49,10 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the object into a fresh private bpffs named after `suffix`.
-    ///
-    /// The same steps as the program-test tier's `Datapath::new` in
-    /// `tests/tests/tc_prog.rs` (which cannot be shared from here: the
-    /// tests library must build without the agent, see tests/Cargo.toml).
     pub fn load(suffix: &str) -> Result<Self> {
         let bpffs = PrivateBpffs::new(suffix)?;
-        let dir = loader::pin_dir(bpffs.path());
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&dir)
-            .load(loader::OBJECT)
-            .context("loading the agent's eBPF object")?;
-        for prog in Prog::BOTH {
-            let name = prog.name();
-            let p: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .with_context(|| format!("{name} missing from the object"))?
-                .try_into()?;
-            p.load()
-                .with_context(|| format!("verifier rejected {name}"))?;
-        }
+        let ebpf = loader::load_tc_unattached(bpffs.path())
+            .context("loading the agent's eBPF object and its TC programs")?;
         Ok(Self { ebpf, bpffs })
     }
 

@@ -10,7 +10,7 @@ use anyhow::{ensure, Context, Result};
 use aya::{
     maps::{HashMap, MapData},
     programs::SchedClassifier,
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use bpfproxy_tests::{
     packet::{self, verify_checksums, view, Spec, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP},
@@ -50,20 +50,8 @@ impl Datapath {
     fn new(suffix: &str) -> Result<Self> {
         require_root()?;
         let bpffs = PrivateBpffs::new(suffix)?;
-        let dir = bpffs.path().join(names::PIN_DIR);
-        std::fs::create_dir_all(&dir)?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&dir)
-            .load(proxy_agent::loader::OBJECT)
-            .context("loading the agent's eBPF object")?;
-        for name in ["tc_ingress", "tc_egress"] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .with_context(|| format!("{name} missing from the object"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("verifier rejected {name}"))?;
-        }
+        let ebpf = proxy_agent::loader::load_tc_unattached(bpffs.path())
+            .context("loading the agent's eBPF object and its TC programs")?;
         Ok(Self {
             ebpf,
             next_backend_id: 1,

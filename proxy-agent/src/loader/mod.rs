@@ -115,15 +115,7 @@ pub fn load(
         path: links.clone(),
         source,
     })?;
-    // Maps are pinned ByName in the object: an existing pin is reused, so a
-    // restarted agent keeps the state the kernel has been using.
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(&dir)
-        .load(OBJECT)
-        .map_err(|source| LoadError::Object {
-            pin_dir: dir.clone(),
-            source: Box::new(source),
-        })?;
+    let mut ebpf = load_object(&dir)?;
     let cgroup_file = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.to_path_buf(),
         source,
@@ -141,6 +133,33 @@ pub fn load(
         devices: None,
     };
     Ok((loaded, done))
+}
+
+/// The object with its maps pinned in (or reused from) `dir`. Maps are
+/// pinned ByName in the object: an existing pin is reused, so a restarted
+/// agent keeps the state the kernel has been using.
+fn load_object(dir: &Path) -> Result<Ebpf, LoadError> {
+    EbpfLoader::new()
+        .default_map_pin_directory(dir)
+        .load(OBJECT)
+        .map_err(|source| LoadError::Object {
+            pin_dir: dir.to_path_buf(),
+            source: Box::new(source),
+        })
+}
+
+/// The object with its maps pinned in `bpffs` and the TC programs through
+/// the verifier but attached nowhere: for BPF_PROG_TEST_RUN (the program
+/// tests and the TC benchmark).
+pub fn load_tc_unattached(bpffs: &Path) -> Result<Ebpf, LoadError> {
+    let dir = pin_dir(bpffs);
+    fs::create_dir_all(&dir).map_err(|source| LoadError::PinDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut ebpf = load_object(&dir)?;
+    tc::load_programs(&mut ebpf)?;
+    Ok(ebpf)
 }
 
 /// [`load`], then the TC programs on `devices` (none: no per-packet

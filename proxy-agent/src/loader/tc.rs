@@ -85,19 +85,11 @@ pub fn attach_devices(
     links: &Path,
 ) -> Result<Vec<(String, Attachment)>, LoadError> {
     let tcx = mode.uses_tcx();
+    load_programs(ebpf)?;
     let mut done = Vec::new();
     let mut wanted = Vec::new();
     for (name, attach) in TC_PROGRAMS {
-        let prog_err = |source| LoadError::Program { name, source };
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(LoadError::MissingProgram { name })?
-            .try_into()
-            .map_err(prog_err)?;
-        // Loaded once per process; later calls only attach.
-        if prog.fd().is_err() {
-            prog.load().map_err(prog_err)?;
-        }
+        let prog = program(ebpf, name)?;
         for device in devices {
             let pin = links.join(pin_name(device, attach));
             wanted.push(pin_name(device, attach));
@@ -115,6 +107,29 @@ pub fn attach_devices(
     }
     prune_links(links, &wanted);
     Ok(done)
+}
+
+/// Puts `tc_ingress` and `tc_egress` through the verifier, once per
+/// process (later calls find them loaded).
+pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    for (name, _) in TC_PROGRAMS {
+        let prog = program(ebpf, name)?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| LoadError::Program { name, source })?;
+        }
+    }
+    Ok(())
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or(LoadError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })
 }
 
 fn attach_tcx(
