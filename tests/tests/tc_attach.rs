@@ -44,16 +44,48 @@ fn link_id(pin: &Path) -> Result<u32> {
     Ok(fd.info()?.id())
 }
 
+/// A "node" namespace with one veth to a peer, a private bpffs and a
+/// cgroup; the calling thread has joined the node's namespace.
+struct Node {
+    dev: String,
+    bpffs: PrivateBpffs,
+    cgroup: TestCgroup,
+    // Dropped last: the veth goes with the namespaces.
+    _veth: VethPair,
+    _peer: Netns,
+    _node: Netns,
+}
+
+impl Node {
+    /// `tag` names the resources; the veth gets `10.<subnet>.0.1/24`.
+    fn enter(tag: &str, subnet: &str) -> Result<Self> {
+        require_root()?;
+        let node = Netns::new(&format!("{tag}node"))?;
+        let peer = Netns::new(&format!("{tag}peer"))?;
+        let veth = VethPair::new(
+            &node,
+            &[&format!("10.{subnet}.0.1/24")],
+            &peer,
+            &[&format!("10.{subnet}.0.2/24")],
+        )?;
+        let bpffs = PrivateBpffs::new(&format!("{tag}attach"))?;
+        let cgroup = TestCgroup::new(&format!("{tag}attach"))?;
+        enter_netns(node.path())?;
+        Ok(Self {
+            dev: veth.a().to_string(),
+            bpffs,
+            cgroup,
+            _veth: veth,
+            _peer: peer,
+            _node: node,
+        })
+    }
+}
+
 #[test]
 fn tc_programs_are_attached_replaced_in_place_and_detached_with_their_device() -> Result<()> {
-    require_root()?;
-    let node = Netns::new("tcnode")?;
-    let peer = Netns::new("tcpeer")?;
-    let veth = VethPair::new(&node, &["10.231.0.1/24"], &peer, &["10.231.0.2/24"])?;
-    let bpffs = PrivateBpffs::new("tcattach")?;
-    let cgroup = TestCgroup::new("tcattach")?;
-    enter_netns(node.path())?;
-    let dev = veth.a().to_string();
+    let n = Node::enter("tc", "231")?;
+    let (bpffs, cgroup, dev) = (&n.bpffs, &n.cgroup, n.dev.clone());
     let links = loader::pin_dir(bpffs.path()).join("links");
 
     let first = loader::load_and_attach(
@@ -142,14 +174,8 @@ fn clsact_filters(dev: &str, hook: &str) -> Result<Vec<(String, String, u32)>> {
 
 #[test]
 fn the_clsact_path_replaces_its_one_filter_in_place_and_removes_it() -> Result<()> {
-    require_root()?;
-    let node = Netns::new("clsnode")?;
-    let peer = Netns::new("clspeer")?;
-    let veth = VethPair::new(&node, &["10.232.0.1/24"], &peer, &["10.232.0.2/24"])?;
-    let bpffs = PrivateBpffs::new("clsattach")?;
-    let cgroup = TestCgroup::new("clsattach")?;
-    enter_netns(node.path())?;
-    let dev = veth.a().to_string();
+    let n = Node::enter("cls", "232")?;
+    let (bpffs, cgroup, dev) = (&n.bpffs, &n.cgroup, n.dev.clone());
     let marker = loader::pin_dir(bpffs.path()).join(format!("links/tc-{dev}-ingress"));
     let attach = |devices: &[String]| {
         loader::load_and_attach(bpffs.path(), cgroup.path(), TcMode::Clsact, devices)
