@@ -28,17 +28,43 @@ impl VethPair {
     pub fn new(a_ns: &Netns, a_addrs: &[&str], b_ns: &Netns, b_addrs: &[&str]) -> Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = std::process::id() % 100_000;
-        let a = format!("bt{tag}a{n}");
-        let b = format!("bt{tag}b{n}");
+        let pair = VethPair {
+            a: format!("bt{tag}a{n}"),
+            a_ns: a_ns.name().to_string(),
+            b: format!("bt{tag}b{n}"),
+            b_ns: b_ns.name().to_string(),
+        };
+        // On failure the pair's Drop removes what was created.
+        pair.create(a_ns, a_addrs, b_ns, b_addrs)?;
+        Ok(pair)
+    }
+
+    /// Deletes the pair and creates it again under the same names: new
+    /// devices with new ifindexes, as a driver reload or a replugged USB
+    /// NIC makes them. The namespaces must be those of [`VethPair::new`].
+    pub fn recreate(
+        &self,
+        a_ns: &Netns,
+        a_addrs: &[&str],
+        b_ns: &Netns,
+        b_addrs: &[&str],
+    ) -> Result<()> {
+        a_ns.ip(&["link", "del", &self.a])
+            .with_context(|| format!("deleting veth {}", self.a))?;
+        self.create(a_ns, a_addrs, b_ns, b_addrs)
+    }
+
+    fn create(&self, a_ns: &Netns, a_addrs: &[&str], b_ns: &Netns, b_addrs: &[&str]) -> Result<()> {
+        let (a, b) = (&self.a, &self.b);
         a_ns.ip(&[
             "link",
             "add",
-            &a,
+            a,
             "type",
             "veth",
             "peer",
             "name",
-            &b,
+            b,
             "netns",
             b_ns.name(),
         ])
@@ -49,23 +75,17 @@ impl VethPair {
                 b_ns.name()
             )
         })?;
-        let pair = VethPair {
-            a,
-            a_ns: a_ns.name().to_string(),
-            b,
-            b_ns: b_ns.name().to_string(),
-        };
         for addr in a_addrs {
-            a_ns.ip(&["addr", "add", addr, "dev", &pair.a])
-                .with_context(|| format!("adding {addr} to {}", pair.a))?;
+            a_ns.ip(&["addr", "add", addr, "dev", a])
+                .with_context(|| format!("adding {addr} to {a}"))?;
         }
         for addr in b_addrs {
-            b_ns.ip(&["addr", "add", addr, "dev", &pair.b])
-                .with_context(|| format!("adding {addr} to {}", pair.b))?;
+            b_ns.ip(&["addr", "add", addr, "dev", b])
+                .with_context(|| format!("adding {addr} to {b}"))?;
         }
-        a_ns.ip(&["link", "set", &pair.a, "up"])?;
-        b_ns.ip(&["link", "set", &pair.b, "up"])?;
-        Ok(pair)
+        a_ns.ip(&["link", "set", a, "up"])?;
+        b_ns.ip(&["link", "set", b, "up"])?;
+        Ok(())
     }
 
     /// Name of the end in the first namespace.

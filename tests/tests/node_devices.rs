@@ -37,6 +37,17 @@ fn start() -> Result<(ClusterSandbox, Agent)> {
         echo_peer: true,
         ..ClusterConfig::default()
     })?;
+    write_web(&sb)?;
+    let mut cfg = sb.agent_config(1)?;
+    cfg.extra_args.push("--devices=auto".to_string());
+    let mut agent = Agent::start(cfg)?;
+    let want = [format!("{}:8080", pod_ip(1, 1))];
+    agent.wait_for_backends("0.0.0.0", NODE_PORT, "TCP", &want, T)?;
+    Ok((sb, agent))
+}
+
+/// `default/web`: NodePort 30080 → pod 1 of node 1.
+fn write_web(sb: &ClusterSandbox) -> Result<()> {
     let mut svc =
         ServiceSpec::cluster_ip("default/web", "10.96.0.40").port("http", 80, 8080, "TCP");
     svc.type_ = "NodePort".to_string();
@@ -47,13 +58,7 @@ fn start() -> Result<(ClusterSandbox, Agent)> {
         &[pod_endpoint(1, 1)],
         &[("http", 8080, "TCP")],
     );
-    sb.write_manifest("web.yaml", &manifest::documents(&[svc.to_yaml(), slice]))?;
-    let mut cfg = sb.agent_config(1)?;
-    cfg.extra_args.push("--devices=auto".to_string());
-    let mut agent = Agent::start(cfg)?;
-    let want = [format!("{}:8080", pod_ip(1, 1))];
-    agent.wait_for_backends("0.0.0.0", NODE_PORT, "TCP", &want, T)?;
-    Ok((sb, agent))
+    sb.write_manifest("web.yaml", &manifest::documents(&[svc.to_yaml(), slice]))
 }
 
 fn node_port(ip: &str) -> String {
@@ -219,5 +224,39 @@ fn addresses_and_devices_that_appear_later_are_served_and_dropped_ones_are_not()
         text.lines().any(|l| l.contains(&line)),
         "the text dump shows the held flow ({line}):\n{text}"
     );
+    Ok(())
+}
+
+#[test]
+fn a_listed_device_that_comes_back_with_a_new_ifindex_gets_the_programs_again() -> Result<()> {
+    let sb = ClusterSandbox::new(ClusterConfig {
+        nodes: 1,
+        pods_per_node: 1,
+        probe_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_probe"))),
+        ..ClusterConfig::default()
+    })?;
+    write_web(&sb)?;
+    let node = sb.node(1);
+    let node_addr = format!("{LATE_NODE_IP}/24");
+    let client_addr = format!("{LATE_CLIENT_IP}/24");
+    let link = VethPair::new(&node.ns, &[&node_addr], sb.client_ns(), &[&client_addr])?;
+    sb.pod(1, 1)
+        .ns
+        .ip(&["route", "add", "192.168.60.0/24", "via", "10.244.1.1"])?;
+    // Listed devices never change, so only the ifindex can tell that the
+    // device is a new one.
+    let mut cfg = sb.agent_config(1)?;
+    cfg.extra_args
+        .push(format!("--devices={},{}", node.device, link.a()));
+    let mut agent = Agent::start(cfg)?;
+    let want = [format!("{}:8080", pod_ip(1, 1))];
+    agent.wait_for_backends("0.0.0.0", NODE_PORT, "TCP", &want, T)?;
+    served_within(&sb, &node_port(LATE_NODE_IP))?;
+
+    link.recreate(&node.ns, &[&node_addr], sb.client_ns(), &[&client_addr])?;
+    let took = served_within(&sb, &node_port(LATE_NODE_IP))?;
+    println!("recreated device served again after {took:?}");
+    let r = sb.client_tcp(&node_port(LATE_NODE_IP), 20, T)?;
+    ensure!(r.ok == 20, "{r:?}");
     Ok(())
 }
