@@ -55,8 +55,6 @@ pub struct NodeWatch {
     devices: Devices,
     /// The addresses last written to the node-address map.
     programmed: Option<Vec<Ipv4Addr>>,
-    /// The devices the TC programs were last put on, with their ifindex.
-    attached: Option<Vec<(String, u32)>>,
     /// The last refresh error, logged once rather than every period.
     last_error: Option<String>,
 }
@@ -69,7 +67,6 @@ impl NodeWatch {
             filter,
             devices,
             programmed: None,
-            attached: None,
             last_error: None,
         }
     }
@@ -90,33 +87,15 @@ impl NodeWatch {
             Devices::Auto => node_addrs::auto_devices(&ifaddrs, &selected),
             Devices::Listed(names) => names.clone(),
         };
-        let wanted: Vec<(String, u32)> = devices.iter().map(|d| (d.clone(), ifindex(d))).collect();
-        if self.attached.as_ref() != Some(&wanted) {
-            // A device that came back under the same name (driver reload,
-            // USB NIC replugged) is a new device whose hooks are empty: its
-            // old link died with the old one. Detach it first, so the next
-            // call attaches it afresh.
-            let recreated = recreated(self.attached.as_deref().unwrap_or_default(), &wanted);
-            if !recreated.is_empty() {
-                info!(devices = ?recreated, "devices came back with a new ifindex; re-attaching");
-                let others: Vec<String> = devices
-                    .iter()
-                    .filter(|d| !recreated.contains(d))
-                    .cloned()
-                    .collect();
-                self.loaded
-                    .set_devices(&others)
-                    .context("detaching the TC programs from recreated devices")?;
-            }
-            let done = self
-                .loaded
-                .set_devices(&devices)
-                .with_context(|| format!("attaching the TC programs to {devices:?}"))?;
+        let changed = self
+            .loaded
+            .set_devices(&devices)
+            .with_context(|| format!("attaching the TC programs to {devices:?}"))?;
+        if let Some(done) = changed {
             info!(?devices, ?done, "TC programs on these devices");
             if devices.is_empty() && self.devices == Devices::Auto {
                 warn!("no device carries a node address: outside clients are not served NodePorts, externalIPs or LoadBalancer IPs");
             }
-            self.attached = Some(wanted);
         }
         Ok(())
     }
@@ -147,42 +126,12 @@ impl NodeWatch {
     }
 }
 
-/// The interface index of `device`; 0 when there is no such device.
-fn ifindex(device: &str) -> u32 {
-    let Ok(name) = std::ffi::CString::new(device) else {
-        return 0;
-    };
-    // SAFETY: a NUL-terminated name; the call only reads it.
-    unsafe { libc::if_nametoindex(name.as_ptr()) }
-}
-
-/// Devices of `wanted` that were attached under another ifindex.
-fn recreated(attached: &[(String, u32)], wanted: &[(String, u32)]) -> Vec<String> {
-    wanted
-        .iter()
-        .filter(|(name, index)| attached.iter().any(|(n, i)| n == name && i != index))
-        .map(|(name, _)| name.clone())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn flag(v: &[&str]) -> Result<Devices, String> {
         Devices::from_flag(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-    }
-
-    #[test]
-    fn a_device_back_under_another_ifindex_counts_as_recreated() {
-        let before = [("eth0".to_string(), 2), ("usb0".to_string(), 7)];
-        let after = [("eth0".to_string(), 2), ("usb0".to_string(), 9)];
-        assert_eq!(recreated(&before, &after), ["usb0"]);
-        assert!(recreated(&before, &before).is_empty());
-        assert!(
-            recreated(&[], &after).is_empty(),
-            "new devices are not recreated"
-        );
     }
 
     #[test]

@@ -96,9 +96,9 @@ pub struct Loaded {
     ebpf: Ebpf,
     links: PathBuf,
     tc_mode: TcMode,
-    /// Devices the TC programs sit on; None before the first
-    /// [`Loaded::set_devices`].
-    devices: Option<Vec<String>>,
+    /// Devices the TC programs sit on, with the ifindex each had then;
+    /// None before the first [`Loaded::set_devices`].
+    devices: Option<Vec<(String, u32)>>,
 }
 
 /// Loads the object with its maps pinned in (or reused from) the pin
@@ -171,7 +171,7 @@ pub fn load_and_attach(
     devices: &[String],
 ) -> Result<Vec<(String, Attachment)>, LoadError> {
     let (mut loaded, mut done) = load(bpffs, cgroup, tc_mode)?;
-    done.extend(loaded.set_devices(devices)?);
+    done.extend(loaded.set_devices(devices)?.unwrap_or_default());
     // Dropping the object is fine: pinned links keep the programs alive
     // and pinned maps keep the state.
     Ok(done)
@@ -181,20 +181,41 @@ impl Loaded {
     /// Puts the TC programs on exactly `devices`: devices new since the
     /// last call get them (on the first call every device, its pinned link
     /// of an earlier agent swapped in place), devices no longer listed lose
-    /// them. A call with the same list does nothing.
+    /// them. None when nothing changed since the last call.
+    ///
+    /// A device is known by name and ifindex: one that came back under the
+    /// same name (driver reload, USB NIC replugged) is a new device with
+    /// empty hooks, so it is attached again; its old pinned link is found
+    /// defunct on the way and replaced.
     pub fn set_devices(
         &mut self,
         devices: &[String],
-    ) -> Result<Vec<(String, Attachment)>, LoadError> {
-        if self.devices.as_deref() == Some(devices) {
-            return Ok(Vec::new());
+    ) -> Result<Option<Vec<(String, Attachment)>>, LoadError> {
+        let wanted: Vec<(String, u32)> = devices.iter().map(|d| (d.clone(), ifindex(d))).collect();
+        if self.devices.as_ref() == Some(&wanted) {
+            return Ok(None);
         }
-        let already = self.devices.clone().unwrap_or_default();
+        let already: Vec<String> = self
+            .devices
+            .iter()
+            .flatten()
+            .filter(|d| wanted.contains(d))
+            .map(|(name, _)| name.clone())
+            .collect();
         let done =
             tc::attach_devices(&mut self.ebpf, self.tc_mode, devices, &already, &self.links)?;
-        self.devices = Some(devices.to_vec());
-        Ok(done)
+        self.devices = Some(wanted);
+        Ok(Some(done))
     }
+}
+
+/// The interface index of `device`; 0 when there is no such device.
+fn ifindex(device: &str) -> u32 {
+    let Ok(name) = std::ffi::CString::new(device) else {
+        return 0;
+    };
+    // SAFETY: a NUL-terminated name; the call only reads it.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
 }
 
 fn attach_one(
