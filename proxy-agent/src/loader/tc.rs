@@ -180,10 +180,7 @@ fn attach_clsact(
     marker: &Path,
 ) -> Result<Attachment, LoadError> {
     let prog_err = |source| LoadError::Program { name, source };
-    let handle = TcHandle::new(0, CLSACT_HANDLE);
-    if let Ok(existing) =
-        SchedClassifierLink::attached(device, attach, CLSACT_PRIORITY, handle, None)
-    {
+    if let Ok(existing) = our_filter(device, attach) {
         // Without NLM_F_CREATE this only changes an existing filter: it
         // fails (and we add one below) when there is none.
         if let Ok(id) = prog.attach_to_link(existing) {
@@ -198,7 +195,7 @@ fn attach_clsact(
     }
     let options = NlOptions {
         priority: CLSACT_PRIORITY,
-        handle,
+        handle: TcHandle::new(0, CLSACT_HANDLE),
         ..Default::default()
     };
     let id = prog
@@ -226,11 +223,17 @@ fn keep_filter(
     Ok(())
 }
 
+/// Our clsact filter on `device`'s hook, named by its fixed priority and
+/// handle (whether it exists shows only when it is used).
+fn our_filter(device: &str, attach: TcAttachType) -> std::io::Result<SchedClassifierLink> {
+    let handle = TcHandle::new(0, CLSACT_HANDLE);
+    SchedClassifierLink::attached(device, attach, CLSACT_PRIORITY, handle, None)
+}
+
 /// Removes our clsact filter from `device`'s hook (the device left
 /// `--devices`); a device or filter already gone is fine.
 fn detach_clsact(device: &str, attach: TcAttachType) {
-    let handle = TcHandle::new(0, CLSACT_HANDLE);
-    if let Ok(link) = SchedClassifierLink::attached(device, attach, CLSACT_PRIORITY, handle, None) {
+    if let Ok(link) = our_filter(device, attach) {
         if let Err(e) = link.detach() {
             warn!(device = %device, error = %e, "removing the clsact filter");
         }
