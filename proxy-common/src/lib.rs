@@ -20,9 +20,18 @@ mod user;
 
 /// IANA protocol numbers, the values carried in `proto` fields.
 pub mod proto {
+    pub const ICMP: u8 = 1;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
     pub const SCTP: u8 = 132;
+}
+
+/// Bits of the TCP header's flags byte.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
 }
 
 /// Key of the service map. Slot 0 is a frontend's master entry; slots

@@ -12,6 +12,11 @@
 //! Pure functions over fixed-size arrays: tested on the host, and they
 //! compile to panic-free BPF (every index is a constant).
 
+use crate::{
+    proto::{ICMP as IPPROTO_ICMP, TCP as IPPROTO_TCP},
+    tcp_flags::{ACK as TCP_ACK, FIN as TCP_FIN, RST as TCP_RST, SYN as TCP_SYN},
+};
+
 /// Length of an IPv4 header without options, the only kind these build.
 pub const IPV4_HLEN: usize = 20;
 /// IPv4 header + TCP header without options.
@@ -21,12 +26,6 @@ pub const TCP_RST_LEN: usize = IPV4_HLEN + 20;
 pub const ICMP_UNREACH_LEN: usize = IPV4_HLEN + 8 + IPV4_HLEN + 8;
 
 const TTL: u8 = 64;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
 

@@ -19,10 +19,7 @@ const UDP_HLEN: u32 = 8;
 /// More-fragments flag and fragment offset of `frag_off`.
 const IP_MF_OFFSET: u16 = 0x3fff;
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+pub use proxy_common::tcp_flags::{ACK as TCP_ACK, FIN as TCP_FIN, RST as TCP_RST, SYN as TCP_SYN};
 
 /// An IPv4 TCP or UDP packet whose headers are complete.
 #[derive(Clone, Copy)]
