@@ -74,9 +74,17 @@ pub fn expiry(
         (proto::UDP, _) => t.udp,
         _ => t.other,
     };
-    // Wrapping: last_seen may be a tick ahead of our reading of the clock.
-    let idle = now_s.wrapping_sub(value.last_seen_s);
-    (idle > timeout && idle < u32::MAX / 2).then_some(CtExpiry::Idle)
+    (idle_s(now_s, value.last_seen_s) > timeout).then_some(CtExpiry::Idle)
+}
+
+/// Seconds since `last_seen_s` at `now_s` (both the kernel's monotonic
+/// clock); 0 when the kernel stamped a second we have not read yet (the
+/// wrapped difference then lies in the upper half).
+pub fn idle_s(now_s: u32, last_seen_s: u32) -> u32 {
+    match now_s.wrapping_sub(last_seen_s) {
+        ahead if ahead >= u32::MAX / 2 => 0,
+        idle => idle,
+    }
 }
 
 /// The kernel's monotonic clock in seconds, as `bpf_ktime_get_ns` counts.

@@ -8,6 +8,7 @@ use std::fmt;
 use proxy_common::{ct_dir, ct_flags, ct_state, CtKey, CtValue};
 use serde::Serialize;
 
+use super::ct_gc::idle_s;
 use crate::model::Protocol;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -52,12 +53,7 @@ pub fn flows<'a>(
                 backend: format!("{be}:{bport}"),
                 snat: (v.flags & ct_flags::SNAT != 0).then(|| format!("{nat}:{nport}")),
                 state: state_name(v.tcp_state).to_string(),
-                // Wrapping: the kernel may have stamped a second we have
-                // not read yet.
-                idle_s: match now_s.wrapping_sub(v.last_seen_s) {
-                    i if i > u32::MAX / 2 => 0,
-                    i => i,
-                },
+                idle_s: idle_s(now_s, v.last_seen_s),
             }
         })
         .collect();
