@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use bpfproxy_tests::{
-    manifest::{self, ServiceSpec},
-    multinode::{node_ip, pod_endpoint, pod_ip, ClusterConfig, ClusterSandbox, CLIENT_IP},
+    manifest,
+    multinode::{
+        node_ip, node_port_service, pod_endpoint, pod_ip, ClusterConfig, ClusterSandbox, CLIENT_IP,
+    },
     Agent, VethPair,
 };
 use serde_json::Value;
@@ -48,17 +50,15 @@ fn start() -> Result<(ClusterSandbox, Agent)> {
 
 /// `default/web`: NodePort 30080 → pod 1 of node 1.
 fn write_web(sb: &ClusterSandbox) -> Result<()> {
-    let mut svc =
-        ServiceSpec::cluster_ip("default/web", "10.96.0.40").port("http", 80, 8080, "TCP");
-    svc.type_ = "NodePort".to_string();
-    svc.ports[0].node_port = Some(NODE_PORT);
+    let ports = [("http", 80, 8080, "TCP", NODE_PORT)];
+    let svc = node_port_service("default/web", "10.96.0.40", &ports, "Cluster");
     let slice = manifest::endpoint_slice_with(
         "default/web",
         "web-1",
         &[pod_endpoint(1, 1)],
         &[("http", 8080, "TCP")],
     );
-    sb.write_manifest("web.yaml", &manifest::documents(&[svc.to_yaml(), slice]))
+    sb.write_manifest("web.yaml", &manifest::documents(&[svc, slice]))
 }
 
 fn node_port(ip: &str) -> String {

@@ -14,7 +14,7 @@ use bpfproxy_tests::{
     manifest::{self, Endpoint, ServiceSpec},
     multinode::{
         answers_by_backend, k8s_node_name, node_ip, node_port_service, pod_endpoint, pod_ip,
-        pod_name, ClusterConfig, ClusterSandbox, CLIENT_IP,
+        pod_name, split_echo_peer, ClusterConfig, ClusterSandbox, CLIENT_IP,
     },
     Agent, Netns, TcpReport, UdpReport,
 };
@@ -405,9 +405,7 @@ fn a_long_lived_connection_survives_endpoint_removal_and_an_agent_restart() -> R
     // Through node 3, which has no local backend: DNAT + SNAT.
     let mut conn = sb.client_hold(&np(3))?;
     let first = conn.ping()?;
-    let (name, peer) = first
-        .split_once(' ')
-        .with_context(|| format!("answer {first:?}"))?;
+    let (name, peer) = split_echo_peer(&first)?;
     ensure!(
         peer == node_ip(3),
         "the backend saw {peer}, not node 3: {first:?}"
