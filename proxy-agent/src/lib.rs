@@ -13,6 +13,7 @@ pub mod maps;
 pub mod metrics;
 pub mod model;
 pub mod node_addrs;
+pub mod node_links;
 pub mod node_watch;
 pub mod server;
 pub mod source;

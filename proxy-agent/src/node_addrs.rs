@@ -126,53 +126,59 @@ pub fn interface_addrs() -> std::io::Result<Vec<InterfaceAddr>> {
     Ok(out)
 }
 
-/// Name prefixes of devices that carry a node address but never receive
-/// traffic from outside the cluster: pod bridges, overlay and container
-/// devices of the common CNIs (flannel's `cni0`/`flannel.1`, kubenet's
-/// `cbr0`, Calico's `cali*`/`tunl0`, Docker's `docker0`, Cilium's, Weave's,
-/// veths). Pods reach NodePorts through the socket programs instead.
-const NOT_NODE_DEVICES: [&str; 14] = [
-    "lo", "cni", "cbr", "flannel", "cali", "tunl", "vxlan", "docker", "veth", "cilium_", "lxc",
-    "weave", "kube-", "genev",
+/// Name prefixes of the pod side of a node: loopback, pod bridges and the
+/// pods' veths of the common CNIs (flannel's `cni0`, kubenet's `cbr0`,
+/// Calico's `cali*`, Docker's `docker0`, Cilium's, Weave's, kube-router's).
+/// Pods reach Services through the socket programs; nothing forwarded to
+/// a backend on another node leaves by these.
+const POD_SIDE: [&str; 10] = [
+    "lo", "cni", "cbr", "cali", "docker", "veth", "cilium_", "lxc", "weave", "kube-",
 ];
+
+/// Name prefixes of overlays between the nodes (flannel's `flannel.1`,
+/// Calico's `tunl0`/`vxlan.calico`, Geneve): they carry node-to-node
+/// traffic, never clients from outside the cluster.
+const OVERLAYS: [&str; 4] = ["flannel", "tunl", "vxlan", "genev"];
+
+fn is_pod_side(device: &str) -> bool {
+    POD_SIDE.iter().any(|p| device.starts_with(p))
+}
 
 /// `--devices` left to its default: the devices carrying one of the
 /// node's `selected` addresses (those NodePorts answer on), in interface
-/// order, except the pod-side devices of [`NOT_NODE_DEVICES`].
+/// order, except the pod side and the overlays.
 pub fn auto_devices(ifaddrs: &[InterfaceAddr], selected: &[Ipv4Addr]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for ia in ifaddrs {
-        let pod_side = NOT_NODE_DEVICES.iter().any(|p| ia.device.starts_with(p));
-        if selected.contains(&ia.addr) && !pod_side && !out.contains(&ia.device) {
+        let overlay = OVERLAYS.iter().any(|p| ia.device.starts_with(p));
+        let wanted = selected.contains(&ia.addr) && !is_pod_side(&ia.device) && !overlay;
+        if wanted && !out.contains(&ia.device) {
             out.push(ia.device.clone());
         }
     }
     out
 }
 
-/// Makes the pinned node-address map in `pin_dir` hold exactly `want`:
-/// new entries first, then stale ones removed (a NodePort never stops
-/// answering on an address that stays).
+/// The devices besides the `serving` ones that traffic forwarded to a
+/// backend on another node can leave by, and its replies come back by:
+/// every other device with an IPv4 address except the pod side. That is
+/// the overlay of a flannel, Calico IPIP or WireGuard node, and the
+/// cluster NIC of a node whose clients come in by another.
+pub fn reply_devices(ifaddrs: &[InterfaceAddr], serving: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for ia in ifaddrs {
+        let d = &ia.device;
+        if !is_pod_side(d) && !serving.contains(d) && !out.contains(d) {
+            out.push(d.clone());
+        }
+    }
+    out
+}
+
+/// Makes the pinned node-address map in `pin_dir` hold exactly `want`
+/// (a NodePort never stops answering on an address that stays).
 pub fn program(pin_dir: &Path, want: &BTreeMap<u32, NodeAddrValue>) -> Result<(), MapsError> {
-    let mut map = open(pin_dir)?;
-    for (k, v) in want {
-        map.insert(k, v, 0).map_err(|source| MapsError::Write {
-            map: names::NODE_ADDRS,
-            source,
-        })?;
-    }
-    let stale: Vec<u32> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !want.contains_key(k))
-        .collect();
-    for k in stale {
-        map.remove(&k).map_err(|source| MapsError::Write {
-            map: names::NODE_ADDRS,
-            source,
-        })?;
-    }
-    Ok(())
+    crate::maps::pinned::sync_hash(pin_dir, names::NODE_ADDRS, want)
 }
 
 /// The addresses NodePorts answer on, as the pinned map in `pin_dir` holds
@@ -254,6 +260,16 @@ mod tests {
         let only_lan = select(&addrs, &[cidr("192.168.1.0/24")]);
         assert_eq!(auto_devices(&ifaddrs, &only_lan), ["eth0"]);
         assert!(auto_devices(&ifaddrs, &[]).is_empty());
+        // Replies of forwarded flows come back by the overlay; a device
+        // left out of --devices is a reply device too.
+        assert_eq!(
+            reply_devices(&ifaddrs, &["eth0".into(), "wlan0".into()]),
+            ["flannel.1"]
+        );
+        assert_eq!(
+            reply_devices(&ifaddrs, &["eth0".into()]),
+            ["flannel.1", "wlan0"]
+        );
     }
 
     #[test]

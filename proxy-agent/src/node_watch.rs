@@ -5,14 +5,16 @@
 //! keepalived), so they are re-read every [`REFRESH_EVERY`]; reading them
 //! costs one `getifaddrs`, and the maps and links change only on a
 //! difference.
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
+use proxy_common::DeviceValue;
 use tracing::{info, warn};
 
 use crate::{
-    loader::Loaded,
-    node_addrs::{self, Ipv4Cidr},
+    loader::{Loaded, TcDevices},
+    node_addrs::{self, InterfaceAddr, Ipv4Cidr},
+    node_links::{self, Link},
 };
 
 /// How often the node's interfaces are re-read.
@@ -55,6 +57,10 @@ pub struct NodeWatch {
     devices: Devices,
     /// The addresses last written to the node-address map.
     programmed: Option<Vec<Ipv4Addr>>,
+    /// What was last written to the device map.
+    programmed_links: Option<BTreeMap<u32, DeviceValue>>,
+    /// Reply devices last left out (logged when this changes).
+    skipped: Vec<String>,
     /// The last refresh error, logged once rather than every period.
     last_error: Option<String>,
 }
@@ -67,12 +73,14 @@ impl NodeWatch {
             filter,
             devices,
             programmed: None,
+            programmed_links: None,
+            skipped: Vec::new(),
             last_error: None,
         }
     }
 
-    /// Re-reads the interfaces; rewrites the node-address map and moves
-    /// the TC programs where something changed.
+    /// Re-reads the interfaces; rewrites the node-address and device maps
+    /// and moves the TC programs where something changed.
     pub fn refresh(&mut self) -> anyhow::Result<()> {
         let ifaddrs = node_addrs::interface_addrs().context("listing the node's addresses")?;
         let addrs: Vec<Ipv4Addr> = ifaddrs.iter().map(|i| i.addr).collect();
@@ -83,19 +91,32 @@ impl NodeWatch {
             info!(addresses = ?selected, "NodePorts answer on these addresses");
             self.programmed = Some(selected.clone());
         }
-        let devices = match &self.devices {
+        let links = read_links(&ifaddrs);
+        let entries = node_links::entries(&ifaddrs, &links);
+        if self.programmed_links.as_ref() != Some(&entries) {
+            node_links::program(&self.pin_dir, &entries).context("writing the device map")?;
+            self.programmed_links = Some(entries);
+        }
+        let serving = match &self.devices {
             Devices::Auto => node_addrs::auto_devices(&ifaddrs, &selected),
             Devices::Listed(names) => names.clone(),
         };
+        let (devices, skipped) = tc_devices(serving, &ifaddrs, &links);
         let changed = self
             .loaded
             .set_devices(&devices)
             .with_context(|| format!("attaching the TC programs to {devices:?}"))?;
         if let Some(done) = changed {
-            info!(?devices, ?done, "TC programs on these devices");
-            if devices.is_empty() && self.devices == Devices::Auto {
+            info!(serving = ?devices.serving, replies = ?devices.replies, ?done, "TC programs on these devices");
+            if devices.serving.is_empty() && self.devices == Devices::Auto {
                 warn!("no device carries a node address: outside clients are not served NodePorts, externalIPs or LoadBalancer IPs");
             }
+        }
+        if skipped != self.skipped {
+            if !skipped.is_empty() {
+                warn!(devices = ?skipped, "not Ethernet devices: replies of NodePort flows forwarded by them are not translated");
+            }
+            self.skipped = skipped;
         }
         Ok(())
     }
@@ -126,6 +147,41 @@ impl NodeWatch {
     }
 }
 
+/// The links of the devices that carry an IPv4 address (a device that
+/// vanished between the two reads is left out until the next refresh).
+fn read_links(ifaddrs: &[InterfaceAddr]) -> Vec<Link> {
+    let mut out: Vec<Link> = Vec::new();
+    for ia in ifaddrs {
+        if out.iter().any(|l| l.name == ia.device) {
+            continue;
+        }
+        if let Ok(l) = node_links::link(&ia.device) {
+            out.push(l);
+        }
+    }
+    out
+}
+
+/// The TC devices: `serving` (none: no TC datapath at all), and the other
+/// devices replies of forwarded flows come back by; with the reply devices
+/// left out because they have no Ethernet header (an IPIP tunnel,
+/// WireGuard), which the programs' parser expects.
+fn tc_devices(
+    serving: Vec<String>,
+    ifaddrs: &[InterfaceAddr],
+    links: &[Link],
+) -> (TcDevices, Vec<String>) {
+    if serving.is_empty() {
+        return (TcDevices::default(), Vec::new());
+    }
+    let (replies, skipped): (Vec<String>, Vec<String>) =
+        node_addrs::reply_devices(ifaddrs, &serving)
+            .into_iter()
+            .filter(|d| links.iter().any(|l| &l.name == d))
+            .partition(|d| links.iter().any(|l| &l.name == d && l.ethernet));
+    (TcDevices { serving, replies }, skipped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +201,37 @@ mod tests {
         );
         assert!(flag(&["eth0", "none"]).is_err());
         assert!(flag(&["auto", "eth0"]).is_err());
+    }
+
+    #[test]
+    fn reply_devices_are_the_other_ethernet_devices_and_none_without_serving_ones() {
+        let ia = |device: &str, a: [u8; 4]| InterfaceAddr {
+            device: device.to_string(),
+            addr: Ipv4Addr::from(a),
+        };
+        let l = |name: &str, ethernet: bool| Link {
+            name: name.to_string(),
+            ifindex: 1,
+            mtu: 1500,
+            ethernet,
+        };
+        let ifaddrs = [
+            ia("eth0", [192, 168, 1, 10]),
+            ia("eth1", [192, 168, 2, 10]),
+            ia("tunl0", [10, 244, 0, 1]),
+            ia("cni0", [10, 244, 0, 1]),
+        ];
+        let links = [
+            l("eth0", true),
+            l("eth1", true),
+            l("tunl0", false),
+            l("cni0", true),
+        ];
+        let (d, skipped) = tc_devices(vec!["eth0".into()], &ifaddrs, &links);
+        assert_eq!(d.serving, ["eth0"]);
+        assert_eq!(d.replies, ["eth1"]);
+        assert_eq!(skipped, ["tunl0"]);
+        let (none, _) = tc_devices(vec![], &ifaddrs, &links);
+        assert!(none.is_empty(), "--devices none: no TC program anywhere");
     }
 }

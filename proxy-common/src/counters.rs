@@ -43,8 +43,18 @@ pub const ERR_NO_SNAT_ADDR: u32 = 16;
 /// NodePort, by the program itself for an externalIP or LoadBalancer IP.
 pub const TC_REJECT_NO_ENDPOINTS: u32 = 17;
 
+/// TC: no route leads to the backend (or, for a reply, back to the client)
+/// of a flow the program forwards itself; the packet is dropped, as the
+/// stack would drop it.
+pub const TC_DROP_NO_ROUTE: u32 = 18;
+/// TC: a packet of a forwarded flow does not fit the egress device's MTU:
+/// with DF set it is answered with ICMP "fragmentation needed" (the
+/// sender's path MTU discovery then shrinks its packets), without DF it is
+/// dropped.
+pub const TC_FRAG_NEEDED: u32 = 19;
+
 /// Size of the counters array.
-pub const MAX: u32 = 18;
+pub const MAX: u32 = 20;
 
 /// Names for metrics labels and dump, indexed like the constants above.
 pub const NAMES: [&str; MAX as usize] = [
@@ -66,4 +76,6 @@ pub const NAMES: [&str; MAX as usize] = [
     "err_snat_port",
     "err_no_snat_addr",
     "tc_reject_no_endpoints",
+    "tc_drop_no_route",
+    "tc_frag_needed",
 ];

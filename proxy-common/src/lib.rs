@@ -223,6 +223,14 @@ pub mod ct_flags {
     /// The forward direction also rewrites the source (eTP=Cluster with a
     /// backend on another node).
     pub const SNAT: u8 = 1 << 0;
+    /// The flow is translated whole at tc ingress and forwarded by the
+    /// program itself (a route lookup and a redirect to the egress device),
+    /// never handed to the stack: its FORWARD entry rewrites destination and
+    /// source, its REPLY_SNAT entry destination (`addr_be:port_be`, the
+    /// client) and source (`nat_addr_be:nat_port_be`, the frontend). It then
+    /// needs no program on the device it leaves by, only the reply-side
+    /// `tc_reply` where its replies come back (an overlay, a second NIC).
+    pub const REDIRECT: u8 = 1 << 1;
 }
 
 /// Key of the conntrack map (LRU): a packet's 5-tuple as the program sees it
@@ -276,6 +284,18 @@ pub struct NodeAddrValue {
     pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<NodeAddrValue>() == 8);
+
+/// Value of the device map, keyed by interface index: what traffic the TC
+/// programs forward out of that device is SNATed to (its primary IPv4
+/// address, as iptables' MASQUERADE would pick it) and its MTU (for the
+/// "fragmentation needed" answer when a packet does not fit).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceValue {
+    pub snat_addr_be: u32,
+    pub mtu: u32,
+}
+const _: () = assert!(core::mem::size_of::<DeviceValue>() == 8);
 
 /// Bits of [`NodeAddrValue::flags`].
 pub mod node_flags {

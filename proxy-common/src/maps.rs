@@ -11,14 +11,16 @@ pub const BACKENDS: &str = "bpfp_be_v1";
 pub const REV_NAT: &str = "bpfp_rnat_v1";
 pub const SOCK_REV_NAT: &str = "bpfp_sknat_v1";
 pub const SERVICE_NAMES: &str = "bpfp_names_v1";
-/// v2: grew with the TC datapath's reasons (a bigger array is a new layout).
-pub const COUNTERS: &str = "bpfp_cnt_v3";
+/// The version grows with the array (a bigger array is a new layout): v4
+/// added the forwarding reasons (no route, fragmentation needed).
+pub const COUNTERS: &str = "bpfp_cnt_v4";
 pub const AFFINITY: &str = "bpfp_aff_v1";
 pub const CONNTRACK: &str = "bpfp_ct_v1";
 pub const NODE_ADDRS: &str = "bpfp_node_v1";
+pub const DEVICES: &str = "bpfp_dev_v1";
 
 /// Every map the agent owns, for loops over all of them (pin checks, dump).
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     SERVICES,
     BACKENDS,
     REV_NAT,
@@ -28,6 +30,7 @@ pub const ALL: [&str; 9] = [
     AFFINITY,
     CONNTRACK,
     NODE_ADDRS,
+    DEVICES,
 ];
 
 pub const SERVICES_MAX: u32 = 65_536;
@@ -37,3 +40,4 @@ pub const SOCK_REV_NAT_MAX: u32 = 262_144;
 pub const AFFINITY_MAX: u32 = 65_536;
 pub const CONNTRACK_MAX: u32 = 262_144;
 pub const NODE_ADDRS_MAX: u32 = 256;
+pub const DEVICES_MAX: u32 = 256;

@@ -28,6 +28,7 @@ pub const ICMP_UNREACH_LEN: usize = IPV4_HLEN + 8 + IPV4_HLEN + 8;
 const TTL: u8 = 64;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
 
 /// The TCP segment being refused, as it came in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +89,26 @@ pub fn tcp_rst(seg: &TcpSegment) -> Option<[u8; TCP_RST_LEN]> {
 /// The IPv4 + ICMP port unreachable answering a packet whose IPv4 header
 /// (without options) is `ip` and whose first payload bytes are `l4`.
 pub fn icmp_port_unreachable(ip: &[u8; IPV4_HLEN], l4: &[u8; 8]) -> [u8; ICMP_UNREACH_LEN] {
+    icmp_unreachable(ip, l4, ICMP_PORT_UNREACH, 0)
+}
+
+/// The IPv4 + ICMP "fragmentation needed and DF set" (RFC 1191) answering
+/// a packet that does not fit the next hop's `mtu`: the sender's path MTU
+/// discovery lowers its packet size for that destination. It comes from
+/// the address the packet was sent to, and quotes the packet as it was
+/// sent, so the sender matches it to its own socket.
+pub fn icmp_frag_needed(ip: &[u8; IPV4_HLEN], l4: &[u8; 8], mtu: u16) -> [u8; ICMP_UNREACH_LEN] {
+    icmp_unreachable(ip, l4, ICMP_FRAG_NEEDED, mtu)
+}
+
+/// An ICMP destination unreachable with `code` (and, for "fragmentation
+/// needed", the next-hop MTU in the second half of the unused word).
+fn icmp_unreachable(
+    ip: &[u8; IPV4_HLEN],
+    l4: &[u8; 8],
+    code: u8,
+    mtu: u16,
+) -> [u8; ICMP_UNREACH_LEN] {
     let mut saddr = [0u8; 4];
     let mut daddr = [0u8; 4];
     saddr.copy_from_slice(&ip[12..16]);
@@ -96,8 +117,9 @@ pub fn icmp_port_unreachable(ip: &[u8; IPV4_HLEN], l4: &[u8; 8]) -> [u8; ICMP_UN
     write_ipv4_header(&mut out, IPPROTO_ICMP, daddr, saddr);
     let icmp = IPV4_HLEN;
     out[icmp] = ICMP_DEST_UNREACH;
-    out[icmp + 1] = ICMP_PORT_UNREACH;
-    // Checksum and the unused word start as 0; then the offending packet.
+    out[icmp + 1] = code;
+    put_u16(&mut out, icmp + 6, mtu);
+    // Then the offending packet.
     out[icmp + 8..icmp + 8 + IPV4_HLEN].copy_from_slice(ip);
     out[icmp + 8 + IPV4_HLEN..].copy_from_slice(l4);
     // ICMP's checksum covers the ICMP message only, no pseudo-header.
@@ -252,6 +274,23 @@ mod tests {
         assert_eq!((icmp[20], icmp[21]), (3, 3), "port unreachable");
         assert_eq!(&icmp[28..48], &ip);
         assert_eq!(&icmp[48..56], &l4);
+        assert!(verifies(&icmp[..IPV4_HLEN]), "IPv4 header checksum");
+        assert!(verifies(&icmp[IPV4_HLEN..]), "ICMP checksum");
+    }
+
+    #[test]
+    fn a_packet_too_big_gets_fragmentation_needed_with_the_next_hop_mtu() {
+        let ip: [u8; 20] = [
+            0x45, 0, 0x05, 0xdc, 0x12, 0x34, 0x40, 0, 64, 6, 0xab, 0xcd, 192, 168, 50, 100, 192,
+            168, 50, 13,
+        ];
+        let l4: [u8; 8] = [0x9c, 0x40, 0x75, 0x60, 0, 0, 0, 1];
+        let icmp = icmp_frag_needed(&ip, &l4, 1450);
+        assert_eq!(&icmp[12..16], &[192, 168, 50, 13], "from the address used");
+        assert_eq!(&icmp[16..20], &[192, 168, 50, 100]);
+        assert_eq!((icmp[20], icmp[21]), (3, 4), "fragmentation needed");
+        assert_eq!(u16::from_be_bytes([icmp[26], icmp[27]]), 1450);
+        assert_eq!(&icmp[28..48], &ip);
         assert!(verifies(&icmp[..IPV4_HLEN]), "IPv4 header checksum");
         assert!(verifies(&icmp[IPV4_HLEN..]), "ICMP checksum");
     }

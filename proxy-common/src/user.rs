@@ -2,9 +2,9 @@
 use core::net::Ipv4Addr;
 
 use crate::{
-    AffinityKey, AffinityValue, BackendValue, CtKey, CtValue, NodeAddrValue, RevNatValue,
-    ServiceKey, ServiceName, ServiceValue, SockRevNatKey, SockRevNatValue, BACKEND_STATE_ACTIVE,
-    SERVICE_NAME_LEN,
+    AffinityKey, AffinityValue, BackendValue, CtKey, CtValue, DeviceValue, NodeAddrValue,
+    RevNatValue, ServiceKey, ServiceName, ServiceValue, SockRevNatKey, SockRevNatValue,
+    BACKEND_STATE_ACTIVE, SERVICE_NAME_LEN,
 };
 
 // SAFETY: all of these are `#[repr(C)]`, `Copy`, and have no implicit padding
@@ -21,6 +21,7 @@ unsafe impl aya::Pod for AffinityValue {}
 unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtValue {}
 unsafe impl aya::Pod for NodeAddrValue {}
+unsafe impl aya::Pod for DeviceValue {}
 
 fn addr_be(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
@@ -134,6 +135,18 @@ impl NodeAddrValue {
         Self {
             snat_addr_be: addr_be(snat),
             flags,
+        }
+    }
+    pub fn snat_ip(&self) -> Ipv4Addr {
+        ip(self.snat_addr_be)
+    }
+}
+
+impl DeviceValue {
+    pub fn new(snat: Ipv4Addr, mtu: u32) -> Self {
+        Self {
+            snat_addr_be: addr_be(snat),
+            mtu,
         }
     }
     pub fn snat_ip(&self) -> Ipv4Addr {

@@ -92,6 +92,11 @@ pub struct NewFlow {
 /// Reply-side entries go in first: when the first packet leaves, its reply
 /// can already be translated. Err carries a counter reason; entries already
 /// written are removed again (best effort, they are LRU anyway).
+///
+/// Without SNAT the stack forwards the flow: FORWARD (destination at
+/// ingress) and REPLY (source at the client-facing egress). With SNAT the
+/// program forwards it itself (`ct_flags::REDIRECT`): FORWARD rewrites both
+/// ends at ingress, REPLY_SNAT both ends of the reply wherever it comes in.
 #[inline(always)]
 pub fn create(pkt: &Packet, flow: &NewFlow) -> Result<CtValue, u32> {
     let now = now_s();
@@ -108,67 +113,54 @@ pub fn create(pkt: &Packet, flow: &NewFlow) -> Result<CtValue, u32> {
         last_seen_s: now,
     };
     let be = &flow.backend;
-    let reply_key = CtKey {
+    let mut fwd = entry(be.addr_be, be.port_be);
+    let reply_key = match flow.snat_addr_be {
+        None => {
+            let k = reply_key(pkt, be);
+            insert(k, &entry(pkt.daddr_be, pkt.dport_be))?;
+            k
+        }
+        Some(snat_addr_be) => {
+            // The reply's destination goes back to the client, its source
+            // to the frontend the client addressed.
+            let mut back = entry(pkt.saddr_be, pkt.sport_be);
+            back.flags = ct_flags::REDIRECT;
+            back.nat_addr_be = pkt.daddr_be;
+            back.nat_port_be = pkt.dport_be;
+            let Some(port_be) = reserve_snat_port(pkt, be, snat_addr_be, &back) else {
+                return Err(counters::ERR_SNAT_PORT);
+            };
+            fwd.flags = ct_flags::SNAT | ct_flags::REDIRECT;
+            fwd.nat_addr_be = snat_addr_be;
+            fwd.nat_port_be = port_be;
+            reply_snat_key(pkt, be, snat_addr_be, port_be)
+        }
+    };
+    if let Err(reason) = insert(key(pkt, ct_dir::FORWARD), &fwd) {
+        let _ = CONNTRACK.remove(reply_key);
+        return Err(reason);
+    }
+    Ok(fwd)
+}
+
+#[inline(always)]
+fn insert(k: CtKey, v: &CtValue) -> Result<(), u32> {
+    CONNTRACK
+        .insert(k, *v, BPF_ANY as u64)
+        .map_err(|_| counters::ERR_CT_UPDATE)
+}
+
+/// The backend → client tuple of a flow without SNAT, as the reply leaves
+/// by the client-facing device.
+#[inline(always)]
+fn reply_key(pkt: &Packet, be: &BackendValue) -> CtKey {
+    CtKey {
         saddr_be: be.addr_be,
         daddr_be: pkt.saddr_be,
         sport_be: be.port_be,
         dport_be: pkt.sport_be,
         proto: pkt.proto,
         dir: ct_dir::REPLY,
-        _pad: 0,
-    };
-    if CONNTRACK
-        .insert(reply_key, entry(pkt.daddr_be, pkt.dport_be), BPF_ANY as u64)
-        .is_err()
-    {
-        return Err(counters::ERR_CT_UPDATE);
-    }
-    let mut fwd = entry(be.addr_be, be.port_be);
-    if let Some(snat_addr_be) = flow.snat_addr_be {
-        let Some(port_be) = reserve_snat_port(pkt, be, snat_addr_be, &entry) else {
-            let _ = CONNTRACK.remove(reply_key);
-            return Err(counters::ERR_SNAT_PORT);
-        };
-        if CONNTRACK
-            .insert(
-                snat_key(pkt, be),
-                entry(snat_addr_be, port_be),
-                BPF_ANY as u64,
-            )
-            .is_err()
-        {
-            let _ = CONNTRACK.remove(reply_key);
-            let _ = CONNTRACK.remove(reply_snat_key(pkt, be, snat_addr_be, port_be));
-            return Err(counters::ERR_CT_UPDATE);
-        }
-        fwd.flags = ct_flags::SNAT;
-        fwd.nat_addr_be = snat_addr_be;
-        fwd.nat_port_be = port_be;
-    }
-    if CONNTRACK
-        .insert(key(pkt, ct_dir::FORWARD), fwd, BPF_ANY as u64)
-        .is_err()
-    {
-        let _ = CONNTRACK.remove(reply_key);
-        if fwd.flags & ct_flags::SNAT != 0 {
-            let _ = CONNTRACK.remove(snat_key(pkt, be));
-            let _ = CONNTRACK.remove(reply_snat_key(pkt, be, fwd.nat_addr_be, fwd.nat_port_be));
-        }
-        return Err(counters::ERR_CT_UPDATE);
-    }
-    Ok(fwd)
-}
-
-/// The client → backend tuple as it leaves the backend-facing device.
-#[inline(always)]
-fn snat_key(pkt: &Packet, be: &BackendValue) -> CtKey {
-    CtKey {
-        saddr_be: pkt.saddr_be,
-        daddr_be: be.addr_be,
-        sport_be: pkt.sport_be,
-        dport_be: be.port_be,
-        proto: pkt.proto,
-        dir: ct_dir::FORWARD_SNAT,
         _pad: 0,
     }
 }
@@ -195,9 +187,9 @@ fn reserve_snat_port(
     pkt: &Packet,
     be: &BackendValue,
     snat_addr_be: u32,
-    entry: &impl Fn(u32, u16) -> CtValue,
+    value: &CtValue,
 ) -> Option<u16> {
-    let value = entry(pkt.saddr_be, pkt.sport_be);
+    let value = *value;
     let mut port_be = pkt.sport_be;
     for _ in 0..SNAT_PORT_TRIES {
         let k = reply_snat_key(pkt, be, snat_addr_be, port_be);

@@ -29,6 +29,8 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod refuse;
 #[cfg(target_arch = "bpf")]
+mod route;
+#[cfg(target_arch = "bpf")]
 mod sock;
 #[cfg(target_arch = "bpf")]
 mod tc;

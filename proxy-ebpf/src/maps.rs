@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    counters, maps as names, AffinityKey, AffinityValue, BackendValue, CtKey, CtValue,
+    counters, maps as names, AffinityKey, AffinityValue, BackendValue, CtKey, CtValue, DeviceValue,
     NodeAddrValue, RevNatValue, ServiceKey, ServiceName, ServiceValue, SockRevNatKey,
     SockRevNatValue,
 };
@@ -29,7 +29,7 @@ pub static SOCK_REV_NAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
 #[map(name = "bpfp_names_v1")]
 pub static SERVICE_NAMES: HashMap<u32, ServiceName> = HashMap::pinned(names::REV_NAT_MAX, 0);
 
-#[map(name = "bpfp_cnt_v3")]
+#[map(name = "bpfp_cnt_v4")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::MAX, 0);
 
 /// Session affinity (sessionAffinity: ClientIP): the backend each client
@@ -46,3 +46,8 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(names::CON
 /// This node's addresses that NodePorts answer on, and SNAT addresses.
 #[map(name = "bpfp_node_v1")]
 pub static NODE_ADDRS: HashMap<u32, NodeAddrValue> = HashMap::pinned(names::NODE_ADDRS_MAX, 0);
+
+/// This node's devices by interface index: the SNAT source and MTU for
+/// traffic the TC programs forward out of each (see `route`).
+#[map(name = "bpfp_dev_v1")]
+pub static DEVICES: HashMap<u32, DeviceValue> = HashMap::pinned(names::DEVICES_MAX, 0);

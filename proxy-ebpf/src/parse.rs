@@ -13,11 +13,14 @@ const ETH_P_IP: u16 = 0x0800;
 pub const IP_CSUM_OFF: u32 = ETH_HLEN + 10;
 pub const IP_SADDR_OFF: u32 = ETH_HLEN + 12;
 pub const IP_DADDR_OFF: u32 = ETH_HLEN + 16;
+pub const IP_TTL_OFF: u32 = ETH_HLEN + 8;
 const IP_MIN_HLEN: u32 = 20;
 const TCP_MIN_HLEN: u32 = 20;
 const UDP_HLEN: u32 = 8;
 /// More-fragments flag and fragment offset of `frag_off`.
 const IP_MF_OFFSET: u16 = 0x3fff;
+/// Don't-fragment flag of `frag_off`.
+const IP_DF: u16 = 0x4000;
 
 pub use proxy_common::tcp_flags::{ACK as TCP_ACK, FIN as TCP_FIN, RST as TCP_RST, SYN as TCP_SYN};
 
@@ -30,6 +33,12 @@ pub struct Packet {
     pub l4_len: u32,
     pub proto: u8,
     pub tcp_flags: u8,
+    /// The IPv4 header's time to live and protocol, as the 16-bit word
+    /// the header checksum covers (for the TTL decrement on forwarding).
+    pub ttl_proto_be: u16,
+    /// Don't fragment: a packet too big for the next hop is answered with
+    /// "fragmentation needed" instead of being fragmented.
+    pub df: bool,
     pub saddr_be: u32,
     pub daddr_be: u32,
     pub sport_be: u16,
@@ -92,7 +101,8 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     if proto != proto::TCP && proto != proto::UDP {
         return Parsed::Other;
     }
-    if u16::from_be_bytes([ip[6], ip[7]]) & IP_MF_OFFSET != 0 {
+    let frag_off = u16::from_be_bytes([ip[6], ip[7]]);
+    if frag_off & IP_MF_OFFSET != 0 {
         return Parsed::Fragment;
     }
     let l4_off = ETH_HLEN + ihl;
@@ -118,6 +128,8 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         l4_len,
         proto,
         tcp_flags,
+        ttl_proto_be: u16::from_ne_bytes([ip[8], ip[9]]),
+        df: frag_off & IP_DF != 0,
         saddr_be: u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
         daddr_be: u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
         sport_be: u16::from_ne_bytes([ports[0], ports[1]]),

@@ -26,14 +26,7 @@ pub fn refuse(ctx: &TcContext, pkt: &Packet) -> (i32, u32) {
         icmp(ctx, pkt)
     };
     match sent {
-        Ok(true) => {
-            // SAFETY: the context's skb pointer is valid for this run.
-            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-            // SAFETY: a plain helper call; it returns TC_ACT_REDIRECT (or
-            // TC_ACT_SHOT for flags it does not know, which 0 is not).
-            let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
-            (action, counters::TC_REJECT_NO_ENDPOINTS)
-        }
+        Ok(true) => (back_out(ctx), counters::TC_REJECT_NO_ENDPOINTS),
         Ok(false) => (TC_ACT_SHOT, counters::TC_DROP_NO_ENDPOINTS),
         // The packet may be half rewritten: it must not go anywhere.
         Err(_) => (TC_ACT_SHOT, counters::ERR_REWRITE),
@@ -70,13 +63,53 @@ fn tcp(ctx: &TcContext, pkt: &Packet) -> Result<bool, i64> {
 /// layout; such packets are rare enough to drop).
 #[inline(always)]
 fn icmp(ctx: &TcContext, pkt: &Packet) -> Result<bool, i64> {
+    icmp_answer(ctx, pkt, refusal::icmp_port_unreachable)
+}
+
+/// The verdict for a packet too big for the next hop's `mtu`: with DF (and
+/// a known MTU) it becomes the ICMP "fragmentation needed" telling its
+/// sender the MTU, sent back out of the device it came in by; otherwise it
+/// is dropped (the program cannot fragment).
+#[inline(always)]
+pub fn too_big(ctx: &TcContext, pkt: &Packet, mtu: u32) -> (i32, u32) {
+    let Ok(mtu) = u16::try_from(mtu) else {
+        return (TC_ACT_SHOT, counters::TC_FRAG_NEEDED);
+    };
+    if !pkt.df || mtu == 0 {
+        return (TC_ACT_SHOT, counters::TC_FRAG_NEEDED);
+    }
+    match icmp_answer(ctx, pkt, |ip, l4| refusal::icmp_frag_needed(ip, l4, mtu)) {
+        Ok(true) => (back_out(ctx), counters::TC_FRAG_NEEDED),
+        Ok(false) => (TC_ACT_SHOT, counters::TC_FRAG_NEEDED),
+        Err(_) => (TC_ACT_SHOT, counters::ERR_REWRITE),
+    }
+}
+
+/// Replaces the packet by the ICMP error `build` makes of its IPv4 header
+/// and first 8 payload bytes; false when the header has options.
+#[inline(always)]
+fn icmp_answer(
+    ctx: &TcContext,
+    pkt: &Packet,
+    build: impl FnOnce(&[u8; IPV4_HLEN], &[u8; 8]) -> [u8; refusal::ICMP_UNREACH_LEN],
+) -> Result<bool, i64> {
     if pkt.l4_off != ETH_HLEN + IPV4_HLEN as u32 {
         return Ok(false);
     }
     let ip: [u8; IPV4_HLEN] = ctx.load(ETH_HLEN as usize)?;
     let l4: [u8; 8] = ctx.load(pkt.l4_off as usize)?;
-    replace(ctx, &refusal::icmp_port_unreachable(&ip, &l4))?;
+    replace(ctx, &build(&ip, &l4))?;
     Ok(true)
+}
+
+/// Sends the (rewritten) packet back out of the device it came in by.
+#[inline(always)]
+fn back_out(ctx: &TcContext) -> i32 {
+    // SAFETY: the context's skb pointer is valid for this run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a plain helper call; it returns TC_ACT_REDIRECT (or
+    // TC_ACT_SHOT for flags it does not know, which 0 is not).
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
 }
 
 /// Makes the packet `ETH + l3`: sized first (shrunk or grown), then the

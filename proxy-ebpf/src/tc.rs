@@ -1,13 +1,22 @@
 //! The TC programs: per-packet NodePort / externalIP / LoadBalancer
 //! translation for traffic that did not start on a socket of this node.
 //!
-//! - `tc_ingress` (node devices, before routing): replies of SNATed flows
-//!   get their client back as destination; packets of known flows and new
-//!   packets to external frontends get DNATed to a backend.
-//! - `tc_egress` (node devices, after routing): SNAT of forwarded packets to
-//!   remote backends, and reverse NAT of replies (source back to the
-//!   frontend). Source rewrites wait for egress because a packet entering
-//!   with a node address as source is dropped as a martian.
+//! - `tc_ingress` (the client-facing devices, `--devices`): packets of
+//!   known flows and new packets to external frontends get their backend.
+//!   To a backend on this node (or under eTP=Local) only the destination
+//!   changes and the stack forwards the packet. To a backend on another
+//!   node (eTP=Cluster) the source becomes this node's address on the
+//!   egress device too and the program forwards the packet itself (see
+//!   `route`), whatever that device is: the same NIC, a second one, an
+//!   overlay.
+//! - `tc_reply` (every other device replies can come back by: overlays,
+//!   second NICs): replies of those SNATed flows get client and frontend
+//!   back and are forwarded to the client by the program. `tc_ingress`
+//!   does the same on the client-facing devices.
+//! - `tc_egress` (the client-facing devices, after routing): replies of
+//!   flows the stack forwarded get the frontend back as source. Source
+//!   rewrites of such flows wait for egress because a packet entering with
+//!   a node address as source is dropped as a martian.
 //!
 //! Both fail open: anything unknown or unparsable passes untouched, and an
 //! internal error lets the packet through untouched with a counter bumped.
@@ -20,8 +29,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use proxy_common::{
-    counters, ct_dir, node_flags, svc_flags, ServiceKey, ServiceValue, AFFINITY_CLIENT_IP,
-    BACKEND_FLAG_LOCAL,
+    counters, ct_dir, ct_flags, node_flags, svc_flags, CtValue, ServiceKey, ServiceValue,
+    AFFINITY_CLIENT_IP, BACKEND_FLAG_LOCAL,
 };
 
 use crate::{
@@ -32,6 +41,7 @@ use crate::{
     nat,
     parse::{parse, Packet, Parsed},
     refuse,
+    route::{self, Hop, Miss},
 };
 
 const PASS: i32 = TC_ACT_OK;
@@ -48,6 +58,19 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
     }
 }
 
+/// Ingress of the devices replies of forwarded flows come back by, other
+/// than the client-facing ones: only those replies are touched.
+#[classifier]
+pub fn tc_reply(ctx: TcContext) -> i32 {
+    let Some(pkt) = parse_or_pass(&ctx) else {
+        return PASS;
+    };
+    match ct::lookup(&pkt, ct_dir::REPLY_SNAT) {
+        Some(entry) => reply_snat(&ctx, &pkt, entry),
+        None => PASS,
+    }
+}
+
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
     let pkt = match parse_or_pass(&ctx) {
@@ -60,6 +83,8 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
         let (addr_be, port_be) = unsafe { ((*entry).addr_be, (*entry).port_be) };
         return rewritten(nat::snat(&ctx, &pkt, addr_be, port_be));
     }
+    // Flows SNATed at egress by an earlier version (no REDIRECT flag) keep
+    // working across an upgrade.
     if let Some(entry) = ct::lookup(&pkt, ct_dir::FORWARD_SNAT) {
         ct::touch(entry, &pkt);
         // SAFETY: as above.
@@ -107,69 +132,157 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
         return Ok(PASS);
     };
     if let Some(entry) = ct::lookup(&pkt, ct_dir::REPLY_SNAT) {
-        ct::touch(entry, &pkt);
-        // SAFETY: as in tc_egress.
-        let (addr_be, port_be) = unsafe { ((*entry).addr_be, (*entry).port_be) };
-        return Ok(rewritten(nat::dnat(ctx, &pkt, addr_be, port_be)));
+        return Ok(reply_snat(ctx, &pkt, entry));
     }
     if let Some(entry) = ct::lookup(&pkt, ct_dir::FORWARD) {
-        // SAFETY: as above.
+        // SAFETY: valid for this run (see ct::touch).
         let closed = unsafe { (*entry).tcp_state } == proxy_common::ct_state::CLOSING;
         // A SYN on a closed flow's 5-tuple is a new connection (port
         // reuse): it gets a fresh backend choice below.
         if !(closed && pkt.is_tcp_syn_only()) {
             ct::touch(entry, &pkt);
-            // SAFETY: as above.
-            let (addr_be, port_be) = unsafe { ((*entry).addr_be, (*entry).port_be) };
-            return Ok(rewritten(nat::dnat(ctx, &pkt, addr_be, port_be)));
+            // SAFETY: as above; copied out at once.
+            let e = unsafe { *entry };
+            if e.flags & ct_flags::REDIRECT == 0 {
+                return Ok(rewritten(nat::dnat(ctx, &pkt, e.addr_be, e.port_be)));
+            }
+            return Ok(forward(ctx, &pkt, &e));
         }
     }
-    let Some((svc_addr_be, master, snat_addr_be)) = frontend(&pkt) else {
+    new_flow(ctx, &pkt)
+}
+
+/// A reply of a SNATed flow (backend → this node): client and frontend
+/// back, then out towards the client.
+#[inline(always)]
+fn reply_snat(ctx: &TcContext, pkt: &Packet, entry: *mut CtValue) -> i32 {
+    ct::touch(entry, pkt);
+    // SAFETY: valid for this run (see ct::touch); copied out at once.
+    let e = unsafe { *entry };
+    if e.flags & ct_flags::REDIRECT == 0 {
+        // A flow of an earlier version: the destination here, the source
+        // at the egress of the client-facing device (REPLY entry).
+        return rewritten(nat::dnat(ctx, pkt, e.addr_be, e.port_be));
+    }
+    forward(ctx, pkt, &e)
+}
+
+/// A packet of a flow the program forwards itself: `e` holds its new
+/// destination (`addr_be:port_be`) and source (`nat_addr_be:nat_port_be`).
+#[inline(always)]
+fn forward(ctx: &TcContext, pkt: &Packet, e: &CtValue) -> i32 {
+    match route::lookup(ctx, pkt, e.addr_be, e.port_be) {
+        Ok(hop) => translate_and_redirect(ctx, pkt, e, &hop),
+        Err(miss) => missed(ctx, pkt, miss),
+    }
+}
+
+/// Rewrites both ends of `pkt` as `e` says and sends it out by `hop`.
+#[inline(always)]
+fn translate_and_redirect(ctx: &TcContext, pkt: &Packet, e: &CtValue, hop: &Hop) -> i32 {
+    let rewrite = nat::dnat(ctx, pkt, e.addr_be, e.port_be)
+        .and_then(|()| nat::snat(ctx, pkt, e.nat_addr_be, e.nat_port_be))
+        .and_then(|()| route::decrement_ttl(ctx, pkt));
+    match rewrite {
+        Ok(true) => {
+            bump(counters::TC_TRANSLATED);
+            route::redirect(hop)
+        }
+        Ok(false) => {
+            // The TTL ran out: a router drops the packet.
+            bump(counters::TC_DROP_NO_ROUTE);
+            DROP
+        }
+        Err(_) => {
+            bump(counters::ERR_REWRITE);
+            DROP
+        }
+    }
+}
+
+/// The verdict for a packet that cannot be forwarded: dropped without a
+/// route, answered with "fragmentation needed" when too big and DF is set.
+#[inline(always)]
+fn missed(ctx: &TcContext, pkt: &Packet, miss: Miss) -> i32 {
+    match miss {
+        Miss::NoRoute => {
+            bump(counters::TC_DROP_NO_ROUTE);
+            DROP
+        }
+        Miss::TooBig { ifindex } => {
+            let (action, reason) = refuse::too_big(ctx, pkt, route::mtu(ifindex));
+            bump(reason);
+            action
+        }
+    }
+}
+
+/// The first packet of a flow to an external frontend (or not ours).
+#[inline(always)]
+fn new_flow(ctx: &TcContext, pkt: &Packet) -> Result<i32, u32> {
+    let Some((svc_addr_be, master, default_snat_be)) = frontend(pkt) else {
         return Ok(PASS);
     };
     if master.count == 0 {
-        // No endpoint anywhere: refuse at once, as kube-proxy's REJECT, so
-        // clients fail fast instead of timing out. A NodePort is on a node
-        // address where nothing listens on the port: the node's own stack
-        // answers TCP with RST and UDP with ICMP port unreachable. External
-        // IPs are usually not the node's, so the refusal is built here. A
-        // Local policy without local endpoints must stay silent (load
-        // balancers steer by health checks): that drops.
-        if master.flags & svc_flags::REJECT != 0 {
-            if svc_addr_be == 0 {
-                bump(counters::TC_REJECT_NO_ENDPOINTS);
-                return Ok(PASS);
-            }
-            let (action, reason) = refuse::refuse(ctx, &pkt);
-            bump(reason);
-            return Ok(action);
-        }
-        bump(counters::TC_DROP_NO_ENDPOINTS);
-        return Ok(DROP);
+        return Ok(no_endpoints(ctx, pkt, svc_addr_be, &master));
     }
     // Session affinity from outside the node is per client IP, as
     // kube-proxy's `recent` match: the address the packet carries.
     let client = || AFFINITY_CLIENT_IP | u64::from(pkt.saddr_be);
     let (backend_id, backend) =
         lb::pick_for(svc_addr_be, pkt.dport_be, pkt.proto, &master, client)?;
-    let local = backend.state & BACKEND_FLAG_LOCAL != 0;
-    let snat_addr_be = if local || master.flags & svc_flags::ETP_LOCAL != 0 {
-        None
-    } else if snat_addr_be == 0 {
-        return Err(counters::ERR_NO_SNAT_ADDR);
-    } else {
-        Some(snat_addr_be)
-    };
-    let flow = NewFlow {
+    let mut flow = NewFlow {
         backend_id,
         backend,
         rev_nat_id: master.rev_nat_id,
-        snat_addr_be,
+        snat_addr_be: None,
     };
-    let fwd = ct::create(&pkt, &flow)?;
+    let local = backend.state & BACKEND_FLAG_LOCAL != 0;
+    if local || master.flags & svc_flags::ETP_LOCAL != 0 {
+        // The stack forwards it; replies pass this node's client-facing
+        // device, whose egress gives them the frontend back.
+        let fwd = ct::create(pkt, &flow)?;
+        bump(counters::TC_NEW_FLOW);
+        return Ok(rewritten(nat::dnat(ctx, pkt, fwd.addr_be, fwd.port_be)));
+    }
+    // Routed first: the SNAT source is the egress device's address.
+    let hop = match route::lookup(ctx, pkt, backend.addr_be, backend.port_be) {
+        Ok(hop) => hop,
+        Err(miss) => return Ok(missed(ctx, pkt, miss)),
+    };
+    let snat_addr_be = match route::snat_addr(hop.ifindex) {
+        0 => default_snat_be,
+        addr => addr,
+    };
+    if snat_addr_be == 0 {
+        return Err(counters::ERR_NO_SNAT_ADDR);
+    }
+    flow.snat_addr_be = Some(snat_addr_be);
+    let fwd = ct::create(pkt, &flow)?;
     bump(counters::TC_NEW_FLOW);
-    // With SNAT, the source is rewritten at egress (FORWARD_SNAT entry).
-    Ok(rewritten(nat::dnat(ctx, &pkt, fwd.addr_be, fwd.port_be)))
+    Ok(translate_and_redirect(ctx, pkt, &fwd, &hop))
+}
+
+/// A frontend without any endpoint anywhere is refused at once, as
+/// kube-proxy's REJECT, so clients fail fast instead of timing out. A
+/// NodePort is on a node address where nothing listens on the port: the
+/// node's own stack answers TCP with RST and UDP with ICMP port
+/// unreachable. External IPs are usually not the node's, so the refusal is
+/// built here. A Local policy without local endpoints must stay silent
+/// (load balancers steer by health checks): that drops.
+#[inline(always)]
+fn no_endpoints(ctx: &TcContext, pkt: &Packet, svc_addr_be: u32, master: &ServiceValue) -> i32 {
+    if master.flags & svc_flags::REJECT == 0 {
+        bump(counters::TC_DROP_NO_ENDPOINTS);
+        return DROP;
+    }
+    if svc_addr_be == 0 {
+        bump(counters::TC_REJECT_NO_ENDPOINTS);
+        return PASS;
+    }
+    let (action, reason) = refuse::refuse(ctx, pkt);
+    bump(reason);
+    action
 }
 
 /// The external frontend `pkt` addresses: (address its service-map keys

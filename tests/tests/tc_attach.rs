@@ -12,7 +12,7 @@ use std::{fs::File, os::fd::AsRawFd, path::Path};
 use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{links::PinnedLink, SchedClassifier, TcAttachType};
 use bpfproxy_tests::{require_root, Netns, PrivateBpffs, TestCgroup, VethPair};
-use proxy_agent::loader::{self, Attachment, TcMode};
+use proxy_agent::loader::{self, Attachment, TcDevices, TcMode};
 
 /// Joins the network namespace at `path` for the calling thread only.
 fn enter_netns(path: &Path) -> Result<()> {
@@ -88,12 +88,8 @@ fn tc_programs_are_attached_replaced_in_place_and_detached_with_their_device() -
     let (bpffs, cgroup, dev) = (&n.bpffs, &n.cgroup, n.dev.clone());
     let links = loader::pin_dir(bpffs.path()).join("links");
 
-    let first = loader::load_and_attach(
-        bpffs.path(),
-        cgroup.path(),
-        TcMode::Tcx,
-        std::slice::from_ref(&dev),
-    )?;
+    let serving = TcDevices::serving(std::slice::from_ref(&dev));
+    let first = loader::load_and_attach(bpffs.path(), cgroup.path(), TcMode::Tcx, &serving)?;
     for prog in ["tc_ingress", "tc_egress"] {
         let name = format!("{prog}@{dev}");
         ensure!(
@@ -115,12 +111,7 @@ fn tc_programs_are_attached_replaced_in_place_and_detached_with_their_device() -
     let link_before = link_id(&ingress_pin)?;
 
     // A restart: the same links, now running newly loaded programs.
-    let second = loader::load_and_attach(
-        bpffs.path(),
-        cgroup.path(),
-        TcMode::Tcx,
-        std::slice::from_ref(&dev),
-    )?;
+    let second = loader::load_and_attach(bpffs.path(), cgroup.path(), TcMode::Tcx, &serving)?;
     ensure!(
         second.contains(&(format!("tc_ingress@{dev}"), Attachment::Replaced)),
         "{second:?}"
@@ -139,8 +130,33 @@ fn tc_programs_are_attached_replaced_in_place_and_detached_with_their_device() -
         "the link itself must stay"
     );
 
-    // The device leaves --devices: its links go, the programs with them.
-    loader::load_and_attach(bpffs.path(), cgroup.path(), TcMode::Tcx, &[])?;
+    // The device becomes a reply device (it left --devices but forwarded
+    // flows still come back by it): the same ingress link now runs
+    // tc_reply, and its egress program goes.
+    let replies = TcDevices {
+        serving: vec![],
+        replies: vec![dev.clone()],
+    };
+    let third = loader::load_and_attach(bpffs.path(), cgroup.path(), TcMode::Tcx, &replies)?;
+    ensure!(
+        third.contains(&(format!("tc_reply@{dev}"), Attachment::Replaced)),
+        "{third:?}"
+    );
+    let ingress3 = tcx_programs(&dev, TcAttachType::Ingress)?;
+    ensure!(
+        ingress3.len() == 1 && ingress3[0].1 == "tc_reply",
+        "{ingress3:?}"
+    );
+    ensure!(link_id(&ingress_pin)? == link_before, "the link stays");
+    ensure!(tcx_programs(&dev, TcAttachType::Egress)?.is_empty());
+
+    // The device leaves altogether: its links go, the programs with them.
+    loader::load_and_attach(
+        bpffs.path(),
+        cgroup.path(),
+        TcMode::Tcx,
+        &TcDevices::default(),
+    )?;
     ensure!(!ingress_pin.exists(), "stale pin left");
     ensure!(tcx_programs(&dev, TcAttachType::Ingress)?.is_empty());
     ensure!(tcx_programs(&dev, TcAttachType::Egress)?.is_empty());
@@ -178,7 +194,12 @@ fn the_clsact_path_replaces_its_one_filter_in_place_and_removes_it() -> Result<(
     let (bpffs, cgroup, dev) = (&n.bpffs, &n.cgroup, n.dev.clone());
     let marker = loader::pin_dir(bpffs.path()).join(format!("links/tc-{dev}-ingress"));
     let attach = |devices: &[String]| {
-        loader::load_and_attach(bpffs.path(), cgroup.path(), TcMode::Clsact, devices)
+        loader::load_and_attach(
+            bpffs.path(),
+            cgroup.path(),
+            TcMode::Clsact,
+            &TcDevices::serving(devices),
+        )
     };
 
     let first = attach(std::slice::from_ref(&dev))?;

@@ -5,7 +5,7 @@
 mod link_update;
 mod tc;
 
-pub use tc::{TcMode, TC_PROGRAMS};
+pub use tc::{Hook, TcDevices, TcMode, TC_PROGRAMS};
 
 use std::{
     fs,
@@ -96,9 +96,9 @@ pub struct Loaded {
     ebpf: Ebpf,
     links: PathBuf,
     tc_mode: TcMode,
-    /// Devices the TC programs sit on, with the ifindex each had then;
-    /// None before the first [`Loaded::set_devices`].
-    devices: Option<Vec<(String, u32)>>,
+    /// The TC hooks in place, with the ifindex each device had then; None
+    /// before the first [`Loaded::set_devices`].
+    hooks: Option<Vec<(Hook, u32)>>,
 }
 
 /// Loads the object with its maps pinned in (or reused from) the pin
@@ -130,7 +130,7 @@ pub fn load(
         ebpf,
         links,
         tc_mode,
-        devices: None,
+        hooks: None,
     };
     Ok((loaded, done))
 }
@@ -168,7 +168,7 @@ pub fn load_and_attach(
     bpffs: &Path,
     cgroup: &Path,
     tc_mode: TcMode,
-    devices: &[String],
+    devices: &TcDevices,
 ) -> Result<Vec<(String, Attachment)>, LoadError> {
     let (mut loaded, mut done) = load(bpffs, cgroup, tc_mode)?;
     done.extend(loaded.set_devices(devices)?.unwrap_or_default());
@@ -178,10 +178,10 @@ pub fn load_and_attach(
 }
 
 impl Loaded {
-    /// Puts the TC programs on exactly `devices`: devices new since the
-    /// last call get them (on the first call every device, its pinned link
-    /// of an earlier agent swapped in place), devices no longer listed lose
-    /// them. None when nothing changed since the last call.
+    /// Puts the TC programs on exactly `devices`: hooks new since the
+    /// last call get their program (on the first call every hook, its
+    /// pinned link of an earlier agent swapped in place), hooks no longer
+    /// wanted lose it. None when nothing changed since the last call.
     ///
     /// A device is known by name and ifindex: one that came back under the
     /// same name (driver reload, USB NIC replugged) is a new device with
@@ -189,22 +189,25 @@ impl Loaded {
     /// defunct on the way and replaced.
     pub fn set_devices(
         &mut self,
-        devices: &[String],
+        devices: &TcDevices,
     ) -> Result<Option<Vec<(String, Attachment)>>, LoadError> {
-        let wanted: Vec<(String, u32)> = devices.iter().map(|d| (d.clone(), ifindex(d))).collect();
-        if self.devices.as_ref() == Some(&wanted) {
+        let hooks = devices.hooks();
+        let wanted: Vec<(Hook, u32)> = hooks
+            .iter()
+            .map(|h| (h.clone(), ifindex(&h.device)))
+            .collect();
+        if self.hooks.as_ref() == Some(&wanted) {
             return Ok(None);
         }
-        let already: Vec<String> = self
-            .devices
+        let already: Vec<Hook> = self
+            .hooks
             .iter()
             .flatten()
-            .filter(|d| wanted.contains(d))
-            .map(|(name, _)| name.clone())
+            .filter(|h| wanted.contains(h))
+            .map(|(h, _)| h.clone())
             .collect();
-        let done =
-            tc::attach_devices(&mut self.ebpf, self.tc_mode, devices, &already, &self.links)?;
-        self.devices = Some(wanted);
+        let done = tc::attach_hooks(&mut self.ebpf, self.tc_mode, &hooks, &already, &self.links)?;
+        self.hooks = Some(wanted);
         Ok(Some(done))
     }
 }

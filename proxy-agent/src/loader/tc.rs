@@ -25,10 +25,75 @@ use tracing::{debug, info, warn};
 use super::{link_update, Attachment, LoadError};
 
 /// The TC programs, by function name in `proxy-ebpf`, and their hook.
-pub const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
+pub const TC_PROGRAMS: [(&str, TcAttachType); 3] = [
+    ("tc_ingress", TcAttachType::Ingress),
+    ("tc_egress", TcAttachType::Egress),
+    ("tc_reply", TcAttachType::Ingress),
+];
+
+/// The programs of a device that serves clients (NodePorts, externalIPs,
+/// LoadBalancer IPs): the first two of [`TC_PROGRAMS`].
+const SERVING: &[(&str, TcAttachType)] = &[
     ("tc_ingress", TcAttachType::Ingress),
     ("tc_egress", TcAttachType::Egress),
 ];
+/// The program of a device replies of forwarded flows come back by.
+const REPLIES: &[(&str, TcAttachType)] = &[("tc_reply", TcAttachType::Ingress)];
+
+/// Which devices get which TC programs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TcDevices {
+    /// Client-facing devices (`--devices`): NodePorts, externalIPs and
+    /// LoadBalancer IPs are served on them.
+    pub serving: Vec<String>,
+    /// Every other device the node forwards to backends by (an overlay, a
+    /// second NIC): the replies of flows the programs forwarded come back
+    /// by them and must be translated there.
+    pub replies: Vec<String>,
+}
+
+impl TcDevices {
+    /// Only client-facing devices.
+    pub fn serving(devices: &[String]) -> Self {
+        Self {
+            serving: devices.to_vec(),
+            replies: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.serving.is_empty() && self.replies.is_empty()
+    }
+
+    /// Every (device, program, hook) these devices need, serving devices
+    /// first; a device named in both lists serves.
+    pub fn hooks(&self) -> Vec<Hook> {
+        let serving = self.serving.iter().map(|d| (d, SERVING));
+        let replies = self
+            .replies
+            .iter()
+            .filter(|d| !self.serving.contains(d))
+            .map(|d| (d, REPLIES));
+        serving
+            .chain(replies)
+            .flat_map(|(device, programs)| {
+                programs.iter().map(move |&(program, attach)| Hook {
+                    device: device.clone(),
+                    program,
+                    attach,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One TC program on one hook of one device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hook {
+    pub device: String,
+    pub program: &'static str,
+    pub attach: TcAttachType,
+}
 
 /// Pin names of TC links start with this; anything else in the links
 /// directory belongs to the socket programs.
@@ -74,43 +139,47 @@ fn pin_name(device: &str, attach: TcAttachType) -> String {
     format!("{PIN_PREFIX}{device}-{dir}")
 }
 
-/// Puts `tc_ingress`/`tc_egress` on every device of `devices` except those
-/// of `already` (this process attached them before) and removes the pinned
-/// links of devices no longer listed (which detaches them).
-pub fn attach_devices(
+/// Puts every hook of `hooks` in place except those of `already` (this
+/// process attached them before) and removes the pinned links of hooks no
+/// longer wanted (which detaches them). A hook whose device changed role
+/// keeps its pin and gets the other program swapped in.
+pub fn attach_hooks(
     ebpf: &mut Ebpf,
     mode: TcMode,
-    devices: &[String],
-    already: &[String],
+    hooks: &[Hook],
+    already: &[Hook],
     links: &Path,
 ) -> Result<Vec<(String, Attachment)>, LoadError> {
     let tcx = mode.uses_tcx();
     load_programs(ebpf)?;
     let mut done = Vec::new();
     let mut wanted = Vec::new();
-    for (name, attach) in TC_PROGRAMS {
-        let prog = program(ebpf, name)?;
-        for device in devices {
-            let pin = links.join(pin_name(device, attach));
-            wanted.push(pin_name(device, attach));
-            if already.contains(device) {
-                continue;
-            }
-            let how = if tcx {
-                attach_tcx(prog, name, device, attach, &pin)?
-            } else {
-                attach_clsact(prog, name, device, attach, &pin)?
-            };
-            info!(program = name, device = %device, ?how, "TC program in place");
-            done.push((format!("{name}@{device}"), how));
+    for hook in hooks {
+        let Hook {
+            device,
+            program: name,
+            attach,
+        } = hook;
+        let pin = links.join(pin_name(device, *attach));
+        wanted.push(pin_name(device, *attach));
+        if already.contains(hook) {
+            continue;
         }
+        let prog = program(ebpf, name)?;
+        let how = if tcx {
+            attach_tcx(prog, name, device, *attach, &pin)?
+        } else {
+            attach_clsact(prog, name, device, *attach, &pin)?
+        };
+        info!(program = name, device = %device, ?how, "TC program in place");
+        done.push((format!("{name}@{device}"), how));
     }
     prune_links(links, &wanted);
     Ok(done)
 }
 
-/// Puts `tc_ingress` and `tc_egress` through the verifier, once per
-/// process (later calls find them loaded).
+/// Puts the TC programs through the verifier, once per process (later
+/// calls find them loaded).
 pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     for (name, _) in TC_PROGRAMS {
         let prog = program(ebpf, name)?;
@@ -295,5 +364,27 @@ mod tests {
             );
         }
         assert!(parse_pin_name("sock4_connect").is_none());
+    }
+
+    #[test]
+    fn serving_devices_get_both_hooks_and_reply_devices_only_tc_reply() {
+        let d = TcDevices {
+            serving: vec!["eth0".into()],
+            replies: vec!["flannel.1".into(), "eth0".into()],
+        };
+        let hooks: Vec<(String, &str)> = d
+            .hooks()
+            .into_iter()
+            .map(|h| (h.device, h.program))
+            .collect();
+        assert_eq!(
+            hooks,
+            [
+                ("eth0".to_string(), "tc_ingress"),
+                ("eth0".to_string(), "tc_egress"),
+                ("flannel.1".to_string(), "tc_reply"),
+            ]
+        );
+        assert!(TcDevices::default().hooks().is_empty());
     }
 }

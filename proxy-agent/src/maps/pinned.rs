@@ -39,6 +39,35 @@ pub(crate) fn open<T: TryFrom<Map, Error = MapError>>(
     T::try_from(map).map_err(wrap)
 }
 
+/// Makes the pinned hash map `name` in `dir` hold exactly `want`: new and
+/// changed entries first, then stale ones removed, so a reader never misses
+/// an entry that stays (the node-address and device maps, small maps the
+/// node watch rewrites whole).
+pub(crate) fn sync_hash<K, V>(
+    dir: &Path,
+    name: &'static str,
+    want: &BTreeMap<K, V>,
+) -> Result<(), MapsError>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod,
+{
+    let mut map: HashMap<MapData, K, V> = open(dir, name)?;
+    let write = |source| MapsError::Write { map: name, source };
+    for (k, v) in want {
+        map.insert(k, v, 0).map_err(write)?;
+    }
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains_key(k))
+        .collect();
+    for k in stale {
+        map.remove(&k).map_err(write)?;
+    }
+    Ok(())
+}
+
 impl PinnedMaps {
     /// Opens the maps pinned in `dir` (the versioned pin directory).
     pub fn open(dir: &Path) -> Result<Self, MapsError> {

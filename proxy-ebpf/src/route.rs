@@ -1,0 +1,131 @@
+//! Forwarding by the TC programs themselves, for flows whose source they
+//! rewrite to this node (eTP=Cluster towards a backend on another node).
+//!
+//! Such a packet cannot go back to the stack once translated: entering a
+//! device with one of the node's own addresses as source, it would be
+//! dropped as a martian. Leaving the source rewrite to the egress hook
+//! needs a program on whatever device the route to the backend names: an
+//! overlay (`flannel.1`, `tunl0`, `wg0`), a second NIC. Instead, the
+//! program asks the FIB where the translated packet goes, takes that
+//! device's address as the SNAT source (the address MASQUERADE would pick,
+//! from the device map the agent writes), and redirects the packet there
+//! with `bpf_redirect_neigh`, which writes the link-layer header from the
+//! neighbour table (or none on an L3 device). Replies come back through
+//! `tc_reply` on that device and leave the same way towards the client.
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+    },
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
+    programs::TcContext,
+};
+
+use crate::{
+    maps::DEVICES,
+    parse::{Packet, IP_CSUM_OFF, IP_TTL_OFF},
+};
+
+const AF_INET: u8 = 2;
+
+/// The next hop of a translated packet.
+pub struct Hop {
+    pub ifindex: u32,
+    /// The gateway, or the destination itself on a connected route.
+    nexthop_be: u32,
+}
+
+/// Why a translated packet cannot be forwarded.
+pub enum Miss {
+    /// No usable route (unreachable, blackhole, forwarding disabled).
+    NoRoute,
+    /// The packet does not fit the MTU of `ifindex`.
+    TooBig { ifindex: u32 },
+}
+
+/// Where `pkt`, once its destination is `daddr_be:dport_be`, leaves this
+/// node. The lookup is a forwarding one from the device the packet came
+/// in by, with its original source (policy routing sees the client).
+#[inline(always)]
+pub fn lookup(ctx: &TcContext, pkt: &Packet, daddr_be: u32, dport_be: u16) -> Result<Hop, Miss> {
+    // SAFETY: a plain C struct for which all zeroes is a valid value.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = pkt.proto;
+    p.sport = pkt.sport_be;
+    p.dport = dport_be;
+    // SAFETY: the context's skb pointer is valid for this run.
+    p.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    p.__bindgen_anon_3.ipv4_src = pkt.saddr_be;
+    p.__bindgen_anon_4.ipv4_dst = daddr_be;
+    // tot_len stays 0: the helper then checks the skb itself against the
+    // egress MTU, which also accepts GSO packets (segmented later).
+    // SAFETY: `p` is a valid, writable bpf_fib_lookup of the size given.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut p,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    // SAFETY: the union was written as (and by the helper left as) IPv4.
+    let nexthop_be = unsafe { p.__bindgen_anon_4.ipv4_dst };
+    match rc as u32 {
+        // An unresolved neighbour is resolved by bpf_redirect_neigh.
+        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop {
+            ifindex: p.ifindex,
+            nexthop_be,
+        }),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Miss::TooBig { ifindex: p.ifindex }),
+        _ => Err(Miss::NoRoute),
+    }
+}
+
+/// The source address for traffic this node forwards out of `ifindex`
+/// (0 when the agent knows none).
+#[inline(always)]
+pub fn snat_addr(ifindex: u32) -> u32 {
+    // SAFETY: copied out at once.
+    unsafe { DEVICES.get(ifindex) }.map_or(0, |d| d.snat_addr_be)
+}
+
+/// The MTU of `ifindex` as the agent last saw it (0 when unknown).
+#[inline(always)]
+pub fn mtu(ifindex: u32) -> u32 {
+    // SAFETY: copied out at once.
+    unsafe { DEVICES.get(ifindex) }.map_or(0, |d| d.mtu)
+}
+
+/// Lowers the TTL by one as a router does; false when it ran out (the
+/// packet must not be forwarded).
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext, pkt: &Packet) -> Result<bool, i64> {
+    let [ttl, proto] = pkt.ttl_proto_be.to_ne_bytes();
+    if ttl <= 1 {
+        return Ok(false);
+    }
+    let new = u16::from_ne_bytes([ttl - 1, proto]);
+    ctx.l3_csum_replace(IP_CSUM_OFF as usize, pkt.ttl_proto_be as u64, new as u64, 2)?;
+    ctx.store(IP_TTL_OFF as usize, &(ttl - 1), 0)?;
+    Ok(true)
+}
+
+/// Sends the packet out of `hop`'s device towards its next hop; the TC
+/// verdict to return.
+#[inline(always)]
+pub fn redirect(hop: &Hop) -> i32 {
+    let mut nh = bpf_redir_neigh {
+        nh_family: AF_INET as u32,
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+            ipv4_nh: hop.nexthop_be,
+        },
+    };
+    // SAFETY: `nh` is a valid bpf_redir_neigh of the size given; the
+    // helper returns TC_ACT_REDIRECT, or TC_ACT_SHOT on bad arguments.
+    unsafe {
+        bpf_redirect_neigh(hop.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) as i32
+    }
+}
