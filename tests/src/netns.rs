@@ -98,6 +98,24 @@ impl Netns {
     }
 
     /// `ip -n <name> ARGS` (configuration inside the namespace).
+    /// Joins this namespace for the calling thread only (setns is per
+    /// thread): sockets, netlink requests and BPF_PROG_TEST_RUN packets the
+    /// thread makes from then on live here, so it sees only the test's own
+    /// devices and routes.
+    pub fn join_this_thread(&self) -> Result<()> {
+        let f = File::open(self.path())
+            .with_context(|| format!("opening {}", self.path().display()))?;
+        // SAFETY: a valid namespace fd; affects only this thread.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!(
+                "setns {}: {}",
+                self.path().display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
     pub fn ip(&self, args: &[&str]) -> Result<String> {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);

@@ -7,26 +7,12 @@
 //! The loader runs in this test's thread after it joined a test network
 //! namespace (setns is per thread), so the only devices it can see are the
 //! test's own veths.
-use std::{fs::File, os::fd::AsRawFd, path::Path};
+use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use aya::programs::{links::PinnedLink, SchedClassifier, TcAttachType};
 use bpfproxy_tests::{require_root, Netns, PrivateBpffs, TestCgroup, VethPair};
 use proxy_agent::loader::{self, Attachment, TcDevices, TcMode};
-
-/// Joins the network namespace at `path` for the calling thread only.
-fn enter_netns(path: &Path) -> Result<()> {
-    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: a valid namespace fd; affects only this thread.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!(
-            "setns {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
 
 /// (program id, program name) of every TCX program on `dev`'s hook.
 fn tcx_programs(dev: &str, attach: TcAttachType) -> Result<Vec<(u32, String)>> {
@@ -70,7 +56,7 @@ impl Node {
         )?;
         let bpffs = PrivateBpffs::new(&format!("{tag}attach"))?;
         let cgroup = TestCgroup::new(&format!("{tag}attach"))?;
-        enter_netns(node.path())?;
+        node.join_this_thread()?;
         Ok(Self {
             dev: veth.a().to_string(),
             bpffs,

@@ -3,7 +3,11 @@
 //! BPF_PROG_TEST_RUN on hand-built packets, its maps filled directly.
 //!
 //! Nothing here sends a packet anywhere: BPF_PROG_TEST_RUN hands the packet
-//! to the program and back to us.
+//! to the program and back to us (a redirect is only a verdict). The test
+//! thread joins a "node" namespace first, whose routes the programs' FIB
+//! lookups see: the node's NIC (NODE, backends on other nodes behind it,
+//! host-gw style) and a flannel-style VXLAN overlay (`flannel.1`, its own
+//! address, MTU 1450) to a third node's pods.
 use std::net::Ipv4Addr;
 
 use anyhow::{ensure, Context, Result};
@@ -14,8 +18,9 @@ use aya::{
 };
 use bpfproxy_tests::{
     packet::{self, verify_checksums, view, Spec, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP},
-    prog_test_run, require_root, PrivateBpffs,
+    prog_test_run, require_root, Netns, PrivateBpffs, VethPair,
 };
+use proxy_agent::{node_addrs, node_links};
 use proxy_common::{
     counters, ct_dir, maps as names, node_flags, svc_flags, BackendValue, CtKey, CtValue,
     NodeAddrValue, ServiceKey, ServiceValue,
@@ -24,22 +29,103 @@ use proxy_common::{
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
+const TTL: u8 = 64;
 
 const NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 6);
 const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// A pod on a node reached over the overlay, and the overlay's address on
+/// this node (what flannel puts on `flannel.1`).
+const OVERLAY_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 6);
+const OVERLAY_ADDR: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 0);
+const OVERLAY_MTU: usize = 1450;
 const NODE_PORT: u16 = 30080;
+const T: std::time::Duration = std::time::Duration::from_secs(10);
 const TARGET_PORT: u16 = 8080;
 
-/// The loaded object with its maps pinned in a private bpffs.
+/// The loaded object with its maps pinned in a private bpffs, run from
+/// inside a node namespace.
 struct Datapath {
     ebpf: Ebpf,
     next_backend_id: u32,
     next_rev_nat_id: u16,
-    // Dropped last: unmounting releases the pins.
+    // Dropped last: unmounting releases the pins, the namespaces go.
     _bpffs: PrivateBpffs,
+    _node: NodeNet,
+}
+
+/// The node's network as the FIB lookups see it (see the module doc).
+struct NodeNet {
+    _veth: VethPair,
+    _peer: Netns,
+    _node: Netns,
+}
+
+impl NodeNet {
+    fn new(tag: &str) -> Result<Self> {
+        let node = Netns::new(&format!("{tag}n"))?;
+        let peer = Netns::new(&format!("{tag}p"))?;
+        let veth = VethPair::new(&node, &[&format!("{NODE}/24")], &peer, &["10.0.0.2/24"])?;
+        let nic = veth.a().to_string();
+        let mut sysctl = node.command("sysctl")?;
+        sysctl.args(["-qw", "net.ipv4.ip_forward=1"]);
+        bpfproxy_tests::process::run_with_timeout(&mut sysctl, T)?;
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["route", "add", "10.244.2.0/24", "via", "10.0.0.2"],
+            vec!["route", "add", "198.51.100.0/24", "via", "10.0.0.2"],
+            vec!["route", "add", "203.0.113.0/24", "via", "10.0.0.2"],
+            vec![
+                "link",
+                "add",
+                "flannel.1",
+                "type",
+                "vxlan",
+                "id",
+                "1",
+                "local",
+                "10.0.0.1",
+                "dev",
+                &nic,
+                "dstport",
+                "8472",
+                "nolearning",
+            ],
+            vec!["link", "set", "flannel.1", "mtu", "1450", "up"],
+            vec!["addr", "add", "10.244.1.0/32", "dev", "flannel.1"],
+            vec![
+                "route",
+                "add",
+                "10.244.3.0/24",
+                "via",
+                "10.244.3.0",
+                "dev",
+                "flannel.1",
+                "onlink",
+            ],
+            vec![
+                "neigh",
+                "add",
+                "10.244.3.0",
+                "lladdr",
+                "02:00:0a:f4:03:00",
+                "dev",
+                "flannel.1",
+                "nud",
+                "permanent",
+            ],
+        ] {
+            node.ip(&args)?;
+        }
+        node.join_this_thread()?;
+        Ok(Self {
+            _veth: veth,
+            _peer: peer,
+            _node: node,
+        })
+    }
 }
 
 /// A backend to program: address, port, whether it runs on this node.
@@ -49,14 +135,25 @@ struct Be(Ipv4Addr, u16, bool);
 impl Datapath {
     fn new(suffix: &str) -> Result<Self> {
         require_root()?;
+        let node = NodeNet::new(suffix)?;
         let bpffs = PrivateBpffs::new(suffix)?;
         let ebpf = proxy_agent::loader::load_tc_unattached(bpffs.path())
             .context("loading the agent's eBPF object and its TC programs")?;
+        // The devices' SNAT addresses and MTUs, written by the agent's own
+        // code from what this namespace holds.
+        let ifaddrs = node_addrs::interface_addrs()?;
+        let links: Vec<node_links::Link> = ["lo", "flannel.1", node._veth.a()]
+            .iter()
+            .map(|d| node_links::link(d))
+            .collect::<std::io::Result<_>>()?;
+        let pin_dir = bpffs.path().join(names::PIN_DIR);
+        node_links::program(&pin_dir, &node_links::entries(&ifaddrs, &links))?;
         Ok(Self {
             ebpf,
             next_backend_id: 1,
             next_rev_nat_id: 1,
             _bpffs: bpffs,
+            _node: node,
         })
     }
 
@@ -72,6 +169,11 @@ impl Datapath {
 
     fn ingress(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
         let r = self.run("tc_ingress", pkt).expect("BPF_PROG_TEST_RUN");
+        (r.retval, r.data)
+    }
+
+    fn reply(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
+        let r = self.run("tc_reply", pkt).expect("BPF_PROG_TEST_RUN");
         (r.retval, r.data)
     }
 
@@ -177,6 +279,11 @@ impl Datapath {
     }
 }
 
+/// The IPv4 TTL of a built packet.
+fn ttl(pkt: &[u8]) -> u8 {
+    pkt[packet::ETH_HLEN + 8]
+}
+
 fn nodeport_tcp(dp: &mut Datapath, backends: &[Be]) {
     dp.service(
         Ipv4Addr::UNSPECIFIED,
@@ -188,14 +295,16 @@ fn nodeport_tcp(dp: &mut Datapath, backends: &[Be]) {
 }
 
 /// Asserts that `after` differs from `before` only in the bytes a rewrite
-/// may touch: IP addresses, IP checksum, ports and L4 checksum.
+/// may touch: IP addresses, TTL, IP checksum, ports and L4 checksum.
 fn assert_only_nat_fields_changed(before: &[u8], after: &[u8]) {
     assert_eq!(before.len(), after.len(), "packet length changed");
     let v = view(before).unwrap();
     let csum_at = v.l4_off + if v.proto == TCP { 16 } else { 6 };
     let ip = packet::ETH_HLEN;
     for (i, (a, b)) in before.iter().zip(after).enumerate() {
-        let allowed = (ip + 10..ip + 12).contains(&i)
+        // The TTL drops by one where the program forwards the packet itself.
+        let allowed = i == ip + 8
+            || (ip + 10..ip + 12).contains(&i)
             || (ip + 12..ip + 20).contains(&i)
             || (v.l4_off..v.l4_off + 4).contains(&i)
             || (csum_at..csum_at + 2).contains(&i);
@@ -234,23 +343,100 @@ fn nodeport_syn_is_dnated_to_a_local_backend_with_correct_checksums() -> Result<
 }
 
 #[test]
-fn remote_backend_gets_snat_to_the_node_address_at_egress() -> Result<()> {
+fn a_remote_backend_is_dnated_and_snated_at_ingress_and_forwarded_by_the_program() -> Result<()> {
     let mut dp = Datapath::with_node("tcsnat")?;
     nodeport_tcp(&mut dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
     let syn = Spec::tcp((CLIENT, 40001), (NODE, NODE_PORT), TCP_SYN).build();
-    let (rc, fwd) = dp.ingress(&syn);
-    assert_eq!(rc, TC_ACT_OK);
-    // Ingress only DNATs: a node address as source before routing would be
-    // dropped as a martian.
-    assert_eq!(view(&fwd)?.src, (CLIENT, 40001));
-    assert_eq!(view(&fwd)?.dst, (REMOTE_POD, TARGET_PORT));
-    let (rc, out) = dp.egress(&fwd);
-    assert_eq!(rc, TC_ACT_OK);
+    let (rc, out) = dp.ingress(&syn);
+    // Redirected to the NIC the route names: never back into the stack,
+    // where a node address as source would be dropped as a martian.
+    assert_eq!(rc, TC_ACT_REDIRECT);
     let v = view(&out)?;
     assert_eq!(v.src, (NODE, 40001), "source is the node, client port kept");
     assert_eq!(v.dst, (REMOTE_POD, TARGET_PORT));
+    assert_eq!(ttl(&out), TTL - 1, "forwarded as a router does");
     verify_checksums(&out)?;
     assert_only_nat_fields_changed(&syn, &out);
+    // The egress program of the NIC leaves the translated packet alone.
+    assert_eq!(dp.egress(&out), (TC_ACT_OK, out.clone()));
+    Ok(())
+}
+
+#[test]
+fn a_backend_behind_the_overlay_sees_the_overlay_address_of_the_node() -> Result<()> {
+    let mut dp = Datapath::with_node("tcovl")?;
+    nodeport_tcp(&mut dp, &[Be(OVERLAY_POD, TARGET_PORT, false)]);
+    let syn = Spec::tcp((CLIENT, 40004), (NODE, NODE_PORT), TCP_SYN).build();
+    let (rc, out) = dp.ingress(&syn);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    let v = view(&out)?;
+    assert_eq!(
+        v.src.0, OVERLAY_ADDR,
+        "the egress device's address, as MASQUERADE picks it"
+    );
+    assert_eq!(v.dst, (OVERLAY_POD, TARGET_PORT));
+    verify_checksums(&out)?;
+    // Its reply comes in by the overlay, where tc_reply sits.
+    let reply = Spec::tcp(
+        (OVERLAY_POD, TARGET_PORT),
+        (OVERLAY_ADDR, v.src.1),
+        TCP_SYN | TCP_ACK,
+    )
+    .build();
+    let (rc, back) = dp.reply(&reply);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(view(&back)?.src, (NODE, NODE_PORT));
+    assert_eq!(view(&back)?.dst, (CLIENT, 40004));
+    verify_checksums(&back)?;
+    Ok(())
+}
+
+#[test]
+fn a_packet_too_big_for_the_overlay_gets_fragmentation_needed() -> Result<()> {
+    let mut dp = Datapath::with_node("tcpmtu")?;
+    nodeport_tcp(&mut dp, &[Be(OVERLAY_POD, TARGET_PORT, false)]);
+    let syn = Spec::tcp((CLIENT, 40005), (NODE, NODE_PORT), TCP_SYN).build();
+    assert_eq!(dp.ingress(&syn).0, TC_ACT_REDIRECT);
+    // A full-size segment of a 1500-byte client link (DF set).
+    let big = Spec::tcp((CLIENT, 40005), (NODE, NODE_PORT), TCP_ACK)
+        .payload(&[7u8; 1460])
+        .build();
+    assert!(big.len() - packet::ETH_HLEN > OVERLAY_MTU);
+    let (rc, icmp) = dp.ingress(&big);
+    assert_eq!(rc, TC_ACT_REDIRECT, "sent back out");
+    let ip = &icmp[packet::ETH_HLEN..];
+    assert_eq!(ip[9], packet::ICMP);
+    assert_eq!(
+        &ip[12..16],
+        &NODE.octets(),
+        "from the address the client used"
+    );
+    assert_eq!(&ip[16..20], &CLIENT.octets());
+    assert_eq!((ip[20], ip[21]), (3, 4), "fragmentation needed");
+    assert_eq!(u16::from_be_bytes([ip[26], ip[27]]) as usize, OVERLAY_MTU);
+    assert_eq!(
+        &ip[28..48],
+        &big[packet::ETH_HLEN..packet::ETH_HLEN + 20],
+        "quotes the packet as the client sent it"
+    );
+    assert_eq!(dp.counter(counters::TC_FRAG_NEEDED), 1);
+    // Without DF the program cannot fragment: dropped, counted.
+    let mut spec = Spec::tcp((CLIENT, 40005), (NODE, NODE_PORT), TCP_ACK).payload(&[7u8; 1460]);
+    spec.frag = 0;
+    assert_eq!(dp.ingress(&spec.build()).0, TC_ACT_SHOT);
+    assert_eq!(dp.counter(counters::TC_FRAG_NEEDED), 2);
+    Ok(())
+}
+
+#[test]
+fn a_backend_without_a_route_is_dropped_and_counted() -> Result<()> {
+    let mut dp = Datapath::with_node("tcnoroute")?;
+    let unrouted = Ipv4Addr::new(192, 0, 2, 1);
+    nodeport_tcp(&mut dp, &[Be(unrouted, TARGET_PORT, false)]);
+    let syn = Spec::tcp((CLIENT, 40006), (NODE, NODE_PORT), TCP_SYN).build();
+    assert_eq!(dp.ingress(&syn).0, TC_ACT_SHOT);
+    assert_eq!(dp.counter(counters::TC_DROP_NO_ROUTE), 1);
+    assert_eq!(dp.counter(counters::TC_NEW_FLOW), 0, "no flow is created");
     Ok(())
 }
 
@@ -276,12 +462,11 @@ fn replies_are_reverse_natted_to_the_nodeport() -> Result<()> {
 }
 
 #[test]
-fn snated_replies_go_back_to_the_client_in_two_steps() -> Result<()> {
+fn snated_replies_go_back_to_the_client_in_one_step_on_either_ingress_program() -> Result<()> {
     let mut dp = Datapath::with_node("tcrsnat")?;
     nodeport_tcp(&mut dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
     let syn = Spec::tcp((CLIENT, 40003), (NODE, NODE_PORT), TCP_SYN).build();
-    let (_, fwd) = dp.ingress(&syn);
-    let (_, out) = dp.egress(&fwd);
+    let (_, out) = dp.ingress(&syn);
     let snat_port = view(&out)?.src.1;
     let reply = Spec::tcp(
         (REMOTE_POD, TARGET_PORT),
@@ -289,19 +474,35 @@ fn snated_replies_go_back_to_the_client_in_two_steps() -> Result<()> {
         TCP_SYN | TCP_ACK,
     )
     .build();
-    // Ingress (before routing): destination back to the client, so the node
-    // forwards it instead of delivering it locally.
-    let (rc, routed) = dp.ingress(&reply);
-    assert_eq!(rc, TC_ACT_OK);
-    assert_eq!(view(&routed)?.dst, (CLIENT, 40003));
-    assert_eq!(view(&routed)?.src, (REMOTE_POD, TARGET_PORT));
-    verify_checksums(&routed)?;
-    // Egress of the client-facing device: source back to the NodePort.
-    let (rc, out) = dp.egress(&routed);
-    assert_eq!(rc, TC_ACT_OK);
-    assert_eq!(view(&out)?.src, (NODE, NODE_PORT));
-    assert_eq!(view(&out)?.dst, (CLIENT, 40003));
-    verify_checksums(&out)?;
+    // On a client-facing device (tc_ingress) or a device only replies
+    // come back by (tc_reply): client and NodePort back, forwarded.
+    for (program, (rc, back)) in [
+        ("tc_ingress", dp.ingress(&reply)),
+        ("tc_reply", dp.reply(&reply)),
+    ] {
+        assert_eq!(rc, TC_ACT_REDIRECT, "{program}");
+        let v = view(&back)?;
+        assert_eq!(v.src, (NODE, NODE_PORT), "{program}");
+        assert_eq!(v.dst, (CLIENT, 40003), "{program}");
+        assert_eq!(ttl(&back), TTL - 1);
+        verify_checksums(&back)?;
+        assert_only_nat_fields_changed(&reply, &back);
+    }
+    Ok(())
+}
+
+#[test]
+fn tc_reply_touches_nothing_but_replies_of_forwarded_flows() -> Result<()> {
+    let mut dp = Datapath::with_node("tcronly")?;
+    nodeport_tcp(&mut dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
+    // A new connection to the NodePort arriving by a reply-only device is
+    // not served there.
+    let syn = Spec::tcp((CLIENT, 40007), (NODE, NODE_PORT), TCP_SYN).build();
+    assert_eq!(dp.reply(&syn), (TC_ACT_OK, syn.clone()));
+    let other = Spec::udp((REMOTE_POD, 53), (NODE, 40000))
+        .payload(b"x")
+        .build();
+    assert_eq!(dp.reply(&other), (TC_ACT_OK, other.clone()));
     Ok(())
 }
 
@@ -313,16 +514,15 @@ fn two_clients_with_the_same_port_get_distinct_snat_ports() -> Result<()> {
     let mut snat_ports = Vec::new();
     for client in [CLIENT, other] {
         let syn = Spec::tcp((client, 45000), (NODE, NODE_PORT), TCP_SYN).build();
-        let (_, fwd) = dp.ingress(&syn);
-        let (_, out) = dp.egress(&fwd);
+        let (_, out) = dp.ingress(&syn);
         assert_eq!(view(&out)?.src.0, NODE);
         snat_ports.push(view(&out)?.src.1);
     }
     assert_ne!(snat_ports[0], snat_ports[1], "SNAT tuples must not collide");
     for (client, port) in [(CLIENT, snat_ports[0]), (other, snat_ports[1])] {
         let reply = Spec::tcp((REMOTE_POD, TARGET_PORT), (NODE, port), TCP_ACK).build();
-        let (_, routed) = dp.ingress(&reply);
-        assert_eq!(view(&routed)?.dst, (client, 45000));
+        let (_, back) = dp.ingress(&reply);
+        assert_eq!(view(&back)?.dst, (client, 45000));
     }
     Ok(())
 }
@@ -403,9 +603,8 @@ fn udp_checksums_stay_correct_and_a_zero_checksum_stays_zero() -> Result<()> {
         let mut spec = Spec::udp((CLIENT, sport), (NODE, 30053)).payload(b"query");
         spec.udp_zero_csum = zero;
         let q = spec.build();
-        let (_, fwd) = dp.ingress(&q);
-        let (rc, out) = dp.egress(&fwd);
-        assert_eq!(rc, TC_ACT_OK);
+        let (rc, out) = dp.ingress(&q);
+        assert_eq!(rc, TC_ACT_REDIRECT);
         let v = view(&out)?;
         assert_eq!(v.dst, (REMOTE_POD, 5353));
         assert_eq!(v.src.0, NODE);
@@ -417,8 +616,8 @@ fn udp_checksums_stay_correct_and_a_zero_checksum_stays_zero() -> Result<()> {
         );
         let mut rspec = Spec::udp((REMOTE_POD, 5353), (NODE, v.src.1)).payload(b"answer");
         rspec.udp_zero_csum = zero;
-        let (_, routed) = dp.ingress(&rspec.build());
-        let (_, back) = dp.egress(&routed);
+        let (rc, back) = dp.ingress(&rspec.build());
+        assert_eq!(rc, TC_ACT_REDIRECT);
         let b = view(&back)?;
         assert_eq!(b.src, (NODE, 30053));
         assert_eq!(b.dst, (CLIENT, sport));
@@ -447,14 +646,10 @@ fn external_ips_are_translated_and_cluster_ips_are_not() -> Result<()> {
         &[Be(REMOTE_POD, TARGET_PORT, false)],
     );
     let syn = Spec::tcp((CLIENT, 40010), (EXTERNAL_IP, 80), TCP_SYN).build();
-    let (_, fwd) = dp.ingress(&syn);
-    let (_, out) = dp.egress(&fwd);
+    let (rc, out) = dp.ingress(&syn);
+    assert_eq!(rc, TC_ACT_REDIRECT);
     assert_eq!(view(&out)?.dst, (REMOTE_POD, TARGET_PORT));
-    assert_eq!(
-        view(&out)?.src.0,
-        NODE,
-        "SNAT address from the 0.0.0.0 entry"
-    );
+    assert_eq!(view(&out)?.src.0, NODE, "SNAT address of the egress device");
     verify_checksums(&out)?;
     let syn = Spec::tcp((CLIENT, 40011), (cluster_ip, 80), TCP_SYN).build();
     assert_eq!(dp.ingress(&syn), (TC_ACT_OK, syn.clone()));
@@ -675,10 +870,8 @@ fn packets_with_ip_options_are_translated_at_the_right_offsets() -> Result<()> {
     // NOP, NOP, then a Router Alert option (4 bytes), then NOP padding.
     spec.ip_options = vec![1, 1, 0x94, 4, 0, 0, 1, 1];
     let syn = spec.build();
-    let (rc, fwd) = dp.ingress(&syn);
-    assert_eq!(rc, TC_ACT_OK);
-    let (rc, out) = dp.egress(&fwd);
-    assert_eq!(rc, TC_ACT_OK);
+    let (rc, out) = dp.ingress(&syn);
+    assert_eq!(rc, TC_ACT_REDIRECT);
     let v = view(&out)?;
     assert_eq!(v.l4_off, packet::ETH_HLEN + 28);
     assert_eq!((v.src.0, v.dst), (NODE, (REMOTE_POD, TARGET_PORT)));
@@ -808,8 +1001,7 @@ fn the_agents_node_addresses_decide_where_nodeports_answer() -> Result<()> {
     node_addrs::program(&pin_dir, &node_addrs::entries(&selected))?;
 
     let syn = Spec::tcp((CLIENT, 40070), (NODE, NODE_PORT), TCP_SYN).build();
-    let (_, fwd) = dp.ingress(&syn);
-    let (_, out) = dp.egress(&fwd);
+    let (_, out) = dp.ingress(&syn);
     assert_eq!(view(&out)?.dst, (REMOTE_POD, TARGET_PORT));
     assert_eq!(view(&out)?.src.0, NODE, "SNAT to the node address");
     let syn = Spec::tcp((CLIENT, 40071), (filtered_out, NODE_PORT), TCP_SYN).build();
