@@ -29,6 +29,7 @@ pub mod process;
 pub mod prog_test_run;
 pub mod reports;
 pub mod sandbox;
+pub mod shapes;
 pub mod veth;
 
 pub use agent::{Agent, AgentConfig};

@@ -9,6 +9,11 @@
 //!     └─ pod-i-j 10.244.i.(j+1)  routes to the other nodes' pod /24s
 //! ```
 //!
+//! How the nodes reach each other's pods is the cluster's network shape
+//! ([`NetworkShape`]): routed over the same NIC (host-gw, the picture
+//! above), a flannel VXLAN overlay (`flannel.1`, `cni0`, MTU 1450), or a
+//! second NIC on a second bridge (`br1`, 192.168.60.0/24).
+//!
 //! Nothing has a default route: the client knows only the node subnet, pods
 //! know the pod /16 and the node subnet through their node. Every node has
 //! its own cgroup (its host processes and its pods' processes run in it),
@@ -33,15 +38,11 @@ use crate::probe_server::ProbeServer;
 use crate::process;
 use crate::reports::{ConnectTimeReport, TcpReport, UdpConnectedReport};
 use crate::sandbox::HoldConn;
+pub use crate::shapes::{node_ip, NetworkShape};
 use crate::veth::VethPair;
 
 /// Address of the external client on the node subnet.
 pub const CLIENT_IP: &str = "192.168.50.100";
-
-/// Address of node `i` (1-based).
-pub fn node_ip(i: usize) -> String {
-    format!("192.168.50.{}", 10 + i)
-}
 
 /// Address of pod `j` on node `i` (both 1-based).
 pub fn pod_ip(i: usize, j: usize) -> String {
@@ -132,6 +133,8 @@ pub struct ClusterConfig {
     /// Servers answer TCP with `<name> <client-ip>` (`probe serve
     /// --echo-peer`): what address a backend sees as the client.
     pub echo_peer: bool,
+    /// How the nodes reach each other's pods.
+    pub shape: NetworkShape,
 }
 
 impl Default for ClusterConfig {
@@ -143,6 +146,7 @@ impl Default for ClusterConfig {
             udp_ports: vec![5353],
             probe_bin: None,
             echo_peer: false,
+            shape: NetworkShape::default(),
         }
     }
 }
@@ -153,9 +157,13 @@ pub struct Node {
     pub ns: Netns,
     pub cgroup: TestCgroup,
     pub bpffs: PrivateBpffs,
-    /// The node's device on the fabric (what `--devices` would name).
+    /// The node's client-facing device (what `--devices` would name).
     pub device: String,
+    /// The device it forwards to other nodes' pods by, when that is not
+    /// `device`: `flannel.1`, or the cluster NIC of the two-NIC shape.
+    pub cluster_device: Option<String>,
     _fabric: VethPair,
+    _cluster_nic: Option<VethPair>,
 }
 
 /// One pod: its namespace behind its node's bridge.
@@ -196,8 +204,10 @@ impl ClusterSandbox {
             .tempdir()?;
         std::fs::create_dir(work.path().join("source"))?;
         let fabric = Netns::new("fab")?;
-        fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
-        fabric.ip(&["link", "set", "br0", "up"])?;
+        for br in ["br0", "br1"] {
+            fabric.ip(&["link", "add", br, "type", "bridge"])?;
+            fabric.ip(&["link", "set", br, "up"])?;
+        }
         let client = Netns::new("ext")?;
         let client_link = VethPair::new(&client, &[&format!("{CLIENT_IP}/24")], &fabric, &[])?;
         fabric.ip(&["link", "set", client_link.b(), "master", "br0"])?;
@@ -211,16 +221,8 @@ impl ClusterSandbox {
         }
         // Each node routes the other nodes' pod subnets to them.
         for (a, node) in nodes.iter().enumerate() {
-            for b in 1..=cfg.nodes {
-                if b != a + 1 {
-                    node.ns.ip(&[
-                        "route",
-                        "add",
-                        &format!("10.244.{b}.0/24"),
-                        "via",
-                        &node_ip(b),
-                    ])?;
-                }
+            for b in (1..=cfg.nodes).filter(|b| *b != a + 1) {
+                cfg.shape.route_to_peer(&node.ns, b)?;
             }
         }
         let mut sb = ClusterSandbox {
@@ -319,6 +321,12 @@ impl ClusterSandbox {
         std::fs::create_dir_all(&logs)?;
         c.log_dir = Some(logs);
         Ok(c)
+    }
+
+    /// The address node `i` forwards to other nodes' pods with: what a
+    /// backend sees as the client of a SNATed connection through node `i`.
+    pub fn snat_ip(&self, i: usize) -> String {
+        self.cfg.shape.snat_ip(i)
     }
 
     /// The sandbox's configuration.
@@ -430,42 +438,72 @@ impl ClusterSandbox {
     }
 }
 
-/// Node `i` with its fabric link, pod bridge and pods.
+/// Node `i` with its fabric link(s), overlay, pod bridge and pods.
 fn build_node(fabric: &Netns, cfg: &ClusterConfig, i: usize) -> Result<(Node, Vec<Pod>)> {
     let ns = Netns::new(&format!("n{i}"))?;
     let link = VethPair::new(&ns, &[&format!("{}/24", node_ip(i))], fabric, &[])?;
     fabric.ip(&["link", "set", link.b(), "master", "br0"])?;
+    let cluster_nic = match cfg.shape {
+        NetworkShape::TwoNic => {
+            let addr = format!("{}/24", crate::shapes::cluster_nic_ip(i));
+            let nic = VethPair::new(&ns, &[&addr], fabric, &[])?;
+            fabric.ip(&["link", "set", nic.b(), "master", "br1"])?;
+            Some(nic)
+        }
+        _ => None,
+    };
+    cfg.shape.wire_node(&ns, i, link.a())?;
     // A router for its pods.
     let mut sysctl = ns.command("sysctl")?;
     sysctl.args(["-qw", "net.ipv4.ip_forward=1"]);
     process::run_with_timeout(&mut sysctl, process::HELPER_TIMEOUT)
         .context("enabling forwarding")?;
-    ns.ip(&["link", "add", "cbr0", "type", "bridge"])?;
-    ns.ip(&["addr", "add", &format!("10.244.{i}.1/24"), "dev", "cbr0"])?;
-    ns.ip(&["link", "set", "cbr0", "up"])?;
+    let bridge = cfg.shape.pod_bridge();
+    ns.ip(&["link", "add", bridge, "type", "bridge"])?;
+    ns.ip(&["addr", "add", &format!("10.244.{i}.1/24"), "dev", bridge])?;
+    ns.ip(&["link", "set", bridge, "up"])?;
     let mut pods = Vec::new();
     for j in 1..=cfg.pods_per_node {
-        let pns = Netns::new(&format!("n{i}p{j}"))?;
-        let veth = VethPair::new(&pns, &[&format!("{}/24", pod_ip(i, j))], &ns, &[])?;
-        ns.ip(&["link", "set", veth.b(), "master", "cbr0"])?;
-        // No default route: the pod /16 and the node subnet, via the node.
-        let gw = format!("10.244.{i}.1");
-        pns.ip(&["route", "add", "10.244.0.0/16", "via", &gw])?;
-        pns.ip(&["route", "add", "192.168.50.0/24", "via", &gw])?;
-        pods.push(Pod {
-            ns: pns,
-            node: i,
-            _veth: veth,
-        });
+        pods.push(build_pod(&ns, cfg.shape, i, j)?);
     }
+    let cluster_device = match (&cluster_nic, cfg.shape) {
+        (Some(nic), _) => Some(nic.a().to_string()),
+        (None, NetworkShape::Vxlan) => Some("flannel.1".to_string()),
+        _ => None,
+    };
     let node = Node {
         device: link.a().to_string(),
+        cluster_device,
         cgroup: TestCgroup::new(&format!("n{i}"))?,
         bpffs: PrivateBpffs::new(&format!("n{i}"))?,
         ns,
         _fabric: link,
+        _cluster_nic: cluster_nic,
     };
     Ok((node, pods))
+}
+
+/// Pod `j` of node `i` behind the node's pod bridge, with the shape's MTU.
+fn build_pod(node: &Netns, shape: NetworkShape, i: usize, j: usize) -> Result<Pod> {
+    let pns = Netns::new(&format!("n{i}p{j}"))?;
+    let veth = VethPair::new(&pns, &[&format!("{}/24", pod_ip(i, j))], node, &[])?;
+    node.ip(&["link", "set", veth.b(), "master", shape.pod_bridge()])?;
+    let mtu = shape.pod_mtu().to_string();
+    pns.ip(&["link", "set", veth.a(), "mtu", &mtu])?;
+    node.ip(&["link", "set", veth.b(), "mtu", &mtu])?;
+    // No default route: the pod /16, the node subnet (and where SNATed
+    // connections come from), via the node.
+    let gw = format!("10.244.{i}.1");
+    pns.ip(&["route", "add", "10.244.0.0/16", "via", &gw])?;
+    pns.ip(&["route", "add", "192.168.50.0/24", "via", &gw])?;
+    for subnet in shape.extra_pod_routes() {
+        pns.ip(&["route", "add", subnet, "via", &gw])?;
+    }
+    Ok(Pod {
+        ns: pns,
+        node: i,
+        _veth: veth,
+    })
 }
 
 #[cfg(test)]

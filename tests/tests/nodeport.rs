@@ -14,7 +14,7 @@ use bpfproxy_tests::{
     manifest::{self, Endpoint, ServiceSpec},
     multinode::{
         answers_by_backend, k8s_node_name, node_ip, node_port_service, pod_endpoint, pod_ip,
-        pod_name, split_echo_peer, ClusterConfig, ClusterSandbox, CLIENT_IP,
+        pod_name, split_echo_peer, ClusterConfig, ClusterSandbox, NetworkShape, CLIENT_IP,
     },
     Agent, Netns, TcpReport, UdpReport,
 };
@@ -32,12 +32,17 @@ const CONNS: u64 = 60;
 /// Probe timeout for connections that are expected to fail.
 const FAIL_TIMEOUT_MS: u64 = 1000;
 
-fn cluster() -> Result<ClusterSandbox> {
+fn cluster(shape: NetworkShape) -> Result<ClusterSandbox> {
+    cluster_with(shape, 1)
+}
+
+fn cluster_with(shape: NetworkShape, pods_per_node: usize) -> Result<ClusterSandbox> {
     ClusterSandbox::new(ClusterConfig {
         nodes: NODES,
-        pods_per_node: 1,
+        pods_per_node,
         probe_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_probe"))),
         echo_peer: true,
+        shape,
         ..ClusterConfig::default()
     })
 }
@@ -102,9 +107,8 @@ fn np(i: usize) -> String {
     format!("{}:{NODE_PORT}", node_ip(i))
 }
 
-#[test]
-fn every_node_serves_the_node_port_and_all_backends_are_reached() -> Result<()> {
-    let sb = cluster()?;
+fn every_node_serves_the_node_port_and_all_backends_are_reached(shape: NetworkShape) -> Result<()> {
+    let sb = cluster(shape)?;
     write_web(&sb, "Cluster")?;
     let mut agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
     let want: BTreeSet<String> = [pod_name(1, 1), pod_name(2, 1)].into();
@@ -140,9 +144,8 @@ fn every_node_serves_the_node_port_and_all_backends_are_reached() -> Result<()> 
     Ok(())
 }
 
-#[test]
-fn node_ports_are_served_on_the_clsact_path_of_older_kernels_across_a_restart() -> Result<()> {
-    let sb = cluster()?;
+fn node_ports_are_served_on_the_clsact_path_of_older_kernels_across_a_restart(shape: NetworkShape) -> Result<()> {
+    let sb = cluster(shape)?;
     write_web(&sb, "Cluster")?;
     let mut agents = Vec::new();
     for i in 1..=NODES {
@@ -186,9 +189,8 @@ fn node_ports_are_served_on_the_clsact_path_of_older_kernels_across_a_restart() 
     Ok(())
 }
 
-#[test]
-fn client_ip_affinity_keeps_an_external_client_on_one_backend() -> Result<()> {
-    let sb = cluster()?;
+fn client_ip_affinity_keeps_an_external_client_on_one_backend(shape: NetworkShape) -> Result<()> {
+    let sb = cluster(shape)?;
     let mut svc = ServiceSpec::cluster_ip("default/web", CLUSTER_IP).port("http", 80, 8080, "TCP");
     svc.type_ = "NodePort".to_string();
     svc.ports[0].node_port = Some(NODE_PORT);
@@ -226,9 +228,8 @@ fn route_via_node(sb: &ClusterSandbox, ip: &str, i: usize) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn external_ips_and_load_balancer_ips_are_served_from_outside() -> Result<()> {
-    let sb = cluster()?;
+fn external_ips_and_load_balancer_ips_are_served_from_outside(shape: NetworkShape) -> Result<()> {
+    let sb = cluster(shape)?;
     let mut svc = ServiceSpec::cluster_ip("default/web", CLUSTER_IP).port("http", 80, 8080, "TCP");
     svc.type_ = "LoadBalancer".to_string();
     svc.ports[0].node_port = Some(NODE_PORT);
@@ -249,7 +250,7 @@ fn external_ips_and_load_balancer_ips_are_served_from_outside() -> Result<()> {
         ensure!(r.ok == CONNS, "{ip}: {r:?}");
         let names = by_name(&r)?;
         let want: BTreeMap<String, BTreeSet<String>> =
-            [1, 2].map(|j| (pod_name(j, 1), [node_ip(3)].into())).into();
+            [1, 2].map(|j| (pod_name(j, 1), [sb.snat_ip(3)].into())).into();
         ensure!(
             names == want,
             "{ip}: both backends, each seeing node 3: {names:?}"
@@ -258,9 +259,8 @@ fn external_ips_and_load_balancer_ips_are_served_from_outside() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn etp_cluster_a_remote_backend_sees_the_node_address() -> Result<()> {
-    let sb = cluster()?;
+fn etp_cluster_a_remote_backend_sees_the_node_address(shape: NetworkShape) -> Result<()> {
+    let sb = cluster(shape)?;
     write_web(&sb, "Cluster")?;
     let _agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
     for i in 1..=NODES {
@@ -277,7 +277,7 @@ fn etp_cluster_a_remote_backend_sees_the_node_address() -> Result<()> {
             let want = if j == i {
                 CLIENT_IP.to_string()
             } else {
-                node_ip(i)
+                sb.snat_ip(i)
             };
             ensure!(
                 peers.iter().all(|p| *p == want),
@@ -289,9 +289,8 @@ fn etp_cluster_a_remote_backend_sees_the_node_address() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn etp_local_keeps_the_client_address_and_nodes_without_endpoints_do_not_serve() -> Result<()> {
-    let sb = cluster()?;
+fn etp_local_keeps_the_client_address_and_nodes_without_endpoints_do_not_serve(shape: NetworkShape) -> Result<()> {
+    let sb = cluster(shape)?;
     write_web(&sb, "Local")?;
     let _agents = start_agents(&sb, |i| match i {
         1 | 2 => vec![backend(i)],
@@ -349,9 +348,8 @@ fn assert_refused(sb: &ClusterSandbox, what: &str, tcp: &str, udp: &str) -> Resu
     Ok(())
 }
 
-#[test]
-fn a_service_without_endpoints_is_refused_at_once_on_node_ports_and_external_ips() -> Result<()> {
-    let sb = cluster()?;
+fn a_service_without_endpoints_is_refused_at_once_on_node_ports_and_external_ips(shape: NetworkShape) -> Result<()> {
+    let sb = cluster(shape)?;
     let mut svc = ServiceSpec::cluster_ip("default/empty", "10.96.0.31")
         .port("http", 80, 8080, "TCP")
         .port("dns", 53, 5353, "UDP");
@@ -397,9 +395,8 @@ fn a_service_without_endpoints_is_refused_at_once_on_node_ports_and_external_ips
     Ok(())
 }
 
-#[test]
-fn a_long_lived_connection_survives_endpoint_removal_and_an_agent_restart() -> Result<()> {
-    let sb = cluster()?;
+fn a_long_lived_connection_survives_endpoint_removal_and_an_agent_restart(shape: NetworkShape) -> Result<()> {
+    let sb = cluster(shape)?;
     write_web(&sb, "Cluster")?;
     let mut agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
     // Through node 3, which has no local backend: DNAT + SNAT.
@@ -407,7 +404,7 @@ fn a_long_lived_connection_survives_endpoint_removal_and_an_agent_restart() -> R
     let first = conn.ping()?;
     let (name, peer) = split_echo_peer(&first)?;
     ensure!(
-        peer == node_ip(3),
+        peer == sb.snat_ip(3),
         "the backend saw {peer}, not node 3: {first:?}"
     );
     let kept = if name == pod_name(1, 1) { 1 } else { 2 };
@@ -507,9 +504,8 @@ fn csum_errors(ns: &Netns) -> Result<(u64, u64)> {
     Ok((field("Tcp")?, field("Udp")?))
 }
 
-#[test]
-fn checksums_are_right_for_tcp_and_udp_with_offload_off() -> Result<()> {
-    let sb = cluster()?;
+fn checksums_are_right_for_tcp_and_udp_with_offload_off(shape: NetworkShape) -> Result<()> {
+    let sb = cluster(shape)?;
     checksum_offload_off(&sb)?;
     let mut svc = ServiceSpec::cluster_ip("default/web", CLUSTER_IP)
         .port("http", 80, 8080, "TCP")
@@ -580,15 +576,8 @@ fn checksums_are_right_for_tcp_and_udp_with_offload_off() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_rolling_update_behind_a_node_port_fails_no_request() -> Result<()> {
-    let sb = ClusterSandbox::new(ClusterConfig {
-        nodes: NODES,
-        pods_per_node: 2,
-        probe_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_probe"))),
-        echo_peer: true,
-        ..ClusterConfig::default()
-    })?;
+fn a_rolling_update_behind_a_node_port_fails_no_request(shape: NetworkShape) -> Result<()> {
+    let sb = cluster_with(shape, 2)?;
     let ep = |i: usize, j: usize| {
         (
             pod_endpoint(i, j),
@@ -712,9 +701,8 @@ fn dns(nodes: &[usize]) -> String {
     ])
 }
 
-#[test]
-fn udp_flows_of_a_removed_backend_are_purged() -> Result<()> {
-    let sb = cluster()?;
+fn udp_flows_of_a_removed_backend_are_purged(shape: NetworkShape) -> Result<()> {
+    let sb = cluster(shape)?;
     sb.write_manifest("dns.yaml", &dns(&[1, 2]))?;
     let mut agent = start_agent(&sb, 3)?;
     let both = vec![
@@ -766,3 +754,38 @@ fn udp_flows_of_a_removed_backend_are_purged() -> Result<()> {
     );
     Ok(())
 }
+
+/// Every test above, once per network shape: `host_gw::…`, `vxlan::…`,
+/// `two_nic::…`. Node 3 never runs a backend, so traffic through it always
+/// crosses to another node by the shape's node-to-node device.
+macro_rules! on_every_shape {
+    ($($test:ident),* $(,)?) => {
+        on_every_shape!(@shape host_gw, HostGw, $($test),*);
+        on_every_shape!(@shape vxlan, Vxlan, $($test),*);
+        on_every_shape!(@shape two_nic, TwoNic, $($test),*);
+    };
+    (@shape $module:ident, $shape:ident, $($test:ident),*) => {
+        mod $module {
+            $(
+                #[test]
+                fn $test() -> anyhow::Result<()> {
+                    super::$test(super::NetworkShape::$shape)
+                }
+            )*
+        }
+    };
+}
+
+on_every_shape!(
+    every_node_serves_the_node_port_and_all_backends_are_reached,
+    node_ports_are_served_on_the_clsact_path_of_older_kernels_across_a_restart,
+    client_ip_affinity_keeps_an_external_client_on_one_backend,
+    external_ips_and_load_balancer_ips_are_served_from_outside,
+    etp_cluster_a_remote_backend_sees_the_node_address,
+    etp_local_keeps_the_client_address_and_nodes_without_endpoints_do_not_serve,
+    a_service_without_endpoints_is_refused_at_once_on_node_ports_and_external_ips,
+    a_long_lived_connection_survives_endpoint_removal_and_an_agent_restart,
+    checksums_are_right_for_tcp_and_udp_with_offload_off,
+    a_rolling_update_behind_a_node_port_fails_no_request,
+    udp_flows_of_a_removed_backend_are_purged,
+);

@@ -130,12 +130,14 @@ impl TcMode {
     }
 }
 
-/// `tc-<device>-<ingress|egress>`.
+/// `tc-<device>-<ingress|egress>`, the device name escaped: bpffs refuses
+/// names with a dot (`flannel.1`, VLAN devices such as `eth0.100`).
 fn pin_name(device: &str, attach: TcAttachType) -> String {
     let dir = match attach {
         TcAttachType::Ingress => "ingress",
         _ => "egress",
     };
+    let device = device.replace('%', "%25").replace('.', "%2e");
     format!("{PIN_PREFIX}{device}-{dir}")
 }
 
@@ -323,7 +325,7 @@ fn prune_links(links: &Path, wanted: &[String]) {
         info!(link = %name, "detaching the TC programs of a device no longer listed");
         if entry.path().is_dir() {
             if let Some((device, attach)) = parse_pin_name(&name) {
-                detach_clsact(device, attach);
+                detach_clsact(&device, attach);
             }
             let _ = fs::remove_dir(entry.path());
         } else if let Err(e) = link_update::detach_pinned(&entry.path()) {
@@ -334,13 +336,14 @@ fn prune_links(links: &Path, wanted: &[String]) {
 }
 
 /// The device and hook of a pin name (the inverse of [`pin_name`]).
-fn parse_pin_name(name: &str) -> Option<(&str, TcAttachType)> {
+fn parse_pin_name(name: &str) -> Option<(String, TcAttachType)> {
     let rest = name.strip_prefix(PIN_PREFIX)?;
+    let unescape = |d: &str| d.replace("%2e", ".").replace("%25", "%");
     if let Some(device) = rest.strip_suffix("-ingress") {
-        return Some((device, TcAttachType::Ingress));
+        return Some((unescape(device), TcAttachType::Ingress));
     }
     rest.strip_suffix("-egress")
-        .map(|device| (device, TcAttachType::Egress))
+        .map(|device| (unescape(device), TcAttachType::Egress))
 }
 
 #[cfg(test)]
@@ -351,9 +354,16 @@ mod tests {
     fn pin_names_are_per_device_and_direction_and_parse_back() {
         assert_eq!(pin_name("eth0", TcAttachType::Ingress), "tc-eth0-ingress");
         assert_eq!(pin_name("eth0", TcAttachType::Egress), "tc-eth0-egress");
+        assert_eq!(
+            pin_name("flannel.1", TcAttachType::Ingress),
+            "tc-flannel%2e1-ingress",
+            "bpffs refuses dots"
+        );
         for (dev, attach) in [
             ("eth0", TcAttachType::Ingress),
             ("br-lan-egress", TcAttachType::Egress),
+            ("flannel.1", TcAttachType::Ingress),
+            ("eth0.100%", TcAttachType::Egress),
         ] {
             let name = pin_name(dev, attach);
             let parsed = parse_pin_name(&name).unwrap();

@@ -28,7 +28,9 @@ mod traffic;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use bpfproxy_tests::multinode::{k8s_node_name, ClusterConfig, ClusterSandbox, CLIENT_IP};
+use bpfproxy_tests::multinode::{
+    k8s_node_name, ClusterConfig, ClusterSandbox, NetworkShape, CLIENT_IP,
+};
 use bpfproxy_tests::{interrupt, require_root};
 
 use layout::Layout;
@@ -55,6 +57,12 @@ pub struct Args {
     /// Use the binaries already in target/debug (no setup, no build).
     #[arg(long)]
     pub no_build: bool,
+    /// How the nodes reach each other's pods: `vxlan` (flannel's VXLAN
+    /// overlay, the k3s and kubeadm+flannel default), `host-gw` (routed
+    /// over the one NIC), `two-nic` (a second NIC for node-to-node
+    /// traffic).
+    #[arg(long, default_value = "vxlan")]
+    pub network: NetworkShape,
 }
 
 /// Runs the demo; prints the summary on success, and on failure what (if
@@ -116,6 +124,7 @@ fn demo(args: &Args) -> Result<Summary> {
         udp_ports: vec![SERVER_UDP_PORT],
         probe_bin: Some(probe),
         echo_peer: true,
+        shape: args.network,
     })?;
     cluster::describe_cluster(&sb, layout)?;
     cluster::check_no_default_route(&sb)?;

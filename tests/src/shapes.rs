@@ -1,0 +1,190 @@
+//! The network shapes of real clusters, for the multi-node sandbox
+//! ([`crate::multinode`]): how node-to-node (pod) traffic travels between
+//! the nodes. Clients from outside always reach the nodes on the client
+//! subnet (192.168.50.0/24); what differs is the device a node forwards a
+//! packet for another node's pod by, and so the address a kube-proxy
+//! replacement must SNAT to and the device replies come back by.
+use std::{fmt, str::FromStr};
+
+use anyhow::{bail, Result};
+
+use crate::netns::Netns;
+
+/// How the nodes of a sandbox cluster reach each other's pods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NetworkShape {
+    /// One NIC per node for clients and nodes alike; other nodes' pod
+    /// subnets routed via their node addresses (flannel host-gw, Calico
+    /// without overlay, kubenet).
+    #[default]
+    HostGw,
+    /// Flannel's VXLAN backend as k3s and kubeadm+flannel set it up:
+    /// `flannel.1` (VNI 1, UDP 8472, MTU 1450, `10.244.N.0/32`) over the
+    /// NIC, the `cni0` bridge (`10.244.N.1/24`), pods with MTU 1450, and
+    /// per peer node an onlink route via its `flannel.1` address, a
+    /// permanent neighbour and an FDB entry to its node address.
+    Vxlan,
+    /// A client-facing NIC (192.168.50.0/24) and a separate cluster NIC
+    /// (192.168.60.0/24) that carries all node-to-node traffic.
+    TwoNic,
+}
+
+/// Every shape this machine's kernel can build; IPIP and WireGuard need
+/// kernel modules this kernel lacks.
+pub const ALL: [NetworkShape; 3] = [NetworkShape::HostGw, NetworkShape::Vxlan, NetworkShape::TwoNic];
+
+impl fmt::Display for NetworkShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NetworkShape::HostGw => "host-gw",
+            NetworkShape::Vxlan => "vxlan",
+            NetworkShape::TwoNic => "two-nic",
+        })
+    }
+}
+
+impl FromStr for NetworkShape {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "host-gw" => NetworkShape::HostGw,
+            "vxlan" => NetworkShape::Vxlan,
+            "two-nic" => NetworkShape::TwoNic,
+            "ipip" | "wireguard" => bail!(
+                "the {s} shape needs the ipip/wireguard kernel modules, which this kernel lacks"
+            ),
+            other => bail!("unknown network shape {other:?} (host-gw, vxlan, two-nic)"),
+        })
+    }
+}
+
+/// Address of node `i` (1-based) on the client subnet.
+pub fn node_ip(i: usize) -> String {
+    format!("192.168.50.{}", 10 + i)
+}
+
+/// Address of node `i` on the cluster NIC of the two-NIC shape.
+pub fn cluster_nic_ip(i: usize) -> String {
+    format!("192.168.60.{}", 10 + i)
+}
+
+/// The `flannel.1` address of node `i` (flannel: the first address of
+/// the node's pod subnet, as a /32).
+pub fn overlay_ip(i: usize) -> String {
+    format!("10.244.{i}.0")
+}
+
+/// The MAC of node `i`'s `flannel.1`: fixed, so peers can name it in
+/// their neighbour and FDB entries (flannel publishes it in a Node
+/// annotation).
+fn overlay_mac(i: usize) -> String {
+    format!("02:f1:0a:f4:{i:02x}:00")
+}
+
+impl NetworkShape {
+    /// The name of the pod bridge on each node.
+    pub fn pod_bridge(self) -> &'static str {
+        match self {
+            NetworkShape::Vxlan => "cni0",
+            _ => "cbr0",
+        }
+    }
+
+    /// The pods' MTU (flannel lowers it to the overlay's).
+    pub fn pod_mtu(self) -> u32 {
+        match self {
+            NetworkShape::Vxlan => 1450,
+            _ => 1500,
+        }
+    }
+
+    /// The address node `i` forwards packets for other nodes' pods with:
+    /// what a backend sees as the client of a SNATed connection through
+    /// node `i` (MASQUERADE picks the egress device's address).
+    pub fn snat_ip(self, i: usize) -> String {
+        match self {
+            NetworkShape::HostGw => node_ip(i),
+            NetworkShape::Vxlan => overlay_ip(i),
+            NetworkShape::TwoNic => cluster_nic_ip(i),
+        }
+    }
+
+    /// Subnets besides the pod /16 and the client subnet that pods must
+    /// route via their node (where SNATed connections come from).
+    pub fn extra_pod_routes(self) -> &'static [&'static str] {
+        match self {
+            NetworkShape::TwoNic => &["192.168.60.0/24"],
+            _ => &[],
+        }
+    }
+
+    /// Node `i`'s overlay device over its NIC `nic`, for the shapes that
+    /// have one (the two-NIC shape's second NIC is a veth the sandbox
+    /// makes).
+    pub fn wire_node(self, ns: &Netns, i: usize, nic: &str) -> Result<()> {
+        if self != NetworkShape::Vxlan {
+            return Ok(());
+        }
+        let local = node_ip(i);
+        let mac = overlay_mac(i);
+        let overlay = format!("{}/32", overlay_ip(i));
+        for args in [
+            vec![
+                "link", "add", "flannel.1", "address", &mac, "type", "vxlan", "id", "1", "local",
+                &local, "dev", nic, "dstport", "8472", "nolearning",
+            ],
+            vec!["link", "set", "flannel.1", "mtu", "1450", "up"],
+            vec!["addr", "add", &overlay, "dev", "flannel.1"],
+        ] {
+            ns.ip(&args)?;
+        }
+        Ok(())
+    }
+
+    /// Node `a`'s route to node `b`'s pod subnet (both 1-based).
+    pub fn route_to_peer(self, ns: &Netns, b: usize) -> Result<()> {
+        let subnet = format!("10.244.{b}.0/24");
+        match self {
+            NetworkShape::HostGw => {
+                ns.ip(&["route", "add", &subnet, "via", &node_ip(b)])?;
+            }
+            NetworkShape::TwoNic => {
+                ns.ip(&["route", "add", &subnet, "via", &cluster_nic_ip(b)])?;
+            }
+            NetworkShape::Vxlan => {
+                let gw = overlay_ip(b);
+                let mac = overlay_mac(b);
+                ns.ip(&["route", "add", &subnet, "via", &gw, "dev", "flannel.1", "onlink"])?;
+                ns.ip(&[
+                    "neigh", "add", &gw, "lladdr", &mac, "dev", "flannel.1", "nud", "permanent",
+                ])?;
+                let mut fdb = ns.command("bridge")?;
+                fdb.args(["fdb", "append", &mac, "dev", "flannel.1", "dst", &node_ip(b)]);
+                crate::process::run_with_timeout(&mut fdb, crate::process::HELPER_TIMEOUT)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_parse_by_their_names_and_say_what_the_kernel_lacks() {
+        for shape in ALL {
+            assert_eq!(shape.to_string().parse::<NetworkShape>().unwrap(), shape);
+        }
+        let e = "ipip".parse::<NetworkShape>().unwrap_err().to_string();
+        assert!(e.contains("kernel"), "{e}");
+        assert!("mesh".parse::<NetworkShape>().is_err());
+    }
+
+    #[test]
+    fn each_shape_snats_to_the_address_of_its_node_to_node_device() {
+        assert_eq!(NetworkShape::HostGw.snat_ip(3), "192.168.50.13");
+        assert_eq!(NetworkShape::Vxlan.snat_ip(3), "10.244.3.0");
+        assert_eq!(NetworkShape::TwoNic.snat_ip(3), "192.168.60.13");
+    }
+}
