@@ -156,6 +156,17 @@ pub fn wait_interruptible(child: &mut Child, timeout: Duration) -> Result<Option
     }
 }
 
+/// A child process killed and reaped on drop (a helper server a test
+/// starts, such as an HTTP server inside a pod).
+#[derive(Debug)]
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        kill_and_reap(&mut self.0);
+    }
+}
+
 /// Kills `child` (SIGKILL) and reaps it; a child that already exited is fine.
 pub fn kill_and_reap(child: &mut Child) {
     if matches!(child.try_wait(), Ok(Some(_))) {

@@ -31,7 +31,11 @@ pub enum NetworkShape {
 
 /// Every shape this machine's kernel can build; IPIP and WireGuard need
 /// kernel modules this kernel lacks.
-pub const ALL: [NetworkShape; 3] = [NetworkShape::HostGw, NetworkShape::Vxlan, NetworkShape::TwoNic];
+pub const ALL: [NetworkShape; 3] = [
+    NetworkShape::HostGw,
+    NetworkShape::Vxlan,
+    NetworkShape::TwoNic,
+];
 
 impl fmt::Display for NetworkShape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -130,8 +134,22 @@ impl NetworkShape {
         let overlay = format!("{}/32", overlay_ip(i));
         for args in [
             vec![
-                "link", "add", "flannel.1", "address", &mac, "type", "vxlan", "id", "1", "local",
-                &local, "dev", nic, "dstport", "8472", "nolearning",
+                "link",
+                "add",
+                "flannel.1",
+                "address",
+                &mac,
+                "type",
+                "vxlan",
+                "id",
+                "1",
+                "local",
+                &local,
+                "dev",
+                nic,
+                "dstport",
+                "8472",
+                "nolearning",
             ],
             vec!["link", "set", "flannel.1", "mtu", "1450", "up"],
             vec!["addr", "add", &overlay, "dev", "flannel.1"],
@@ -154,12 +172,37 @@ impl NetworkShape {
             NetworkShape::Vxlan => {
                 let gw = overlay_ip(b);
                 let mac = overlay_mac(b);
-                ns.ip(&["route", "add", &subnet, "via", &gw, "dev", "flannel.1", "onlink"])?;
                 ns.ip(&[
-                    "neigh", "add", &gw, "lladdr", &mac, "dev", "flannel.1", "nud", "permanent",
+                    "route",
+                    "add",
+                    &subnet,
+                    "via",
+                    &gw,
+                    "dev",
+                    "flannel.1",
+                    "onlink",
+                ])?;
+                ns.ip(&[
+                    "neigh",
+                    "add",
+                    &gw,
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    "flannel.1",
+                    "nud",
+                    "permanent",
                 ])?;
                 let mut fdb = ns.command("bridge")?;
-                fdb.args(["fdb", "append", &mac, "dev", "flannel.1", "dst", &node_ip(b)]);
+                fdb.args([
+                    "fdb",
+                    "append",
+                    &mac,
+                    "dev",
+                    "flannel.1",
+                    "dst",
+                    &node_ip(b),
+                ]);
                 crate::process::run_with_timeout(&mut fdb, crate::process::HELPER_TIMEOUT)?;
             }
         }

@@ -6,7 +6,7 @@
 //! servers answer `<name> <client-ip>` (`probe serve --echo-peer`), so a test
 //! sees which backend answered and which source address it saw.
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -16,6 +16,7 @@ use bpfproxy_tests::{
         answers_by_backend, k8s_node_name, node_ip, node_port_service, pod_endpoint, pod_ip,
         pod_name, split_echo_peer, ClusterConfig, ClusterSandbox, NetworkShape, CLIENT_IP,
     },
+    process::{self, ChildGuard},
     Agent, Netns, TcpReport, UdpReport,
 };
 
@@ -144,7 +145,9 @@ fn every_node_serves_the_node_port_and_all_backends_are_reached(shape: NetworkSh
     Ok(())
 }
 
-fn node_ports_are_served_on_the_clsact_path_of_older_kernels_across_a_restart(shape: NetworkShape) -> Result<()> {
+fn node_ports_are_served_on_the_clsact_path_of_older_kernels_across_a_restart(
+    shape: NetworkShape,
+) -> Result<()> {
     let sb = cluster(shape)?;
     write_web(&sb, "Cluster")?;
     let mut agents = Vec::new();
@@ -249,8 +252,9 @@ fn external_ips_and_load_balancer_ips_are_served_from_outside(shape: NetworkShap
         println!("{ip}: {:?}", r.by_backend);
         ensure!(r.ok == CONNS, "{ip}: {r:?}");
         let names = by_name(&r)?;
-        let want: BTreeMap<String, BTreeSet<String>> =
-            [1, 2].map(|j| (pod_name(j, 1), [sb.snat_ip(3)].into())).into();
+        let want: BTreeMap<String, BTreeSet<String>> = [1, 2]
+            .map(|j| (pod_name(j, 1), [sb.snat_ip(3)].into()))
+            .into();
         ensure!(
             names == want,
             "{ip}: both backends, each seeing node 3: {names:?}"
@@ -263,6 +267,44 @@ fn etp_cluster_a_remote_backend_sees_the_node_address(shape: NetworkShape) -> Re
     let sb = cluster(shape)?;
     write_web(&sb, "Cluster")?;
     let _agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
+    every_node_snats_to_its_node_to_node_address(&sb)
+}
+
+/// `--devices auto` on every node: the client-facing NIC serves (the
+/// overlay does not, yet replies coming back by it are translated), as
+/// with `--devices` naming the NIC.
+fn devices_auto_serves_as_naming_the_client_nic_does(shape: NetworkShape) -> Result<()> {
+    let sb = cluster(shape)?;
+    write_web(&sb, "Cluster")?;
+    let mut agents = Vec::new();
+    for i in 1..=NODES {
+        let mut cfg = sb.agent_config(i)?;
+        cfg.extra_args.push("--devices=auto".to_string());
+        agents.push(Agent::start(cfg)?);
+    }
+    for agent in &mut agents {
+        agent.wait_for_backends("0.0.0.0", NODE_PORT, "TCP", &[backend(1), backend(2)], T)?;
+    }
+    every_node_snats_to_its_node_to_node_address(&sb)?;
+    let log = std::fs::read_to_string(agents[2].log_path())?;
+    let placed = log
+        .lines()
+        .rfind(|l| l.contains("TC programs on these devices"))
+        .context("node 3 logged no TC devices")?;
+    println!("node 3: {placed}");
+    if let Some(cluster_device) = &sb.node(3).cluster_device {
+        ensure!(
+            placed.contains(cluster_device.as_str()),
+            "node 3 must translate replies on {cluster_device}: {placed}"
+        );
+    }
+    Ok(())
+}
+
+/// From outside, every node's NodePort reaches both backends; a backend
+/// on another node than the one the client used sees that node's address
+/// on its node-to-node device, the one on the same node the client itself.
+fn every_node_snats_to_its_node_to_node_address(sb: &ClusterSandbox) -> Result<()> {
     for i in 1..=NODES {
         let r = sb.client_tcp(&np(i), CONNS, T)?;
         ensure!(r.ok == CONNS, "node {i}: {r:?}");
@@ -289,7 +331,113 @@ fn etp_cluster_a_remote_backend_sees_the_node_address(shape: NetworkShape) -> Re
     Ok(())
 }
 
-fn etp_local_keeps_the_client_address_and_nodes_without_endpoints_do_not_serve(shape: NetworkShape) -> Result<()> {
+/// Bytes of the download test: thousands of full-size segments.
+const DOWNLOAD_BYTES: usize = 5 * 1024 * 1024;
+const DOWNLOAD_PORT: u16 = 8081;
+const DOWNLOAD_NODE_PORT: u16 = 30082;
+
+/// `python3 -m http.server` serving `dir` in pod 1 of node `i`.
+fn http_server(sb: &ClusterSandbox, i: usize, dir: &Path) -> Result<ChildGuard> {
+    let mut cmd = sb.pod_command(i, 1, "python3")?;
+    cmd.args([
+        "-m",
+        "http.server",
+        &DOWNLOAD_PORT.to_string(),
+        "--bind",
+        &pod_ip(i, 1),
+    ])
+    .arg("--directory")
+    .arg(dir)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    Ok(ChildGuard(
+        cmd.spawn().context("starting python3 -m http.server")?,
+    ))
+}
+
+/// curl downloads a 5 MB file through the NodePort of node 3 (no local
+/// backend) from a backend on another node: full-size segments cross the
+/// shape's node-to-node device (1450 bytes on the VXLAN overlay) and the
+/// file arrives whole.
+fn a_5_mb_download_through_a_node_without_a_backend_arrives_whole(
+    shape: NetworkShape,
+) -> Result<()> {
+    let sb = cluster(shape)?;
+    let www = sb.work_dir().join("www");
+    std::fs::create_dir_all(&www)?;
+    // Not compressible, not periodic: a corrupted or reordered segment shows.
+    let mut x: u32 = 0x9e37_79b9;
+    let blob: Vec<u8> = (0..DOWNLOAD_BYTES)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    std::fs::write(www.join("blob"), &blob)?;
+    let _servers = [http_server(&sb, 1, &www)?, http_server(&sb, 2, &www)?];
+    let ports = [("http", 80, DOWNLOAD_PORT, "TCP", DOWNLOAD_NODE_PORT)];
+    let slice_eps: Vec<Endpoint> = [1, 2].iter().map(|&i| pod_endpoint(i, 1)).collect();
+    sb.write_manifest(
+        "dl.yaml",
+        &manifest::documents(&[
+            node_port_service("default/dl", "10.96.0.32", &ports, "Cluster"),
+            manifest::endpoint_slice_with(
+                "default/dl",
+                "dl-1",
+                &slice_eps,
+                &[("http", DOWNLOAD_PORT, "TCP")],
+            ),
+        ]),
+    )?;
+    let want: Vec<String> = [1, 2]
+        .iter()
+        .map(|&i| format!("{}:{DOWNLOAD_PORT}", pod_ip(i, 1)))
+        .collect();
+    let mut agents = Vec::new();
+    for i in 1..=NODES {
+        agents.push(start_agent(&sb, i)?);
+    }
+    for agent in &mut agents {
+        agent.wait_for_backends("0.0.0.0", DOWNLOAD_NODE_PORT, "TCP", &want, T)?;
+    }
+    let url = format!("http://{}:{DOWNLOAD_NODE_PORT}/blob", node_ip(3));
+    let out = sb.work_dir().join("downloaded");
+    for attempt in 1..=4 {
+        let _ = std::fs::remove_file(&out);
+        let mut curl = sb.client_command("curl")?;
+        curl.args([
+            "-sS",
+            "--connect-timeout",
+            "3",
+            "--max-time",
+            "60",
+            "-w",
+            "%{http_code} %{size_download} %{speed_download}",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&url);
+        let stats = process::run_with_timeout(&mut curl, Duration::from_secs(70))
+            .with_context(|| format!("curl {url} (attempt {attempt})"))?;
+        println!("{shape}: download {attempt} through node 3: {stats} (code, bytes, bytes/s)");
+        let got = std::fs::read(&out).with_context(|| format!("{}", out.display()))?;
+        ensure!(stats.starts_with("200 "), "attempt {attempt}: {stats}");
+        ensure!(
+            got.len() == blob.len(),
+            "attempt {attempt}: {} of {} bytes",
+            got.len(),
+            blob.len()
+        );
+        ensure!(got == blob, "attempt {attempt}: the file arrived corrupted");
+    }
+    Ok(())
+}
+
+fn etp_local_keeps_the_client_address_and_nodes_without_endpoints_do_not_serve(
+    shape: NetworkShape,
+) -> Result<()> {
     let sb = cluster(shape)?;
     write_web(&sb, "Local")?;
     let _agents = start_agents(&sb, |i| match i {
@@ -348,7 +496,9 @@ fn assert_refused(sb: &ClusterSandbox, what: &str, tcp: &str, udp: &str) -> Resu
     Ok(())
 }
 
-fn a_service_without_endpoints_is_refused_at_once_on_node_ports_and_external_ips(shape: NetworkShape) -> Result<()> {
+fn a_service_without_endpoints_is_refused_at_once_on_node_ports_and_external_ips(
+    shape: NetworkShape,
+) -> Result<()> {
     let sb = cluster(shape)?;
     let mut svc = ServiceSpec::cluster_ip("default/empty", "10.96.0.31")
         .port("http", 80, 8080, "TCP")
@@ -395,7 +545,9 @@ fn a_service_without_endpoints_is_refused_at_once_on_node_ports_and_external_ips
     Ok(())
 }
 
-fn a_long_lived_connection_survives_endpoint_removal_and_an_agent_restart(shape: NetworkShape) -> Result<()> {
+fn a_long_lived_connection_survives_endpoint_removal_and_an_agent_restart(
+    shape: NetworkShape,
+) -> Result<()> {
     let sb = cluster(shape)?;
     write_web(&sb, "Cluster")?;
     let mut agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
@@ -777,6 +929,8 @@ macro_rules! on_every_shape {
 }
 
 on_every_shape!(
+    devices_auto_serves_as_naming_the_client_nic_does,
+    a_5_mb_download_through_a_node_without_a_backend_arrives_whole,
     every_node_serves_the_node_port_and_all_backends_are_reached,
     node_ports_are_served_on_the_clsact_path_of_older_kernels_across_a_restart,
     client_ip_affinity_keeps_an_external_client_on_one_backend,
