@@ -2,10 +2,10 @@
 use std::path::Path;
 
 use crate::{
-    datapath::{ct_gc::monotonic_now_s, flows, DumpView},
+    datapath::{ct_gc::monotonic_now_s, flows, DeviceView, DumpView},
     loader::pin_dir,
     maps::{pinned::PinnedMaps, LbMaps, MapsError},
-    node_addrs,
+    node_addrs, node_links,
 };
 
 pub fn read(bpffs: &Path) -> Result<DumpView, MapsError> {
@@ -16,6 +16,14 @@ pub fn read(bpffs: &Path) -> Result<DumpView, MapsError> {
     view.node_addresses = node_addrs::read(&dir)?
         .iter()
         .map(|a| a.to_string())
+        .collect();
+    view.devices = node_links::read(&dir)?
+        .into_iter()
+        .map(|(ifindex, d)| DeviceView {
+            ifindex,
+            snat: d.snat_ip().to_string(),
+            mtu: d.mtu,
+        })
         .collect();
     view.flows = flows(&maps.read_conntrack()?, monotonic_now_s());
     Ok(view)

@@ -90,6 +90,13 @@ pub fn program(pin_dir: &Path, want: &BTreeMap<u32, DeviceValue>) -> Result<(), 
     crate::maps::pinned::sync_hash(pin_dir, names::DEVICES, want)
 }
 
+/// The pinned device map in `pin_dir` (for `bpfproxy dump`).
+pub fn read(pin_dir: &Path) -> Result<BTreeMap<u32, DeviceValue>, MapsError> {
+    let map: aya::maps::HashMap<aya::maps::MapData, u32, DeviceValue> =
+        crate::maps::pinned::open(pin_dir, names::DEVICES)?;
+    Ok(map.iter().filter_map(Result::ok).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;

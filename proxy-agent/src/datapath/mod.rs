@@ -17,4 +17,4 @@ pub use invariant::check_invariant;
 pub use plan::{plan, Op};
 pub use render::{render, RenderOutput};
 pub use state::MapState;
-pub use view::{BackendView, DumpView, FrontendView, MapEntries};
+pub use view::{BackendView, DeviceView, DumpView, FrontendView, MapEntries};

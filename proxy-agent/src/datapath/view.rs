@@ -18,9 +18,22 @@ pub struct DumpView {
     /// The node addresses NodePorts answer on (empty when unknown).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub node_addresses: Vec<String>,
+    /// Where the TC programs forward flows to other nodes: per egress
+    /// device (by interface index), the source address they get and the
+    /// MTU (empty when unknown).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceView>,
     /// Live flows of the TC datapath (empty when unknown or none).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub flows: Vec<FlowView>,
+}
+
+/// One entry of the device map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeviceView {
+    pub ifindex: u32,
+    pub snat: String,
+    pub mtu: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -107,6 +120,7 @@ impl DumpView {
             },
             counters: Default::default(),
             node_addresses: Vec::new(),
+            devices: Vec::new(),
             flows: Vec::new(),
         }
     }
@@ -206,6 +220,14 @@ impl fmt::Display for DumpView {
         )?;
         if !self.node_addresses.is_empty() {
             writeln!(f, "NodePorts answer on: {}", self.node_addresses.join(", "))?;
+        }
+        if !self.devices.is_empty() {
+            let devices: Vec<String> = self
+                .devices
+                .iter()
+                .map(|d| format!("ifindex {} → {} (mtu {})", d.ifindex, d.snat, d.mtu))
+                .collect();
+            writeln!(f, "forwarded flows leave with: {}", devices.join(", "))?;
         }
         if !self.flows.is_empty() {
             write_flows(f, &self.flows)?;
