@@ -17,7 +17,7 @@ use proxy_agent::{
     maps::{pinned::PinnedMaps, LbMaps},
     metrics::Metrics,
     model::ModelConfig,
-    node_addrs,
+    node_addrs, node_links,
     source::Snapshot,
     sync::Syncer,
 };
@@ -64,6 +64,7 @@ impl Datapath {
     pub fn program(&self, snap: &Snapshot, node: Ipv4Addr) -> Result<(usize, usize)> {
         let dir = loader::pin_dir(self.bpffs.path());
         node_addrs::program(&dir, &node_addrs::entries(&[node]))?;
+        node_links::program_current(&dir)?;
         let maps = PinnedMaps::open(&dir)?;
         let mut syncer = Syncer::new(maps, Arc::new(Metrics::new()), ModelConfig::default())?;
         let out = syncer.sync(snap, true)?;

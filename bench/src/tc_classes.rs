@@ -27,12 +27,13 @@ const ESTABLISHED_PORT: u16 = 2000;
 /// Client ports of new flows: one fresh port per flow, all above this.
 const NEW_FLOW_PORTS: u16 = 10_000;
 /// New flows one datapath may be asked for: each takes a client port and
-/// four conntrack entries; this keeps the LRU conntrack map (262,144
-/// entries) below two thirds full, so nothing is evicted.
+/// two conntrack entries; this keeps the LRU conntrack map (262,144
+/// entries) well below full, so nothing is evicted.
 pub const MAX_NEW_FLOWS: usize = 40_000;
 /// A typical small data segment.
 const PAYLOAD: [u8; 64] = [0x5a; 64];
 const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Class {
@@ -41,14 +42,15 @@ pub enum Class {
     ForeignRepeat,
     /// The same, timed with single runs like the classes below.
     Foreign,
-    /// The SYN of a new NodePort flow: backend pick and conntrack create at
-    /// ingress, SNAT at egress.
+    /// The SYN of a new NodePort flow: backend pick, route lookup,
+    /// conntrack create, DNAT and SNAT and redirect at ingress; egress sees
+    /// the translated packet leave and leaves it alone.
     NewFlow,
-    /// A data segment of a known flow: conntrack hit, DNAT (ingress), SNAT
-    /// (egress).
+    /// A data segment of a known flow: conntrack hit, route lookup, DNAT,
+    /// SNAT and redirect (ingress); egress passes it.
     Established,
-    /// The backend's answer: back to the client (ingress), source back to
-    /// the NodePort (egress).
+    /// The backend's answer: client and NodePort back, route lookup and
+    /// redirect (ingress); egress passes it on its way to the client.
     Reply,
 }
 
@@ -110,14 +112,12 @@ impl Subject {
 
         // The long-lived flow, opened as a client would.
         let syn = Spec::tcp((CLIENT, ESTABLISHED_PORT), (NODE, NODE_PORT), TCP_SYN).build();
-        let (_, fwd_syn) = dp.run(Prog::Ingress, &syn)?;
-        let backend = view(&fwd_syn)?.dst;
+        let (rc, out_syn) = dp.run(Prog::Ingress, &syn)?;
+        let (backend, snat) = (view(&out_syn)?.dst, view(&out_syn)?.src);
         ensure!(
-            BACKENDS.contains(&backend.0) && backend.1 == TARGET_PORT,
-            "the SYN was not DNATed to an endpoint: {backend:?}"
+            rc == TC_ACT_REDIRECT && BACKENDS.contains(&backend.0) && backend.1 == TARGET_PORT,
+            "the SYN was not translated and forwarded to an endpoint ({rc}): {backend:?}"
         );
-        let (_, out_syn) = dp.run(Prog::Egress, &fwd_syn)?;
-        let snat = view(&out_syn)?.src;
         ensure!(
             snat.0 == NODE,
             "the SYN left with source {snat:?}, not SNATed"
@@ -126,6 +126,7 @@ impl Subject {
         let data = |src, dst| Spec::tcp(src, dst, TCP_ACK).payload(&PAYLOAD).build();
         let est_in = data((CLIENT, ESTABLISHED_PORT), (NODE, NODE_PORT));
         let reply_in = data(backend, snat);
+        // What the egress hook of the device they are redirected to sees.
         let est_out = dp.run(Prog::Ingress, &est_in)?.1;
         let reply_out = dp.run(Prog::Ingress, &reply_in)?.1;
         let s = Subject {
@@ -150,32 +151,34 @@ impl Subject {
     /// before and after measuring: afterwards it proves the established
     /// flow's entries survived the run.
     pub fn check(&self) -> Result<()> {
-        let run = |prog, pkt: &[u8]| -> Result<Vec<u8>> {
+        let run = |prog, pkt: &[u8], want: u32| -> Result<Vec<u8>> {
             let (rc, out) = self.dp.run(prog, pkt)?;
-            ensure!(rc == TC_ACT_OK, "{} returned {rc}", Prog::name(prog));
+            ensure!(rc == want, "{} returned {rc}, not {want}", Prog::name(prog));
             Ok(out)
         };
         for (prog, pkt) in Prog::BOTH.into_iter().zip(&self.foreign) {
             ensure!(
-                run(prog, pkt)? == *pkt,
+                run(prog, pkt, TC_ACT_OK)? == *pkt,
                 "foreign packet changed by {prog:?}"
             );
         }
-        let est = view(&run(Prog::Ingress, &self.established[0])?)?;
-        ensure!(est.dst == self.backend, "established: not DNATed: {est:?}");
-        let est = view(&run(Prog::Egress, &self.established[1])?)?;
-        ensure!(est.src.0 == NODE, "established: not SNATed: {est:?}");
-        let client = (CLIENT, ESTABLISHED_PORT);
-        let reply = view(&run(Prog::Ingress, &self.reply[0])?)?;
+        let est = view(&run(Prog::Ingress, &self.established[0], TC_ACT_REDIRECT)?)?;
         ensure!(
-            reply.dst == client,
-            "reply: not back to the client: {reply:?}"
+            est.dst == self.backend && est.src.0 == NODE,
+            "established: not DNATed and SNATed: {est:?}"
         );
-        let reply = view(&run(Prog::Egress, &self.reply[1])?)?;
+        let client = (CLIENT, ESTABLISHED_PORT);
+        let reply = view(&run(Prog::Ingress, &self.reply[0], TC_ACT_REDIRECT)?)?;
         ensure!(
             reply.src == (NODE, NODE_PORT) && reply.dst == client,
-            "reply: source not the NodePort: {reply:?}"
+            "reply: not from the NodePort to the client: {reply:?}"
         );
+        for pkt in [&self.established[1], &self.reply[1]] {
+            ensure!(
+                run(Prog::Egress, pkt, TC_ACT_OK)? == *pkt,
+                "egress changed a packet ingress translated"
+            );
+        }
         Ok(())
     }
 
@@ -214,10 +217,11 @@ impl Subject {
     /// before, which is what a real new flow is (a 5-tuple conntrack has
     /// not seen). The kernel's repeat loop cannot change the port between
     /// runs, and deleting the flow's entries between runs instead would
-    /// mean spelling out here the four conntrack keys the datapath creates
-    /// (a copy of `proxy-ebpf/src/ct.rs` to keep in step). The egress
-    /// packet is the SYN as ingress DNATed it, to the backend its new
-    /// conntrack entry names; a missing entry fails the bench.
+    /// mean spelling out here the conntrack keys the datapath creates (a
+    /// copy of `proxy-ebpf/src/ct.rs` to keep in step). The egress packet
+    /// is the SYN as ingress translated it, from the SNAT address to the
+    /// backend its new conntrack entry names; a missing entry fails the
+    /// bench.
     fn new_flows(&mut self, batch: usize) -> Result<[f64; 2]> {
         let mut sum = [0u64; 2];
         for _ in 0..batch {
@@ -228,7 +232,7 @@ impl Subject {
             let Some(entry) = self.dp.conntrack(&key)? else {
                 bail!("the SYN from port {port} created no conntrack entry: not a new flow");
             };
-            let fwd = Spec::tcp((CLIENT, port), entry.addr(), TCP_SYN).build();
+            let fwd = Spec::tcp(entry.nat_addr(), entry.addr(), TCP_SYN).build();
             sum[1] += u64::from(self.dp.time(Prog::Egress, &fwd, 1)?);
         }
         Ok(sum.map(|s| s as f64 / batch.max(1) as f64))

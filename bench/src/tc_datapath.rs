@@ -49,6 +49,9 @@ pub fn run(opts: &Options) -> Result<()> {
         (opts.rounds + 1) * opts.batch <= MAX_NEW_FLOWS,
         "(rounds + 1) × batch new flows must stay ≤ {MAX_NEW_FLOWS} per datapath"
     );
+    // The programs' route lookups see this namespace's routes, not the
+    // host's (the backends are behind the node's NIC there).
+    let _net = bpfproxy_tests::node_net::NodeNet::new("tcb")?;
     let mut subjects = opts
         .services
         .iter()
@@ -90,7 +93,9 @@ fn body(opts: &Options, subjects: &[Subject], samples: &mut Samples) -> String {
         "Kernel-measured time per packet (BPF_PROG_TEST_RUN), ns: median and p90 over \
          {} rounds of each round's mean over {} single runs (`foreign (repeat)`: one \
          run of {} repeats). Each datapath holds N Services: N − 1 ClusterIP Services \
-         and the NodePort Service (two endpoints on other nodes) the packets go to.\n",
+         and the NodePort Service (two endpoints on other nodes) the packets go to. \
+         Flows to other nodes are translated whole at ingress (route lookup, DNAT, \
+         SNAT, redirect); egress only sees them leave.\n",
         opts.rounds, opts.batch, opts.repeat
     );
     for s in subjects {

@@ -85,6 +85,30 @@ pub fn entries(ifaddrs: &[InterfaceAddr], links: &[Link]) -> BTreeMap<u32, Devic
     out
 }
 
+/// The links of the devices that carry an IPv4 address (a device that
+/// vanished between the two reads is left out until the next read).
+pub fn read_links(ifaddrs: &[InterfaceAddr]) -> Vec<Link> {
+    let mut out: Vec<Link> = Vec::new();
+    for ia in ifaddrs {
+        if out.iter().any(|l| l.name == ia.device) {
+            continue;
+        }
+        if let Ok(l) = link(&ia.device) {
+            out.push(l);
+        }
+    }
+    out
+}
+
+/// Writes the device map in `pin_dir` from the interfaces of the calling
+/// thread's network namespace, as the agent's node watch does (for the
+/// program tests and benchmarks, which have no node watch).
+pub fn program_current(pin_dir: &Path) -> anyhow::Result<()> {
+    let ifaddrs = crate::node_addrs::interface_addrs()?;
+    program(pin_dir, &entries(&ifaddrs, &read_links(&ifaddrs)))?;
+    Ok(())
+}
+
 /// Makes the pinned device map in `pin_dir` hold exactly `want`.
 pub fn program(pin_dir: &Path, want: &BTreeMap<u32, DeviceValue>) -> Result<(), MapsError> {
     crate::maps::pinned::sync_hash(pin_dir, names::DEVICES, want)

@@ -91,7 +91,7 @@ impl NodeWatch {
             info!(addresses = ?selected, "NodePorts answer on these addresses");
             self.programmed = Some(selected.clone());
         }
-        let links = read_links(&ifaddrs);
+        let links = node_links::read_links(&ifaddrs);
         let entries = node_links::entries(&ifaddrs, &links);
         if self.programmed_links.as_ref() != Some(&entries) {
             node_links::program(&self.pin_dir, &entries).context("writing the device map")?;
@@ -145,21 +145,6 @@ impl NodeWatch {
                 }
             })
     }
-}
-
-/// The links of the devices that carry an IPv4 address (a device that
-/// vanished between the two reads is left out until the next refresh).
-fn read_links(ifaddrs: &[InterfaceAddr]) -> Vec<Link> {
-    let mut out: Vec<Link> = Vec::new();
-    for ia in ifaddrs {
-        if out.iter().any(|l| l.name == ia.device) {
-            continue;
-        }
-        if let Ok(l) = node_links::link(&ia.device) {
-            out.push(l);
-        }
-    }
-    out
 }
 
 /// The TC devices: `serving` (none: no TC datapath at all), and the other

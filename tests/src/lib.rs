@@ -21,6 +21,7 @@ pub mod interrupt;
 pub mod manifest;
 pub mod multinode;
 pub mod netns;
+pub mod node_net;
 pub mod packet;
 pub mod paths;
 pub mod privilege;

@@ -365,6 +365,31 @@ impl ClusterSandbox {
         )
     }
 
+    /// [`ClusterSandbox::client_tcp`] where each connection gives up after
+    /// `conn_timeout_ms`, so a broken path is counted (`failed`) instead of
+    /// outlasting the whole probe.
+    pub fn client_tcp_counted(
+        &self,
+        to: &str,
+        count: u64,
+        conn_timeout_ms: u64,
+    ) -> Result<TcpReport> {
+        let whole = Duration::from_millis(conn_timeout_ms * count) + process::HELPER_TIMEOUT;
+        self.probe(
+            self.client_command(&self.probe)?,
+            &[
+                "tcp",
+                "--to",
+                to,
+                "--count",
+                &count.to_string(),
+                "--timeout-ms",
+                &conn_timeout_ms.to_string(),
+            ],
+            whole,
+        )
+    }
+
     /// `probe tcp-connect-time` from the external client: one connect()
     /// that gives up after `timeout_ms`.
     pub fn client_connect(&self, to: &str, timeout_ms: u64) -> Result<ConnectTimeReport> {

@@ -116,6 +116,12 @@ impl Netns {
         Ok(())
     }
 
+    /// [`Netns::ip`] with the arguments as one line split at spaces, for
+    /// long `ip` commands that read best as written on a shell.
+    pub fn ip_line(&self, line: &str) -> Result<String> {
+        self.ip(&line.split_whitespace().collect::<Vec<_>>())
+    }
+
     pub fn ip(&self, args: &[&str]) -> Result<String> {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);

@@ -129,33 +129,13 @@ impl NetworkShape {
         if self != NetworkShape::Vxlan {
             return Ok(());
         }
-        let local = node_ip(i);
-        let mac = overlay_mac(i);
-        let overlay = format!("{}/32", overlay_ip(i));
-        for args in [
-            vec![
-                "link",
-                "add",
-                "flannel.1",
-                "address",
-                &mac,
-                "type",
-                "vxlan",
-                "id",
-                "1",
-                "local",
-                &local,
-                "dev",
-                nic,
-                "dstport",
-                "8472",
-                "nolearning",
-            ],
-            vec!["link", "set", "flannel.1", "mtu", "1450", "up"],
-            vec!["addr", "add", &overlay, "dev", "flannel.1"],
-        ] {
-            ns.ip(&args)?;
-        }
+        let (local, mac, overlay) = (node_ip(i), overlay_mac(i), overlay_ip(i));
+        ns.ip_line(&format!(
+            "link add flannel.1 address {mac} type vxlan id 1 local {local} dev {nic} \
+             dstport 8472 nolearning"
+        ))?;
+        ns.ip_line("link set flannel.1 mtu 1450 up")?;
+        ns.ip_line(&format!("addr add {overlay}/32 dev flannel.1"))?;
         Ok(())
     }
 
@@ -170,29 +150,11 @@ impl NetworkShape {
                 ns.ip(&["route", "add", &subnet, "via", &cluster_nic_ip(b)])?;
             }
             NetworkShape::Vxlan => {
-                let gw = overlay_ip(b);
-                let mac = overlay_mac(b);
-                ns.ip(&[
-                    "route",
-                    "add",
-                    &subnet,
-                    "via",
-                    &gw,
-                    "dev",
-                    "flannel.1",
-                    "onlink",
-                ])?;
-                ns.ip(&[
-                    "neigh",
-                    "add",
-                    &gw,
-                    "lladdr",
-                    &mac,
-                    "dev",
-                    "flannel.1",
-                    "nud",
-                    "permanent",
-                ])?;
+                let (gw, mac) = (overlay_ip(b), overlay_mac(b));
+                ns.ip_line(&format!("route add {subnet} via {gw} dev flannel.1 onlink"))?;
+                ns.ip_line(&format!(
+                    "neigh add {gw} lladdr {mac} dev flannel.1 nud permanent"
+                ))?;
                 let mut fdb = ns.command("bridge")?;
                 fdb.args([
                     "fdb",

@@ -305,8 +305,14 @@ fn devices_auto_serves_as_naming_the_client_nic_does(shape: NetworkShape) -> Res
 /// on another node than the one the client used sees that node's address
 /// on its node-to-node device, the one on the same node the client itself.
 fn every_node_snats_to_its_node_to_node_address(sb: &ClusterSandbox) -> Result<()> {
-    for i in 1..=NODES {
-        let r = sb.client_tcp(&np(i), CONNS, T)?;
+    // Node 3 first: it has no backend, so all of its traffic crosses.
+    for i in [3, 1, 2] {
+        let r = sb.client_tcp_counted(&np(i), CONNS, 500)?;
+        println!(
+            "{} node {i}: {} of {CONNS} connections failed",
+            sb.config().shape,
+            r.failed
+        );
         ensure!(r.ok == CONNS, "node {i}: {r:?}");
         let names = by_name(&r)?;
         println!("node {i}: backend → client addresses seen: {names:?}");

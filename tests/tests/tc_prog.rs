@@ -17,10 +17,11 @@ use aya::{
     Ebpf,
 };
 use bpfproxy_tests::{
+    node_net::{self, NodeNet},
     packet::{self, verify_checksums, view, Spec, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP},
-    prog_test_run, require_root, Netns, PrivateBpffs, VethPair,
+    prog_test_run, require_root, PrivateBpffs,
 };
-use proxy_agent::{node_addrs, node_links};
+use proxy_agent::node_links;
 use proxy_common::{
     counters, ct_dir, maps as names, node_flags, svc_flags, BackendValue, CtKey, CtValue,
     NodeAddrValue, ServiceKey, ServiceValue,
@@ -40,9 +41,8 @@ const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// this node (what flannel puts on `flannel.1`).
 const OVERLAY_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 6);
 const OVERLAY_ADDR: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 0);
-const OVERLAY_MTU: usize = 1450;
+const OVERLAY_MTU: usize = node_net::OVERLAY_MTU as usize;
 const NODE_PORT: u16 = 30080;
-const T: std::time::Duration = std::time::Duration::from_secs(10);
 const TARGET_PORT: u16 = 8080;
 
 /// The loaded object with its maps pinned in a private bpffs, run from
@@ -54,78 +54,6 @@ struct Datapath {
     // Dropped last: unmounting releases the pins, the namespaces go.
     _bpffs: PrivateBpffs,
     _node: NodeNet,
-}
-
-/// The node's network as the FIB lookups see it (see the module doc).
-struct NodeNet {
-    _veth: VethPair,
-    _peer: Netns,
-    _node: Netns,
-}
-
-impl NodeNet {
-    fn new(tag: &str) -> Result<Self> {
-        let node = Netns::new(&format!("{tag}n"))?;
-        let peer = Netns::new(&format!("{tag}p"))?;
-        let veth = VethPair::new(&node, &[&format!("{NODE}/24")], &peer, &["10.0.0.2/24"])?;
-        let nic = veth.a().to_string();
-        let mut sysctl = node.command("sysctl")?;
-        sysctl.args(["-qw", "net.ipv4.ip_forward=1"]);
-        bpfproxy_tests::process::run_with_timeout(&mut sysctl, T)?;
-        for args in [
-            vec!["link", "set", "lo", "up"],
-            vec!["route", "add", "10.244.2.0/24", "via", "10.0.0.2"],
-            vec!["route", "add", "198.51.100.0/24", "via", "10.0.0.2"],
-            vec!["route", "add", "203.0.113.0/24", "via", "10.0.0.2"],
-            vec![
-                "link",
-                "add",
-                "flannel.1",
-                "type",
-                "vxlan",
-                "id",
-                "1",
-                "local",
-                "10.0.0.1",
-                "dev",
-                &nic,
-                "dstport",
-                "8472",
-                "nolearning",
-            ],
-            vec!["link", "set", "flannel.1", "mtu", "1450", "up"],
-            vec!["addr", "add", "10.244.1.0/32", "dev", "flannel.1"],
-            vec![
-                "route",
-                "add",
-                "10.244.3.0/24",
-                "via",
-                "10.244.3.0",
-                "dev",
-                "flannel.1",
-                "onlink",
-            ],
-            vec![
-                "neigh",
-                "add",
-                "10.244.3.0",
-                "lladdr",
-                "02:00:0a:f4:03:00",
-                "dev",
-                "flannel.1",
-                "nud",
-                "permanent",
-            ],
-        ] {
-            node.ip(&args)?;
-        }
-        node.join_this_thread()?;
-        Ok(Self {
-            _veth: veth,
-            _peer: peer,
-            _node: node,
-        })
-    }
 }
 
 /// A backend to program: address, port, whether it runs on this node.
@@ -141,13 +69,7 @@ impl Datapath {
             .context("loading the agent's eBPF object and its TC programs")?;
         // The devices' SNAT addresses and MTUs, written by the agent's own
         // code from what this namespace holds.
-        let ifaddrs = node_addrs::interface_addrs()?;
-        let links: Vec<node_links::Link> = ["lo", "flannel.1", node._veth.a()]
-            .iter()
-            .map(|d| node_links::link(d))
-            .collect::<std::io::Result<_>>()?;
-        let pin_dir = bpffs.path().join(names::PIN_DIR);
-        node_links::program(&pin_dir, &node_links::entries(&ifaddrs, &links))?;
+        node_links::program_current(&bpffs.path().join(names::PIN_DIR))?;
         Ok(Self {
             ebpf,
             next_backend_id: 1,

@@ -3,15 +3,35 @@
 
 use anyhow::{bail, Context, Result};
 use bpfproxy_tests::multinode::{
-    k8s_node_name, node_ip, pod_ip, pod_name, ClusterSandbox, CLIENT_IP,
+    k8s_node_name, node_ip, pod_ip, pod_name, ClusterSandbox, NetworkShape, CLIENT_IP,
 };
 
 use super::layout::Layout;
 use super::report::indent;
 use super::services::{DemoService, SERVER_HTTP_PORT, SERVER_UDP_PORT, WEB};
 
+/// How the nodes reach each other's pods, in a few words.
+fn shape_text(shape: NetworkShape) -> &'static str {
+    match shape {
+        NetworkShape::Vxlan => {
+            "flannel's VXLAN overlay: flannel.1 10.244.N.0/32 MTU 1450 over the node NIC, \
+             pods on cni0 10.244.N.1/24 with MTU 1450"
+        }
+        NetworkShape::HostGw => "pod subnets routed via the node addresses on the one NIC",
+        NetworkShape::TwoNic => {
+            "clients on one NIC (192.168.50.0/24), node-to-node traffic on a second \
+             (192.168.60.0/24)"
+        }
+    }
+}
+
 /// Prints every namespace of the sandbox with its address and role.
 pub(super) fn describe_cluster(sb: &ClusterSandbox, layout: Layout) -> Result<()> {
+    println!(
+        "  network shape: {} ({})",
+        layout.shape,
+        shape_text(layout.shape)
+    );
     println!(
         "  {:<16} {:<15} netns {}   outside the cluster, routes only to the node subnet",
         "external client",
@@ -21,8 +41,12 @@ pub(super) fn describe_cluster(sb: &ClusterSandbox, layout: Layout) -> Result<()
     let backends = layout.backend_pods();
     for i in 1..=layout.nodes {
         let node = sb.node(i);
+        let to_nodes = match &node.cluster_device {
+            Some(d) => format!(", to other nodes by {d} ({})", sb.snat_ip(i)),
+            None => String::new(),
+        };
         println!(
-            "  {:<16} {:<15} netns {}, device {}, cgroup {}, bpffs {}{}",
+            "  {:<16} {:<15} netns {}, device {}{to_nodes}, cgroup {}, bpffs {}{}",
             k8s_node_name(i),
             node_ip(i),
             node.ns.name(),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use bpfproxy_tests::multinode::{k8s_node_name, node_ip, pod_name, CLIENT_IP};
+use bpfproxy_tests::multinode::{k8s_node_name, pod_name, NetworkShape, CLIENT_IP};
 
 /// Who runs where: nodes `1..nodes` run the backends, node `nodes` none
 /// (like a control-plane node); its first pod is the client pod.
@@ -11,6 +11,8 @@ use bpfproxy_tests::multinode::{k8s_node_name, node_ip, pod_name, CLIENT_IP};
 pub(super) struct Layout {
     pub(super) nodes: usize,
     pub(super) pods_per_node: usize,
+    /// How the nodes reach each other's pods (decides the SNAT address).
+    pub(super) shape: NetworkShape,
 }
 
 impl Layout {
@@ -53,13 +55,14 @@ impl Layout {
     /// The client address backend `backend` must see for a connection from
     /// the external client to node `entry`'s eTP=Cluster NodePort: the
     /// client's own when the backend is local (no SNAT needed, the reply
-    /// passes that node anyway), else the entry node's (SNAT, so the reply
-    /// comes back through it).
+    /// passes that node anyway), else the entry node's address on the
+    /// device it forwards to other nodes by (SNAT, so the reply comes back
+    /// through it): `flannel.1`'s on the VXLAN overlay.
     pub(super) fn expected_peer(&self, entry: usize, backend: &str) -> String {
         if self.node_of(backend) == Some(entry) {
             CLIENT_IP.to_string()
         } else {
-            node_ip(entry)
+            self.shape.snat_ip(entry)
         }
     }
 }
@@ -70,6 +73,7 @@ impl Layout {
 pub(super) const LAYOUT: Layout = Layout {
     nodes: 3,
     pods_per_node: 2,
+    shape: NetworkShape::Vxlan,
 };
 
 #[cfg(test)]
@@ -87,7 +91,7 @@ mod tests {
     #[test]
     fn a_backend_sees_the_client_only_behind_its_own_node() {
         assert_eq!(LAYOUT.expected_peer(1, "node1-pod2"), CLIENT_IP);
-        assert_eq!(LAYOUT.expected_peer(1, "node2-pod1"), node_ip(1));
-        assert_eq!(LAYOUT.expected_peer(3, "node1-pod1"), node_ip(3));
+        assert_eq!(LAYOUT.expected_peer(1, "node2-pod1"), "10.244.1.0");
+        assert_eq!(LAYOUT.expected_peer(3, "node1-pod1"), "10.244.3.0");
     }
 }

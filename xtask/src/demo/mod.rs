@@ -103,6 +103,7 @@ fn demo(args: &Args) -> Result<Summary> {
     let layout = Layout {
         nodes: usize::from(args.nodes),
         pods_per_node: usize::from(args.pods_per_node),
+        shape: args.network,
     };
     let mut summary = Summary::default();
     let mut step = Steps::new(7);
@@ -124,7 +125,7 @@ fn demo(args: &Args) -> Result<Summary> {
         udp_ports: vec![SERVER_UDP_PORT],
         probe_bin: Some(probe),
         echo_peer: true,
-        shape: args.network,
+        shape: layout.shape,
     })?;
     cluster::describe_cluster(&sb, layout)?;
     cluster::check_no_default_route(&sb)?;

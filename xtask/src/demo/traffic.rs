@@ -191,7 +191,7 @@ fn curl_every_node_port(sb: &ClusterSandbox, layout: Layout) -> Result<String> {
         let why = if want == CLIENT_IP {
             "a local backend: no SNAT, the client's own address"
         } else {
-            "on another node: SNAT to the entry node's address"
+            "on another node: SNAT to the entry node's node-to-node address"
         };
         println!("  $ curl {url}   -> {body:<26}  {why}");
         ensure!(
@@ -230,12 +230,14 @@ fn spread_through_node_port(sb: &ClusterSandbox, layout: Layout, requests: u64) 
         r.elapsed_ms.round(),
         r.elapsed_ms / r.ok.max(1) as f64
     );
-    let snat = node_ip(entry);
+    let snat = layout.shape.snat_ip(entry);
     check_connections(&r, &answers, requests, &want, &snat, &to)?;
     println!(
-        "    every backend saw {snat}, {}'s address: SNAT (externalTrafficPolicy: Cluster), so \
-         the replies return through the node the client used",
-        k8s_node_name(entry)
+        "    every backend saw {snat}, {}'s address on the device it forwards to other nodes by \
+         ({} network): SNAT (externalTrafficPolicy: Cluster), so the replies return through \
+         the node the client used",
+        k8s_node_name(entry),
+        layout.shape
     );
     let shares: Vec<String> = answers
         .iter()
