@@ -191,17 +191,21 @@ pub struct AffinityValue {
 }
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 8);
 
-/// Directions of a conntrack entry ([`CtKey::dir`]). Source rewrites
-/// happen at egress, after routing: a packet that enters a device with one
-/// of the node's own addresses as source is dropped as a martian.
+/// Directions of a conntrack entry ([`CtKey::dir`]). A flow the stack
+/// forwards (backend on this node, or eTP=Local) has FORWARD and REPLY; a
+/// flow the TC programs forward themselves (`ct_flags::REDIRECT`: SNAT to a
+/// backend on another node) has FORWARD and REPLY_SNAT.
 pub mod ct_dir {
-    /// Client → frontend at tc ingress: destination → backend.
+    /// Client → frontend at tc ingress: destination → backend (and, with
+    /// REDIRECT, source → this node's SNAT address and port).
     pub const FORWARD: u8 = 0;
-    /// Client → backend at tc egress (only with SNAT): source → this node's
-    /// SNAT address and port.
+    /// Client → backend at tc egress: source → SNAT address and port. Only
+    /// flows created by versions before REDIRECT have it; kept so they
+    /// survive an upgrade.
     pub const FORWARD_SNAT: u8 = 1;
-    /// Backend → SNAT address at tc ingress (only with SNAT): destination →
-    /// the client, so routing forwards the reply to the client's device.
+    /// Backend → SNAT address at tc ingress (`tc_ingress` or `tc_reply`):
+    /// destination → the client; with REDIRECT also source → the frontend,
+    /// and the program forwards the reply to the client itself.
     pub const REPLY_SNAT: u8 = 2;
     /// Backend → client at tc egress of the client-facing device: source →
     /// the frontend the client addressed.
@@ -252,8 +256,9 @@ const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
 /// Value of the conntrack map. `addr_be:port_be` is the rewrite the key's
 /// direction applies: the backend (FORWARD, new destination), the SNAT
 /// source (FORWARD_SNAT), the client (REPLY_SNAT, new destination) or the
-/// frontend (REPLY, new source). `nat_addr_be:nat_port_be` is the SNAT
-/// source in a FORWARD entry (zero without SNAT), for dumps and cleanup.
+/// frontend (REPLY, new source). `nat_addr_be:nat_port_be` is the new
+/// source of a REDIRECT entry: the SNAT address in FORWARD, the frontend in
+/// REPLY_SNAT (zero without SNAT).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CtValue {

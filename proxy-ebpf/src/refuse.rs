@@ -2,7 +2,9 @@
 //! endpoint: the packet is turned into its answer (a TCP RST, or an ICMP
 //! port unreachable; built by `proxy_common::refusal`) and sent back out of
 //! the device it arrived on. NodePorts do not come here: the node's own
-//! stack refuses those (see `tc::try_ingress`).
+//! stack refuses those (see `tc::no_endpoints`). The same way, a packet too
+//! big for the device the program would forward it by becomes an ICMP
+//! "fragmentation needed" ([`too_big`]).
 use aya_ebpf::{
     bindings::{BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT},
     helpers::{bpf_redirect, bpf_skb_change_tail},
