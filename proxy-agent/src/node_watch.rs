@@ -59,8 +59,6 @@ pub struct NodeWatch {
     programmed: Option<Vec<Ipv4Addr>>,
     /// What was last written to the device map.
     programmed_links: Option<BTreeMap<u32, DeviceValue>>,
-    /// Reply devices last left out (logged when this changes).
-    skipped: Vec<String>,
     /// The last refresh error, logged once rather than every period.
     last_error: Option<String>,
 }
@@ -74,7 +72,6 @@ impl NodeWatch {
             devices,
             programmed: None,
             programmed_links: None,
-            skipped: Vec::new(),
             last_error: None,
         }
     }
@@ -101,22 +98,16 @@ impl NodeWatch {
             Devices::Auto => node_addrs::auto_devices(&ifaddrs, &selected),
             Devices::Listed(names) => names.clone(),
         };
-        let (devices, skipped) = tc_devices(serving, &ifaddrs, &links);
+        let devices = tc_devices(serving, &ifaddrs, &links);
         let changed = self
             .loaded
             .set_devices(&devices)
             .with_context(|| format!("attaching the TC programs to {devices:?}"))?;
         if let Some(done) = changed {
-            info!(serving = ?devices.serving, replies = ?devices.replies, ?done, "TC programs on these devices");
+            info!(serving = ?devices.serving, replies = ?devices.replies, l3_replies = ?devices.l3_replies, ?done, "TC programs on these devices");
             if devices.serving.is_empty() && self.devices == Devices::Auto {
                 warn!("no device carries a node address: outside clients are not served NodePorts, externalIPs or LoadBalancer IPs");
             }
-        }
-        if skipped != self.skipped {
-            if !skipped.is_empty() {
-                warn!(devices = ?skipped, "not Ethernet devices: replies of NodePort flows forwarded by them are not translated");
-            }
-            self.skipped = skipped;
         }
         Ok(())
     }
@@ -148,23 +139,22 @@ impl NodeWatch {
 }
 
 /// The TC devices: `serving` (none: no TC datapath at all), and the other
-/// devices replies of forwarded flows come back by; with the reply devices
-/// left out because they have no Ethernet header (an IPIP tunnel,
-/// WireGuard), which the programs' parser expects.
-fn tc_devices(
-    serving: Vec<String>,
-    ifaddrs: &[InterfaceAddr],
-    links: &[Link],
-) -> (TcDevices, Vec<String>) {
+/// devices replies of forwarded flows come back by, those without an
+/// Ethernet header (WireGuard, an IPIP tunnel) apart.
+fn tc_devices(serving: Vec<String>, ifaddrs: &[InterfaceAddr], links: &[Link]) -> TcDevices {
     if serving.is_empty() {
-        return (TcDevices::default(), Vec::new());
+        return TcDevices::default();
     }
-    let (replies, skipped): (Vec<String>, Vec<String>) =
+    let (replies, l3_replies): (Vec<String>, Vec<String>) =
         node_addrs::reply_devices(ifaddrs, &serving)
             .into_iter()
             .filter(|d| links.iter().any(|l| &l.name == d))
             .partition(|d| links.iter().any(|l| &l.name == d && l.ethernet));
-    (TcDevices { serving, replies }, skipped)
+    TcDevices {
+        serving,
+        replies,
+        l3_replies,
+    }
 }
 
 #[cfg(test)]
@@ -189,7 +179,7 @@ mod tests {
     }
 
     #[test]
-    fn reply_devices_are_the_other_ethernet_devices_and_none_without_serving_ones() {
+    fn reply_devices_are_the_other_devices_l3_ones_apart_and_none_without_serving_ones() {
         let ia = |device: &str, a: [u8; 4]| InterfaceAddr {
             device: device.to_string(),
             addr: Ipv4Addr::from(a),
@@ -212,11 +202,11 @@ mod tests {
             l("tunl0", false),
             l("cni0", true),
         ];
-        let (d, skipped) = tc_devices(vec!["eth0".into()], &ifaddrs, &links);
+        let d = tc_devices(vec!["eth0".into()], &ifaddrs, &links);
         assert_eq!(d.serving, ["eth0"]);
         assert_eq!(d.replies, ["eth1"]);
-        assert_eq!(skipped, ["tunl0"]);
-        let (none, _) = tc_devices(vec![], &ifaddrs, &links);
+        assert_eq!(d.l3_replies, ["tunl0"]);
+        let none = tc_devices(vec![], &ifaddrs, &links);
         assert!(none.is_empty(), "--devices none: no TC program anywhere");
     }
 }

@@ -36,7 +36,7 @@ use proxy_common::{
 use crate::{
     counters::bump,
     ct::{self, NewFlow},
-    lb,
+    l3, lb,
     maps::{NODE_ADDRS, SERVICES},
     nat,
     parse::{parse, Packet, Parsed},
@@ -62,11 +62,46 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
 /// than the client-facing ones: only those replies are touched.
 #[classifier]
 pub fn tc_reply(ctx: TcContext) -> i32 {
-    let Some(pkt) = parse_or_pass(&ctx) else {
+    reply_only(&ctx)
+}
+
+/// [`tc_reply`] for L3 devices (WireGuard, IPIP `tunl0`): their packets
+/// start at the IP header. A reply of ours gets an Ethernet header pushed
+/// in front, so the one parser reads it and `bpf_redirect_neigh` (which
+/// wants a MAC header to replace) forwards it; anything else is left as
+/// it came.
+#[classifier]
+pub fn tc_reply_l3(ctx: TcContext) -> i32 {
+    let Some(pkt) = l3::peek(&ctx) else {
+        return PASS;
+    };
+    if ct::lookup(&pkt, ct_dir::REPLY_SNAT).is_none() {
+        return PASS;
+    }
+    if l3::push_ethernet(&ctx).is_err() {
+        bump(counters::ERR_REWRITE);
+        return PASS;
+    }
+    match reply_only(&ctx) {
+        // With the pushed header the stack would misread it: a reply of
+        // ours that could not be handled (malformed) goes no further.
+        PASS => {
+            bump(counters::ERR_REWRITE);
+            DROP
+        }
+        verdict => verdict,
+    }
+}
+
+/// Translates a reply of a flow the programs forwarded; anything else
+/// passes.
+#[inline(always)]
+fn reply_only(ctx: &TcContext) -> i32 {
+    let Some(pkt) = parse_or_pass(ctx) else {
         return PASS;
     };
     match ct::lookup(&pkt, ct_dir::REPLY_SNAT) {
-        Some(entry) => reply_snat(&ctx, &pkt, entry),
+        Some(entry) => reply_snat(ctx, &pkt, entry),
         None => PASS,
     }
 }

@@ -120,8 +120,8 @@ fn tc_programs_are_attached_replaced_in_place_and_detached_with_their_device() -
     // flows still come back by it): the same ingress link now runs
     // tc_reply, and its egress program goes.
     let replies = TcDevices {
-        serving: vec![],
         replies: vec![dev.clone()],
+        ..TcDevices::default()
     };
     let third = loader::load_and_attach(bpffs.path(), cgroup.path(), TcMode::Tcx, &replies)?;
     ensure!(

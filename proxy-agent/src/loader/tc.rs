@@ -25,10 +25,11 @@ use tracing::{debug, info, warn};
 use super::{link_update, Attachment, LoadError};
 
 /// The TC programs, by function name in `proxy-ebpf`, and their hook.
-pub const TC_PROGRAMS: [(&str, TcAttachType); 3] = [
+pub const TC_PROGRAMS: [(&str, TcAttachType); 4] = [
     ("tc_ingress", TcAttachType::Ingress),
     ("tc_egress", TcAttachType::Egress),
     ("tc_reply", TcAttachType::Ingress),
+    ("tc_reply_l3", TcAttachType::Ingress),
 ];
 
 /// The programs of a device that serves clients (NodePorts, externalIPs,
@@ -39,6 +40,8 @@ const SERVING: &[(&str, TcAttachType)] = &[
 ];
 /// The program of a device replies of forwarded flows come back by.
 const REPLIES: &[(&str, TcAttachType)] = &[("tc_reply", TcAttachType::Ingress)];
+/// The same for an L3 device (no link-layer header: WireGuard, IPIP).
+const L3_REPLIES: &[(&str, TcAttachType)] = &[("tc_reply_l3", TcAttachType::Ingress)];
 
 /// Which devices get which TC programs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,6 +53,8 @@ pub struct TcDevices {
     /// second NIC): the replies of flows the programs forwarded come back
     /// by them and must be translated there.
     pub replies: Vec<String>,
+    /// The same for L3 devices, whose packets have no link-layer header.
+    pub l3_replies: Vec<String>,
 }
 
 impl TcDevices {
@@ -57,25 +62,32 @@ impl TcDevices {
     pub fn serving(devices: &[String]) -> Self {
         Self {
             serving: devices.to_vec(),
-            replies: Vec::new(),
+            ..Self::default()
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.serving.is_empty() && self.replies.is_empty()
+        self.serving.is_empty() && self.replies.is_empty() && self.l3_replies.is_empty()
     }
 
     /// Every (device, program, hook) these devices need, serving devices
     /// first; a device named in both lists serves.
     pub fn hooks(&self) -> Vec<Hook> {
         let serving = self.serving.iter().map(|d| (d, SERVING));
+        let not_serving = |d: &&String| !self.serving.contains(d);
         let replies = self
             .replies
             .iter()
-            .filter(|d| !self.serving.contains(d))
+            .filter(not_serving)
             .map(|d| (d, REPLIES));
+        let l3 = self
+            .l3_replies
+            .iter()
+            .filter(not_serving)
+            .map(|d| (d, L3_REPLIES));
         serving
             .chain(replies)
+            .chain(l3)
             .flat_map(|(device, programs)| {
                 programs.iter().map(move |&(program, attach)| Hook {
                     device: device.clone(),
@@ -381,6 +393,7 @@ mod tests {
         let d = TcDevices {
             serving: vec!["eth0".into()],
             replies: vec!["flannel.1".into(), "eth0".into()],
+            l3_replies: vec!["wg0".into()],
         };
         let hooks: Vec<(String, &str)> = d
             .hooks()
@@ -393,6 +406,7 @@ mod tests {
                 ("eth0".to_string(), "tc_ingress"),
                 ("eth0".to_string(), "tc_egress"),
                 ("flannel.1".to_string(), "tc_reply"),
+                ("wg0".to_string(), "tc_reply_l3"),
             ]
         );
         assert!(TcDevices::default().hooks().is_empty());

@@ -1,0 +1,45 @@
+//! Packets of L3 devices (WireGuard, IPIP): no link-layer header, the IP
+//! header comes first.
+use aya_ebpf::{helpers::bpf_skb_change_head, programs::TcContext};
+use proxy_common::proto;
+
+use crate::parse::{Packet, ETH_HLEN};
+
+const ETH_P_IP: u16 = 0x0800;
+
+/// The 5-tuple of an IPv4 TCP/UDP packet without options at offset 0, for
+/// a conntrack lookup before anything is changed; None for anything else
+/// (the full parse after [`push_ethernet`] checks the rest).
+#[inline(always)]
+pub fn peek(ctx: &TcContext) -> Option<Packet> {
+    let ip = ctx.load::<[u8; 24]>(0).ok()?;
+    let proto = ip[9];
+    // Version 4, no options (IHL 5): the ports follow at 20.
+    if ip[0] != 0x45 || (proto != proto::TCP && proto != proto::UDP) {
+        return None;
+    }
+    Some(Packet {
+        l4_off: 20,
+        l4_len: 0,
+        proto,
+        tcp_flags: 0,
+        ttl_proto_be: 0,
+        df: false,
+        saddr_be: u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
+        daddr_be: u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
+        sport_be: u16::from_ne_bytes([ip[20], ip[21]]),
+        dport_be: u16::from_ne_bytes([ip[22], ip[23]]),
+    })
+}
+
+/// Puts an Ethernet header (addresses zero, type IPv4) in front of the
+/// packet; `bpf_redirect_neigh` writes the real addresses.
+#[inline(always)]
+pub fn push_ethernet(ctx: &TcContext) -> Result<(), i64> {
+    // SAFETY: a plain helper call on this run's skb.
+    let r = unsafe { bpf_skb_change_head(ctx.skb.skb, ETH_HLEN, 0) };
+    if r != 0 {
+        return Err(r);
+    }
+    ctx.store(12, &ETH_P_IP.to_be(), 0)
+}
