@@ -4,7 +4,7 @@
 //! routes in-cluster traffic to external destinations through its
 //! cluster-wide chain, while traffic from outside (the TC programs) keeps
 //! the node-local endpoints and the client address.
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{ensure, Result};
 use bpfproxy_tests::{
@@ -85,58 +85,54 @@ fn answered_by(r: &TcpReport) -> Vec<String> {
     r.by_backend.keys().cloned().collect()
 }
 
+/// `CONNS` connections to each of `targets` through commands made by
+/// `client` (a pod's or a node's `probe`): both pods answer every target.
+fn every_endpoint_answers(
+    sb: &ClusterSandbox,
+    targets: &[String],
+    client: impl Fn() -> Result<Command>,
+) -> Result<()> {
+    for to in targets {
+        let r: TcpReport = sb.probe(client()?, &["tcp", "--to", to, "--count", CONNS], T)?;
+        eprintln!("-> {to}: {:?}", r.by_backend);
+        ensure!(r.ok == 40 && answered_by(&r) == both_pods(), "{to}: {r:?}");
+    }
+    Ok(())
+}
+
 #[test]
 fn a_pod_on_a_node_without_endpoints_reaches_every_endpoint_through_the_etp_local_frontends(
 ) -> Result<()> {
     let (sb, _agents) = setup()?;
-    for to in [
+    let targets = [
         format!("{}:{NODE_PORT}", node_ip(EMPTY_NODE)),
         format!("{EXTERNAL_IP}:80"),
         format!("{LB_IP}:80"),
-    ] {
-        let r: TcpReport = sb.probe(
-            sb.pod_command(EMPTY_NODE, 1, sb.probe_bin())?,
-            &["tcp", "--to", &to, "--count", CONNS],
-            T,
-        )?;
-        eprintln!("pod on node {EMPTY_NODE} -> {to}: {:?}", r.by_backend);
-        ensure!(r.ok == 40 && answered_by(&r) == both_pods(), "{to}: {r:?}");
-    }
-    Ok(())
+    ];
+    every_endpoint_answers(&sb, &targets, || {
+        sb.pod_command(EMPTY_NODE, 1, sb.probe_bin())
+    })
 }
 
 #[test]
 fn a_pod_next_to_an_endpoint_still_reaches_every_endpoint_through_the_etp_local_frontends(
 ) -> Result<()> {
     let (sb, _agents) = setup()?;
-    for to in [format!("{}:{NODE_PORT}", node_ip(1)), format!("{LB_IP}:80")] {
-        let r: TcpReport = sb.probe(
-            sb.pod_command(1, 1, sb.probe_bin())?,
-            &["tcp", "--to", &to, "--count", CONNS],
-            T,
-        )?;
-        ensure!(r.ok == 40 && answered_by(&r) == both_pods(), "{to}: {r:?}");
-    }
-    Ok(())
+    let targets = [format!("{}:{NODE_PORT}", node_ip(1)), format!("{LB_IP}:80")];
+    every_endpoint_answers(&sb, &targets, || sb.pod_command(1, 1, sb.probe_bin()))
 }
 
 #[test]
 fn a_node_process_reaches_every_endpoint_through_the_etp_local_frontends() -> Result<()> {
     let (sb, _agents) = setup()?;
-    for to in [
+    let targets = [
         format!("127.0.0.1:{NODE_PORT}"),
         format!("{}:{NODE_PORT}", node_ip(EMPTY_NODE)),
         format!("{EXTERNAL_IP}:80"),
-    ] {
-        let r: TcpReport = sb.probe(
-            sb.node_command(EMPTY_NODE, sb.probe_bin())?,
-            &["tcp", "--to", &to, "--count", CONNS],
-            T,
-        )?;
-        eprintln!("node {EMPTY_NODE} -> {to}: {:?}", r.by_backend);
-        ensure!(r.ok == 40 && answered_by(&r) == both_pods(), "{to}: {r:?}");
-    }
-    Ok(())
+    ];
+    every_endpoint_answers(&sb, &targets, || {
+        sb.node_command(EMPTY_NODE, sb.probe_bin())
+    })
 }
 
 #[test]
