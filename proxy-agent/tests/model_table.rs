@@ -324,3 +324,116 @@ fn ipv6_is_modelled_per_family_but_only_ipv4_is_programmed() {
         "only the IPv4 frontend reaches the maps"
     );
 }
+
+/// The in-cluster view of frontend `ip:port/TCP` on node `node`, if any.
+fn in_cluster_on(yaml: &str, node: &str, ip: Ipv4Addr, port: u16) -> Option<Vec<String>> {
+    let out = common::build_on(yaml, node, None);
+    let fe = Frontend {
+        ip: ip.into(),
+        port,
+        protocol: Protocol::Tcp,
+    };
+    let fs = out
+        .state
+        .frontends
+        .get(&fe)
+        .unwrap_or_else(|| panic!("no frontend {fe}: {:?}", out.state));
+    fs.in_cluster
+        .as_ref()
+        .map(|eps| eps.iter().map(|e| e.to_string()).collect())
+}
+
+#[test]
+fn in_cluster_clients_of_an_etp_local_service_get_every_endpoint_on_each_external_frontend() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: ns}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.1\n  externalTrafficPolicy: Local\n  externalIPs: [192.0.2.10]\n  ports: [{port: 80, nodePort: 30080}]\nstatus:\n  loadBalancer:\n    ingress: [{ip: 198.51.100.1}]\n".to_string()
+        + &two_node_slice();
+    let both = Some(vec!["10.0.0.1:80".to_string(), "10.0.0.2:80".to_string()]);
+    for (ip, port) in [
+        (ANY, 30080),
+        (Ipv4Addr::new(192, 0, 2, 10), 80),
+        (Ipv4Addr::new(198, 51, 100, 1), 80),
+    ] {
+        assert_eq!(endpoints_on(&yaml, "n2", None, ip, port), ["10.0.0.2:80"]);
+        assert_eq!(in_cluster_on(&yaml, "n2", ip, port), both, "{ip}:{port}");
+        assert_eq!(
+            in_cluster_on(&yaml, "n3", ip, port),
+            both,
+            "a node without endpoints: {ip}:{port}"
+        );
+    }
+    assert_eq!(
+        in_cluster_on(&yaml, "n2", VIP, 80),
+        None,
+        "the ClusterIP has one view"
+    );
+}
+
+#[test]
+fn only_etp_local_external_frontends_get_an_in_cluster_view() {
+    let cluster = svc("[{port: 80, nodePort: 30080}]", "  type: NodePort\n") + &two_node_slice();
+    assert_eq!(in_cluster_on(&cluster, "n1", ANY, 30080), None);
+    let itp_local = svc(
+        "[{port: 80, nodePort: 30080}]",
+        "  type: NodePort\n  internalTrafficPolicy: Local\n",
+    ) + &two_node_slice();
+    assert_eq!(in_cluster_on(&itp_local, "n1", ANY, 30080), None);
+}
+
+#[test]
+fn internal_traffic_policy_local_does_not_narrow_the_in_cluster_view_of_an_etp_local_node_port() {
+    let yaml = svc(
+        "[{port: 80, nodePort: 30080}]",
+        "  type: NodePort\n  externalTrafficPolicy: Local\n  internalTrafficPolicy: Local\n",
+    ) + &two_node_slice();
+    assert_eq!(endpoints_on(&yaml, "n1", None, VIP, 80), ["10.0.0.1:80"]);
+    assert_eq!(
+        in_cluster_on(&yaml, "n1", ANY, 30080),
+        Some(vec!["10.0.0.1:80".to_string(), "10.0.0.2:80".to_string()])
+    );
+}
+
+#[test]
+fn the_in_cluster_view_falls_back_to_serving_terminating_endpoints_cluster_wide() {
+    let yaml = svc(
+        "[{port: 80, nodePort: 30080}]",
+        "  type: NodePort\n  externalTrafficPolicy: Local\n",
+    ) + &slice(
+        "s-1",
+        "[{port: 80}]",
+        "[{addresses: [10.0.0.1], nodeName: n1, conditions: {ready: false, serving: true, terminating: true}}, {addresses: [10.0.0.2], nodeName: n2, conditions: {ready: false, serving: true, terminating: true}}, {addresses: [10.0.0.3], nodeName: n2, conditions: {ready: false, serving: false, terminating: true}}]",
+    );
+    assert_eq!(
+        in_cluster_on(&yaml, "n3", ANY, 30080),
+        Some(vec!["10.0.0.1:80".to_string(), "10.0.0.2:80".to_string()])
+    );
+}
+
+#[test]
+fn the_health_check_counts_only_ready_local_endpoints() {
+    let yaml = |n1_conditions: &str| {
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: ns}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.1\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n  ports: [{port: 80, nodePort: 30080}]\n".to_string()
+            + &slice(
+                "s-1",
+                "[{port: 80}]",
+                &format!("[{{addresses: [10.0.0.1], nodeName: n1, conditions: {n1_conditions}}}, {{addresses: [10.0.0.4], nodeName: n1, conditions: {n1_conditions}}}, {{addresses: [10.0.0.2], nodeName: n2}}]"),
+            )
+    };
+    let local = |yaml: &str| {
+        common::build_on(yaml, "n1", None)
+            .health_checks
+            .get(&32000)
+            .map(|hc| hc.local_endpoints)
+    };
+    assert_eq!(local(&yaml("{ready: true}")), Some(2));
+    let terminating = yaml("{ready: false, serving: true, terminating: true}");
+    assert_eq!(
+        local(&terminating),
+        Some(0),
+        "terminating pods still serve but the node is drained"
+    );
+    assert_eq!(
+        endpoints_on(&terminating, "n1", None, ANY, 30080),
+        ["10.0.0.1:80", "10.0.0.4:80"],
+        "traffic that still arrives goes to the terminating local pods"
+    );
+}

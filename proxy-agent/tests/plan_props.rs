@@ -45,32 +45,42 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
             port,
             protocol,
         });
-    let endpoints = proptest::collection::btree_set(
-        (0u8..6, prop_oneof![Just(8080u16), Just(53)]).prop_map(|(ip, port)| Endpoint {
-            ip: Ipv4Addr::new(10, 244, 0, ip).into(),
-            port,
-        }),
-        0..5,
-    );
-    proptest::collection::btree_map(frontend, endpoints, 0..6).prop_map(|m| DesiredState {
+    let endpoints = || {
+        proptest::collection::btree_set(
+            (0u8..6, prop_oneof![Just(8080u16), Just(53)]).prop_map(|(ip, port)| Endpoint {
+                ip: Ipv4Addr::new(10, 244, 0, ip).into(),
+                port,
+            }),
+            0..5,
+        )
+    };
+    // Some frontends are eTP=Local external ones with a second view (the
+    // in-cluster endpoint set, scope 1) to program beside the node's.
+    let views = (endpoints(), proptest::option::of(endpoints()));
+    proptest::collection::btree_map(frontend, views, 0..6).prop_map(|m| DesiredState {
         frontends: m
             .into_iter()
-            .map(|(fe, endpoints)| {
+            .map(|(fe, (endpoints, in_cluster))| {
                 let name = ServicePortName {
                     namespace: "ns".into(),
                     name: format!("svc-{}", fe.ip),
                     port: fe.port.to_string(),
                 };
+                let kind = match in_cluster {
+                    Some(_) => FrontendKind::LoadBalancer,
+                    None => FrontendKind::ClusterIp,
+                };
                 (
                     fe,
                     FrontendState {
                         name,
-                        kind: FrontendKind::ClusterIp,
+                        kind,
                         endpoints,
                         affinity_timeout_s: 0,
-                        policy_local: false,
+                        policy_local: in_cluster.is_some(),
                         node_local: BTreeSet::new(),
                         any_endpoints: true,
+                        in_cluster,
                     },
                 )
             })
@@ -169,6 +179,7 @@ fn a_full_backend_map_holds_back_only_the_frontends_that_need_new_backends() {
                         policy_local: false,
                         node_local: BTreeSet::new(),
                         any_endpoints: true,
+                        in_cluster: None,
                         name: ServicePortName {
                             namespace: "ns".into(),
                             name: format!("s{f}"),

@@ -96,3 +96,45 @@ fn etp_local_frontends_carry_the_flag_and_only_local_backends() {
         (svc_flags::EXTERNAL | svc_flags::ETP_LOCAL, 0)
     );
 }
+
+#[test]
+fn etp_local_frontends_get_an_in_cluster_view_with_every_backend_under_the_same_rev_nat_id() {
+    let out = common::build_on(&yaml("Local"), "n2", None);
+    let state = render(&out.state, &mut Ids::default()).state;
+    for (ip, port) in [
+        (Ipv4Addr::UNSPECIFIED, 30080),
+        (Ipv4Addr::new(192, 0, 2, 10), 80),
+        (Ipv4Addr::new(198, 51, 100, 1), 80),
+    ] {
+        let node = ServiceKey::new(ip, port, proto::TCP, 0);
+        let inner = node.in_cluster();
+        let (Some(node_view), Some(in_cluster)) =
+            (state.services.get(&node), state.services.get(&inner))
+        else {
+            panic!("{ip}:{port}: both views expected: {state:?}");
+        };
+        assert_eq!(in_cluster.count, 2, "{ip}:{port}");
+        assert_eq!(in_cluster.flags, 0, "not external: TC never reads it");
+        assert_eq!(in_cluster.rev_nat_id, node_view.rev_nat_id);
+        let backends: Vec<(Ipv4Addr, bool)> = (1..=in_cluster.count)
+            .map(|slot| {
+                let id = state.services[&inner.with_slot(slot)].backend_id;
+                let be = state.backends[&id];
+                (be.ip(), be.state & BACKEND_FLAG_LOCAL != 0)
+            })
+            .collect();
+        assert_eq!(
+            backends,
+            [
+                (Ipv4Addr::new(10, 244, 1, 5), false),
+                (Ipv4Addr::new(10, 244, 2, 6), true)
+            ]
+        );
+    }
+    let cluster_ip = ServiceKey::new(Ipv4Addr::new(10, 96, 0, 1), 80, proto::TCP, 0);
+    assert!(!state.services.contains_key(&cluster_ip.in_cluster()));
+    // With eTP=Cluster there is one view.
+    let out = common::build_on(&yaml("Cluster"), "n2", None);
+    let state = render(&out.state, &mut Ids::default()).state;
+    assert!(state.services.keys().all(|k| k.scope == 0));
+}

@@ -42,7 +42,8 @@ pub struct ServiceKey {
     pub addr_be: u32,
     pub port_be: u16,
     pub proto: u8,
-    pub _pad: u8,
+    /// Which clients the entry serves (`scope::*`); 0 for almost every key.
+    pub scope: u8,
     pub slot: u16,
     pub _pad2: u16,
 }
@@ -62,11 +63,42 @@ impl ServiceKey {
             addr_be,
             port_be,
             proto,
-            _pad: 0,
+            scope: scope::NODE,
             slot,
             _pad2: 0,
         }
     }
+
+    /// The same frontend's key as in-cluster clients see it
+    /// ([`scope::IN_CLUSTER`]).
+    #[inline(always)]
+    pub const fn in_cluster(self) -> Self {
+        Self {
+            scope: scope::IN_CLUSTER,
+            ..self
+        }
+    }
+
+    /// Slot `slot` of the frontend this key belongs to, in the same scope.
+    #[inline(always)]
+    pub const fn with_slot(self, slot: u16) -> Self {
+        Self { slot, ..self }
+    }
+}
+
+/// Values of [`ServiceKey::scope`]: two views of one frontend.
+pub mod scope {
+    /// What this node serves: the only view of ClusterIPs and of frontends
+    /// with `externalTrafficPolicy: Cluster`, and the node-local view the TC
+    /// programs use for `externalTrafficPolicy: Local`.
+    pub const NODE: u8 = 0;
+    /// An `externalTrafficPolicy: Local` frontend (NodePort, externalIP, LB
+    /// IP) as pods and node processes reach it through the socket programs:
+    /// every endpoint of the Service, as kube-proxy sends in-cluster traffic
+    /// for external destinations to the cluster-wide chain. Present only
+    /// beside a scope-0 master carrying `svc_flags::ETP_LOCAL`, with the same
+    /// revNAT id.
+    pub const IN_CLUSTER: u8 = 1;
 }
 
 /// Value of the service map. For the master entry (slot 0): `count`,

@@ -57,3 +57,26 @@ fn find(var: &str, name: &str, hint: &str) -> Result<PathBuf> {
 fn is_file(p: &Path) -> bool {
     p.metadata().is_ok_and(|m| m.is_file())
 }
+
+/// The JDK's `java` launcher: `$BPFPROXY_JAVA`, else `java` on the PATH.
+/// `cargo xtask setup` installs Debian's openjdk-17-jdk-headless.
+pub fn java_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("BPFPROXY_JAVA").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("java"))
+        .find(|p| is_file(p))
+        .context(
+            "no `java` on the PATH: the JVM client tests need a JDK \
+             (`cargo xtask setup` installs openjdk-17-jdk-headless)",
+        )
+}
+
+/// The single-file JVM test client, `tests/java/Probe.java`.
+pub fn java_probe() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("java")
+        .join("Probe.java")
+}

@@ -36,7 +36,8 @@ pub struct UdpReport {
     pub failed: u64,
     pub by_backend: BTreeMap<String, u64>,
     /// Distinct source addresses (`ip:port`) of the replies: with a working
-    /// recvmsg4 hook only the VIP shows up here.
+    /// recvmsg4 (recvmsg6 for `[::ffff:…]` destinations) hook only the VIP
+    /// shows up here.
     pub sources: Vec<String>,
     pub errors: Vec<String>,
     pub elapsed_ms: f64,
@@ -52,7 +53,8 @@ impl UdpReport {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct UdpConnectedReport {
     pub ok: bool,
-    /// getpeername() after connect(): the VIP if getpeername4 works.
+    /// getpeername() after connect(): the VIP if getpeername4 (or
+    /// getpeername6, as `[::ffff:VIP]:PORT`) works.
     pub peer: Option<String>,
     pub local: Option<String>,
     pub reply: Option<String>,

@@ -16,8 +16,19 @@ fn service() -> String {
 /// One endpoint, on this node (`bpfpt-node`, the sandbox agent's name) or
 /// on another.
 fn slice(sb: &Sandbox, node: &str) -> String {
-    let ep = manifest::Endpoint::ready(&sb.backend_ip(1)).on_node(node);
-    manifest::endpoint_slice_with("default/lb", "lb-1", &[ep], &[("http", 8080, "TCP")])
+    slice_of(&[manifest::Endpoint::ready(&sb.backend_ip(1)).on_node(node)])
+}
+
+fn slice_of(eps: &[manifest::Endpoint]) -> String {
+    manifest::endpoint_slice_with("default/lb", "lb-1", eps, &[("http", 8080, "TCP")])
+}
+
+fn sandbox() -> Result<Sandbox> {
+    Sandbox::with_config(SandboxConfig {
+        backends: 2,
+        probe_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_probe"))),
+        ..SandboxConfig::default()
+    })
 }
 
 /// (HTTP status, JSON body) of the health check port, from the node's own
@@ -63,11 +74,7 @@ fn wait_for(sb: &Sandbox, want: u16) -> Result<Value> {
 
 #[test]
 fn the_health_check_port_reports_local_endpoints_like_kube_proxy() -> Result<()> {
-    let sb = Sandbox::with_config(SandboxConfig {
-        backends: 1,
-        probe_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_probe"))),
-        ..SandboxConfig::default()
-    })?;
+    let sb = sandbox()?;
     sb.write_manifest(
         "lb.yaml",
         &manifest::documents(&[service(), slice(&sb, "bpfpt-node")]),
@@ -103,5 +110,34 @@ fn the_health_check_port_reports_local_endpoints_like_kube_proxy() -> Result<()>
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
+}
+
+#[test]
+fn a_node_whose_local_endpoints_are_all_terminating_is_drained_with_503() -> Result<()> {
+    let sb = sandbox()?;
+    let here = |i: usize| manifest::Endpoint::ready(&sb.backend_ip(i)).on_node("bpfpt-node");
+    sb.write_manifest(
+        "lb.yaml",
+        &manifest::documents(&[service(), slice_of(&[here(1), here(2)])]),
+    )?;
+    let _agent = sb.start_agent()?;
+    let body = wait_for(&sb, 200)?;
+    ensure!(body["localEndpoints"] == 2, "{body}");
+
+    // A rollout: both local pods terminate (still serving), the new ones
+    // run elsewhere. The load balancer must stop sending here.
+    let terminating =
+        |i: usize| manifest::Endpoint::terminating_serving(&sb.backend_ip(i)).on_node("bpfpt-node");
+    let elsewhere = manifest::Endpoint::ready("10.200.0.200").on_node("elsewhere");
+    sb.write_manifest(
+        "lb.yaml",
+        &manifest::documents(&[
+            service(),
+            slice_of(&[terminating(1), terminating(2), elsewhere]),
+        ]),
+    )?;
+    let body = wait_for(&sb, 503)?;
+    ensure!(body["localEndpoints"] == 0, "{body}");
     Ok(())
 }

@@ -7,7 +7,10 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
-use bpfproxy_tests::{agent, manifest, Agent, Sandbox, SandboxConfig};
+use bpfproxy_tests::{
+    agent, manifest, paths, process, Agent, ConnectTimeReport, Sandbox, SandboxConfig, TcpReport,
+    UdpConnectedReport, UdpReport,
+};
 
 const VIP: &str = "10.96.0.10";
 const WAIT: Duration = Duration::from_secs(20);
@@ -266,7 +269,7 @@ fn sigkill_during_a_request_stream_fails_nothing_and_a_new_agent_takes_over() ->
     ensure!(r.by_backend.len() == 3, "{r:?}");
     let log = std::fs::read_to_string(agent.log_path())?;
     ensure!(
-        log.matches("how=Replaced").count() == 4,
+        log.matches("how=Replaced").count() == 8,
         "the new agent swaps programs in the pinned links:\n{log}"
     );
     // The new agent owns the state: it applies a change.
@@ -474,5 +477,247 @@ fn client_ip_affinity_expires_after_its_timeout() -> Result<()> {
     std::thread::sleep(Duration::from_millis(2300));
     ensure!(sb.probe_tcp("10.96.0.21:80", 1)?.ok == 1);
     ensure!(hits(&agent)? == before + 2, "an expired entry is no hit");
+    Ok(())
+}
+
+// ---- AF_INET6 sockets addressing IPv4-mapped addresses (JVM, .NET) ----
+
+/// `ip:port` as an AF_INET6 client spells it: `[::ffff:ip]:port`.
+fn mapped(ip: &str, port: u16) -> String {
+    format!("[::ffff:{ip}]:{port}")
+}
+
+/// `probe ARGS --to TO` in the client namespace (generous timeout).
+fn probe_to<T: serde::de::DeserializeOwned>(sb: &Sandbox, mode: &[&str], to: &str) -> Result<T> {
+    let mut args = mode.to_vec();
+    args.extend(["--to", to]);
+    sb.probe(&args, Duration::from_secs(60))
+}
+
+#[test]
+fn tcp_from_ipv6_sockets_to_a_mapped_cluster_ip_reaches_every_backend_and_the_peer_reads_as_the_mapped_vip(
+) -> Result<()> {
+    let sb = sandbox(3)?;
+    let _agent = start(&sb, &[1, 2, 3])?;
+    let to = mapped(VIP, 80);
+    let r: TcpReport = probe_to(&sb, &["tcp", "--count", "150"], &to)?;
+    let counts: Vec<u64> = sb.backend_names().iter().map(|n| r.count(n)).collect();
+    eprintln!("150 connections over AF_INET6: {counts:?}");
+    ensure!(r.ok == 150, "{r:?}");
+    ensure!(counts.iter().all(|c| *c > 0), "every backend: {counts:?}");
+    let held = sb.hold(&to)?;
+    ensure!(held.peer() == to, "getpeername: {}", held.peer());
+    Ok(())
+}
+
+#[test]
+fn udp_from_ipv6_sockets_to_a_mapped_cluster_ip_is_answered_by_the_mapped_vip() -> Result<()> {
+    let sb = sandbox(3)?;
+    let _agent = start(&sb, &[1, 2, 3])?;
+    let to = mapped(VIP, 53);
+    // Unconnected: sendmsg4 translates (the kernel converts the mapped
+    // address first), recvmsg6 shows the VIP again.
+    let u: UdpReport = probe_to(&sb, &["udp", "--count", "60"], &to)?;
+    ensure!(u.ok == 60, "{u:?}");
+    ensure!(u.sources == vec![to.clone()], "reply source: {u:?}");
+    ensure!(u.by_backend.len() == 3, "spread: {u:?}");
+    // Connected: connect6, getpeername6, recvmsg6.
+    let c: UdpConnectedReport = probe_to(&sb, &["udp-connected"], &to)?;
+    ensure!(c.ok && c.peer.as_deref() == Some(to.as_str()), "{c:?}");
+    ensure!(
+        c.reply
+            .as_deref()
+            .is_some_and(|r| r.starts_with("backend-")),
+        "{c:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn node_ports_answer_ipv6_sockets_on_mapped_loopback_and_node_addresses() -> Result<()> {
+    let sb = sandbox(2)?;
+    let mut svc =
+        manifest::ServiceSpec::cluster_ip("default/np", "10.96.0.30").port("http", 80, 8080, "TCP");
+    svc.type_ = "NodePort".into();
+    svc.ports[0].node_port = Some(30080);
+    let ips = sb.backend_ips();
+    let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+    let slice =
+        manifest::endpoint_slice("default/np", "np-1", &refs, &[("http", 8080, "TCP")], &[]);
+    sb.write_manifest("np.yaml", &manifest::documents(&[svc.to_yaml(), slice]))?;
+    let mut agent = sb.start_agent()?;
+    agent.wait_for_backends("0.0.0.0", 30080, "TCP", &sb.backend_addrs(8080), WAIT)?;
+    // The agent runs in the client namespace: its address is a node address.
+    for to in [mapped("127.0.0.1", 30080), mapped(sb.client_ip(), 30080)] {
+        let r: TcpReport = probe_to(&sb, &["tcp", "--count", "40"], &to)?;
+        ensure!(r.ok == 40 && r.by_backend.len() == 2, "{to}: {r:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn client_ip_affinity_keeps_one_backend_for_a_client_whether_it_uses_ipv4_or_ipv6_sockets(
+) -> Result<()> {
+    let sb = sandbox(3)?;
+    let mut svc = manifest::ServiceSpec::cluster_ip("default/sticky", "10.96.0.20")
+        .port("http", 80, 8080, "TCP");
+    svc.client_ip_affinity_seconds = Some(60);
+    let ips = sb.backend_ips();
+    let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+    let slice = manifest::endpoint_slice(
+        "default/sticky",
+        "sticky-1",
+        &refs,
+        &[("http", 8080, "TCP")],
+        &[],
+    );
+    sb.write_manifest("sticky.yaml", &manifest::documents(&[svc.to_yaml(), slice]))?;
+    let mut agent = sb.start_agent()?;
+    agent.wait_for_backends("10.96.0.20", 80, "TCP", &sb.backend_addrs(8080), WAIT)?;
+    let v6: TcpReport = probe_to(&sb, &["tcp", "--count", "30"], &mapped("10.96.0.20", 80))?;
+    ensure!(
+        v6.ok == 30 && v6.by_backend.len() == 1,
+        "one backend: {v6:?}"
+    );
+    // Affinity is per client network namespace, whatever the socket family.
+    let v4 = sb.probe_tcp("10.96.0.20:80", 10)?;
+    ensure!(
+        v4.by_backend == v6.by_backend.keys().map(|k| (k.clone(), 10)).collect(),
+        "{v4:?} vs {v6:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn ipv6_sockets_connecting_to_a_mapped_service_without_endpoints_are_refused_at_once() -> Result<()>
+{
+    let sb = sandbox(1)?;
+    let mut agent = start(&sb, &[1])?;
+    sb.write_manifest("web.yaml", &web(&sb, &[]))?;
+    agent.wait_until(|d| agent::backends(d, VIP, 80, "TCP") == Some(vec![]), WAIT)?;
+    let r: ConnectTimeReport = probe_to(&sb, &["tcp-connect-time"], &mapped(VIP, 80))?;
+    ensure!(
+        r.errno == Some(libc::ECONNREFUSED),
+        "ECONNREFUSED expected: {r:?}"
+    );
+    ensure!(r.elapsed_ms < 100.0, "refusal took {} ms", r.elapsed_ms);
+    Ok(())
+}
+
+#[test]
+fn internal_traffic_policy_local_applies_to_ipv6_sockets_too() -> Result<()> {
+    let sb = sandbox(3)?;
+    let mut svc =
+        manifest::ServiceSpec::cluster_ip("default/web", VIP).port("http", 80, 8080, "TCP");
+    svc.internal_traffic_policy = Some("Local".into());
+    // Backends 1 and 2 run on this node (the sandbox agent's node name).
+    let eps: Vec<manifest::Endpoint> = (1..=3)
+        .map(|i| {
+            let node = if i == 3 { "elsewhere" } else { "bpfpt-node" };
+            manifest::Endpoint::ready(&sb.backend_ip(i)).on_node(node)
+        })
+        .collect();
+    let slice =
+        manifest::endpoint_slice_with("default/web", "web-1", &eps, &[("http", 8080, "TCP")]);
+    sb.write_manifest("web.yaml", &manifest::documents(&[svc.to_yaml(), slice]))?;
+    let mut agent = sb.start_agent()?;
+    agent.wait_for_backends(VIP, 80, "TCP", &addrs(&sb, &[1, 2], 8080), WAIT)?;
+    let r: TcpReport = probe_to(&sb, &["tcp", "--count", "40"], &mapped(VIP, 80))?;
+    ensure!(
+        r.ok == 40 && r.count("backend-3") == 0 && r.by_backend.len() == 2,
+        "{r:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn real_ipv6_destinations_pass_the_ipv6_hooks_untouched() -> Result<()> {
+    let sb = sandbox(1)?;
+    let agent = start(&sb, &[1])?;
+    // A ULA address whose last 32 bits spell the ClusterIP (fd00::a60:a is
+    // fd00::10.96.0.10), routed only inside the client namespace: a hook
+    // that ignored the ::ffff:0:0/96 prefix would send it to a backend.
+    let ula = "fd00::a60:a";
+    sb.client_ns().ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{ula}/128"),
+        "dev",
+        "lo",
+        "nodad",
+    ])?;
+    let _local = bpfproxy_tests::probe_server::ProbeServer::start(
+        sb.client_ns(),
+        sb.probe_bin(),
+        "v6-local",
+        &format!("[{ula}]"),
+        &[80],
+        &[],
+        &sb.log_dir().join("v6-local.log"),
+    )?;
+    let translated = |a: &Agent| -> Result<u64> {
+        Ok(a.dump_json()?["counters"]["translated"]
+            .as_u64()
+            .unwrap_or(0))
+    };
+    let before = translated(&agent)?;
+    let r: TcpReport = probe_to(&sb, &["tcp", "--count", "5"], &format!("[{ula}]:80"))?;
+    ensure!(r.ok == 5 && r.count("v6-local") == 5, "{r:?}");
+    ensure!(translated(&agent)? == before, "nothing translated");
+    Ok(())
+}
+
+// ---- a real JVM (Debian's OpenJDK, default settings) ----
+
+/// Runs `java tests/java/Probe.java ARGS` in the client namespace and
+/// cgroup; its stdout lines.
+fn jvm(sb: &Sandbox, args: &[&str]) -> Result<Vec<String>> {
+    let mut c = sb.client_command(paths::java_bin()?)?;
+    c.arg(paths::java_probe()).args(args);
+    // The JVM compiles the source file first: seconds, not milliseconds.
+    let out = process::run_with_timeout(&mut c, Duration::from_secs(180))?;
+    Ok(out.lines().map(str::to_string).collect())
+}
+
+#[test]
+fn a_jvm_with_default_settings_gets_http_answers_from_every_backend_of_a_cluster_ip() -> Result<()>
+{
+    let sb = sandbox(3)?;
+    let _agent = start(&sb, &[1, 2, 3])?;
+    let lines = jvm(&sb, &["http", VIP, "80", "20"])?;
+    let ok: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("ok ")).collect();
+    let mut spread = std::collections::BTreeMap::<&str, u32>::new();
+    for name in &ok {
+        *spread.entry(name).or_default() += 1;
+    }
+    eprintln!(
+        "JVM HTTP GETs: {} of {} ok, by backend {spread:?}",
+        ok.len(),
+        lines.len()
+    );
+    ensure!(lines.len() == 20 && ok.len() == 20, "{lines:#?}");
+    ensure!(spread.len() >= 2, "several backends: {spread:?}");
+    ensure!(
+        spread.keys().all(|n| n.starts_with("backend-")),
+        "{spread:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_jvm_with_default_settings_sees_udp_replies_come_from_the_cluster_ip() -> Result<()> {
+    let sb = sandbox(3)?;
+    let _agent = start(&sb, &[1, 2, 3])?;
+    let lines = jvm(&sb, &["udp", VIP, "53", "10"])?;
+    eprintln!("JVM UDP: {lines:#?}");
+    ensure!(lines.len() == 10, "{lines:#?}");
+    for l in &lines {
+        // The JVM prints an IPv4-mapped source as plain IPv4.
+        ensure!(
+            l.starts_with("reply backend-") && l.ends_with(&format!(" from /{VIP}:53")),
+            "{l}"
+        );
+    }
     Ok(())
 }

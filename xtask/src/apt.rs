@@ -16,6 +16,10 @@ pub const PACKAGES: &[&str] = &[
     "conntrack",  // conntrack table inspection
     "ethtool",    // veth offload settings
     "tcpdump",    // debugging test traffic
+    // A real JVM client (tests/java): the JDK reaches IPv4 Services through
+    // AF_INET6 sockets and IPv4-mapped addresses; the JDK (not only the
+    // JRE) runs a single source file without a javac step.
+    "openjdk-17-jdk-headless",
 ];
 
 /// The packages of `wanted` that are not installed.

@@ -7,7 +7,7 @@ use std::{
 use proxy_common::{svc_flags, BackendValue, RevNatValue, ServiceKey, ServiceValue};
 
 use super::{ids::BackendIdent, Ids, MapState};
-use crate::model::{DesiredState, Frontend, FrontendKind, FrontendState};
+use crate::model::{DesiredState, Endpoint, Frontend, FrontendKind, FrontendState, Protocol};
 
 #[derive(Debug, Default)]
 pub struct RenderOutput {
@@ -25,43 +25,36 @@ pub fn render(desired: &DesiredState, ids: &mut Ids) -> RenderOutput {
         .frontends
         .iter()
         .filter_map(|(fe, fs)| programmable(fe).map(|ip| (ip, fe, fs)));
-    'frontends: for (vip, fe, fs) in programmed {
-        let proto = fe.protocol.number();
+    for (vip, fe, fs) in programmed {
         let Some(rev_nat_id) = ids.frontend(*fe) else {
             out.dropped.push(*fe);
             continue;
         };
-        let mut backend_ids = Vec::with_capacity(fs.endpoints.len());
-        for ep in fs.endpoints.iter().filter(|ep| ep.ip.is_ipv4()) {
-            let Some(id) = ids.backend((*ep, fe.protocol)) else {
-                out.dropped.push(*fe);
-                continue 'frontends;
-            };
-            backend_ids.push((id, *ep));
+        // The node's view, and for eTP=Local external frontends the view
+        // of in-cluster clients, under the same revNAT id: both lead to the
+        // same frontend address, and session affinity per client spans them.
+        let master_key = ServiceKey::new(vip, fe.port, fe.protocol.number(), 0);
+        let mut views = vec![(master_key, &fs.endpoints, flags(fs))];
+        if let Some(in_cluster) = &fs.in_cluster {
+            views.push((
+                master_key.in_cluster(),
+                in_cluster,
+                flags(fs) & svc_flags::REJECT,
+            ));
         }
-        for (id, ep) in &backend_ids {
-            used_backends.insert((*ep, fe.protocol));
-            if let IpAddr::V4(ip) = ep.ip {
-                let mut value = BackendValue::new(ip, ep.port, proto);
-                if fs.node_local.contains(ep) {
-                    value = value.local();
-                }
-                out.state.backends.insert(*id, value);
-            }
+        let Some(backends) = views
+            .iter()
+            .map(|(_, eps, _)| backend_ids(ids, fe.protocol, eps))
+            .collect::<Option<Vec<_>>>()
+        else {
+            out.dropped.push(*fe);
+            continue;
+        };
+        for ((key, _, flags), backend_ids) in views.iter().zip(&backends) {
+            let master = ServiceValue::master(0, rev_nat_id, *flags, fs.affinity_timeout_s);
+            write_view(&mut out.state, *key, master, fs, backend_ids);
+            used_backends.extend(backend_ids.iter().map(|(_, ep)| (*ep, fe.protocol)));
         }
-        // Bounded by MAX_ENDPOINTS_PER_FRONTEND in the model.
-        let count = u16::try_from(backend_ids.len()).unwrap_or(u16::MAX);
-        let master = ServiceValue::master(count, rev_nat_id, flags(fs), fs.affinity_timeout_s);
-        for (i, (id, _)) in backend_ids.iter().take(count as usize).enumerate() {
-            let slot = i as u16 + 1;
-            out.state.services.insert(
-                ServiceKey::new(vip, fe.port, proto, slot),
-                ServiceValue::slot(&master, *id),
-            );
-        }
-        out.state
-            .services
-            .insert(ServiceKey::new(vip, fe.port, proto, 0), master);
         out.state
             .rev_nat
             .insert(rev_nat_id as u32, RevNatValue::new(vip, fe.port));
@@ -74,6 +67,50 @@ pub fn render(desired: &DesiredState, ids: &mut Ids) -> RenderOutput {
         |fe| desired.frontends.contains_key(fe) && programmable(fe).is_some(),
     );
     out
+}
+
+/// Backend ids of the IPv4 `endpoints`; None when the id space is full.
+fn backend_ids(
+    ids: &mut Ids,
+    protocol: Protocol,
+    endpoints: &BTreeSet<Endpoint>,
+) -> Option<Vec<(u32, Endpoint)>> {
+    endpoints
+        .iter()
+        .filter(|ep| ep.ip.is_ipv4())
+        .map(|ep| ids.backend((*ep, protocol)).map(|id| (id, *ep)))
+        .collect()
+}
+
+/// One view of a frontend: its backends, its slots and the master entry
+/// (`master` with the count filled in) under `master_key`'s scope.
+fn write_view(
+    state: &mut MapState,
+    master_key: ServiceKey,
+    master: ServiceValue,
+    fs: &FrontendState,
+    backend_ids: &[(u32, Endpoint)],
+) {
+    let proto = master_key.proto;
+    for (id, ep) in backend_ids {
+        if let IpAddr::V4(ip) = ep.ip {
+            let mut value = BackendValue::new(ip, ep.port, proto);
+            if fs.node_local.contains(ep) {
+                value = value.local();
+            }
+            state.backends.insert(*id, value);
+        }
+    }
+    // Bounded by MAX_ENDPOINTS_PER_FRONTEND in the model.
+    let count = u16::try_from(backend_ids.len()).unwrap_or(u16::MAX);
+    let master = ServiceValue { count, ..master };
+    for (i, (id, _)) in backend_ids.iter().take(count as usize).enumerate() {
+        state.services.insert(
+            master_key.with_slot(i as u16 + 1),
+            ServiceValue::slot(&master, *id),
+        );
+    }
+    state.services.insert(master_key, master);
 }
 
 /// Every IPv4 frontend: ClusterIPs for the socket programs, the external

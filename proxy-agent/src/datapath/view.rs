@@ -50,8 +50,10 @@ pub struct FrontendView {
     pub vip: String,
     pub port: u16,
     pub protocol: String,
-    /// `external` (the TC programs serve it from outside the node) and
-    /// `etp-local` (client address kept); empty for ClusterIPs.
+    /// `external` (the TC programs serve it from outside the node),
+    /// `etp-local` (client address kept, node-local endpoints), `reject`,
+    /// and `in-cluster` (the same frontend as pods and node processes reach
+    /// it: every endpoint); empty for ClusterIPs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
     pub backends: Vec<BackendView>,
@@ -104,7 +106,7 @@ impl DumpView {
                 vip: key.ip().to_string(),
                 port: key.port(),
                 protocol,
-                flags: flag_names(master.flags),
+                flags: flag_names(key.scope, master.flags),
                 backends,
                 problems,
             });
@@ -126,8 +128,11 @@ impl DumpView {
     }
 }
 
-fn flag_names(flags: u16) -> Vec<String> {
+/// The master's flags by name; `in-cluster` marks the view pods and node
+/// processes get of an eTP=Local frontend (scope 1).
+fn flag_names(scope: u8, flags: u16) -> Vec<String> {
     use proxy_common::svc_flags;
+    let in_cluster = (scope == proxy_common::scope::IN_CLUSTER).then_some("in-cluster");
     [
         (svc_flags::EXTERNAL, "external"),
         (svc_flags::ETP_LOCAL, "etp-local"),
@@ -135,7 +140,9 @@ fn flag_names(flags: u16) -> Vec<String> {
     ]
     .iter()
     .filter(|(bit, _)| flags & bit != 0)
-    .map(|(_, name)| name.to_string())
+    .map(|(_, name)| *name)
+    .chain(in_cluster)
+    .map(str::to_string)
     .collect()
 }
 

@@ -22,12 +22,17 @@ use tracing::info;
 /// program-test tier loads exactly what the agent ships.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
 
-/// The socket programs, by function name in `proxy-ebpf`.
-pub const SOCK_PROGRAMS: [&str; 4] = [
+/// The socket programs, by function name in `proxy-ebpf`: AF_INET sockets,
+/// and AF_INET6 sockets addressing IPv4-mapped addresses (JVM, .NET).
+pub const SOCK_PROGRAMS: [&str; 8] = [
     "sock4_connect",
     "sock4_sendmsg",
     "sock4_recvmsg",
     "sock4_getpeername",
+    "sock6_connect",
+    "sock6_sendmsg",
+    "sock6_recvmsg",
+    "sock6_getpeername",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -41,8 +41,9 @@ pub struct BuildOutput {
 pub struct HealthCheck {
     pub namespace: String,
     pub name: String,
-    /// Ready (else serving-terminating) endpoints on this node, the most
-    /// of any of the Service's ports, as kube-proxy reports them.
+    /// Ready endpoints on this node, the most of any of the Service's
+    /// ports, as kube-proxy reports them: serving-terminating ones do not
+    /// count, so a load balancer drains a node whose pods all terminate.
     pub local_endpoints: usize,
 }
 
@@ -147,7 +148,7 @@ pub fn build_desired_state<'a>(
                             name: info.name.to_string(),
                             local_endpoints: 0,
                         });
-                    hc.local_endpoints = hc.local_endpoints.max(eps.local.len());
+                    hc.local_endpoints = hc.local_endpoints.max(eps.local_ready);
                 }
                 if eps.any && eps.local.is_empty() {
                     if info.internal_local {
@@ -181,6 +182,7 @@ pub fn build_desired_state<'a>(
                     };
                     let endpoints = if local { &eps.local } else { &eps.cluster };
                     let node_local = endpoints.intersection(&eps.local).copied().collect();
+                    let in_cluster = (local && kind.is_external()).then(|| eps.cluster.clone());
                     out.state.frontends.insert(
                         frontend,
                         FrontendState {
@@ -191,6 +193,7 @@ pub fn build_desired_state<'a>(
                             policy_local: local,
                             node_local,
                             any_endpoints: eps.any,
+                            in_cluster,
                         },
                     );
                 }

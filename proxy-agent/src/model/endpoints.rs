@@ -17,6 +17,9 @@ pub struct Categorized {
     /// For `Local` traffic policy: this node's ready endpoints, else its
     /// serving+terminating ones.
     pub local: BTreeSet<Endpoint>,
+    /// How many of this node's endpoints are ready (the fallback to
+    /// serving+terminating ones aside): what the health check reports.
+    pub local_ready: usize,
     /// Whether any usable endpoint exists anywhere (to tell "no local
     /// endpoints" apart from "no endpoints").
     pub any: bool,
@@ -81,6 +84,7 @@ pub fn categorize(
         cluster = pick(&|e| serving_terminating(e) && available(e));
     }
     let mut local = pick(&|e| e.ready && is_local(e));
+    let local_ready = local.len();
     if local.is_empty() {
         local = pick(&|e| serving_terminating(e) && is_local(e));
     }
@@ -88,6 +92,7 @@ pub fn categorize(
     Categorized {
         cluster,
         local,
+        local_ready,
         any,
     }
 }

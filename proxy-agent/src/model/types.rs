@@ -157,6 +157,13 @@ pub struct FrontendState {
     /// cluster: without, traffic is refused; with, but none here under a
     /// Local policy, it is dropped (kube-proxy's REJECT vs DROP).
     pub any_endpoints: bool,
+    /// For an external frontend with `externalTrafficPolicy: Local`: the
+    /// endpoints pods and node processes use when they address it (the
+    /// Service's cluster-wide set, as kube-proxy's rules for in-cluster
+    /// traffic to external destinations pick it, whatever the
+    /// internalTrafficPolicy). None for every other frontend: in-cluster
+    /// clients use `endpoints` like everyone else.
+    pub in_cluster: Option<BTreeSet<Endpoint>>,
 }
 
 /// What the model needs to know about this node.

@@ -12,6 +12,10 @@
 //!   probe hold --to IP:PORT [--timeout-ms T]
 //!   probe loop --to IP:PORT --interval-ms I --duration-ms D [--timeout-ms T]
 //!
+//! `--to` may also be `[::ffff:a.b.c.d]:PORT`: the client then uses an
+//! AF_INET6 socket addressing an IPv4-mapped address, as the JVM and .NET
+//! do; peers and reply sources print as `[::ffff:a.b.c.d]:PORT`.
+//!
 //! Std only (plus serde_json): it must start fast and behave the same in
 //! every namespace. Every network operation has a timeout (default 2 s) and
 //! every loop is bounded, so a broken datapath fails a test instead of
@@ -543,7 +547,7 @@ fn udp(args: &[String]) -> Res<u8> {
     // One unconnected socket for all datagrams: sendmsg4/recvmsg4 are what
     // translate here, per datagram.
     let s = UdpSocket::bind((
-        "0.0.0.0",
+        any_addr(to),
         u16::try_from(bind_port).map_err(|_| "bad --bind-port")?,
     ))
     .map_err(|e| format!("bind: {e}"))?;
@@ -602,6 +606,15 @@ fn udp(args: &[String]) -> Res<u8> {
     Ok(0)
 }
 
+/// The wildcard address of `to`'s family: a UDP socket bound to `::` is an
+/// AF_INET6 one (dual-stack), which can reach IPv4-mapped addresses.
+fn any_addr(to: SocketAddr) -> std::net::IpAddr {
+    match to {
+        SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
 fn udp_connected(args: &[String]) -> Res<u8> {
     let o = Opts::parse(args, &["to", "timeout-ms"], &[])?;
     let to = o.addr("to")?;
@@ -609,7 +622,7 @@ fn udp_connected(args: &[String]) -> Res<u8> {
     let mut peer = None;
     let mut local = None;
     let r = (|| -> Res<String> {
-        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+        let s = UdpSocket::bind((any_addr(to), 0)).map_err(|e| format!("bind: {e}"))?;
         s.connect(to).map_err(|e| format!("connect: {e}"))?;
         peer = s.peer_addr().ok().map(|a| a.to_string());
         local = s.local_addr().ok().map(|a| a.to_string());
