@@ -11,8 +11,9 @@
 //!
 //! How the nodes reach each other's pods is the cluster's network shape
 //! ([`NetworkShape`]): routed over the same NIC (host-gw, the picture
-//! above), a flannel VXLAN overlay (`flannel.1`, `cni0`, MTU 1450), or a
-//! second NIC on a second bridge (`br1`, 192.168.60.0/24).
+//! above), a flannel VXLAN overlay (`flannel.1`, `cni0`, MTU 1450), a
+//! second NIC on a second bridge (`br1`, 192.168.60.0/24), or a
+//! WireGuard-shaped L3 tunnel (`flannel-wg`, MTU 1420).
 //!
 //! Nothing has a default route: the client knows only the node subnet, pods
 //! know the pod /16 and the node subnet through their node. Every node has
@@ -160,8 +161,11 @@ pub struct Node {
     /// The node's client-facing device (what `--devices` would name).
     pub device: String,
     /// The device it forwards to other nodes' pods by, when that is not
-    /// `device`: `flannel.1`, or the cluster NIC of the two-NIC shape.
+    /// `device`: `flannel.1`, `flannel-wg`, or the cluster NIC of the
+    /// two-NIC shape.
     pub cluster_device: Option<String>,
+    /// The L3 tunnel's relay (its device lives as long as it runs).
+    _relay: Option<crate::process::ChildGuard>,
     _fabric: VethPair,
     _cluster_nic: Option<VethPair>,
 }
@@ -477,7 +481,7 @@ fn build_node(fabric: &Netns, cfg: &ClusterConfig, i: usize) -> Result<(Node, Ve
         }
         _ => None,
     };
-    cfg.shape.wire_node(&ns, i, link.a())?;
+    let relay = cfg.shape.wire_node(&ns, i, link.a(), cfg.nodes)?;
     // A router for its pods.
     let mut sysctl = ns.command("sysctl")?;
     sysctl.args(["-qw", "net.ipv4.ip_forward=1"]);
@@ -491,10 +495,9 @@ fn build_node(fabric: &Netns, cfg: &ClusterConfig, i: usize) -> Result<(Node, Ve
     for j in 1..=cfg.pods_per_node {
         pods.push(build_pod(&ns, cfg.shape, i, j)?);
     }
-    let cluster_device = match (&cluster_nic, cfg.shape) {
-        (Some(nic), _) => Some(nic.a().to_string()),
-        (None, NetworkShape::Vxlan) => Some("flannel.1".to_string()),
-        _ => None,
+    let cluster_device = match &cluster_nic {
+        Some(nic) => Some(nic.a().to_string()),
+        None => cfg.shape.overlay_device().map(String::from),
     };
     let node = Node {
         device: link.a().to_string(),
@@ -502,6 +505,7 @@ fn build_node(fabric: &Netns, cfg: &ClusterConfig, i: usize) -> Result<(Node, Ve
         cgroup: TestCgroup::new(&format!("n{i}"))?,
         bpffs: PrivateBpffs::new(&format!("n{i}"))?,
         ns,
+        _relay: relay,
         _fabric: link,
         _cluster_nic: cluster_nic,
     };

@@ -29,6 +29,15 @@ pub fn probe_bin() -> Result<PathBuf> {
     )
 }
 
+/// The L3 tunnel relay of the sandbox's `l3-tunnel` shape.
+pub fn tunnel_bin() -> Result<PathBuf> {
+    find(
+        "BPFPROXY_TUNNEL_BIN",
+        "tunnel",
+        "build it first: `cargo build -p bpfproxy-tests --bins`",
+    )
+}
+
 fn find(var: &str, name: &str, hint: &str) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(var).filter(|v| !v.is_empty()) {
         let p = PathBuf::from(p);

@@ -6,9 +6,11 @@
 //! replacement must SNAT to and the device replies come back by.
 use std::{fmt, str::FromStr};
 
-use anyhow::{bail, Result};
+use std::time::{Duration, Instant};
 
-use crate::netns::Netns;
+use anyhow::{bail, Context, Result};
+
+use crate::{netns::Netns, process::ChildGuard};
 
 /// How the nodes of a sandbox cluster reach each other's pods.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,15 +29,30 @@ pub enum NetworkShape {
     /// A client-facing NIC (192.168.50.0/24) and a separate cluster NIC
     /// (192.168.60.0/24) that carries all node-to-node traffic.
     TwoNic,
+    /// An L3 tunnel as WireGuard makes it (flannel's `wireguard-native`
+    /// backend, k3s's default for encrypted clusters): `flannel-wg`, a
+    /// device without link-layer header, `10.244.N.0/32`, MTU 1420, pods
+    /// with MTU 1420, routes `10.244.M.0/24 dev flannel-wg`. Built from a
+    /// TUN device and the `tunnel` relay (UDP 51820 between node
+    /// addresses), since this kernel has no wireguard module; the TC
+    /// programs see the same packets (IP at offset 0) as on WireGuard or
+    /// IPIP.
+    L3Tunnel,
 }
 
-/// Every shape this machine's kernel can build; IPIP and WireGuard need
-/// kernel modules this kernel lacks.
-pub const ALL: [NetworkShape; 3] = [
+/// Every shape this machine's kernel can build; real IPIP and WireGuard
+/// need kernel modules this kernel lacks (`L3Tunnel` has their device's
+/// shape).
+pub const ALL: [NetworkShape; 4] = [
     NetworkShape::HostGw,
     NetworkShape::Vxlan,
     NetworkShape::TwoNic,
+    NetworkShape::L3Tunnel,
 ];
+
+/// The L3 tunnel's device name and UDP port.
+const L3_DEVICE: &str = "flannel-wg";
+const L3_PORT: u16 = 51820;
 
 impl fmt::Display for NetworkShape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -43,6 +60,7 @@ impl fmt::Display for NetworkShape {
             NetworkShape::HostGw => "host-gw",
             NetworkShape::Vxlan => "vxlan",
             NetworkShape::TwoNic => "two-nic",
+            NetworkShape::L3Tunnel => "l3-tunnel",
         })
     }
 }
@@ -54,10 +72,12 @@ impl FromStr for NetworkShape {
             "host-gw" => NetworkShape::HostGw,
             "vxlan" => NetworkShape::Vxlan,
             "two-nic" => NetworkShape::TwoNic,
+            "l3-tunnel" => NetworkShape::L3Tunnel,
             "ipip" | "wireguard" => bail!(
-                "the {s} shape needs the ipip/wireguard kernel modules, which this kernel lacks"
+                "the {s} shape needs the ipip/wireguard kernel modules, which this kernel \
+                 lacks; `l3-tunnel` has the shape of their devices"
             ),
-            other => bail!("unknown network shape {other:?} (host-gw, vxlan, two-nic)"),
+            other => bail!("unknown network shape {other:?} (host-gw, vxlan, two-nic, l3-tunnel)"),
         })
     }
 }
@@ -89,7 +109,7 @@ impl NetworkShape {
     /// The name of the pod bridge on each node.
     pub fn pod_bridge(self) -> &'static str {
         match self {
-            NetworkShape::Vxlan => "cni0",
+            NetworkShape::Vxlan | NetworkShape::L3Tunnel => "cni0",
             _ => "cbr0",
         }
     }
@@ -98,6 +118,7 @@ impl NetworkShape {
     pub fn pod_mtu(self) -> u32 {
         match self {
             NetworkShape::Vxlan => 1450,
+            NetworkShape::L3Tunnel => 1420,
             _ => 1500,
         }
     }
@@ -108,8 +129,18 @@ impl NetworkShape {
     pub fn snat_ip(self, i: usize) -> String {
         match self {
             NetworkShape::HostGw => node_ip(i),
-            NetworkShape::Vxlan => overlay_ip(i),
+            NetworkShape::Vxlan | NetworkShape::L3Tunnel => overlay_ip(i),
             NetworkShape::TwoNic => cluster_nic_ip(i),
+        }
+    }
+
+    /// The device node `i` forwards to other nodes' pods by, when it is
+    /// not the client-facing NIC and the shape names it.
+    pub fn overlay_device(self) -> Option<&'static str> {
+        match self {
+            NetworkShape::Vxlan => Some("flannel.1"),
+            NetworkShape::L3Tunnel => Some(L3_DEVICE),
+            _ => None,
         }
     }
 
@@ -124,19 +155,35 @@ impl NetworkShape {
 
     /// Node `i`'s overlay device over its NIC `nic`, for the shapes that
     /// have one (the two-NIC shape's second NIC is a veth the sandbox
-    /// makes).
-    pub fn wire_node(self, ns: &Netns, i: usize, nic: &str) -> Result<()> {
-        if self != NetworkShape::Vxlan {
-            return Ok(());
+    /// makes); `nodes` is the cluster's size. The L3 tunnel's relay process
+    /// comes back: the device lives as long as it does.
+    pub fn wire_node(
+        self,
+        ns: &Netns,
+        i: usize,
+        nic: &str,
+        nodes: usize,
+    ) -> Result<Option<ChildGuard>> {
+        let (mac, overlay) = (overlay_mac(i), overlay_ip(i));
+        match self {
+            NetworkShape::Vxlan => {
+                let local = node_ip(i);
+                ns.ip_line(&format!(
+                    "link add flannel.1 address {mac} type vxlan id 1 local {local} dev {nic} \
+                     dstport 8472 nolearning"
+                ))?;
+                ns.ip_line("link set flannel.1 mtu 1450 up")?;
+                ns.ip_line(&format!("addr add {overlay}/32 dev flannel.1"))?;
+                Ok(None)
+            }
+            NetworkShape::L3Tunnel => {
+                let relay = start_tunnel(ns, i, nodes)?;
+                ns.ip_line(&format!("addr add {overlay}/32 dev {L3_DEVICE}"))?;
+                ns.ip_line(&format!("link set {L3_DEVICE} mtu 1420 up"))?;
+                Ok(Some(relay))
+            }
+            _ => Ok(None),
         }
-        let (local, mac, overlay) = (node_ip(i), overlay_mac(i), overlay_ip(i));
-        ns.ip_line(&format!(
-            "link add flannel.1 address {mac} type vxlan id 1 local {local} dev {nic} \
-             dstport 8472 nolearning"
-        ))?;
-        ns.ip_line("link set flannel.1 mtu 1450 up")?;
-        ns.ip_line(&format!("addr add {overlay}/32 dev flannel.1"))?;
-        Ok(())
     }
 
     /// Node `a`'s route to node `b`'s pod subnet (both 1-based).
@@ -148,6 +195,9 @@ impl NetworkShape {
             }
             NetworkShape::TwoNic => {
                 ns.ip(&["route", "add", &subnet, "via", &cluster_nic_ip(b)])?;
+            }
+            NetworkShape::L3Tunnel => {
+                ns.ip_line(&format!("route add {subnet} dev {L3_DEVICE}"))?;
             }
             NetworkShape::Vxlan => {
                 let (gw, mac) = (overlay_ip(b), overlay_mac(b));
@@ -172,6 +222,32 @@ impl NetworkShape {
     }
 }
 
+/// The `tunnel` relay of node `i` inside `ns`, once its device exists.
+fn start_tunnel(ns: &Netns, i: usize, nodes: usize) -> Result<ChildGuard> {
+    let mut cmd = ns.command(crate::paths::tunnel_bin()?)?;
+    cmd.args([
+        "--dev",
+        L3_DEVICE,
+        "--listen",
+        &format!("{}:{L3_PORT}", node_ip(i)),
+    ]);
+    for j in (1..=nodes).filter(|j| *j != i) {
+        cmd.args([
+            "--peer",
+            &format!("10.244.{j}.0/24={}:{L3_PORT}", node_ip(j)),
+        ]);
+    }
+    let relay = ChildGuard(cmd.spawn().context("starting the tunnel relay")?);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ns.ip(&["link", "show", L3_DEVICE]).is_err() {
+        if Instant::now() > deadline {
+            bail!("the tunnel relay of node {i} made no {L3_DEVICE} within 5 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(relay)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +267,6 @@ mod tests {
         assert_eq!(NetworkShape::HostGw.snat_ip(3), "192.168.50.13");
         assert_eq!(NetworkShape::Vxlan.snat_ip(3), "10.244.3.0");
         assert_eq!(NetworkShape::TwoNic.snat_ip(3), "192.168.60.13");
+        assert_eq!(NetworkShape::L3Tunnel.snat_ip(3), "10.244.3.0");
     }
 }

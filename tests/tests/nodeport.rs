@@ -914,13 +914,14 @@ fn udp_flows_of_a_removed_backend_are_purged(shape: NetworkShape) -> Result<()> 
 }
 
 /// Every test above, once per network shape: `host_gw::…`, `vxlan::…`,
-/// `two_nic::…`. Node 3 never runs a backend, so traffic through it always
+/// `two_nic::…`, `l3_tunnel::…`. Node 3 never runs a backend, so traffic through it always
 /// crosses to another node by the shape's node-to-node device.
 macro_rules! on_every_shape {
     ($($test:ident),* $(,)?) => {
         on_every_shape!(@shape host_gw, HostGw, $($test),*);
         on_every_shape!(@shape vxlan, Vxlan, $($test),*);
         on_every_shape!(@shape two_nic, TwoNic, $($test),*);
+        on_every_shape!(@shape l3_tunnel, L3Tunnel, $($test),*);
     };
     (@shape $module:ident, $shape:ident, $($test:ident),*) => {
         mod $module {

@@ -22,6 +22,11 @@ fn shape_text(shape: NetworkShape) -> &'static str {
             "clients on one NIC (192.168.50.0/24), node-to-node traffic on a second \
              (192.168.60.0/24)"
         }
+        NetworkShape::L3Tunnel => {
+            "an L3 tunnel shaped as WireGuard's: flannel-wg 10.244.N.0/32 MTU 1420, no \
+             link-layer header (a TUN device and a UDP relay stand in for the wireguard \
+             module), pods on cni0 with MTU 1420"
+        }
     }
 }
 

@@ -60,7 +60,7 @@ pub struct Args {
     /// How the nodes reach each other's pods: `vxlan` (flannel's VXLAN
     /// overlay, the k3s and kubeadm+flannel default), `host-gw` (routed
     /// over the one NIC), `two-nic` (a second NIC for node-to-node
-    /// traffic).
+    /// traffic), `l3-tunnel` (a WireGuard-shaped L3 device).
     #[arg(long, default_value = "vxlan")]
     pub network: NetworkShape,
 }
