@@ -140,16 +140,25 @@ impl NodeWatch {
 
 /// The TC devices: `serving` (none: no TC datapath at all), and the other
 /// devices replies of forwarded flows come back by, those without an
-/// Ethernet header (WireGuard, an IPIP tunnel) apart.
+/// Ethernet header (WireGuard, an IPIP tunnel) apart. The serving programs
+/// parse Ethernet frames, so an L3 device named to serve (a VPN such as
+/// `wg0` carrying a node address) only gets the L3 reply program.
 fn tc_devices(serving: Vec<String>, ifaddrs: &[InterfaceAddr], links: &[Link]) -> TcDevices {
     if serving.is_empty() {
         return TcDevices::default();
     }
-    let (replies, l3_replies): (Vec<String>, Vec<String>) =
+    let is_l3 = |d: &String| links.iter().any(|l| &l.name == d && !l.ethernet);
+    let (l3_serving, serving): (Vec<String>, Vec<String>) = serving.into_iter().partition(is_l3);
+    let (mut l3_replies, replies): (Vec<String>, Vec<String>) =
         node_addrs::reply_devices(ifaddrs, &serving)
             .into_iter()
             .filter(|d| links.iter().any(|l| &l.name == d))
-            .partition(|d| links.iter().any(|l| &l.name == d && l.ethernet));
+            .partition(is_l3);
+    for d in l3_serving {
+        if !l3_replies.contains(&d) {
+            l3_replies.push(d);
+        }
+    }
     TcDevices {
         serving,
         replies,
@@ -206,6 +215,9 @@ mod tests {
         assert_eq!(d.serving, ["eth0"]);
         assert_eq!(d.replies, ["eth1"]);
         assert_eq!(d.l3_replies, ["tunl0"]);
+        let vpn = tc_devices(vec!["eth0".into(), "tunl0".into()], &ifaddrs, &links);
+        assert_eq!(vpn.serving, ["eth0"], "an L3 device cannot serve");
+        assert_eq!(vpn.l3_replies, ["tunl0"]);
         let none = tc_devices(vec![], &ifaddrs, &links);
         assert!(none.is_empty(), "--devices none: no TC program anywhere");
     }
