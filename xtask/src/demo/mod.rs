@@ -19,6 +19,7 @@ mod answers;
 mod binaries;
 mod cluster;
 mod hold;
+mod jvm;
 mod layout;
 mod report;
 mod services;
@@ -132,8 +133,9 @@ fn demo(args: &Args) -> Result<Summary> {
     summary.add(
         "cluster",
         format!(
-            "{} nodes, {}, {} on {}, external client {CLIENT_IP}; built in {:.2?}",
+            "{} nodes ({} network), {}, {} on {}, external client {CLIENT_IP}; built in {:.2?}",
             layout.nodes,
+            layout.shape,
             plural(layout.nodes * layout.pods_per_node, "pod"),
             plural(layout.backend_pods().len(), "backend"),
             layout.backend_node_names().join(", "),

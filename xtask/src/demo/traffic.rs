@@ -1,5 +1,5 @@
 //! The traffic users try first, each run checked: curl from a pod to a
-//! ClusterIP, DNS-like UDP, the ClusterIP from outside, curl to every
+//! ClusterIP, DNS-like UDP, a JVM client, the ClusterIP from outside, curl to every
 //! node's NodePort, the spread over the backends, and
 //! externalTrafficPolicy: Local.
 
@@ -52,6 +52,8 @@ pub(super) fn traffic(
     summary.add("ClusterIP", curl_cluster_ip_from_pod(sb, layout)?);
     interrupt::check()?;
     summary.add("UDP", udp_through_cluster_ip(sb, layout)?);
+    interrupt::check()?;
+    summary.add("JVM", super::jvm::jvm_client(sb, layout)?);
     interrupt::check()?;
     summary.add("outside", cluster_ip_from_outside(sb)?);
     interrupt::check()?;
