@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::{
-    dump, healthcheck, loader,
+    dump, healthcheck, kernel, loader,
     maps::pinned::PinnedMaps,
     metrics::Metrics,
     model::{ModelConfig, NodeContext},
@@ -118,6 +118,11 @@ pub struct RunArgs {
     /// Full resync period: re-read the maps and repair drift.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub sync_period: Duration,
+    /// Load the socket programs as for a kernel without bpf_set_retval
+    /// (before 5.18), as the agent does there by itself: for testing that
+    /// variant on a newer kernel.
+    #[arg(long, hide = true)]
+    pub assume_no_set_retval: bool,
 }
 
 pub fn main() -> ExitCode {
@@ -256,7 +261,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(node = %node, cgroup = %cgroup.display(), bpffs = %args.pins.bpffs.display(), source = ?args.source, "starting bpfproxy");
 
     let devices = Devices::from_flag(&args.devices).map_err(anyhow::Error::msg)?;
-    let (loaded, attached) = loader::load(&args.pins.bpffs, &cgroup, args.tc_attach)
+    let mut features = kernel::Features::probe();
+    if args.assume_no_set_retval {
+        features.set_retval = false;
+    }
+    if !features.set_retval {
+        info!("kernel without bpf_set_retval (before 5.18): connect() to a Service without endpoints fails with EPERM instead of ECONNREFUSED");
+    }
+    let (loaded, attached) = loader::load(&args.pins.bpffs, &cgroup, args.tc_attach, &features)
         .context("loading and attaching the kernel programs")?;
     info!(?attached, "socket programs ready");
     let mut node_watch = NodeWatch::new(

@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod dump;
 pub mod health;
 pub mod healthcheck;
+pub mod kernel;
 pub mod loader;
 pub mod maps;
 pub mod metrics;

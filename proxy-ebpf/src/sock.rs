@@ -9,7 +9,7 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
-    EbpfContext,
+    EbpfContext, Global,
 };
 use proxy_common::{counters, node_flags, SockRevNatKey, SockRevNatValue};
 
@@ -18,6 +18,19 @@ use crate::{
     lb::{select, Lookup},
     maps::{NODE_ADDRS, SOCK_REV_NAT},
 };
+
+/// Whether the kernel has `bpf_set_retval` (5.18+). The agent probes the
+/// kernel and sets this before loading. It lives in the object's read-only
+/// data, which the loader freezes: the verifier then knows its value and
+/// never walks the helper call on kernels without it, which would reject
+/// the whole program ("invalid func unknown#187" on 5.10).
+#[unsafe(no_mangle)]
+static HAVE_SET_RETVAL: Global<u8> = Global::new(1);
+
+#[inline(always)]
+fn have_set_retval() -> bool {
+    HAVE_SET_RETVAL.load() != 0
+}
 
 /// Return values of sock_addr programs.
 const ALLOW: i32 = 1;
@@ -156,9 +169,12 @@ fn translate_forward<F: Family>(ctx: &SockAddrContext) -> i32 {
         Forward::Pass => ALLOW,
         Forward::Refuse => {
             // Fail fast like kube-proxy's REJECT rule: the caller sees
-            // ECONNREFUSED instead of the EPERM a plain reject gives.
-            // SAFETY: helper call allowed for connect and sendmsg hooks.
-            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            // ECONNREFUSED instead of the EPERM a plain reject gives (all a
+            // kernel before 5.18 can say: still at once, not a timeout).
+            if have_set_retval() {
+                // SAFETY: helper call allowed for connect and sendmsg hooks.
+                unsafe { bpf_set_retval(-ECONNREFUSED) };
+            }
             REJECT
         }
         Forward::To { addr_be, port_be } => {

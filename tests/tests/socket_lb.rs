@@ -234,6 +234,36 @@ fn a_service_without_endpoints_refuses_connections_at_once() -> Result<()> {
     Ok(())
 }
 
+/// Kernels before 5.18 lack `bpf_set_retval`: the agent loads the socket
+/// programs without it (forced here on a newer kernel), and a Service
+/// without endpoints still refuses at once, with EPERM.
+#[test]
+fn without_bpf_set_retval_a_service_without_endpoints_refuses_at_once_with_eperm() -> Result<()> {
+    let sb = sandbox(1)?;
+    sb.write_manifest("web.yaml", &web(&sb, &[1]))?;
+    let mut cfg = sb.agent_config()?;
+    cfg.extra_args.push("--assume-no-set-retval".to_string());
+    let mut agent = Agent::start(cfg)?;
+    agent.wait_for_backends(VIP, 80, "TCP", &addrs(&sb, &[1], 8080), WAIT)?;
+    let r = sb.probe_tcp(&format!("{VIP}:80"), 20)?;
+    ensure!(r.ok == 20, "the ClusterIP is served as usual: {r:?}");
+    sb.write_manifest("web.yaml", &web(&sb, &[]))?;
+    agent.wait_until(|d| agent::backends(d, VIP, 80, "TCP") == Some(vec![]), WAIT)?;
+    let r = sb.probe_connect_time(&format!("{VIP}:80"))?;
+    eprintln!("refused after {:.3} ms: {:?}", r.elapsed_ms, r.errno);
+    ensure!(
+        !r.ok && r.errno == Some(libc::EPERM),
+        "EPERM expected: {r:?}"
+    );
+    ensure!(r.elapsed_ms < 100.0, "refusal took {} ms", r.elapsed_ms);
+    let log = std::fs::read_to_string(agent.log_path())?;
+    ensure!(
+        log.contains("kernel without bpf_set_retval"),
+        "the agent says which variant it loaded"
+    );
+    Ok(())
+}
+
 #[test]
 fn sigkill_during_a_request_stream_fails_nothing_and_a_new_agent_takes_over() -> Result<()> {
     let sb = sandbox(3)?;

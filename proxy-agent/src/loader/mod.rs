@@ -18,6 +18,8 @@ use aya::{
 };
 use tracing::info;
 
+use crate::kernel::Features;
+
 /// The compiled kernel object, built by aya-build in build.rs. Public so the
 /// program-test tier loads exactly what the agent ships.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
@@ -107,12 +109,13 @@ pub struct Loaded {
 }
 
 /// Loads the object with its maps pinned in (or reused from) the pin
-/// directory and attaches the socket programs to `cgroup`. The TC programs
-/// wait for [`Loaded::set_devices`].
+/// directory, in the variant `kernel` can run, and attaches the socket
+/// programs to `cgroup`. The TC programs wait for [`Loaded::set_devices`].
 pub fn load(
     bpffs: &Path,
     cgroup: &Path,
     tc_mode: TcMode,
+    kernel: &Features,
 ) -> Result<(Loaded, Vec<(String, Attachment)>), LoadError> {
     let dir = pin_dir(bpffs);
     let links = dir.join("links");
@@ -120,7 +123,7 @@ pub fn load(
         path: links.clone(),
         source,
     })?;
-    let mut ebpf = load_object(&dir)?;
+    let mut ebpf = load_object(&dir, kernel)?;
     let cgroup_file = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.to_path_buf(),
         source,
@@ -142,10 +145,14 @@ pub fn load(
 
 /// The object with its maps pinned in (or reused from) `dir`. Maps are
 /// pinned ByName in the object: an existing pin is reused, so a restarted
-/// agent keeps the state the kernel has been using.
-fn load_object(dir: &Path) -> Result<Ebpf, LoadError> {
+/// agent keeps the state the kernel has been using. The object's read-only
+/// constants say which helpers `kernel` has; the verifier skips the code
+/// that needs the others.
+fn load_object(dir: &Path, kernel: &Features) -> Result<Ebpf, LoadError> {
+    let set_retval = u8::from(kernel.set_retval);
     EbpfLoader::new()
         .default_map_pin_directory(dir)
+        .override_global("HAVE_SET_RETVAL", &set_retval, true)
         .load(OBJECT)
         .map_err(|source| LoadError::Object {
             pin_dir: dir.to_path_buf(),
@@ -162,7 +169,7 @@ pub fn load_tc_unattached(bpffs: &Path) -> Result<Ebpf, LoadError> {
         path: dir.clone(),
         source,
     })?;
-    let mut ebpf = load_object(&dir)?;
+    let mut ebpf = load_object(&dir, &Features::default())?;
     tc::load_programs(&mut ebpf)?;
     Ok(ebpf)
 }
@@ -175,7 +182,7 @@ pub fn load_and_attach(
     tc_mode: TcMode,
     devices: &TcDevices,
 ) -> Result<Vec<(String, Attachment)>, LoadError> {
-    let (mut loaded, mut done) = load(bpffs, cgroup, tc_mode)?;
+    let (mut loaded, mut done) = load(bpffs, cgroup, tc_mode, &Features::probe())?;
     done.extend(loaded.set_devices(devices)?.unwrap_or_default());
     // Dropping the object is fine: pinned links keep the programs alive
     // and pinned maps keep the state.
