@@ -19,7 +19,7 @@ use crate::{
     model::{ModelConfig, NodeContext},
     node_addrs,
     node_watch::{Devices, NodeWatch},
-    server,
+    preflight, server,
     source::{kube as kube_source, watch_dir},
     sync::{self, SyncConfig, Syncer},
 };
@@ -41,6 +41,22 @@ pub enum Command {
     /// Remove the pinned programs and maps (uninstall). Live connections
     /// keep working; new ones to ClusterIPs stop being translated.
     Cleanup(PinArgs),
+    /// Check what this node's kernel offers bpfproxy: a table of what
+    /// works, what is degraded and why. Exit 0 when bpfproxy can run, 1
+    /// when something it needs is missing (2 for degraded with --strict).
+    Preflight(PreflightArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PreflightArgs {
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 2 when something is degraded.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -140,6 +156,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Dump(args) => dump_cmd(&args),
         Command::Cleanup(args) => cleanup(&args.bpffs),
+        Command::Preflight(args) => return preflight_cmd(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -148,6 +165,18 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn preflight_cmd(args: &PreflightArgs) -> ExitCode {
+    let report = preflight::run(&args.pins.bpffs);
+    let text = if args.json {
+        serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
+    } else {
+        report.to_string()
+    };
+    // A closed pipe (`bpfproxy preflight | head`) is no failure.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+    ExitCode::from(report.exit_code(args.strict))
 }
 
 fn dump_cmd(args: &DumpArgs) -> anyhow::Result<()> {
@@ -231,7 +260,7 @@ fn check_bpffs(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
+pub(crate) fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: statfs writes into the zeroed struct we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
@@ -244,6 +273,20 @@ fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
     }
     #[allow(clippy::unnecessary_cast)] // f_type's type differs across targets
     Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (often 64 KiB),
+/// far below what the maps take: lift it, as root may. Later kernels
+/// charge the memory cgroup instead and ignore it.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "raising RLIMIT_MEMLOCK (kernels before 5.11 need it for the maps)");
+    }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -261,6 +304,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(node = %node, cgroup = %cgroup.display(), bpffs = %args.pins.bpffs.display(), source = ?args.source, "starting bpfproxy");
 
     let devices = Devices::from_flag(&args.devices).map_err(anyhow::Error::msg)?;
+    raise_memlock();
     let mut features = kernel::Features::probe();
     if args.assume_no_set_retval {
         features.set_retval = false;

@@ -16,6 +16,7 @@ pub mod model;
 pub mod node_addrs;
 pub mod node_links;
 pub mod node_watch;
+pub mod preflight;
 pub mod server;
 pub mod source;
 pub mod sync;

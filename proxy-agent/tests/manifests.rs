@@ -75,6 +75,27 @@ fn the_agent_serves_kube_proxys_ports_and_is_probed_on_them() {
 }
 
 #[test]
+fn a_preflight_init_container_checks_the_kernel_first_with_the_agents_pin_path() {
+    let ds = daemonset();
+    let pod = ds.spec.expect("spec").template.spec.expect("pod spec");
+    let init = pod.init_containers.expect("init containers");
+    assert_eq!(init.len(), 1);
+    let args = init[0].args.clone().unwrap_or_default();
+    assert_eq!(args.first().map(String::as_str), Some("preflight"));
+    let cli = <proxy_agent::cli::Cli as clap::Parser>::try_parse_from(
+        std::iter::once("bpfproxy".to_string()).chain(args.clone()),
+    );
+    assert!(cli.is_ok(), "{cli:?}");
+    let agent_args = pod.containers[0].args.clone().unwrap_or_default();
+    let bpffs = |a: &[String]| a.iter().find(|x| x.starts_with("--bpffs")).cloned();
+    assert_eq!(
+        bpffs(&args),
+        bpffs(&agent_args),
+        "the same bpffs as the agent"
+    );
+}
+
+#[test]
 fn the_api_server_address_does_not_come_from_the_kubernetes_cluster_ip() {
     let ds = daemonset();
     let pod = ds.spec.expect("spec").template.spec.expect("pod spec");

@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::{
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Program},
     Ebpf, EbpfLoader,
 };
 use tracing::info;
@@ -172,6 +172,45 @@ pub fn load_tc_unattached(bpffs: &Path) -> Result<Ebpf, LoadError> {
     let mut ebpf = load_object(&dir, &Features::default())?;
     tc::load_programs(&mut ebpf)?;
     Ok(ebpf)
+}
+
+/// Every program of the object through the verifier, attached nowhere, in
+/// the variant `kernel` calls for, with its maps pinned in the scratch
+/// directory `dir` (on a bpffs; the caller removes it): what `bpfproxy
+/// preflight` reports per program.
+pub fn verify_programs(dir: &Path, kernel: &Features) -> Vec<(&'static str, Result<(), String>)> {
+    let mut ebpf = match load_object(dir, kernel) {
+        Ok(ebpf) => ebpf,
+        Err(e) => return vec![("(object)", Err(error_chain(&e)))],
+    };
+    let mut verify = |name: &str| -> Result<(), String> {
+        let loaded = match ebpf.program_mut(name) {
+            Some(Program::CgroupSockAddr(p)) => p.load(),
+            Some(Program::SchedClassifier(p)) => p.load(),
+            Some(_) => return Err("unexpected program type".to_string()),
+            None => return Err("missing from the object".to_string()),
+        };
+        loaded.map_err(|e| error_chain(&e))
+    };
+    let tc = TC_PROGRAMS.iter().map(|(name, _)| *name);
+    SOCK_PROGRAMS
+        .into_iter()
+        .chain(tc)
+        .map(|name| (name, verify(name)))
+        .collect()
+}
+
+/// An error and its sources on one line (the verifier's message is the
+/// innermost).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
 }
 
 /// [`load`], then the TC programs on `devices` (none: no per-packet

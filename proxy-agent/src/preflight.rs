@@ -1,0 +1,377 @@
+//! `bpfproxy preflight`: what this node's kernel and system offer bpfproxy,
+//! checked before the agent starts (the DaemonSet runs it as an init
+//! container), so a missing piece reads as one clear line instead of a
+//! crash-looping pod.
+//!
+//! Each check is ok, degraded (bpfproxy runs, with a documented
+//! difference) or missing (it cannot run). The exit code is 0 when
+//! bpfproxy can run, 1 when something it needs is missing; `--strict`
+//! makes a degraded result exit 2.
+use std::{fmt, path::Path};
+
+use aya::{
+    programs::ProgramType,
+    sys::{is_helper_supported, is_program_supported, BpfHelper},
+    util::KernelVersion,
+};
+use serde::Serialize;
+
+use crate::{kernel::Features, loader};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Degraded,
+    Missing,
+}
+
+/// One line of the report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+fn check(name: &str, status: Status, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.to_string(),
+        status,
+        detail: detail.into(),
+    }
+}
+
+/// The whole report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// The worst status of any check.
+    pub fn status(&self) -> Status {
+        self.checks
+            .iter()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Status::Ok)
+    }
+
+    /// 0: bpfproxy runs (degraded too, unless `strict`); 1: it cannot; 2:
+    /// degraded under `strict`.
+    pub fn exit_code(&self, strict: bool) -> u8 {
+        match self.status() {
+            Status::Ok => 0,
+            Status::Degraded if strict => 2,
+            Status::Degraded => 0,
+            Status::Missing => 1,
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        for c in &self.checks {
+            let status = match c.status {
+                Status::Ok => "ok",
+                Status::Degraded => "DEGRADED",
+                Status::Missing => "MISSING",
+            };
+            writeln!(f, "{:<width$}  {status:<8}  {}", c.name, c.detail)?;
+        }
+        let verdict = match self.status() {
+            Status::Ok => "bpfproxy runs here with every feature",
+            Status::Degraded => "bpfproxy runs here, with the differences marked DEGRADED",
+            Status::Missing => "bpfproxy cannot run here: see MISSING",
+        };
+        writeln!(f, "{verdict}")
+    }
+}
+
+/// The oldest kernel bpfproxy supports.
+const FLOOR: (u8, u16) = (5, 10);
+
+/// Runs every check; `bpffs` is where the agent would pin (the programs
+/// are verified with scratch pins beside it).
+pub fn run(bpffs: &Path) -> Report {
+    let version = KernelVersion::current().ok();
+    let features = Features::probe();
+    let mut checks = vec![kernel_version(version), cgroup2(), bpffs_check(bpffs)];
+    checks.extend(program_types());
+    checks.extend(helpers(&features));
+    checks.push(tc_attach(version));
+    checks.push(btf(Path::new("/sys/kernel/btf/vmlinux").exists()));
+    checks.push(memlock(version, memlock_limit()));
+    checks.extend(programs(bpffs, &features));
+    Report { checks }
+}
+
+fn kernel_version(v: Option<KernelVersion>) -> Check {
+    let floor = KernelVersion::new(FLOOR.0, FLOOR.1 as u8, 0);
+    match v {
+        Some(v) if v >= floor => check("kernel", Status::Ok, format!("{v}")),
+        Some(v) => check(
+            "kernel",
+            Status::Missing,
+            format!("{v}: bpfproxy needs {}.{} or newer", FLOOR.0, FLOOR.1),
+        ),
+        None => check("kernel", Status::Degraded, "version unreadable"),
+    }
+}
+
+fn cgroup2() -> Check {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    match cgroup2_mount(&mounts) {
+        Some(at) => check("cgroup v2", Status::Ok, format!("mounted at {at}")),
+        None => check(
+            "cgroup v2",
+            Status::Missing,
+            "no cgroup2 mount: the socket programs attach to a cgroup v2 (systemd.unified_cgroup_hierarchy=1)",
+        ),
+    }
+}
+
+/// The first cgroup2 mount point in `/proc/mounts` text.
+pub fn cgroup2_mount(mounts: &str) -> Option<&str> {
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"cgroup2"))
+        .and_then(|f| f.get(1).copied())
+}
+
+fn bpffs_check(bpffs: &Path) -> Check {
+    let root = bpffs.parent().unwrap_or(bpffs);
+    match crate::cli::is_bpffs(root) {
+        Ok(true) => check("bpffs", Status::Ok, format!("{} is a bpf filesystem", root.display())),
+        _ => check(
+            "bpffs",
+            Status::Degraded,
+            format!("{} is not a bpf filesystem yet: the agent mounts /sys/fs/bpf itself (pins outlive restarts only on a bpffs the host keeps)", root.display()),
+        ),
+    }
+}
+
+fn program_types() -> Vec<Check> {
+    let types = [
+        (
+            "cgroup sock_addr programs",
+            ProgramType::CgroupSockAddr,
+            "ClusterIPs at connect()",
+        ),
+        (
+            "sched_cls programs",
+            ProgramType::SchedClassifier,
+            "NodePorts, externalIPs, LB IPs",
+        ),
+    ];
+    types
+        .into_iter()
+        .map(|(name, t, what)| match is_program_supported(t) {
+            Ok(true) => check(name, Status::Ok, what),
+            _ => check(name, Status::Missing, format!("not supported: {what}")),
+        })
+        .collect()
+}
+
+fn helpers(features: &Features) -> Vec<Check> {
+    let tc = |h| is_helper_supported(ProgramType::SchedClassifier, h).unwrap_or(false);
+    let sock = |h| is_helper_supported(ProgramType::CgroupSockAddr, h).unwrap_or(false);
+    let need = |name: &str, ok: bool, what: &str| {
+        let status = if ok { Status::Ok } else { Status::Missing };
+        check(name, status, what)
+    };
+    vec![
+        if features.set_retval {
+            check(
+                "helper bpf_set_retval",
+                Status::Ok,
+                "connect() to a Service without endpoints: ECONNREFUSED",
+            )
+        } else {
+            check("helper bpf_set_retval", Status::Degraded, "before 5.18: connect() to a Service without endpoints fails with EPERM instead of ECONNREFUSED (at once either way)")
+        },
+        need(
+            "helper bpf_get_netns_cookie",
+            sock(BpfHelper::BPF_FUNC_get_netns_cookie),
+            "session affinity per pod",
+        ),
+        need(
+            "helper bpf_fib_lookup",
+            tc(BpfHelper::BPF_FUNC_fib_lookup),
+            "forwarding NodePort traffic to other nodes",
+        ),
+        need(
+            "helper bpf_redirect_neigh",
+            tc(BpfHelper::BPF_FUNC_redirect_neigh),
+            "forwarding NodePort traffic to other nodes",
+        ),
+    ]
+}
+
+fn tc_attach(v: Option<KernelVersion>) -> Check {
+    if v.is_some_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+        check(
+            "TC attach",
+            Status::Ok,
+            "TCX links (pinned, swapped in place on restart)",
+        )
+    } else {
+        check(
+            "TC attach",
+            Status::Ok,
+            "clsact cls_bpf filters (no TCX before 6.6; same behaviour)",
+        )
+    }
+}
+
+fn btf(present: bool) -> Check {
+    let detail = if present {
+        "/sys/kernel/btf/vmlinux present (not needed: the object uses no CO-RE)"
+    } else {
+        "no kernel BTF: not needed (the object uses no CO-RE)"
+    };
+    check("kernel BTF", Status::Ok, detail)
+}
+
+/// Bytes the maps take at least: entries × (key + value), per-CPU arrays
+/// counted once per CPU.
+pub fn map_bytes(cpus: u64) -> u64 {
+    use proxy_common::{maps as m, *};
+    let size = |n: u32, k: usize, v: usize| u64::from(n) * (k + v) as u64;
+    size(
+        m::SERVICES_MAX,
+        size_of::<ServiceKey>(),
+        size_of::<ServiceValue>(),
+    ) + size(m::BACKENDS_MAX, 4, size_of::<BackendValue>())
+        + size(m::REV_NAT_MAX, 4, size_of::<RevNatValue>())
+        + size(
+            m::SOCK_REV_NAT_MAX,
+            size_of::<SockRevNatKey>(),
+            size_of::<SockRevNatValue>(),
+        )
+        + size(m::REV_NAT_MAX, 4, size_of::<ServiceName>())
+        + size(
+            m::AFFINITY_MAX,
+            size_of::<AffinityKey>(),
+            size_of::<AffinityValue>(),
+        )
+        + size(m::CONNTRACK_MAX, size_of::<CtKey>(), size_of::<CtValue>())
+        + size(m::NODE_ADDRS_MAX, 4, size_of::<NodeAddrValue>())
+        + size(m::DEVICES_MAX, 4, size_of::<DeviceValue>())
+        + cpus * size(counters::MAX, 4, 8)
+}
+
+/// RLIMIT_MEMLOCK's soft limit (None: unlimited).
+fn memlock_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0
+        || r.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    Some(r.rlim_cur)
+}
+
+/// Kernels from 5.11 charge BPF maps to the memory cgroup; before, to
+/// RLIMIT_MEMLOCK, which the agent raises to unlimited (as root it can).
+fn memlock(v: Option<KernelVersion>, limit: Option<u64>) -> Check {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let need = map_bytes(cpus);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    if v.is_some_and(|v| v >= KernelVersion::new(5, 11, 0)) {
+        return check(
+            "map memory",
+            Status::Ok,
+            format!(
+                "≥ {:.0} MiB, charged to the memory cgroup (5.11+): give the pod that much",
+                mib(need)
+            ),
+        );
+    }
+    match limit {
+        None => check("map memory", Status::Ok, format!("≥ {:.0} MiB under RLIMIT_MEMLOCK (unlimited)", mib(need))),
+        Some(l) => check("map memory", Status::Ok, format!("≥ {:.0} MiB under RLIMIT_MEMLOCK ({:.1} MiB now; the agent raises it to unlimited, which needs root or CAP_SYS_RESOURCE)", mib(need), mib(l))),
+    }
+}
+
+/// Every program through this kernel's verifier, in the variant the agent
+/// would load, with scratch pins removed afterwards.
+fn programs(bpffs: &Path, features: &Features) -> Vec<Check> {
+    let root = bpffs.parent().unwrap_or(bpffs);
+    if !matches!(crate::cli::is_bpffs(root), Ok(true)) {
+        return vec![check(
+            "programs",
+            Status::Degraded,
+            "not verified: no bpf filesystem to load them against",
+        )];
+    }
+    let scratch = root.join(format!("bpfproxy-preflight-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&scratch) {
+        return vec![check(
+            "programs",
+            Status::Degraded,
+            format!("not verified: creating {}: {e}", scratch.display()),
+        )];
+    }
+    let results = loader::verify_programs(&scratch, features);
+    let _ = std::fs::remove_dir_all(&scratch);
+    results
+        .into_iter()
+        .map(|(name, r)| match r {
+            Ok(()) => check(&format!("program {name}"), Status::Ok, "loads"),
+            Err(e) => check(&format!("program {name}"), Status::Missing, e),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worst_check_decides_the_exit_code() {
+        let r = |s: &[Status]| Report {
+            checks: s.iter().map(|&st| check("x", st, "")).collect(),
+        };
+        assert_eq!(r(&[Status::Ok, Status::Ok]).exit_code(false), 0);
+        assert_eq!(r(&[Status::Ok, Status::Degraded]).exit_code(false), 0);
+        assert_eq!(r(&[Status::Ok, Status::Degraded]).exit_code(true), 2);
+        assert_eq!(r(&[Status::Missing, Status::Degraded]).exit_code(true), 1);
+        let text = r(&[Status::Degraded]).to_string();
+        assert!(text.contains("DEGRADED"), "{text}");
+    }
+
+    #[test]
+    fn kernels_before_5_10_are_refused() {
+        assert_eq!(
+            kernel_version(Some(KernelVersion::new(5, 4, 0))).status,
+            Status::Missing
+        );
+        assert_eq!(
+            kernel_version(Some(KernelVersion::new(5, 10, 0))).status,
+            Status::Ok
+        );
+    }
+
+    #[test]
+    fn the_cgroup2_mount_is_found_in_a_hybrid_layout() {
+        let mounts =
+            "tmpfs /sys/fs/cgroup tmpfs ro 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(cgroup2_mount(mounts), Some("/sys/fs/cgroup/unified"));
+        assert_eq!(cgroup2_mount("proc /proc proc rw 0 0\n"), None);
+    }
+
+    #[test]
+    fn the_maps_need_tens_of_mib() {
+        let one = map_bytes(1);
+        assert!(one > 10 << 20 && one < 100 << 20, "{one}");
+        assert!(map_bytes(4) > one, "per-CPU counters grow with CPUs");
+    }
+}
