@@ -342,8 +342,27 @@ const DOWNLOAD_BYTES: usize = 5 * 1024 * 1024;
 const DOWNLOAD_PORT: u16 = 8081;
 const DOWNLOAD_NODE_PORT: u16 = 30082;
 
-/// `python3 -m http.server` serving `dir` in pod 1 of node `i`.
+/// `python3 -m http.server` serving `dir` in pod 1 of node `i`, once it
+/// answers (the interpreter takes a while to start on a busy machine).
 fn http_server(sb: &ClusterSandbox, i: usize, dir: &Path) -> Result<ChildGuard> {
+    let server = spawn_http_server(sb, i, dir)?;
+    let url = format!("http://{}:{DOWNLOAD_PORT}/", pod_ip(i, 1));
+    let deadline = Instant::now() + T;
+    loop {
+        let mut probe = sb.pod_command(i, 1, "curl")?;
+        probe.args(["-s", "-o", "/dev/null", "--max-time", "1", &url]);
+        if process::run_with_timeout(&mut probe, Duration::from_secs(5)).is_ok() {
+            return Ok(server);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{url} did not answer within {T:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spawn_http_server(sb: &ClusterSandbox, i: usize, dir: &Path) -> Result<ChildGuard> {
     let mut cmd = sb.pod_command(i, 1, "python3")?;
     cmd.args([
         "-m",
