@@ -57,6 +57,10 @@ pub struct PreflightArgs {
     /// Exit 2 when something is degraded.
     #[arg(long)]
     pub strict: bool,
+    /// The cgroup v2 directory the agent will attach to (as `run
+    /// --cgroup`); default: look for the node's cgroup2 mount.
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -168,7 +172,7 @@ pub fn main() -> ExitCode {
 }
 
 fn preflight_cmd(args: &PreflightArgs) -> ExitCode {
-    let report = preflight::run(&args.pins.bpffs);
+    let report = preflight::run(&args.pins.bpffs, args.cgroup.as_deref());
     let text = if args.json {
         serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
     } else {
@@ -261,6 +265,11 @@ fn check_bpffs(path: &Path) -> anyhow::Result<()> {
 }
 
 pub(crate) fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
+    Ok(fs_magic(path)? == BPF_FS_MAGIC)
+}
+
+/// The statfs magic number of the filesystem `path` is on.
+pub(crate) fn fs_magic(path: &Path) -> anyhow::Result<i64> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: statfs writes into the zeroed struct we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
@@ -272,7 +281,7 @@ pub(crate) fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
         );
     }
     #[allow(clippy::unnecessary_cast)] // f_type's type differs across targets
-    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+    Ok(st.f_type as i64)
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (often 64 KiB),

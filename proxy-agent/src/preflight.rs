@@ -94,11 +94,16 @@ impl fmt::Display for Report {
 const FLOOR: (u8, u16) = (5, 10);
 
 /// Runs every check; `bpffs` is where the agent would pin (the programs
-/// are verified with scratch pins beside it).
-pub fn run(bpffs: &Path) -> Report {
+/// are verified with scratch pins beside it), `cgroup` the directory it
+/// would attach to (None: the node's cgroup2 mount).
+pub fn run(bpffs: &Path, cgroup: Option<&Path>) -> Report {
     let version = KernelVersion::current().ok();
     let features = Features::probe();
-    let mut checks = vec![kernel_version(version), cgroup2(), bpffs_check(bpffs)];
+    let cgroup_check = match cgroup {
+        Some(dir) => cgroup2_dir(dir),
+        None => cgroup2(),
+    };
+    let mut checks = vec![kernel_version(version), cgroup_check, bpffs_check(bpffs)];
     checks.extend(program_types());
     checks.extend(helpers(&features));
     checks.push(tc_attach(version));
@@ -130,6 +135,27 @@ fn cgroup2() -> Check {
             Status::Missing,
             "no cgroup2 mount: the socket programs attach to a cgroup v2 (systemd.unified_cgroup_hierarchy=1)",
         ),
+    }
+}
+
+/// cgroup2's statfs magic.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// `--cgroup` given: that directory must be on a cgroup v2 (in a
+/// container, the host's cgroup mounted in).
+fn cgroup2_dir(dir: &Path) -> Check {
+    match crate::cli::fs_magic(dir) {
+        Ok(CGROUP2_SUPER_MAGIC) => check(
+            "cgroup v2",
+            Status::Ok,
+            format!("{} is a cgroup v2", dir.display()),
+        ),
+        Ok(_) => check(
+            "cgroup v2",
+            Status::Missing,
+            format!("{} is not a cgroup v2 directory", dir.display()),
+        ),
+        Err(e) => check("cgroup v2", Status::Missing, format!("{e:#}")),
     }
 }
 

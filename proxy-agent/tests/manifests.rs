@@ -96,6 +96,25 @@ fn a_preflight_init_container_checks_the_kernel_first_with_the_agents_pin_path()
 }
 
 #[test]
+fn every_container_runs_the_image_of_this_version() {
+    let ds = daemonset();
+    let pod = ds.spec.expect("spec").template.spec.expect("pod spec");
+    let want = format!("bpfproxy:{}", env!("CARGO_PKG_VERSION"));
+    let containers = pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten());
+    for c in containers {
+        assert_eq!(c.image.as_deref(), Some(want.as_str()), "{}", c.name);
+    }
+    let k = manifest("kustomization.yaml");
+    assert!(
+        k.contains(&format!("newTag: {}", env!("CARGO_PKG_VERSION"))),
+        "{k}"
+    );
+}
+
+#[test]
 fn the_api_server_address_does_not_come_from_the_kubernetes_cluster_ip() {
     let ds = daemonset();
     let pod = ds.spec.expect("spec").template.spec.expect("pod spec");

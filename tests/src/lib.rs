@@ -17,6 +17,7 @@ pub mod apiserver;
 pub mod bpffs;
 pub mod cgroup;
 pub mod cluster;
+pub mod container;
 pub mod interrupt;
 pub mod manifest;
 pub mod multinode;

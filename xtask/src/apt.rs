@@ -20,6 +20,11 @@ pub const PACKAGES: &[&str] = &[
     // AF_INET6 sockets and IPv4-mapped addresses; the JDK (not only the
     // JRE) runs a single source file without a javac step.
     "openjdk-17-jdk-headless",
+    // The container image: built from scratch with buildah, run by the
+    // tests with podman on runc (crun refuses hybrid cgroup layouts).
+    "buildah",
+    "podman",
+    "runc",
 ];
 
 /// The packages of `wanted` that are not installed.

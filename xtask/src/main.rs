@@ -4,6 +4,7 @@ mod apt;
 mod bench;
 mod bpf_linker;
 mod demo;
+mod image;
 mod procs;
 mod setup;
 mod sh;
@@ -42,6 +43,10 @@ enum Task {
     /// Run the benchmarks (release build; root for the kernel ones) and
     /// write their reports to target/bench/.
     Bench(bench::Args),
+    /// Build the container image `bpfproxy:<version>` from scratch (the
+    /// release binary and its libraries; root, buildah) and its OCI archive
+    /// in target/image/.
+    Image(image::Args),
 }
 
 fn main() -> ExitCode {
@@ -71,5 +76,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::Demo(args) => demo::run(args),
         Task::Bench(args) => bench::run(&args),
+        Task::Image(args) => image::run(&args),
     }
 }

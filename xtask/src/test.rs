@@ -29,7 +29,7 @@ pub fn run(opts: &Options) -> Result<()> {
         );
     }
     let root = workspace::root();
-    let mut steps = Steps::new(if opts.unprivileged { 6 } else { 9 });
+    let mut steps = Steps::new(if opts.unprivileged { 6 } else { 10 });
     let result = pipeline(opts, &root, &mut steps);
     steps.summary();
     result
@@ -102,6 +102,10 @@ fn pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()> {
         });
     }
 
+    // The container tests run the image of this build's agent.
+    steps.step("container image (debug agent)", || {
+        crate::image::build(&agent)
+    })?;
     // Built here, not inside the first test that needs it: a cold build
     // takes minutes, longer than a test may run.
     steps.step("test API server (etcd + k8s.io/apiserver, cached)", || {
