@@ -110,6 +110,7 @@ fn start_in_container(sb: &Sandbox) -> Result<Container> {
     c.args([
         "run",
         "-d",
+        "--rm",
         "--name",
         &name,
         "--privileged",
