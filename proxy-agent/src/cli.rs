@@ -61,6 +61,11 @@ pub struct PreflightArgs {
     /// --cgroup`); default: look for the node's cgroup2 mount.
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
+    /// Mount the bpffs at /sys/fs/bpf first when the node has none, as
+    /// `run` would (the DaemonSet's privileged init container does it, so
+    /// the agent needs no mount rights).
+    #[arg(long)]
+    pub mount_bpffs: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -172,6 +177,12 @@ pub fn main() -> ExitCode {
 }
 
 fn preflight_cmd(args: &PreflightArgs) -> ExitCode {
+    if args.mount_bpffs {
+        // A failure shows again as the bpffs line of the report.
+        if let Err(e) = check_bpffs(&args.pins.bpffs) {
+            error!(error = %format!("{e:#}"), "mounting the bpffs");
+        }
+    }
     let report = preflight::run(&args.pins.bpffs, args.cgroup.as_deref());
     let text = if args.json {
         serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"

@@ -1,7 +1,8 @@
 //! The container image the DaemonSet runs (`cargo xtask image`), run with
 //! podman as root: it answers `--version`, its `preflight` passes with the
-//! host's bpffs and a test cgroup mounted in, and the agent inside it
-//! serves a ClusterIP to a sandbox namespace.
+//! host's bpffs and a test cgroup mounted in, and the agent inside it,
+//! with only the capabilities the DaemonSet grants, serves a ClusterIP to
+//! a sandbox namespace.
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use anyhow::{ensure, Context, Result};
@@ -73,7 +74,7 @@ fn preflight_inside_the_image_passes_with_the_hosts_bpffs_and_a_cgroup_mounted()
 }
 
 #[test]
-fn the_agent_in_the_image_serves_a_cluster_ip_to_a_sandbox_namespace() -> Result<()> {
+fn the_agent_in_the_image_with_the_daemonsets_capabilities_serves_a_cluster_ip() -> Result<()> {
     ready()?;
     let sb = Sandbox::with_config(SandboxConfig {
         backends: 2,
@@ -89,7 +90,7 @@ fn the_agent_in_the_image_serves_a_cluster_ip_to_a_sandbox_namespace() -> Result
             manifest::endpoint_slice("default/web", "web-1", &refs, &[("http", 8080, "TCP")], &[]),
         ]),
     )?;
-    let _agent = start_in_container(&sb)?;
+    let _agent = start_in_container(&sb, &daemonset_security()?)?;
     wait_for_backends(&sb, 2)?;
     let r = sb.probe_tcp(&format!("{VIP}:80"), 40)?;
     println!("through the containerised agent: {:?}", r.by_backend);
@@ -97,9 +98,31 @@ fn the_agent_in_the_image_serves_a_cluster_ip_to_a_sandbox_namespace() -> Result
     Ok(())
 }
 
+/// podman's options for the agent container's securityContext in the
+/// DaemonSet: its capabilities only (not privileged), no seccomp filter.
+fn daemonset_security() -> Result<Vec<String>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/daemonset.yaml");
+    let ds: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&path)?)?;
+    let sc = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    ensure!(sc["privileged"] == serde_yaml::Value::Bool(false), "{sc:?}");
+    ensure!(sc["seccompProfile"]["type"] == "Unconfined", "{sc:?}");
+    let caps: Vec<String> = sc["capabilities"]["add"]
+        .as_sequence()
+        .context("capabilities.add")?
+        .iter()
+        .filter_map(|c| c.as_str().map(str::to_lowercase))
+        .collect();
+    ensure!(!caps.is_empty(), "{sc:?}");
+    Ok(vec![
+        "--cap-drop=all".into(),
+        format!("--cap-add={}", caps.join(",")),
+        "--security-opt=seccomp=unconfined".into(),
+    ])
+}
+
 /// `bpfproxy run` in the image, in the sandbox's network namespace, on its
 /// bpffs and cgroup (mounted in), reading its manifest directory.
-fn start_in_container(sb: &Sandbox) -> Result<Container> {
+fn start_in_container(sb: &Sandbox, security: &[String]) -> Result<Container> {
     let name = format!("bpfpt-{}-image", std::process::id());
     let (bpffs, source) = (
         sb.bpffs().display().to_string(),
@@ -107,40 +130,32 @@ fn start_in_container(sb: &Sandbox) -> Result<Container> {
     );
     let netns = format!("ns:{}", sb.client_ns().path().display());
     let mut c = podman();
-    c.args([
-        "run",
-        "-d",
-        "--rm",
-        "--name",
-        &name,
-        "--privileged",
-        "--network",
-        &netns,
-    ])
-    .args(run_options())
-    .args(["-v", &format!("{bpffs}:{bpffs}")])
-    .args(["-v", &format!("{source}:{source}:ro")])
-    .args([
-        "-v",
-        &format!("{}:/host/cgroup", sb.cgroup().path().display()),
-    ])
-    .arg(image())
-    .args([
-        "run",
-        "--source",
-        &source,
-        "--cgroup",
-        "/host/cgroup",
-        "--bpffs",
-        &bpffs,
-    ])
-    .args([
-        "--devices=none",
-        "--metrics-bind-address=",
-        "--healthz-bind-address=",
-        "--node-name=img",
-    ])
-    .stdout(Stdio::null());
+    c.args(["run", "-d", "--rm", "--name", &name, "--network", &netns])
+        .args(security)
+        .args(run_options())
+        .args(["-v", &format!("{bpffs}:{bpffs}")])
+        .args(["-v", &format!("{source}:{source}:ro")])
+        .args([
+            "-v",
+            &format!("{}:/host/cgroup", sb.cgroup().path().display()),
+        ])
+        .arg(image())
+        .args([
+            "run",
+            "--source",
+            &source,
+            "--cgroup",
+            "/host/cgroup",
+            "--bpffs",
+            &bpffs,
+        ])
+        .args([
+            "--devices=none",
+            "--metrics-bind-address=",
+            "--healthz-bind-address=",
+            "--node-name=img",
+        ])
+        .stdout(Stdio::null());
     let container = Container { name };
     process::run_with_timeout(&mut c, T).context("starting the agent's container")?;
     Ok(container)
