@@ -437,3 +437,74 @@ fn the_health_check_counts_only_ready_local_endpoints() {
         "traffic that still arrives goes to the terminating local pods"
     );
 }
+
+/// A Service `ns/NAME` with a ClusterIP, one port 80 and `extra` spec lines.
+fn named_svc(name: &str, cluster_ip: &str, extra: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  clusterIP: {cluster_ip}\n{extra}  ports: [{{port: 80}}]\n"
+    )
+}
+
+#[test]
+fn a_cluster_ip_wins_over_another_services_external_ip_on_the_same_address() {
+    // "a-hostile" sorts first: by name alone its externalIP would take
+    // kube-dns-like "z-victim"'s ClusterIP.
+    let yaml = named_svc("a-hostile", "10.96.0.50", "  externalIPs: [10.96.0.10]\n")
+        + &named_svc("z-victim", "10.96.0.10", "");
+    let out = common::build(&yaml);
+    let fe = Frontend {
+        ip: Ipv4Addr::new(10, 96, 0, 10).into(),
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    let owner = &out.state.frontends[&fe];
+    assert_eq!(owner.name.name, "z-victim");
+    assert_eq!(owner.kind, proxy_agent::model::FrontendKind::ClusterIp);
+    let conflict: Vec<_> = out
+        .skips
+        .iter()
+        .filter(|s| s.reason == SkipReason::DuplicateFrontend)
+        .collect();
+    assert_eq!(conflict.len(), 1, "{:?}", out.skips);
+    assert!(
+        conflict[0].object.contains("a-hostile"),
+        "the loser is named: {conflict:?}"
+    );
+    // The other way round (the ClusterIP's Service sorts first), the same.
+    let yaml = named_svc("a-victim", "10.96.0.10", "")
+        + &named_svc("z-hostile", "10.96.0.50", "  externalIPs: [10.96.0.10]\n");
+    let out = common::build(&yaml);
+    assert_eq!(out.state.frontends[&fe].name.name, "a-victim");
+}
+
+#[test]
+fn unspecified_broadcast_multicast_loopback_and_link_local_external_addresses_are_refused() {
+    let yaml = named_svc(
+        "s",
+        "10.96.0.1",
+        "  type: LoadBalancer\n  externalIPs: [0.0.0.0, 255.255.255.255, 224.0.0.1, 127.0.0.1, 169.254.169.254, 192.0.2.7]\n",
+    ) + "status:\n  loadBalancer:\n    ingress: [{ip: 0.0.0.0}, {ip: 198.51.100.9}]\n";
+    let out = common::build(&yaml);
+    let addresses: Vec<String> = out
+        .state
+        .frontends
+        .keys()
+        .map(|f| f.ip.to_string())
+        .collect();
+    assert_eq!(
+        addresses,
+        ["10.96.0.1", "192.0.2.7", "198.51.100.9"],
+        "only routable ones"
+    );
+    let refused = out
+        .skips
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.reason,
+                SkipReason::InvalidExternalIp | SkipReason::InvalidLoadBalancerIp
+            )
+        })
+        .count();
+    assert_eq!(refused, 6, "{:?}", out.skips);
+}

@@ -165,13 +165,27 @@ pub fn build_desired_state<'a>(
                         protocol: port.protocol,
                     };
                     if let Some(owner) = out.state.frontends.get(&frontend) {
+                        // A ClusterIP always wins over another Service's
+                        // externalIP or LB IP on the same address (the
+                        // CVE-2020-8554 shape: a tenant's externalIP must not
+                        // capture someone else's ClusterIP); otherwise the
+                        // first by namespace/name keeps it.
+                        if !(kind == FrontendKind::ClusterIp && owner.kind.is_external()) {
+                            out.skips.push(skip(
+                                "Service",
+                                &obj,
+                                SkipReason::DuplicateFrontend,
+                                &format!("{frontend} already belongs to {}", owner.name),
+                            ));
+                            continue;
+                        }
+                        let loser = format!("{}/{}", owner.name.namespace, owner.name.name);
                         out.skips.push(skip(
                             "Service",
-                            &obj,
+                            &loser,
                             SkipReason::DuplicateFrontend,
-                            &format!("{frontend} already belongs to {}", owner.name),
+                            &format!("{frontend} is {}'s ClusterIP", spn),
                         ));
-                        continue;
                     }
                     // ClusterIPs follow internalTrafficPolicy, the external
                     // kinds externalTrafficPolicy.

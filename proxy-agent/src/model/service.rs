@@ -80,13 +80,12 @@ pub fn parse_service<'a>(
     }
     let cluster_ips = parse_ips(raw, &obj, SkipReason::InvalidClusterIp, skips)?;
     // A bad external address costs only that address.
-    let external_ips = spec
-        .external_ips
-        .iter()
-        .flatten()
-        .filter_map(|ip| parse_ips([ip.as_str()], &obj, SkipReason::InvalidExternalIp, skips))
-        .flatten()
-        .collect();
+    let external_ips = external_addresses(
+        spec.external_ips.iter().flatten().map(String::as_str),
+        &obj,
+        SkipReason::InvalidExternalIp,
+        skips,
+    );
     let load_balancer_ips = load_balancer_ips(svc, &obj, skips);
     let affinity_timeout_s = if spec.session_affinity.as_deref() == Some("ClientIP") {
         spec.session_affinity_config
@@ -170,12 +169,63 @@ fn load_balancer_ips(svc: &Service, obj: &str, skips: &mut Vec<Skip>) -> Vec<IpA
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
         .and_then(|lb| lb.ingress.as_ref());
-    ingress
+    let ingress = ingress
         .into_iter()
         .flatten()
         .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
-        .filter_map(|i| i.ip.as_deref().filter(|ip| !ip.is_empty()))
-        .filter_map(|ip| parse_ips([ip], obj, SkipReason::InvalidLoadBalancerIp, skips))
-        .flatten()
-        .collect()
+        .filter_map(|i| i.ip.as_deref().filter(|ip| !ip.is_empty()));
+    external_addresses(ingress, obj, SkipReason::InvalidLoadBalancerIp, skips)
+}
+
+/// The usable ones of externalIPs or LB IPs: a bad address costs only
+/// itself (with a skip).
+fn external_addresses<'r>(
+    raw: impl IntoIterator<Item = &'r str>,
+    obj: &str,
+    reason: SkipReason,
+    skips: &mut Vec<Skip>,
+) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for text in raw {
+        if let Some(ips) = parse_ips([text], obj, reason, skips) {
+            out.extend(
+                ips.into_iter()
+                    .filter(|ip| routable(*ip, obj, reason, skips)),
+            );
+        }
+    }
+    out
+}
+
+/// Whether `ip` can be an externalIP or LoadBalancer IP: an address traffic
+/// from outside is routed to. The unspecified address would act as a
+/// wildcard over every node address; broadcast, multicast, loopback and
+/// link-local ones (169.254/16 is the cloud metadata service) would let a
+/// tenant capture traffic that is not theirs. Refused with a skip.
+fn routable(ip: IpAddr, obj: &str, reason: SkipReason, skips: &mut Vec<Skip>) -> bool {
+    let special = match ip {
+        IpAddr::V4(v4) => {
+            v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_loopback()
+                || v4.is_link_local()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_loopback()
+                || v6.is_unicast_link_local()
+                || v6.to_ipv4_mapped().is_some()
+        }
+    };
+    if special {
+        skips.push(skip(
+            "Service",
+            obj,
+            reason,
+            &format!("{ip} is not a routable address"),
+        ));
+    }
+    !special
 }
