@@ -132,7 +132,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub service_proxy_name: Option<String>,
     /// Where /metrics, /healthz and /proxyMode are served; empty disables.
-    #[arg(long, default_value = "0.0.0.0:10249")]
+    /// Loopback by default, as kube-proxy binds it (the DaemonSet opens it
+    /// to Prometheus with 0.0.0.0:10249).
+    #[arg(long, default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: String,
     /// Where /healthz and /livez (kube-proxy's JSON) are served; empty disables.
     #[arg(long, default_value = "0.0.0.0:10256")]
@@ -427,11 +429,7 @@ where
         return Ok(());
     }
     let addr: SocketAddr = addr.parse()?;
-    tokio::spawn(async move {
-        if let Err(e) = server::serve(name, addr, routes).await {
-            error!(server = name, error = %e, "server stopped");
-        }
-    });
+    tokio::spawn(server::serve(name, addr, routes));
     Ok(())
 }
 

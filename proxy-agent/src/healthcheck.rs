@@ -12,7 +12,7 @@ use std::{
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 use tokio::{sync::watch, task::JoinHandle};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{metrics::Metrics, model::HealthCheck, server};
 
@@ -101,11 +101,7 @@ pub async fn run(
             let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
             listeners.insert(
                 port,
-                tokio::spawn(async move {
-                    if let Err(e) = server::serve("healthcheck", addr, routes).await {
-                        warn!(port, error = %e, "health check server stopped");
-                    }
-                }),
+                tokio::spawn(server::serve("healthcheck", addr, routes)),
             );
         }
         if rx.changed().await.is_err() {
