@@ -297,6 +297,28 @@ pub(crate) fn fs_magic(path: &Path) -> anyhow::Result<i64> {
     Ok(st.f_type as i64)
 }
 
+/// One agent per pin directory: two would fight over the same maps and
+/// links (each pruning what the other programs). The lock is a flock on
+/// the directory itself, so it holds across containers sharing the bpffs,
+/// and goes with the process, however it ends.
+fn lock_pins(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            bail!(
+                "another bpfproxy agent runs on {} (one agent per node and bpffs; `bpfproxy dump` reads it without stopping it)",
+                dir.display()
+            );
+        }
+        return Err(e).with_context(|| format!("locking {}", dir.display()));
+    }
+    Ok(f)
+}
+
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (often 64 KiB),
 /// far below what the maps take: lift it, as root may. Later kernels
 /// charge the memory cgroup instead and ignore it.
@@ -323,6 +345,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     check_bpffs(&args.pins.bpffs)?;
+    let _lock = lock_pins(&loader::pin_dir(&args.pins.bpffs))?;
     info!(node = %node, cgroup = %cgroup.display(), bpffs = %args.pins.bpffs.display(), source = ?args.source, "starting bpfproxy");
 
     let devices = Devices::from_flag(&args.devices).map_err(anyhow::Error::msg)?;

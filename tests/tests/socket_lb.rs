@@ -265,6 +265,28 @@ fn without_bpf_set_retval_a_service_without_endpoints_refuses_at_once_with_eperm
 }
 
 #[test]
+fn a_second_agent_on_the_same_pins_refuses_to_start_and_the_first_keeps_serving() -> Result<()> {
+    let sb = sandbox(2)?;
+    let _agent = start(&sb, &[1, 2])?;
+    let cfg = sb.agent_config()?;
+    let mut second = std::process::Command::new(&cfg.bin);
+    second
+        .args(cfg.run_args())
+        .arg("--metrics-bind-address=")
+        .arg("--healthz-bind-address=");
+    let out = process::output_with_timeout(&mut second, Duration::from_secs(20))?;
+    let stderr = &out.stderr;
+    ensure!(!out.status.success(), "the second agent must exit: {out:?}");
+    ensure!(
+        stderr.contains("another bpfproxy agent runs on"),
+        "{stderr}"
+    );
+    let r = sb.probe_tcp(&format!("{VIP}:80"), 20)?;
+    ensure!(r.ok == 20, "the first agent still serves: {r:?}");
+    Ok(())
+}
+
+#[test]
 fn sigkill_during_a_request_stream_fails_nothing_and_a_new_agent_takes_over() -> Result<()> {
     let sb = sandbox(3)?;
     let mut agent = start(&sb, &[1, 2, 3])?;
