@@ -81,7 +81,7 @@ fn the_agent_in_the_image_with_the_daemonsets_capabilities_serves_a_cluster_ip()
         probe_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_probe"))),
         ..SandboxConfig::default()
     })?;
-    let ips: Vec<String> = (1..=2).map(|i| sb.backend_ip(i)).collect();
+    let ips = sb.backend_ips();
     let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
     sb.write_manifest(
         "web.yaml",
