@@ -45,9 +45,21 @@ impl fmt::Display for Ipv4Cidr {
 
 impl Ipv4Cidr {
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.addr) & self.mask()
+    }
+
+    /// The network address: host bits cleared.
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    fn mask(&self) -> u32 {
         // checked_shl: a /0 mask would shift by 32, which overflows.
-        let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.addr) & mask
+        u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0)
     }
 }
 

@@ -508,3 +508,53 @@ fn unspecified_broadcast_multicast_loopback_and_link_local_external_addresses_ar
         .count();
     assert_eq!(refused, 6, "{:?}", out.skips);
 }
+
+#[test]
+fn load_balancer_source_ranges_restrict_only_the_load_balancer_ips() {
+    let yaml = named_svc(
+        "s",
+        "10.96.0.1",
+        "  type: LoadBalancer\n  externalIPs: [192.0.2.7]\n  loadBalancerSourceRanges: [10.1.2.3/16, 192.168.50.100/32, fd00::/8, bogus]\n",
+    ) + "status:\n  loadBalancer:\n    ingress: [{ip: 198.51.100.9}]\n";
+    let out = common::build(&yaml);
+    let ranges: Vec<(String, Vec<String>)> = out
+        .state
+        .frontends
+        .iter()
+        .map(|(fe, fs)| {
+            (
+                fe.ip.to_string(),
+                fs.source_ranges.iter().map(|c| c.to_string()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ranges,
+        [
+            ("10.96.0.1".to_string(), vec![]),
+            ("192.0.2.7".to_string(), vec![]),
+            (
+                "198.51.100.9".to_string(),
+                vec!["10.1.2.3/16".to_string(), "192.168.50.100/32".to_string()]
+            ),
+        ],
+        "only the LB IP, IPv6 ranges left to the IPv6 datapath"
+    );
+    assert!(
+        out.skips
+            .iter()
+            .any(|s| s.reason == SkipReason::InvalidSourceRange),
+        "{:?}",
+        out.skips
+    );
+    // Rendered: the network addresses, and the master's flag.
+    let mut ids = proxy_agent::datapath::Ids::default();
+    let state = proxy_agent::datapath::render(&out.state, &mut ids).state;
+    let entries: Vec<String> = state.source_ranges.iter().map(|r| r.to_string()).collect();
+    assert_eq!(entries, ["10.1.0.0/16", "192.168.50.100/32"]);
+    let flagged = state
+        .masters()
+        .filter(|(_, m)| m.flags & proxy_common::svc_flags::SOURCE_RANGES != 0)
+        .count();
+    assert_eq!(flagged, 1);
+}

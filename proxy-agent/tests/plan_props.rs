@@ -56,11 +56,13 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
     };
     // Some frontends are eTP=Local external ones with a second view (the
     // in-cluster endpoint set, scope 1) to program beside the node's.
-    let views = (endpoints(), proptest::option::of(endpoints()));
+    // LoadBalancer ones may restrict their sources (loadBalancerSourceRanges).
+    let ranges = proptest::collection::vec((1u8..=4, 8u8..=32), 0..3);
+    let views = (endpoints(), proptest::option::of(endpoints()), ranges);
     proptest::collection::btree_map(frontend, views, 0..6).prop_map(|m| DesiredState {
         frontends: m
             .into_iter()
-            .map(|(fe, (endpoints, in_cluster))| {
+            .map(|(fe, (endpoints, in_cluster, ranges))| {
                 let name = ServicePortName {
                     namespace: "ns".into(),
                     name: format!("svc-{}", fe.ip),
@@ -80,6 +82,15 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
                         policy_local: in_cluster.is_some(),
                         node_local: BTreeSet::new(),
                         any_endpoints: true,
+                        source_ranges: match kind {
+                            FrontendKind::LoadBalancer => ranges
+                                .iter()
+                                .map(|(octet, len)| {
+                                    format!("10.{octet}.0.0/{len}").parse().unwrap()
+                                })
+                                .collect(),
+                            _ => Vec::new(),
+                        },
                         in_cluster,
                     },
                 )
@@ -180,6 +191,7 @@ fn a_full_backend_map_holds_back_only_the_frontends_that_need_new_backends() {
                         node_local: BTreeSet::new(),
                         any_endpoints: true,
                         in_cluster: None,
+                        source_ranges: Vec::new(),
                         name: ServicePortName {
                             namespace: "ns".into(),
                             name: format!("s{f}"),

@@ -53,8 +53,12 @@ pub const TC_DROP_NO_ROUTE: u32 = 18;
 /// dropped.
 pub const TC_FRAG_NEEDED: u32 = 19;
 
+/// TC: a new connection to a LoadBalancer IP came from outside its
+/// `loadBalancerSourceRanges` and was dropped.
+pub const TC_DROP_SOURCE_RANGE: u32 = 20;
+
 /// Size of the counters array.
-pub const MAX: u32 = 20;
+pub const MAX: u32 = 21;
 
 /// Names for metrics labels and dump, indexed like the constants above.
 pub const NAMES: [&str; MAX as usize] = [
@@ -78,4 +82,5 @@ pub const NAMES: [&str; MAX as usize] = [
     "tc_reject_no_endpoints",
     "tc_drop_no_route",
     "tc_frag_needed",
+    "tc_drop_source_range",
 ];

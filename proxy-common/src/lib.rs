@@ -147,6 +147,30 @@ pub mod svc_flags {
     /// REJECT) instead of dropping, which only a Local policy without local
     /// endpoints does.
     pub const REJECT: u16 = 1 << 2;
+    /// `loadBalancerSourceRanges` (LoadBalancer IPs only): new connections
+    /// from outside are accepted only from sources the source-range map
+    /// holds for this frontend's revNAT id.
+    pub const SOURCE_RANGES: u16 = 1 << 3;
+}
+
+/// The data of a source-range map key (an LPM trie key's data, matched bit
+/// by bit from the first byte): the frontend's revNAT id, then the client
+/// address. The key's prefix length is 32 + the range's length, so one
+/// frontend's ranges never match another's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRange {
+    /// The revNAT id in network byte order (so it is matched first, whole).
+    pub rev_nat_id_be: u32,
+    pub addr_be: u32,
+}
+const _: () = assert!(core::mem::size_of::<SourceRange>() == 8);
+
+impl SourceRange {
+    /// The LPM prefix length of a range of `len` bits.
+    pub const fn prefix_len(len: u8) -> u32 {
+        32 + len as u32
+    }
 }
 
 /// Value of the reverse-NAT map, keyed by a `u32` revNAT id (one per

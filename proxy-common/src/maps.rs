@@ -18,9 +18,10 @@ pub const AFFINITY: &str = "bpfp_aff_v1";
 pub const CONNTRACK: &str = "bpfp_ct_v1";
 pub const NODE_ADDRS: &str = "bpfp_node_v1";
 pub const DEVICES: &str = "bpfp_dev_v1";
+pub const SOURCE_RANGES: &str = "bpfp_lbsrc_v1";
 
 /// Every map the agent owns, for loops over all of them (pin checks, dump).
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     SERVICES,
     BACKENDS,
     REV_NAT,
@@ -31,6 +32,7 @@ pub const ALL: [&str; 10] = [
     CONNTRACK,
     NODE_ADDRS,
     DEVICES,
+    SOURCE_RANGES,
 ];
 
 pub const SERVICES_MAX: u32 = 65_536;
@@ -41,3 +43,4 @@ pub const AFFINITY_MAX: u32 = 65_536;
 pub const CONNTRACK_MAX: u32 = 262_144;
 pub const NODE_ADDRS_MAX: u32 = 256;
 pub const DEVICES_MAX: u32 = 256;
+pub const SOURCE_RANGES_MAX: u32 = 16_384;

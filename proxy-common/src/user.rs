@@ -4,7 +4,7 @@ use core::net::Ipv4Addr;
 use crate::{
     AffinityKey, AffinityValue, BackendValue, CtKey, CtValue, DeviceValue, NodeAddrValue,
     RevNatValue, ServiceKey, ServiceName, ServiceValue, SockRevNatKey, SockRevNatValue,
-    BACKEND_STATE_ACTIVE, SERVICE_NAME_LEN,
+    SourceRange, BACKEND_STATE_ACTIVE, SERVICE_NAME_LEN,
 };
 
 // SAFETY: all of these are `#[repr(C)]`, `Copy`, and have no implicit padding
@@ -22,6 +22,7 @@ unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtValue {}
 unsafe impl aya::Pod for NodeAddrValue {}
 unsafe impl aya::Pod for DeviceValue {}
+unsafe impl aya::Pod for SourceRange {}
 
 fn addr_be(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
@@ -139,6 +140,21 @@ impl NodeAddrValue {
     }
     pub fn snat_ip(&self) -> Ipv4Addr {
         ip(self.snat_addr_be)
+    }
+}
+
+impl SourceRange {
+    pub fn new(rev_nat_id: u16, addr: Ipv4Addr) -> Self {
+        Self {
+            rev_nat_id_be: u32::from(rev_nat_id).to_be(),
+            addr_be: addr_be(addr),
+        }
+    }
+    pub fn rev_nat_id(&self) -> u32 {
+        u32::from_be(self.rev_nat_id_be)
+    }
+    pub fn ip(&self) -> Ipv4Addr {
+        ip(self.addr_be)
     }
 }
 

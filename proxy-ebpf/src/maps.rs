@@ -2,12 +2,12 @@
 //! the programs left attached while no agent runs share the same state.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, HashMap, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
     counters, maps as names, AffinityKey, AffinityValue, BackendValue, CtKey, CtValue, DeviceValue,
     NodeAddrValue, RevNatValue, ServiceKey, ServiceName, ServiceValue, SockRevNatKey,
-    SockRevNatValue,
+    SockRevNatValue, SourceRange,
 };
 
 #[map(name = "bpfp_svc_v1")]
@@ -51,3 +51,8 @@ pub static NODE_ADDRS: HashMap<u32, NodeAddrValue> = HashMap::pinned(names::NODE
 /// traffic the TC programs forward out of each (see `route`).
 #[map(name = "bpfp_dev_v1")]
 pub static DEVICES: HashMap<u32, DeviceValue> = HashMap::pinned(names::DEVICES_MAX, 0);
+
+/// `loadBalancerSourceRanges`: (revNAT id, client network) prefixes that
+/// may open connections to the frontends flagged `SOURCE_RANGES`.
+#[map(name = "bpfp_lbsrc_v1")]
+pub static SOURCE_RANGES: LpmTrie<SourceRange, u8> = LpmTrie::pinned(names::SOURCE_RANGES_MAX, 0);

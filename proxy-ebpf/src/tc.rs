@@ -23,6 +23,7 @@
 //! The one exception is a rewrite that fails halfway: that packet is
 //! dropped, since sending it with mixed addresses or a wrong checksum is
 //! worse.
+use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     macros::classifier,
@@ -30,14 +31,14 @@ use aya_ebpf::{
 };
 use proxy_common::{
     counters, ct_dir, ct_flags, node_flags, svc_flags, CtValue, ServiceKey, ServiceValue,
-    AFFINITY_CLIENT_IP, BACKEND_FLAG_LOCAL,
+    SourceRange, AFFINITY_CLIENT_IP, BACKEND_FLAG_LOCAL,
 };
 
 use crate::{
     counters::bump,
     ct::{self, NewFlow},
     l3, lb,
-    maps::{NODE_ADDRS, SERVICES},
+    maps::{NODE_ADDRS, SERVICES, SOURCE_RANGES},
     nat,
     parse::{parse, Packet, Parsed},
     refuse,
@@ -258,6 +259,10 @@ fn new_flow(ctx: &TcContext, pkt: &Packet) -> Result<i32, u32> {
     let Some((svc_addr_be, master, default_snat_be)) = frontend(pkt) else {
         return Ok(PASS);
     };
+    if master.flags & svc_flags::SOURCE_RANGES != 0 && !source_allowed(&master, pkt.saddr_be) {
+        bump(counters::TC_DROP_SOURCE_RANGE);
+        return Ok(DROP);
+    }
     if master.count == 0 {
         return Ok(no_endpoints(ctx, pkt, svc_addr_be, &master));
     }
@@ -296,6 +301,20 @@ fn new_flow(ctx: &TcContext, pkt: &Packet) -> Result<i32, u32> {
     let fwd = ct::create(pkt, &flow)?;
     bump(counters::TC_NEW_FLOW);
     Ok(translate_and_redirect(ctx, pkt, &fwd, &hop))
+}
+
+/// Whether `saddr_be` is inside the frontend's `loadBalancerSourceRanges`
+/// (only asked for frontends that have some).
+#[inline(always)]
+fn source_allowed(master: &ServiceValue, saddr_be: u32) -> bool {
+    let key = Key::new(
+        SourceRange::prefix_len(32),
+        SourceRange {
+            rev_nat_id_be: u32::from(master.rev_nat_id).to_be(),
+            addr_be: saddr_be,
+        },
+    );
+    SOURCE_RANGES.get(key).is_some()
 }
 
 /// A frontend without any endpoint anywhere is refused at once, as

@@ -45,6 +45,8 @@ pub struct ServiceSpec {
     pub external_ips: Vec<String>,
     /// `status.loadBalancer.ingress[].ip`, as a cloud or MetalLB sets it.
     pub load_balancer_ips: Vec<String>,
+    /// `spec.loadBalancerSourceRanges`.
+    pub source_ranges: Vec<String>,
     pub labels: Vec<(String, String)>,
 }
 
@@ -62,6 +64,7 @@ impl ServiceSpec {
             external_name: None,
             external_ips: Vec::new(),
             load_balancer_ips: Vec::new(),
+            source_ranges: Vec::new(),
             labels: Vec::new(),
         }
     }
@@ -124,6 +127,9 @@ impl ServiceSpec {
         }
         if let Some(p) = &self.external_traffic_policy {
             spec.insert("externalTrafficPolicy".into(), json!(p));
+        }
+        if !self.source_ranges.is_empty() {
+            spec.insert("loadBalancerSourceRanges".into(), json!(self.source_ranges));
         }
         if let Some(t) = self.client_ip_affinity_seconds {
             spec.insert("sessionAffinity".into(), json!("ClientIP"));

@@ -263,6 +263,56 @@ fn external_ips_and_load_balancer_ips_are_served_from_outside(shape: NetworkShap
     Ok(())
 }
 
+/// `loadBalancerSourceRanges`: the LB IP answers a client inside the
+/// ranges; after the ranges change to exclude it, its new connections are
+/// dropped and counted, and `bpfproxy dump` shows the ranges.
+fn load_balancer_source_ranges_keep_an_lb_ip_private(shape: NetworkShape) -> Result<()> {
+    let sb = cluster(shape)?;
+    let write = |ranges: &[&str]| {
+        let mut svc =
+            ServiceSpec::cluster_ip("default/web", CLUSTER_IP).port("http", 80, 8080, "TCP");
+        svc.type_ = "LoadBalancer".to_string();
+        svc.ports[0].node_port = Some(NODE_PORT);
+        svc.load_balancer_ips = vec![LB_IP.to_string()];
+        svc.source_ranges = ranges.iter().map(|r| r.to_string()).collect();
+        sb.write_manifest(
+            "web.yaml",
+            &manifest::documents(&[svc.to_yaml(), web_slice(&[1, 2])]),
+        )
+    };
+    write(&[&format!("{CLIENT_IP}/32"), "10.0.0.0/8"])?;
+    let mut agents = start_agents(&sb, |_| vec![backend(1), backend(2)])?;
+    agents[2].wait_for_backends(LB_IP, 80, "TCP", &[backend(1), backend(2)], T)?;
+    route_via_node(&sb, LB_IP, 3)?;
+    let to = format!("{LB_IP}:80");
+    let r = sb.client_tcp_counted(&to, 20, 1000)?;
+    ensure!(r.ok == 20, "inside the ranges: {r:?}");
+    let dump = agents[2].dump_text()?;
+    ensure!(
+        dump.contains(&format!("only from: 10.0.0.0/8, {CLIENT_IP}/32")),
+        "{dump}"
+    );
+    write(&["10.0.0.0/8"])?;
+    agents[2].wait_until(
+        |d| {
+            d.to_string().contains("10.0.0.0/8")
+                && !d.to_string().contains(&format!("{CLIENT_IP}/32"))
+        },
+        T,
+    )?;
+    let c = sb.client_connect(&to, FAIL_TIMEOUT_MS)?;
+    ensure!(!c.ok, "outside the ranges: {c:?}");
+    let dropped = agents[2].dump_json()?["counters"]["tc_drop_source_range"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(dropped >= 1, "counted: {dropped}");
+    // The NodePort of the same Service is not restricted (kube-proxy
+    // applies the ranges to the LB IPs only).
+    let r = sb.client_tcp_counted(&np(3), 10, 1000)?;
+    ensure!(r.ok == 10, "{r:?}");
+    Ok(())
+}
+
 fn etp_cluster_a_remote_backend_sees_the_node_address(shape: NetworkShape) -> Result<()> {
     let sb = cluster(shape)?;
     write_web(&sb, "Cluster")?;
@@ -955,6 +1005,7 @@ macro_rules! on_every_shape {
 }
 
 on_every_shape!(
+    load_balancer_source_ranges_keep_an_lb_ip_private,
     devices_auto_serves_as_naming_the_client_nic_does,
     a_5_mb_download_through_a_node_without_a_backend_arrives_whole,
     every_node_serves_the_node_port_and_all_backends_are_reached,

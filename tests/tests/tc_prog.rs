@@ -24,7 +24,7 @@ use bpfproxy_tests::{
 use proxy_agent::node_links;
 use proxy_common::{
     counters, ct_dir, maps as names, node_flags, svc_flags, BackendValue, CtKey, CtValue,
-    NodeAddrValue, ServiceKey, ServiceValue,
+    NodeAddrValue, ServiceKey, ServiceValue, SourceRange,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -186,6 +186,16 @@ impl Datapath {
         dp.node_addr(NODE, NODE, node_flags::NODEPORT);
         dp.node_addr(Ipv4Addr::UNSPECIFIED, NODE, 0);
         Ok(dp)
+    }
+
+    /// Allows `net/len` to reach the frontend with revNAT id `rev`
+    /// (loadBalancerSourceRanges), as the agent writes it.
+    fn source_range(&mut self, rev: u16, net: Ipv4Addr, len: u8) {
+        use aya::maps::lpm_trie::{Key, LpmTrie};
+        let mut m: LpmTrie<_, SourceRange, u8> =
+            LpmTrie::try_from(self.ebpf.map_mut(names::SOURCE_RANGES).unwrap()).unwrap();
+        let key = Key::new(SourceRange::prefix_len(len), SourceRange::new(rev, net));
+        m.insert(&key, 1, 0).unwrap();
     }
 
     fn ct(&mut self, key: &CtKey) -> Option<CtValue> {
@@ -575,6 +585,31 @@ fn external_ips_are_translated_and_cluster_ips_are_not() -> Result<()> {
     verify_checksums(&out)?;
     let syn = Spec::tcp((CLIENT, 40011), (cluster_ip, 80), TCP_SYN).build();
     assert_eq!(dp.ingress(&syn), (TC_ACT_OK, syn.clone()));
+    Ok(())
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_only_their_clients() -> Result<()> {
+    let lb_ip = Ipv4Addr::new(203, 0, 113, 60);
+    let outsider = Ipv4Addr::new(198, 51, 100, 8);
+    let mut dp = Datapath::with_node("tcsrcr")?;
+    let flags = svc_flags::EXTERNAL | svc_flags::SOURCE_RANGES;
+    dp.service(lb_ip, 80, TCP, flags, &[Be(REMOTE_POD, TARGET_PORT, false)]);
+    let rev = dp.next_rev_nat_id - 1;
+    dp.source_range(rev, Ipv4Addr::new(198, 51, 100, 0), 29);
+    // Another frontend's range does not count for this one.
+    dp.source_range(rev + 1, outsider, 32);
+    let syn = Spec::tcp((CLIENT, 40040), (lb_ip, 80), TCP_SYN).build();
+    let (rc, out) = dp.ingress(&syn);
+    assert_eq!(
+        rc, TC_ACT_REDIRECT,
+        "198.51.100.7 is inside 198.51.100.0/29"
+    );
+    assert_eq!(view(&out)?.dst, (REMOTE_POD, TARGET_PORT));
+    let syn = Spec::tcp((outsider, 40041), (lb_ip, 80), TCP_SYN).build();
+    assert_eq!(dp.ingress(&syn).0, TC_ACT_SHOT, "198.51.100.8 is outside");
+    assert_eq!(dp.counter(counters::TC_DROP_SOURCE_RANGE), 1);
+    assert_eq!(dp.counter(counters::TC_NEW_FLOW), 1);
     Ok(())
 }
 

@@ -28,8 +28,10 @@ impl ApplyReport {
 ///   stale-slot deletions are held back (the old master stays consistent
 ///   with the old slots);
 /// - a master deletion that failed: its slots stay;
-/// - any failure: orphan deletions (backends, revNAT, names) wait for the
-///   next sync, since an old slot may still name them.
+/// - any failure: orphan deletions (backends, revNAT, names, source
+///   ranges) wait for the next sync, since an old entry may still name
+///   them. (A source range that failed to be written leaves its frontend
+///   closed to that range: it fails closed, and the next sync retries.)
 pub fn apply(ops: &[Op], maps: &mut dyn LbMaps) -> ApplyReport {
     let mut report = ApplyReport::default();
     let mut failed_backends = BTreeSet::new();
@@ -46,10 +48,14 @@ pub fn apply(ops: &[Op], maps: &mut dyn LbMaps) -> ApplyReport {
             Op::UpsertService(k, _) | Op::DeleteService(k) => {
                 failed_frontends.contains(&master_of(k))
             }
-            Op::DeleteBackend(_) | Op::DeleteRevNat(_) | Op::DeleteName(_) => {
-                !report.failed.is_empty() || report.held_back > 0
-            }
-            Op::UpsertBackend(..) | Op::UpsertRevNat(..) | Op::UpsertName(..) => false,
+            Op::DeleteBackend(_)
+            | Op::DeleteRevNat(_)
+            | Op::DeleteName(_)
+            | Op::DeleteSourceRange(_) => !report.failed.is_empty() || report.held_back > 0,
+            Op::UpsertBackend(..)
+            | Op::UpsertRevNat(..)
+            | Op::UpsertName(..)
+            | Op::UpsertSourceRange(_) => false,
         };
         if hold {
             report.held_back += 1;

@@ -16,5 +16,5 @@ pub use ids::Ids;
 pub use invariant::check_invariant;
 pub use plan::{plan, Op};
 pub use render::{render, RenderOutput};
-pub use state::MapState;
+pub use state::{MapState, SourceRangeEntry};
 pub use view::{BackendView, DeviceView, DumpView, FrontendView, MapEntries};

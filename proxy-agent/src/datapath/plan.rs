@@ -2,11 +2,12 @@
 //!
 //! Order is make-before-break, so a program reading the maps at any moment
 //! never finds a master entry whose slots or backends are missing:
-//! backends, then slots, then revNAT and names, then master entries; then
-//! removed masters, stale slots, orphan revNAT/names, orphan backends.
+//! backends, then slots, then revNAT and names, then source ranges, then
+//! master entries; then removed masters, stale slots, stale source ranges,
+//! orphan revNAT/names, orphan backends.
 use proxy_common::{BackendValue, RevNatValue, ServiceKey, ServiceValue};
 
-use super::MapState;
+use super::{MapState, SourceRangeEntry};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -18,6 +19,8 @@ pub enum Op {
     DeleteRevNat(u32),
     DeleteName(u32),
     DeleteBackend(u32),
+    UpsertSourceRange(SourceRangeEntry),
+    DeleteSourceRange(SourceRangeEntry),
 }
 
 pub fn plan(desired: &MapState, actual: &MapState) -> Vec<Op> {
@@ -43,6 +46,10 @@ pub fn plan(desired: &MapState, actual: &MapState) -> Vec<Op> {
             ops.push(Op::UpsertName(*id, name.clone()));
         }
     }
+    // A frontend's allowed sources exist before its master entry names
+    // them (SOURCE_RANGES), and stale ones go after it stopped.
+    let new_ranges = desired.source_ranges.difference(&actual.source_ranges);
+    ops.extend(new_ranges.map(|r| Op::UpsertSourceRange(*r)));
     ops.extend(masters.into_iter().map(|(k, v)| Op::UpsertService(*k, *v)));
 
     let stale_services = actual
@@ -53,6 +60,8 @@ pub fn plan(desired: &MapState, actual: &MapState) -> Vec<Op> {
         stale_services.partition(|k| k.slot == 0);
     ops.extend(stale_masters.into_iter().map(|k| Op::DeleteService(*k)));
     ops.extend(stale_slots.into_iter().map(|k| Op::DeleteService(*k)));
+    let stale_ranges = actual.source_ranges.difference(&desired.source_ranges);
+    ops.extend(stale_ranges.map(|r| Op::DeleteSourceRange(*r)));
     for id in actual.rev_nat.keys() {
         if !desired.rev_nat.contains_key(id) {
             ops.push(Op::DeleteRevNat(*id));
@@ -99,6 +108,12 @@ impl Op {
             Op::DeleteBackend(id) => {
                 state.backends.remove(id);
             }
+            Op::UpsertSourceRange(r) => {
+                state.source_ranges.insert(*r);
+            }
+            Op::DeleteSourceRange(r) => {
+                state.source_ranges.remove(r);
+            }
         }
     }
 
@@ -110,6 +125,7 @@ impl Op {
             Op::UpsertService(..) | Op::DeleteService(_) => maps::SERVICES,
             Op::UpsertRevNat(..) | Op::DeleteRevNat(_) => maps::REV_NAT,
             Op::UpsertName(..) | Op::DeleteName(_) => maps::SERVICE_NAMES,
+            Op::UpsertSourceRange(_) | Op::DeleteSourceRange(_) => maps::SOURCE_RANGES,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::{
 
 use proxy_common::{svc_flags, BackendValue, RevNatValue, ServiceKey, ServiceValue};
 
-use super::{ids::BackendIdent, Ids, MapState};
+use super::{ids::BackendIdent, Ids, MapState, SourceRangeEntry};
 use crate::model::{DesiredState, Endpoint, Frontend, FrontendKind, FrontendState, Protocol};
 
 #[derive(Debug, Default)]
@@ -55,6 +55,13 @@ pub fn render(desired: &DesiredState, ids: &mut Ids) -> RenderOutput {
             write_view(&mut out.state, *key, master, fs, backend_ids);
             used_backends.extend(backend_ids.iter().map(|(_, ep)| (*ep, fe.protocol)));
         }
+        out.state
+            .source_ranges
+            .extend(fs.source_ranges.iter().map(|c| SourceRangeEntry {
+                rev_nat_id: rev_nat_id as u32,
+                net: c.network(),
+                len: c.prefix(),
+            }));
         out.state
             .rev_nat
             .insert(rev_nat_id as u32, RevNatValue::new(vip, fe.port));
@@ -137,6 +144,9 @@ fn flags(fs: &FrontendState) -> u16 {
             }
             if !fs.any_endpoints {
                 flags |= svc_flags::REJECT;
+            }
+            if !fs.source_ranges.is_empty() {
+                flags |= svc_flags::SOURCE_RANGES;
             }
             flags
         }

@@ -57,6 +57,10 @@ pub struct FrontendView {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
     pub backends: Vec<BackendView>,
+    /// loadBalancerSourceRanges: the only sources new connections from
+    /// outside may come from (empty: any).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source_ranges: Vec<String>,
     /// Problems a reader of the maps should know about (missing slots...).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
@@ -108,6 +112,7 @@ impl DumpView {
                 protocol,
                 flags: flag_names(key.scope, master.flags),
                 backends,
+                source_ranges: source_ranges_of(state, key.scope, master),
                 problems,
             });
         }
@@ -130,6 +135,24 @@ impl DumpView {
 
 /// The master's flags by name; `in-cluster` marks the view pods and node
 /// processes get of an eTP=Local frontend (scope 1).
+/// The source ranges a frontend's master entry enforces (the in-cluster
+/// view, which the socket programs serve, has none).
+fn source_ranges_of(
+    state: &MapState,
+    scope: u8,
+    master: &proxy_common::ServiceValue,
+) -> Vec<String> {
+    if scope != 0 || master.flags & proxy_common::svc_flags::SOURCE_RANGES == 0 {
+        return Vec::new();
+    }
+    state
+        .source_ranges
+        .iter()
+        .filter(|r| r.rev_nat_id == u32::from(master.rev_nat_id))
+        .map(|r| r.to_string())
+        .collect()
+}
+
 fn flag_names(scope: u8, flags: u16) -> Vec<String> {
     use proxy_common::svc_flags;
     let in_cluster = (scope == proxy_common::scope::IN_CLUSTER).then_some("in-cluster");
@@ -214,6 +237,9 @@ impl fmt::Display for DumpView {
             for be in &fe.backends {
                 let local = if be.local { " (local)" } else { "" };
                 writeln!(f, "    {}:{}{local}", be.ip, be.port)?;
+            }
+            if !fe.source_ranges.is_empty() {
+                writeln!(f, "    only from: {}", fe.source_ranges.join(", "))?;
             }
             for p in &fe.problems {
                 writeln!(f, "    ! {p}")?;

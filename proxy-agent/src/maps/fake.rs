@@ -44,6 +44,9 @@ impl FakeMaps {
             Op::UpsertName(id, _) => {
                 !self.state.names.contains_key(id) && self.state.names.len() >= cap
             }
+            Op::UpsertSourceRange(r) => {
+                !self.state.source_ranges.contains(r) && self.state.source_ranges.len() >= cap
+            }
             _ => false,
         }
     }

@@ -1,15 +1,21 @@
 //! The real maps, opened from their bpffs pins. The agent and `bpfproxy
 //! dump` both use this, so dump shows exactly what the kernel reads.
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    HashMap, Map, MapData, MapError, PerCpuArray,
+};
 use proxy_common::{
     counters, maps as names, AffinityKey, AffinityValue, BackendValue, CtKey, CtValue, RevNatValue,
-    ServiceKey, ServiceName, ServiceValue,
+    ServiceKey, ServiceName, ServiceValue, SourceRange,
 };
 
 use super::{LbMaps, MapsError};
-use crate::datapath::{ct_gc::CtExpiry, MapState, Op};
+use crate::datapath::{ct_gc::CtExpiry, MapState, Op, SourceRangeEntry};
 
 /// errno of a full hash map on update.
 const E2BIG: i32 = 7;
@@ -22,6 +28,7 @@ pub struct PinnedMaps {
     counters: PerCpuArray<MapData, u64>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
+    source_ranges: LpmTrie<MapData, SourceRange, u8>,
 }
 
 /// Opens the map pinned as `name` in `dir` as a `T`.
@@ -68,7 +75,32 @@ where
     Ok(())
 }
 
+/// The LPM trie key of a source range.
+fn range_key(r: &SourceRangeEntry) -> Key<SourceRange> {
+    // Bounded by the model: a prefix length is at most 32.
+    let rev = u16::try_from(r.rev_nat_id).unwrap_or(u16::MAX);
+    Key::new(SourceRange::prefix_len(r.len), SourceRange::new(rev, r.net))
+}
+
 impl PinnedMaps {
+    /// The allowed source networks of every frontend.
+    fn read_source_ranges(&self) -> Result<BTreeSet<SourceRangeEntry>, MapsError> {
+        let mut out = BTreeSet::new();
+        for key in self.source_ranges.keys() {
+            let key = key.map_err(|source| MapsError::Read {
+                map: names::SOURCE_RANGES,
+                source,
+            })?;
+            let data = key.data();
+            out.insert(SourceRangeEntry {
+                rev_nat_id: data.rev_nat_id(),
+                net: data.ip(),
+                len: key.prefix_len().saturating_sub(32) as u8,
+            });
+        }
+        Ok(out)
+    }
+
     /// Opens the maps pinned in `dir` (the versioned pin directory).
     pub fn open(dir: &Path) -> Result<Self, MapsError> {
         Ok(Self {
@@ -79,6 +111,7 @@ impl PinnedMaps {
             counters: open(dir, names::COUNTERS)?,
             affinity: open(dir, names::AFFINITY)?,
             conntrack: open(dir, names::CONNTRACK)?,
+            source_ranges: open(dir, names::SOURCE_RANGES)?,
         })
     }
 
@@ -171,6 +204,7 @@ impl LbMaps for PinnedMaps {
                 .into_iter()
                 .map(|(id, n)| (id, n.as_str().to_string()))
                 .collect(),
+            source_ranges: self.read_source_ranges()?,
         })
     }
 
@@ -223,6 +257,13 @@ impl LbMaps for PinnedMaps {
             Op::DeleteBackend(id) => return remove(&mut self.backends, id, name),
             Op::DeleteRevNat(id) => return remove(&mut self.rev_nat, id, name),
             Op::DeleteName(id) => return remove(&mut self.names, id, name),
+            Op::UpsertSourceRange(r) => self.source_ranges.insert(&range_key(r), 1, 0),
+            Op::DeleteSourceRange(r) => {
+                return match self.source_ranges.remove(&range_key(r)) {
+                    Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                    Err(e) => Err(write_err(name, e)),
+                }
+            }
         }
         .map_err(|e| write_err(name, e))
     }

@@ -208,6 +208,11 @@ pub fn build_desired_state<'a>(
                             node_local,
                             any_endpoints: eps.any,
                             in_cluster,
+                            source_ranges: if kind == FrontendKind::LoadBalancer {
+                                info.source_ranges.clone()
+                            } else {
+                                Vec::new()
+                            },
                         },
                     );
                 }

@@ -3,6 +3,8 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 
+use crate::node_addrs::Ipv4Cidr;
+
 use super::{
     skip::{skip, SkipReason},
     ModelConfig, Protocol, Skip,
@@ -31,6 +33,9 @@ pub struct ServiceInfo<'a> {
     pub cluster_ips: Vec<IpAddr>,
     pub external_ips: Vec<IpAddr>,
     pub load_balancer_ips: Vec<IpAddr>,
+    /// spec.loadBalancerSourceRanges (IPv4 ones; IPv6 waits for the IPv6
+    /// datapath): who may reach the LoadBalancer IPs.
+    pub source_ranges: Vec<Ipv4Cidr>,
     pub internal_local: bool,
     pub external_local: bool,
     pub affinity_timeout_s: u32,
@@ -87,6 +92,11 @@ pub fn parse_service<'a>(
         skips,
     );
     let load_balancer_ips = load_balancer_ips(svc, &obj, skips);
+    let source_ranges = source_ranges(
+        spec.load_balancer_source_ranges.iter().flatten(),
+        &obj,
+        skips,
+    );
     let affinity_timeout_s = if spec.session_affinity.as_deref() == Some("ClientIP") {
         spec.session_affinity_config
             .as_ref()
@@ -129,6 +139,7 @@ pub fn parse_service<'a>(
         cluster_ips,
         external_ips,
         load_balancer_ips,
+        source_ranges,
         internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
         external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
         affinity_timeout_s,
@@ -175,6 +186,32 @@ fn load_balancer_ips(svc: &Service, obj: &str, skips: &mut Vec<Skip>) -> Vec<IpA
         .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
         .filter_map(|i| i.ip.as_deref().filter(|ip| !ip.is_empty()));
     external_addresses(ingress, obj, SkipReason::InvalidLoadBalancerIp, skips)
+}
+
+/// The IPv4 CIDRs of loadBalancerSourceRanges. A bad entry is skipped and
+/// counted; the others still restrict (a typo must not open the Service to
+/// everyone, nor close it to the ranges that are right).
+fn source_ranges<'r>(
+    raw: impl IntoIterator<Item = &'r String>,
+    obj: &str,
+    skips: &mut Vec<Skip>,
+) -> Vec<Ipv4Cidr> {
+    let mut out = Vec::new();
+    for text in raw {
+        let text = text.trim();
+        match text.parse::<Ipv4Cidr>() {
+            Ok(c) => out.push(c),
+            // An IPv6 range is valid, only not for the IPv4 datapath.
+            Err(_) if text.contains(':') => {}
+            Err(_) => skips.push(skip(
+                "Service",
+                obj,
+                SkipReason::InvalidSourceRange,
+                &format!("{text:?}"),
+            )),
+        }
+    }
+    out
 }
 
 /// The usable ones of externalIPs or LB IPs: a bad address costs only

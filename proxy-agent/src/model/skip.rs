@@ -18,6 +18,8 @@ pub enum SkipReason {
     InvalidExternalIp,
     /// A status.loadBalancer.ingress IP is not an IP address.
     InvalidLoadBalancerIp,
+    /// An entry of spec.loadBalancerSourceRanges is not a CIDR.
+    InvalidSourceRange,
     /// A port number outside 1..=65535.
     InvalidPort,
     /// A protocol other than TCP, UDP, SCTP.
@@ -42,6 +44,7 @@ impl SkipReason {
             SkipReason::InvalidClusterIp => "invalid_cluster_ip",
             SkipReason::InvalidExternalIp => "invalid_external_ip",
             SkipReason::InvalidLoadBalancerIp => "invalid_load_balancer_ip",
+            SkipReason::InvalidSourceRange => "invalid_source_range",
             SkipReason::InvalidPort => "invalid_port",
             SkipReason::UnknownProtocol => "unknown_protocol",
             SkipReason::InvalidEndpointAddress => "invalid_endpoint_address",

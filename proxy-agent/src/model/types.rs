@@ -164,6 +164,9 @@ pub struct FrontendState {
     /// internalTrafficPolicy). None for every other frontend: in-cluster
     /// clients use `endpoints` like everyone else.
     pub in_cluster: Option<BTreeSet<Endpoint>>,
+    /// loadBalancerSourceRanges, for LoadBalancer IP frontends only (empty:
+    /// anyone may connect).
+    pub source_ranges: Vec<crate::node_addrs::Ipv4Cidr>,
 }
 
 /// What the model needs to know about this node.
