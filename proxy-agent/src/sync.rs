@@ -39,11 +39,22 @@ pub struct SyncOutcome {
     pub ops: usize,
     pub failed: usize,
     pub held_back: usize,
+    /// Of `failed`, the writes a full map refused.
+    pub full: usize,
 }
 
 impl SyncOutcome {
     pub fn complete(&self) -> bool {
         self.failed == 0 && self.held_back == 0
+    }
+
+    /// Whether the proxy is healthy after this sync: every write went in
+    /// or was refused for want of room. A full map leaves out the Services
+    /// that do not fit (metrics tell), but the node still serves all the
+    /// others: turning /healthz 503 would have load balancers drain it and
+    /// the liveness probe restart the agent in a loop, for nothing.
+    pub fn healthy(&self) -> bool {
+        self.failed == self.full
     }
 }
 
@@ -144,6 +155,11 @@ impl<M: LbMaps> Syncer<M> {
             ops: ops.len(),
             failed: report.failed.len(),
             held_back: report.held_back,
+            full: report
+                .failed
+                .iter()
+                .filter(|(_, e)| matches!(e, MapsError::Full { .. }))
+                .count(),
         })
     }
 
@@ -310,7 +326,7 @@ pub async fn run<M: LbMaps>(
                 m.sync_duration.observe(secs);
                 m.last_sync_timestamp.set(unix_now());
                 m.changes_applied();
-                if outcome.complete() {
+                if outcome.healthy() {
                     m.health.updated(started, SystemTime::now());
                 }
                 // Writes without a change to the objects mean the maps had

@@ -62,3 +62,35 @@ fn after_a_failed_write_the_next_sync_reads_the_maps_again() {
     proxy_agent::datapath::check_invariant(&s.maps().inner.state).expect("invariant");
     assert_eq!(s.maps().inner.state.masters().count(), 1);
 }
+
+#[test]
+fn a_full_map_leaves_the_proxy_healthy_and_any_other_failure_does_not() {
+    let snap = common::snapshot(YAML);
+    // Room for less than the Service needs: a persistent overflow.
+    let mut s = Syncer::new(
+        FakeMaps::new(2),
+        Arc::new(Metrics::new()),
+        ModelConfig::default(),
+    )
+    .expect("syncer");
+    for _ in 0..3 {
+        let outcome = s.sync(&snap, true).expect("sync");
+        assert!(
+            outcome.failed > 0 && outcome.full == outcome.failed,
+            "{outcome:?}"
+        );
+        assert!(!outcome.complete(), "retried");
+        assert!(
+            outcome.healthy(),
+            "capacity is reported by metrics, not by /healthz"
+        );
+    }
+    let maps = FaultyMaps::new(FakeMaps::new(1024), |_, op: &Op| {
+        matches!(op, Op::UpsertBackend(..))
+    });
+    let mut s =
+        Syncer::new(maps, Arc::new(Metrics::new()), ModelConfig::default()).expect("syncer");
+    let outcome = s.sync(&snap, true).expect("sync");
+    assert!(outcome.failed > 0 && outcome.full == 0, "{outcome:?}");
+    assert!(!outcome.healthy(), "a write error is a real failure");
+}
