@@ -16,7 +16,7 @@ use crate::{
     dump, healthcheck, kernel, loader,
     maps::pinned::PinnedMaps,
     metrics::Metrics,
-    model::{ModelConfig, NodeContext},
+    model::{Budget, ModelConfig, NodeContext},
     node_addrs,
     node_watch::{Devices, NodeWatch},
     preflight, server,
@@ -145,6 +145,15 @@ pub struct RunArgs {
     /// Full resync period: re-read the maps and repair drift.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub sync_period: Duration,
+    /// Frontends one Service may have (ports × its addresses + NodePorts);
+    /// a Service with more is skipped whole, logged and counted
+    /// (`bpfproxy_skipped_objects_total{reason="over_budget"}`), so one
+    /// tenant's object cannot use up what every other Service needs.
+    #[arg(long, default_value_t = Budget::default().frontends_per_service)]
+    pub max_frontends_per_service: usize,
+    /// Backend slots one Service may have (its frontends × endpoints).
+    #[arg(long, default_value_t = Budget::default().backends_per_service)]
+    pub max_backends_per_service: usize,
     /// Load the socket programs as for a kernel without bpf_set_retval
     /// (before 5.18), as the agent does there by itself: for testing that
     /// variant on a newer kernel.
@@ -379,6 +388,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             zone: None,
         },
         proxy_name: args.service_proxy_name.clone(),
+        budget: Budget {
+            frontends_per_service: args.max_frontends_per_service,
+            backends_per_service: args.max_backends_per_service,
+        },
     };
     let syncer = Syncer::new(maps, metrics.clone(), model).context("reading the pinned maps")?;
 

@@ -558,3 +558,49 @@ fn load_balancer_source_ranges_restrict_only_the_load_balancer_ips() {
         .count();
     assert_eq!(flagged, 1);
 }
+
+#[test]
+fn a_service_over_its_budget_is_skipped_whole_and_harms_no_other() {
+    // 100 ports × 700 externalIPs: the hostile tenant's ~30 KB object.
+    let ports: Vec<String> = (1..=100)
+        .map(|p| format!("{{name: p{p}, port: {p}}}"))
+        .collect();
+    let ips: Vec<String> = (0..700)
+        .map(|i| format!("192.0.{}.{}", i / 250, i % 250 + 1))
+        .collect();
+    let hostile = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: a-hostile, namespace: tenant}}\nspec:\n  clusterIP: 10.96.9.9\n  externalIPs: [{}]\n  ports: [{}]\n",
+        ips.join(", "),
+        ports.join(", ")
+    );
+    let dns = "---\napiVersion: v1\nkind: Service\nmetadata: {name: kube-dns, namespace: kube-system}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53}, {name: metrics, port: 9153}]\n";
+    let out = common::build(&(hostile + dns));
+    let owners: std::collections::BTreeSet<String> = out
+        .state
+        .frontends
+        .values()
+        .map(|f| f.name.name.clone())
+        .collect();
+    assert_eq!(owners, ["kube-dns".to_string()].into(), "kube-dns only");
+    assert_eq!(out.state.frontends.len(), 3);
+    let over: Vec<_> = out
+        .skips
+        .iter()
+        .filter(|s| s.reason == SkipReason::OverBudget)
+        .collect();
+    assert_eq!(over.len(), 1, "{:?}", out.skips);
+    assert!(
+        over[0].detail.contains("70100 frontends"),
+        "{}",
+        over[0].detail
+    );
+    // A generous budget lets it in.
+    let mut config = proxy_agent::model::ModelConfig::default();
+    config.budget.frontends_per_service = 100_000;
+    config.budget.backends_per_service = 1_000_000;
+    let hostile_only = common::build_with(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: ns}\nspec:\n  clusterIP: 10.96.0.1\n  externalIPs: [192.0.2.1, 192.0.2.2]\n  ports: [{name: a, port: 80}, {name: b, port: 81}]\n",
+        &config,
+    );
+    assert_eq!(hostile_only.state.frontends.len(), 6);
+}

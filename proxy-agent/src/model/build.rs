@@ -8,10 +8,11 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use super::{
     endpoints::categorize,
-    service::parse_service,
+    service::{parse_service, ServiceInfo},
     skip::{skip, SkipReason},
     slices::{usable_slices, UsableSlice},
-    DesiredState, Frontend, FrontendKind, FrontendState, ModelConfig, ServicePortName, Skip,
+    Budget, DesiredState, Frontend, FrontendKind, FrontendState, ModelConfig, ServicePortName,
+    Skip,
 };
 
 /// A frontend's slot index is a u16 and slot 0 is the master entry.
@@ -53,6 +54,33 @@ fn sort_key(s: &Service) -> (Option<&str>, Option<&str>) {
     (s.metadata.namespace.as_deref(), s.metadata.name.as_deref())
 }
 
+/// Why the Service `info` with `slices` exceeds `budget`, if it does. The
+/// counts are upper bounds computed before anything is built (every
+/// address family, every slice endpoint), so a hostile object costs no more
+/// than counting it.
+fn over_budget(info: &ServiceInfo, slices: &[UsableSlice], budget: &Budget) -> Option<String> {
+    let ports = info.ports.len();
+    let addresses = info.cluster_ips.len() + info.external_ips.len() + info.load_balancer_ips.len();
+    let node_ports = info.ports.iter().filter(|p| p.node_port.is_some()).count();
+    let frontends = ports * addresses + node_ports;
+    if frontends > budget.frontends_per_service {
+        return Some(format!(
+            "{frontends} frontends ({ports} ports × {addresses} addresses + {node_ports} NodePorts) \
+             exceed the budget of {} (--max-frontends-per-service)",
+            budget.frontends_per_service
+        ));
+    }
+    let endpoints: usize = slices.iter().map(|s| s.endpoints.len()).sum();
+    let slots = frontends.saturating_mul(endpoints);
+    (slots > budget.backends_per_service).then(|| {
+        format!(
+            "{slots} backend slots ({frontends} frontends × {endpoints} endpoints) exceed the \
+             budget of {} (--max-backends-per-service)",
+            budget.backends_per_service
+        )
+    })
+}
+
 /// Computes what every Service needs on this node. Objects that cannot be
 /// used are left out with a [`Skip`]; they never affect other Services.
 pub fn build_desired_state<'a>(
@@ -82,6 +110,11 @@ pub fn build_desired_state<'a>(
         let own_slices = slices
             .get(&(info.namespace.to_string(), info.name.to_string()))
             .unwrap_or(&no_slices);
+        if let Some(why) = over_budget(&info, own_slices, &config.budget) {
+            out.skips
+                .push(skip("Service", &obj, SkipReason::OverBudget, &why));
+            continue;
+        }
 
         for port in &info.ports {
             let spn = ServicePortName {

@@ -11,8 +11,8 @@ mod types;
 pub use build::{build_desired_state, BuildOutput, HealthCheck};
 pub use skip::{Skip, SkipReason};
 pub use types::{
-    DesiredState, Endpoint, Frontend, FrontendKind, FrontendState, ModelConfig, NodeContext,
-    Protocol, ServicePortName,
+    Budget, DesiredState, Endpoint, Frontend, FrontendKind, FrontendState, ModelConfig,
+    NodeContext, Protocol, ServicePortName,
 };
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

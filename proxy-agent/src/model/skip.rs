@@ -32,6 +32,9 @@ pub enum SkipReason {
     DuplicateFrontend,
     /// More endpoints than one frontend can hold; the rest are left out.
     TooManyEndpoints,
+    /// More frontends or backend slots than one Service may take
+    /// ([`super::Budget`]): the whole Service is left out.
+    OverBudget,
 }
 
 impl SkipReason {
@@ -51,6 +54,7 @@ impl SkipReason {
             SkipReason::MissingServiceNameLabel => "missing_service_name_label",
             SkipReason::DuplicateFrontend => "duplicate_frontend",
             SkipReason::TooManyEndpoints => "too_many_endpoints",
+            SkipReason::OverBudget => "over_budget",
         }
     }
 }

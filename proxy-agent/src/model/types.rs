@@ -184,6 +184,30 @@ pub struct ModelConfig {
     /// Services labelled `service.kubernetes.io/service-proxy-name` with this
     /// value are ours; any other value belongs to another proxy.
     pub proxy_name: Option<String>,
+    pub budget: Budget,
+}
+
+/// What one Service may take of the node's maps: a Service over it is
+/// skipped whole (logged and counted), so one tenant's object (hundreds of
+/// ports × hundreds of externalIPs) cannot use up the frontend ids and map
+/// entries every other Service needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Frontends: ports × (ClusterIPs + NodePort + externalIPs + LB IPs).
+    pub frontends_per_service: usize,
+    /// Backend slots: ports × endpoints.
+    pub backends_per_service: usize,
+}
+
+impl Default for Budget {
+    /// Far above real Services (kube-dns has 3 frontends; a large ingress
+    /// controller a few dozen), far below the 65,536 frontend ids.
+    fn default() -> Self {
+        Self {
+            frontends_per_service: 256,
+            backends_per_service: 16_384,
+        }
+    }
 }
 
 /// Every frontend this node must serve.

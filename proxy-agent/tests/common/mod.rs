@@ -25,7 +25,7 @@ pub fn build_on(yaml: &str, node: &str, zone: Option<&str>) -> BuildOutput {
             name: node.to_string(),
             zone: zone.map(str::to_string),
         },
-        proxy_name: None,
+        ..ModelConfig::default()
     };
     build_with(yaml, &config)
 }
