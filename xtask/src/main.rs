@@ -9,6 +9,7 @@ mod setup;
 mod sh;
 mod sweep;
 mod test;
+mod vm;
 mod workspace;
 
 use std::process::ExitCode;
@@ -26,7 +27,7 @@ struct Cli {
 enum Task {
     /// Install what the build and the tests need (idempotent; as root on a
     /// fresh machine).
-    Setup,
+    Setup(setup::Args),
     /// The project's full check, as CI runs it: setup, fmt, clippy, build,
     /// all tests (root), with leftovers swept before and after.
     Test {
@@ -39,6 +40,10 @@ enum Task {
     Sweep,
     /// Run the demo.
     Demo(demo::Args),
+    /// Boot a Debian kernel in a VM (QEMU, software CPU, the host's root
+    /// read-only, no network device) and run a command in it; exits with
+    /// the command's status.
+    Vm(vm::Args),
     /// Run the benchmarks (release build; root for the kernel ones) and
     /// write their reports to target/bench/.
     Bench(bench::Args),
@@ -61,7 +66,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     workspace::ensure_cargo_bin_on_path()?;
     match cli.command {
-        Task::Setup => setup::run(&setup::Options { apt: true }),
+        Task::Setup(args) => setup::run(&args.options()),
         Task::Test { unprivileged } => test::run(&test::Options { unprivileged }),
         Task::Sweep => {
             if !procs::is_root() {
@@ -70,6 +75,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sweep::sweep()
         }
         Task::Demo(args) => demo::run(args),
+        Task::Vm(args) => {
+            let status = vm::run(&args)?;
+            if status != 0 {
+                // The guest command's status, as `vng` and `timeout` report it.
+                std::process::exit(status);
+            }
+            Ok(())
+        }
         Task::Bench(args) => bench::run(&args),
     }
 }

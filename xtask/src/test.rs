@@ -39,6 +39,7 @@ fn pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()> {
     steps.step("setup", || {
         setup::run(&setup::Options {
             apt: !opts.unprivileged,
+            ..Default::default()
         })
     })?;
     let target = workspace::target_dir()?;
