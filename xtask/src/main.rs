@@ -34,6 +34,14 @@ enum Task {
         /// Run only the tests that need no root (no setup of Debian packages).
         #[arg(long)]
         unprivileged: bool,
+        /// Instead of the host's tests: boot these Debian suites' kernels in
+        /// VMs, one after another, and run test tiers in each (after setup
+        /// and the build; not part of the default run).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        kernel: Vec<vm::Suite>,
+        /// The tiers run in each VM (default: all).
+        #[arg(long, value_enum, value_delimiter = ',', requires = "kernel")]
+        tier: Vec<vm::Tier>,
     },
     /// Remove leftovers of privileged tests (bpfpt-* namespaces, cgroups,
     /// bpffs mounts, agents).
@@ -67,7 +75,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     workspace::ensure_cargo_bin_on_path()?;
     match cli.command {
         Task::Setup(args) => setup::run(&args.options()),
-        Task::Test { unprivileged } => test::run(&test::Options { unprivileged }),
+        Task::Test {
+            unprivileged,
+            kernel,
+            tier,
+        } => test::run(&test::Options {
+            unprivileged,
+            kernels: kernel,
+            tiers: if tier.is_empty() {
+                vm::Tier::ALL.to_vec()
+            } else {
+                tier
+            },
+        }),
         Task::Sweep => {
             if !procs::is_root() {
                 anyhow::bail!("sweeping namespaces, cgroups and mounts needs root");

@@ -9,11 +9,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::vm::{self, Suite, Tier};
 use crate::{procs, setup, sh, sweep, workspace};
 
 pub struct Options {
     /// Run only the tests that need no root.
     pub unprivileged: bool,
+    /// Run test tiers in VMs with these kernels instead of the host's tests.
+    pub kernels: Vec<Suite>,
+    /// The tiers run in each VM.
+    pub tiers: Vec<Tier>,
 }
 
 /// The eBPF crate: built for bpfel-unknown-none with nightly only.
@@ -29,6 +34,12 @@ pub fn run(opts: &Options) -> Result<()> {
         );
     }
     let root = workspace::root();
+    if !opts.kernels.is_empty() {
+        let mut steps = Steps::new(3 + opts.kernels.len());
+        let result = kernel_pipeline(opts, &root, &mut steps);
+        steps.summary();
+        return result;
+    }
     let mut steps = Steps::new(if opts.unprivileged { 6 } else { 9 });
     let result = pipeline(opts, &root, &mut steps);
     steps.summary();
@@ -65,23 +76,7 @@ fn pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()> {
     steps.step("clippy (eBPF crate, nightly)", || {
         ebpf_clippy(root, &target)
     })?;
-    steps.step("build", || {
-        sh::run(&mut cargo(
-            root,
-            [
-                "build",
-                "--workspace",
-                "--exclude",
-                EBPF_CRATE,
-                "--bins",
-                "--tests",
-            ],
-        ))
-    })?;
-    let agent = target.join("debug").join("bpfproxy");
-    if !agent.is_file() {
-        bail!("the build made no agent binary at {}", agent.display());
-    }
+    let agent = build(root, &target, steps)?;
 
     if opts.unprivileged {
         return steps.step("tests (unprivileged)", || {
@@ -127,6 +122,69 @@ fn pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()> {
     let swept = steps.step("sweep leftovers", sweep::sweep);
     tests?;
     swept
+}
+
+/// The normal debug build of binaries and tests; returns the agent binary.
+fn build(root: &Path, target: &Path, steps: &mut Steps) -> Result<PathBuf> {
+    steps.step("build", || {
+        sh::run(&mut cargo(
+            root,
+            [
+                "build",
+                "--workspace",
+                "--exclude",
+                EBPF_CRATE,
+                "--bins",
+                "--tests",
+            ],
+        ))
+    })?;
+    let agent = target.join("debug").join("bpfproxy");
+    if !agent.is_file() {
+        bail!("the build made no agent binary at {}", agent.display());
+    }
+    Ok(agent)
+}
+
+/// `--kernel`: setup with the VM pieces, the build, then the tiers in a VM
+/// per kernel; every kernel runs even when an earlier one failed.
+fn kernel_pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()> {
+    steps.step("setup (with VMs and kernels)", || {
+        setup::run(&setup::Options {
+            apt: true,
+            kernels: opts.kernels.clone(),
+            arm64: false,
+        })
+    })?;
+    let target = workspace::target_dir()?;
+    let agent = build(root, &target, steps)?;
+    let mut reuse = None;
+    steps.step("list the test binaries for the guests", || {
+        reuse = Some(vm::matrix::Reuse::write(root)?);
+        Ok(())
+    })?;
+    let reuse = reuse.context("no binary list")?;
+    let mut runs = Vec::new();
+    let mut failed = Vec::new();
+    for &suite in &opts.kernels {
+        let r = steps.step(&format!("kernel {suite}: tiers in a VM"), || {
+            let run = vm::matrix::run_kernel(root, &agent, &reuse, suite, &opts.tiers)?;
+            let status = run.status;
+            runs.push(run);
+            if status != 0 {
+                bail!("the VM exited with status {status}");
+            }
+            Ok(())
+        });
+        if r.is_err() {
+            failed.push(suite.to_string());
+        }
+    }
+    println!("\n{}", vm::matrix::report(&runs));
+    if !failed.is_empty() {
+        bail!("tiers failed on: {}", failed.join(", "));
+    }
+    Ok(())
 }
 
 /// Clippy of the eBPF crate for its real target, in its own target directory

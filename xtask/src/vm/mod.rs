@@ -7,6 +7,7 @@ pub mod boot;
 pub mod guest;
 pub mod host_tools;
 pub mod kernel;
+pub mod matrix;
 pub mod suite_apt;
 pub mod tiers;
 
@@ -16,6 +17,7 @@ use anyhow::{bail, Result};
 
 use crate::procs;
 pub use kernel::Suite;
+pub use tiers::Tier;
 
 /// Kernels, apt lists and VM scratch files. Not under /var/cache or /tmp:
 /// virtme-ng mounts tmpfs over those in the guest, and the guest must see
