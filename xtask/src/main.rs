@@ -42,6 +42,10 @@ enum Task {
         /// The tiers run in each VM (default: all).
         #[arg(long, value_enum, value_delimiter = ',', requires = "kernel")]
         tier: Vec<vm::Tier>,
+        /// Also cross-build for aarch64 and run the program tier on each
+        /// listed suite's arm64 kernel (qemu-system-aarch64, TCG).
+        #[arg(long, requires = "kernel")]
+        arm64: bool,
     },
     /// Remove leftovers of privileged tests (bpfpt-* namespaces, cgroups,
     /// bpffs mounts, agents).
@@ -79,9 +83,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             unprivileged,
             kernel,
             tier,
+            arm64,
         } => test::run(&test::Options {
             unprivileged,
             kernels: kernel,
+            arm64,
             tiers: if tier.is_empty() {
                 vm::Tier::ALL.to_vec()
             } else {

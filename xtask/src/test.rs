@@ -19,6 +19,8 @@ pub struct Options {
     pub kernels: Vec<Suite>,
     /// The tiers run in each VM.
     pub tiers: Vec<Tier>,
+    /// Also the program tier on the suites' arm64 kernels.
+    pub arm64: bool,
 }
 
 /// The eBPF crate: built for bpfel-unknown-none with nightly only.
@@ -35,7 +37,12 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     let root = workspace::root();
     if !opts.kernels.is_empty() {
-        let mut steps = Steps::new(3 + opts.kernels.len());
+        let arm64_steps = if opts.arm64 {
+            1 + opts.kernels.len()
+        } else {
+            0
+        };
+        let mut steps = Steps::new(3 + opts.kernels.len() + arm64_steps);
         let result = kernel_pipeline(opts, &root, &mut steps);
         steps.summary();
         return result;
@@ -153,7 +160,7 @@ fn kernel_pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()>
         setup::run(&setup::Options {
             apt: true,
             kernels: opts.kernels.clone(),
-            arm64: false,
+            arm64: opts.arm64,
         })
     })?;
     let target = workspace::target_dir()?;
@@ -180,11 +187,46 @@ fn kernel_pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()>
             failed.push(suite.to_string());
         }
     }
+    if opts.arm64 {
+        failed.extend(arm64_tiers(opts, root, steps, &mut runs)?);
+    }
     println!("\n{}", vm::matrix::report(&runs));
     if !failed.is_empty() {
         bail!("tiers failed on: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// The cross build, then the program tier on each suite's arm64 kernel;
+/// returns the suites that failed.
+fn arm64_tiers(
+    opts: &Options,
+    root: &Path,
+    steps: &mut Steps,
+    runs: &mut Vec<vm::matrix::KernelRun>,
+) -> Result<Vec<String>> {
+    let mut exe = None;
+    steps.step("cross build for aarch64", || {
+        exe = Some(vm::arm64::build(root)?);
+        Ok(())
+    })?;
+    let exe = exe.context("no aarch64 test binary")?;
+    let mut failed = Vec::new();
+    for &suite in &opts.kernels {
+        let r = steps.step(&format!("kernel {suite} arm64: prog tier in a VM"), || {
+            let run = vm::arm64::run_prog_tier(suite, &exe)?;
+            let status = run.status;
+            runs.push(run);
+            if status != 0 {
+                bail!("the VM exited with status {status}");
+            }
+            Ok(())
+        });
+        if r.is_err() {
+            failed.push(format!("{suite} arm64"));
+        }
+    }
+    Ok(failed)
 }
 
 /// Clippy of the eBPF crate for its real target, in its own target directory

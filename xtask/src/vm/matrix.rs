@@ -26,6 +26,7 @@ fail-fast = false
 /// One kernel's run.
 pub struct KernelRun {
     pub suite: Suite,
+    pub arch: &'static str,
     pub version: String,
     /// The VM's exit status (0: every tier passed).
     pub status: i32,
@@ -94,6 +95,7 @@ pub fn run_kernel(
     let out = boot::run(&guest::amd64_vm(&k, timeout), &line)?;
     Ok(KernelRun {
         suite,
+        arch: "amd64",
         version: k.version,
         status: out.status,
         wall: out.wall,
@@ -114,8 +116,9 @@ pub fn report(runs: &[KernelRun]) -> String {
     for r in runs {
         let tiers_time: Duration = r.tiers.iter().filter_map(|t| t.wall).sum();
         s += &format!(
-            "  {} {}: vm status {} in {:.0?} (boot and shutdown ~{:.0?})\n",
+            "  {} {} {}: vm status {} in {:.0?} (boot and shutdown ~{:.0?})\n",
             r.suite,
+            r.arch,
             r.version,
             r.status,
             r.wall,

@@ -3,6 +3,7 @@
 //! device. `cargo xtask vm` runs one command in one; `cargo xtask test
 //! --kernel` runs test tiers in each (see [`tiers`]).
 
+pub mod arm64;
 pub mod boot;
 pub mod guest;
 pub mod host_tools;
@@ -58,6 +59,14 @@ pub fn ensure(suites: &[Suite], arm64: bool) -> Result<()> {
     for s in suites {
         let k = kernel::ensure(CACHE.as_ref(), *s, kernel::Flavour::Amd64)?;
         println!("kernel {s}: {} ({})", k.version, k.dir.display());
+        if arm64 {
+            let k = kernel::ensure(CACHE.as_ref(), *s, kernel::Flavour::Arm64)?;
+            let root = arm64::ensure_root(*s, &k)?;
+            println!("kernel {s} arm64: {} (root {})", k.version, root.display());
+        }
+    }
+    if arm64 {
+        arm64::ensure_target(&crate::workspace::root())?;
     }
     Ok(())
 }

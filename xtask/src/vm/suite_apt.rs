@@ -43,13 +43,6 @@ impl SuiteApt {
         })
     }
 
-    /// Whether lists have been fetched before (setup stays offline then).
-    pub fn has_lists(&self) -> bool {
-        std::fs::read_dir(self.root.join("lists"))
-            .map(|d| d.flatten().any(|e| e.file_name() != "partial"))
-            .unwrap_or(false)
-    }
-
     pub fn update(&self) -> Result<()> {
         sh::run(&mut self.get(["update"]))
     }

@@ -59,6 +59,12 @@ pub fn commands(nextest: &str, tiers: &[Tier]) -> String {
     s
 }
 
+/// The guest's commands that run one tier as a plain libtest binary
+/// (`test_command`), where nextest cannot run (another architecture).
+pub fn libtest_commands(test_command: &str, tier: &str) -> String {
+    format!("echo '{MARK}{tier}'; {test_command} 2>&1")
+}
+
 /// One tier's result in one VM.
 #[derive(Debug, Default, PartialEq)]
 pub struct TierResult {
@@ -90,6 +96,9 @@ pub fn results(stdout: &str) -> Vec<TierResult> {
 
 /// nextest's `Summary [  12.345s] 30 tests run: 28 passed, 2 failed, 1 skipped`.
 fn summary(body: &str) -> Option<TierResult> {
+    if let Some(r) = libtest_summary(body) {
+        return Some(r);
+    }
     let line = body
         .lines()
         .rev()
@@ -117,17 +126,58 @@ fn summary(body: &str) -> Option<TierResult> {
     Some(r)
 }
 
+/// libtest's `test result: FAILED. 23 passed; 2 failed; 0 ignored; 0
+/// measured; 0 filtered out; finished in 98.76s`.
+fn libtest_summary(body: &str) -> Option<TierResult> {
+    let line = body
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("test result: "))?;
+    let mut r = TierResult::default();
+    for part in line.split(';') {
+        let words: Vec<&str> = part.split_whitespace().collect();
+        let n = |i: usize| {
+            words
+                .get(i)
+                .and_then(|w| w.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        match words.as_slice() {
+            [.., "passed"] => r.passed = n(words.len() - 2),
+            [_, "failed"] => r.failed = n(0),
+            [_, "ignored"] => r.skipped = n(0),
+            ["finished", "in", secs] => {
+                r.wall = secs
+                    .trim_end_matches('s')
+                    .parse::<f64>()
+                    .ok()
+                    .map(Duration::from_secs_f64);
+            }
+            _ => {}
+        }
+    }
+    r.run = r.passed + r.failed;
+    Some(r)
+}
+
 /// The failed tests nextest lists after its summary (`FAIL [ 1.2s] bin test`).
 fn failures(body: &str) -> Vec<String> {
     let after = body
         .rsplit_once("tests run:")
         .or_else(|| body.rsplit_once("test run:"))
-        .map_or("", |(_, a)| a);
+        .map_or(body, |(_, a)| a);
     after
         .lines()
         .map(str::trim)
-        .filter(|l| l.starts_with("FAIL") || l.starts_with("TIMEOUT") || l.starts_with("SIGSEGV"))
-        .filter_map(|l| l.split_once("] ").map(|(_, t)| t.trim().to_string()))
+        .filter_map(|l| {
+            if l.starts_with("FAIL") || l.starts_with("TIMEOUT") || l.starts_with("SIGSEGV") {
+                return l.split_once("] ").map(|(_, t)| t.trim().to_string());
+            }
+            // libtest: `test name ... FAILED`
+            l.strip_prefix("test ")?
+                .strip_suffix(" ... FAILED")
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -174,5 +224,18 @@ mod tests {
             ("attach", 2, 2)
         );
         assert_eq!((r[2].tier.as_str(), r[2].run), ("socket-lb", 0));
+    }
+
+    #[test]
+    fn libtest_output_is_read() {
+        let out = "@@bpfproxy-tier prog\ntest a ... ok\ntest b ... FAILED\n\nfailures:\n\
+            test result: FAILED. 23 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 98.50s\n";
+        let r = results(out);
+        assert_eq!(
+            (r[0].run, r[0].passed, r[0].failed, r[0].skipped),
+            (25, 23, 2, 1)
+        );
+        assert_eq!(r[0].wall, Some(Duration::from_millis(98500)));
+        assert_eq!(r[0].failures, ["b"]);
     }
 }
