@@ -174,16 +174,10 @@ fn kernel_pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()>
     let mut runs = Vec::new();
     let mut failed = Vec::new();
     for &suite in &opts.kernels {
-        let r = steps.step(&format!("kernel {suite}: tiers in a VM"), || {
-            let run = vm::matrix::run_kernel(root, &agent, &reuse, suite, &opts.tiers)?;
-            let status = run.status;
-            runs.push(run);
-            if status != 0 {
-                bail!("the VM exited with status {status}");
-            }
-            Ok(())
-        });
-        if r.is_err() {
+        let name = format!("kernel {suite}: tiers in a VM");
+        if !vm_step(steps, &name, &mut runs, || {
+            vm::matrix::run_kernel(root, &agent, &reuse, suite, &opts.tiers)
+        }) {
             failed.push(suite.to_string());
         }
     }
@@ -213,20 +207,31 @@ fn arm64_tiers(
     let exe = exe.context("no aarch64 test binary")?;
     let mut failed = Vec::new();
     for &suite in &opts.kernels {
-        let r = steps.step(&format!("kernel {suite} arm64: prog tier in a VM"), || {
-            let run = vm::arm64::run_prog_tier(suite, &exe)?;
-            let status = run.status;
-            runs.push(run);
-            if status != 0 {
-                bail!("the VM exited with status {status}");
-            }
-            Ok(())
-        });
-        if r.is_err() {
+        let name = format!("kernel {suite} arm64: prog tier in a VM");
+        if !vm_step(steps, &name, runs, || vm::arm64::run_prog_tier(suite, &exe)) {
             failed.push(format!("{suite} arm64"));
         }
     }
     Ok(failed)
+}
+
+/// One VM as a step; its run is kept for the report. Whether it passed.
+fn vm_step(
+    steps: &mut Steps,
+    name: &str,
+    runs: &mut Vec<vm::matrix::KernelRun>,
+    boot: impl FnOnce() -> Result<vm::matrix::KernelRun>,
+) -> bool {
+    let r = steps.step(name, || {
+        let run = boot()?;
+        let status = run.status;
+        runs.push(run);
+        if status != 0 {
+            bail!("the VM exited with status {status}");
+        }
+        Ok(())
+    });
+    r.is_ok()
 }
 
 /// Clippy of the eBPF crate for its real target, in its own target directory

@@ -171,7 +171,14 @@ fn failures(body: &str) -> Vec<String> {
         .map(str::trim)
         .filter_map(|l| {
             if l.starts_with("FAIL") || l.starts_with("TIMEOUT") || l.starts_with("SIGSEGV") {
-                return l.split_once("] ").map(|(_, t)| t.trim().to_string());
+                // `FAIL [  1.2s] (3/25) bin test`: the counter is not the name.
+                let (_, t) = l.split_once("] ")?;
+                let t = t.trim();
+                let t = t
+                    .strip_prefix('(')
+                    .and_then(|r| r.split_once(") "))
+                    .map_or(t, |(_, name)| name);
+                return Some(t.to_string());
             }
             // libtest: `test name ... FAILED`
             l.strip_prefix("test ")?
@@ -204,7 +211,7 @@ mod tests {
     fn tier_output_is_read() {
         let out = "boot noise\n@@bpfproxy-tier prog\n    PASS [ 0.1s] bpfproxy-tests::tc_prog a\n\
             ------------\n     Summary [  12.345s] 30 tests run: 28 passed, 2 failed, 1 skipped\n\
-            \x20       FAIL [   1.2s] bpfproxy-tests::tc_prog b\n\
+            \x20       FAIL [   1.2s] (2/30) bpfproxy-tests::tc_prog b\n\
             \x20    TIMEOUT [ 480.0s] bpfproxy-tests::tc_prog c\n\
             @@bpfproxy-tier attach\n     Summary [   3.000s] 2 tests run: 2 passed, 0 skipped\n\
             @@bpfproxy-tier socket-lb\nerror: no binary list\n";
