@@ -182,7 +182,11 @@ pub fn run_prog_tier(suite: Suite, test_exe: &Path) -> Result<super::matrix::Ker
         .to_string_lossy();
     let env = [("BPFPROXY_BIN", format!("{PROJECT}/bpfproxy"))];
     let cmd = tiers::libtest_commands(&format!("{PROJECT}/deps/{exe} --test-threads 2"), "prog");
-    let line = guest::script(Path::new(PROJECT), &env, &cmd);
+    let script = guest::script(Path::new(PROJECT), &env, &cmd);
+    // The arm64 guest's root is its own: the script goes to the project
+    // directory it sees.
+    let line = format!("sh {PROJECT}/bpfproxy-tiers.sh");
+    std::fs::write(dir.join("bpfproxy-tiers.sh"), format!("{script}\n"))?;
     let vm = Vm {
         image: k.image(),
         memory: "2G".into(),

@@ -1,8 +1,9 @@
 //! The guest side: how the VM is sized and the shell line it runs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::{Context, Result};
 use bpfproxy_tests::process::quote;
 
 use super::boot::Vm;
@@ -41,6 +42,18 @@ pub fn script(cwd: &Path, env: &[(&str, String)], command: &str) -> String {
     s += "set +e; ";
     s += command;
     s
+}
+
+/// Writes `script` to a file the guest can read and returns the short
+/// command that runs it. virtme-ng passes the command on the kernel command
+/// line, which 5.10 truncates at 2048 bytes: a long line hangs the guest.
+pub fn script_file(name: &str, script: &str) -> Result<String> {
+    let dir = Path::new(super::CACHE).join("run");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path: PathBuf = dir.join(format!("{name}.sh"));
+    std::fs::write(&path, format!("{script}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(format!("sh {}", path.display()))
 }
 
 #[cfg(test)]

@@ -48,7 +48,8 @@ pub fn run(args: &Args) -> Result<i32> {
     ensure(&[args.kernel], false)?;
     let k = kernel::ensure(CACHE.as_ref(), args.kernel, kernel::Flavour::Amd64)?;
     let cwd = std::env::current_dir()?;
-    let line = guest::script(&cwd, &[], &args.command.join(" "));
+    let script = guest::script(&cwd, &[], &args.command.join(" "));
+    let line = guest::script_file(&format!("vm-{}", args.kernel), &script)?;
     let vm = guest::amd64_vm(&k, Duration::from_secs(args.timeout));
     Ok(boot::run(&vm, &line)?.status)
 }
