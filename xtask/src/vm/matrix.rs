@@ -84,11 +84,12 @@ pub fn run_kernel(
     let k = kernel::ensure(CACHE.as_ref(), suite, Flavour::Amd64)?;
     let nextest = find_on_path("cargo-nextest").context("cargo-nextest is not on the PATH")?;
     let env = [("BPFPROXY_BIN", agent.display().to_string())];
-    let line = guest::script(
+    let script = guest::script(
         root,
         &env,
         &tiers::commands(&reuse.nextest(&nextest), tiers),
     );
+    let line = guest::script_file(&format!("tiers-{suite}"), &script)?;
     // Boot ~30 s, and a tier takes minutes under TCG: a generous bound that
     // still ends a hung guest well within CI's budget.
     let timeout = Duration::from_secs(300 + 900 * tiers.len() as u64);
