@@ -42,10 +42,17 @@ enum Task {
         /// The tiers run in each VM (default: all).
         #[arg(long, value_enum, value_delimiter = ',', requires = "kernel")]
         tier: Vec<vm::Tier>,
-        /// Also cross-build for aarch64 and run the program tier on each
-        /// listed suite's arm64 kernel (qemu-system-aarch64, TCG).
-        #[arg(long, requires = "kernel")]
-        arm64: bool,
+        /// The architectures of the kernels: amd64 runs `--tier` on the
+        /// host's build; arm64 cross-builds for aarch64 and runs the program
+        /// tier under qemu-system-aarch64.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "amd64",
+            requires = "kernel"
+        )]
+        arch: Vec<vm::Arch>,
     },
     /// Remove leftovers of privileged tests (bpfpt-* namespaces, cgroups,
     /// bpffs mounts, agents).
@@ -83,11 +90,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             unprivileged,
             kernel,
             tier,
-            arm64,
+            arch,
         } => test::run(&test::Options {
             unprivileged,
             kernels: kernel,
-            arm64,
+            amd64: arch.contains(&vm::Arch::Amd64),
+            arm64: arch.contains(&vm::Arch::Arm64),
             tiers: if tier.is_empty() {
                 vm::Tier::ALL.to_vec()
             } else {

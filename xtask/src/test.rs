@@ -19,7 +19,9 @@ pub struct Options {
     pub kernels: Vec<Suite>,
     /// The tiers run in each VM.
     pub tiers: Vec<Tier>,
-    /// Also the program tier on the suites' arm64 kernels.
+    /// The tiers on the suites' amd64 kernels.
+    pub amd64: bool,
+    /// The program tier on the suites' arm64 kernels.
     pub arm64: bool,
 }
 
@@ -165,21 +167,10 @@ fn kernel_pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()>
     })?;
     let target = workspace::target_dir()?;
     let agent = build(root, &target, steps)?;
-    let mut reuse = None;
-    steps.step("list the test binaries for the guests", || {
-        reuse = Some(vm::matrix::Reuse::write(root)?);
-        Ok(())
-    })?;
-    let reuse = reuse.context("no binary list")?;
     let mut runs = Vec::new();
     let mut failed = Vec::new();
-    for &suite in &opts.kernels {
-        let name = format!("kernel {suite}: tiers in a VM");
-        if !vm_step(steps, &name, &mut runs, || {
-            vm::matrix::run_kernel(root, &agent, &reuse, suite, &opts.tiers)
-        }) {
-            failed.push(suite.to_string());
-        }
+    if opts.amd64 {
+        failed.extend(amd64_tiers(opts, root, &agent, steps, &mut runs)?);
     }
     if opts.arm64 {
         failed.extend(arm64_tiers(opts, root, steps, &mut runs)?);
@@ -189,6 +180,32 @@ fn kernel_pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()>
         bail!("tiers failed on: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// The tiers on each suite's amd64 kernel; returns the suites that failed.
+fn amd64_tiers(
+    opts: &Options,
+    root: &Path,
+    agent: &Path,
+    steps: &mut Steps,
+    runs: &mut Vec<vm::matrix::KernelRun>,
+) -> Result<Vec<String>> {
+    let mut reuse = None;
+    steps.step("list the test binaries for the guests", || {
+        reuse = Some(vm::matrix::Reuse::write(root)?);
+        Ok(())
+    })?;
+    let reuse = reuse.context("no binary list")?;
+    let mut failed = Vec::new();
+    for &suite in &opts.kernels {
+        let name = format!("kernel {suite}: tiers in a VM");
+        if !vm_step(steps, &name, runs, || {
+            vm::matrix::run_kernel(root, agent, &reuse, suite, &opts.tiers)
+        }) {
+            failed.push(suite.to_string());
+        }
+    }
+    Ok(failed)
 }
 
 /// The cross build, then the program tier on each suite's arm64 kernel;

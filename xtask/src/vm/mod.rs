@@ -20,6 +20,13 @@ use crate::procs;
 pub use kernel::Suite;
 pub use tiers::Tier;
 
+/// The architecture of the kernels a test run boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
 /// Kernels, apt lists and VM scratch files. Not under /var/cache or /tmp:
 /// virtme-ng mounts tmpfs over those in the guest, and the guest must see
 /// the kernel's modules and our files.
