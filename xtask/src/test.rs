@@ -39,12 +39,10 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     let root = workspace::root();
     if !opts.kernels.is_empty() {
-        let arm64_steps = if opts.arm64 {
-            1 + opts.kernels.len()
-        } else {
-            0
-        };
-        let mut steps = Steps::new(3 + opts.kernels.len() + arm64_steps);
+        // setup and build, then per architecture one build or listing
+        // step and a VM per kernel
+        let per_arch = |on: bool| if on { 1 + opts.kernels.len() } else { 0 };
+        let mut steps = Steps::new(2 + per_arch(opts.amd64) + per_arch(opts.arm64));
         let result = kernel_pipeline(opts, &root, &mut steps);
         steps.summary();
         return result;

@@ -99,7 +99,11 @@ pub fn test_executable(json_lines: &str, name: &str) -> Option<PathBuf> {
 /// things those scripts would have done are done here.
 pub fn ensure_root(suite: Suite, k: &Kernel) -> Result<PathBuf> {
     let out = Path::new(CACHE).join(format!("rootfs-{suite}-arm64"));
-    if !out.join("sbin/poweroff").exists() || !out.join("usr/bin/ip").exists() {
+    // bookworm's unmerged root has /bin/ip, merged ones /usr/bin/ip.
+    let has_ip = ["bin/ip", "usr/bin/ip"]
+        .iter()
+        .any(|p| out.join(p).exists());
+    if !out.join("sbin/poweroff").exists() || !has_ip {
         let _ = std::fs::remove_dir_all(&out);
         let mirror = mirror()?;
         let mut c = sh::cmd(
@@ -111,8 +115,9 @@ pub fn ensure_root(suite: Suite, k: &Kernel) -> Result<PathBuf> {
             .arg(&out)
             .arg(format!("deb {mirror} {suite} main"));
         sh::run(&mut c)?;
-        finish_root(&out).with_context(|| format!("finishing {}", out.display()))?;
     }
+    // Cheap and idempotent: also repairs roots made by older versions.
+    finish_root(&out).with_context(|| format!("finishing {}", out.display()))?;
     // Modules are loaded from the guest's root (/lib is usr/lib when the
     // root has merged /usr).
     let lib = if out.join("lib").is_symlink() {
@@ -149,6 +154,15 @@ fn finish_root(out: &Path) -> Result<()> {
         Ok(())
     };
     link("dash", "bin/sh")?;
+    // base-files' postinst makes these links; `ip netns` uses /run/netns
+    // and the tests /var/run/netns.
+    for (at, target) in [("var/run", "/run"), ("var/lock", "/run/lock")] {
+        let p = out.join(at);
+        if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir(&p).with_context(|| format!("replacing {}", p.display()))?;
+        }
+        link(target, at)?;
+    }
     // virtme-ng's init powers off with poweroff (there is no systemd here).
     for t in ["poweroff", "reboot", "halt"] {
         link("/bin/busybox", &format!("sbin/{t}"))?;
