@@ -188,17 +188,22 @@ fn amd64_tiers(
     steps: &mut Steps,
     runs: &mut Vec<vm::matrix::KernelRun>,
 ) -> Result<Vec<String>> {
-    let mut reuse = None;
+    let mut bins = None;
     steps.step("list the test binaries for the guests", || {
-        reuse = Some(vm::matrix::Reuse::write(root)?);
+        let cargo_test = cargo(root, ["test"]);
+        bins = Some(vm::matrix::TestBinaries::list(
+            root,
+            &opts.tiers,
+            cargo_test,
+        )?);
         Ok(())
     })?;
-    let reuse = reuse.context("no binary list")?;
+    let bins = bins.context("no test binaries")?;
     let mut failed = Vec::new();
     for &suite in &opts.kernels {
         let name = format!("kernel {suite}: tiers in a VM");
         if !vm_step(steps, &name, runs, || {
-            vm::matrix::run_kernel(root, agent, &reuse, suite, &opts.tiers)
+            vm::matrix::run_kernel(root, agent, &bins, suite)
         }) {
             failed.push(suite.to_string());
         }
@@ -214,16 +219,18 @@ fn arm64_tiers(
     steps: &mut Steps,
     runs: &mut Vec<vm::matrix::KernelRun>,
 ) -> Result<Vec<String>> {
-    let mut exe = None;
+    let mut bins = None;
     steps.step("cross build for aarch64", || {
-        exe = Some(vm::arm64::build(root)?);
+        bins = Some(vm::arm64::build(root)?);
         Ok(())
     })?;
-    let exe = exe.context("no aarch64 test binary")?;
+    let bins = bins.context("no aarch64 test binary")?;
     let mut failed = Vec::new();
     for &suite in &opts.kernels {
         let name = format!("kernel {suite} arm64: prog tier in a VM");
-        if !vm_step(steps, &name, runs, || vm::arm64::run_prog_tier(suite, &exe)) {
+        if !vm_step(steps, &name, runs, || {
+            vm::arm64::run_prog_tier(suite, &bins)
+        }) {
             failed.push(format!("{suite} arm64"));
         }
     }

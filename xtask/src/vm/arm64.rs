@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 
 use super::boot::{self, Arm64, Vm};
 use super::kernel::{self, Flavour, Kernel, Suite};
-use super::{guest, suite_apt, tiers, CACHE};
+use super::matrix::TestBinaries;
+use super::tiers::{self, Tier};
+use super::{guest, suite_apt, CACHE};
 use crate::sh;
 
 pub const TARGET: &str = "aarch64-unknown-linux-gnu";
@@ -34,9 +36,9 @@ pub fn ensure_target(root: &Path) -> Result<()> {
     sh::run(add.current_dir(root))
 }
 
-/// Cross-builds the agent and the `tc_prog` test binary; returns the test
-/// binary. The eBPF object is the same for every architecture.
-pub fn build(root: &Path) -> Result<PathBuf> {
+/// Cross-builds the agent and the program tier's test binary. The eBPF
+/// object is the same for every architecture.
+pub fn build(root: &Path) -> Result<TestBinaries> {
     let mut c = cross_cargo(
         root,
         [
@@ -49,20 +51,7 @@ pub fn build(root: &Path) -> Result<PathBuf> {
         ],
     );
     sh::run(&mut c)?;
-    let mut c = cross_cargo(
-        root,
-        [
-            "test",
-            "--no-run",
-            "-p",
-            "bpfproxy-tests",
-            "--test",
-            "tc_prog",
-        ],
-    );
-    c.args(["--message-format", "json"]);
-    let out = sh::read(&mut c)?;
-    test_executable(&out, "tc_prog").context("cargo named no tc_prog test executable")
+    TestBinaries::list(root, &[Tier::Prog], cross_cargo(root, ["test"]))
 }
 
 /// `cargo ARGS --target aarch64…` with the cross linker and C compiler
@@ -78,20 +67,6 @@ fn cross_cargo<const N: usize>(root: &Path, args: [&str; N]) -> Command {
         .env("AR_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-ar")
         .current_dir(root);
     c
-}
-
-/// The executable of test target `name` in `cargo --message-format json`
-/// output.
-pub fn test_executable(json_lines: &str, name: &str) -> Option<PathBuf> {
-    json_lines.lines().find_map(|l| {
-        let v: serde_json::Value = serde_json::from_str(l).ok()?;
-        let target = v.get("target")?;
-        let is_test = target.get("kind")?.as_array()?.iter().any(|k| k == "test");
-        if !is_test || target.get("name")? != name {
-            return None;
-        }
-        v.get("executable")?.as_str().map(PathBuf::from)
-    })
 }
 
 /// An arm64 Debian root of `suite` with `k`'s modules, made without
@@ -182,20 +157,20 @@ fn finish_root(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Boots `suite`'s arm64 kernel and runs the cross-built `tc_prog` binary.
-pub fn run_prog_tier(suite: Suite, test_exe: &Path) -> Result<super::matrix::KernelRun> {
+/// Boots `suite`'s arm64 kernel and runs the cross-built test binaries.
+pub fn run_prog_tier(suite: Suite, bins: &TestBinaries) -> Result<super::matrix::KernelRun> {
     let k = kernel::ensure(CACHE.as_ref(), suite, Flavour::Arm64)?;
     let root = ensure_root(suite, &k)?;
-    let dir = test_exe
-        .parent()
+    // target/aarch64…/debug, where the agent and probe are, is /project.
+    let dir = bins
+        .dir()
         .and_then(Path::parent)
-        .context("test binary outside target/…/deps")?;
-    let exe = test_exe
-        .file_name()
-        .context("test binary without a name")?
-        .to_string_lossy();
+        .context("test binaries outside target/…/deps")?;
     let env = [("BPFPROXY_BIN", format!("{PROJECT}/bpfproxy"))];
-    let cmd = tiers::libtest_commands(&format!("{PROJECT}/deps/{exe} --test-threads 2"), "prog");
+    let cmd = bins.commands(|exe| {
+        let name = exe.file_name().unwrap_or_default().to_string_lossy();
+        format!("{PROJECT}/deps/{name}")
+    });
     let script = guest::script(Path::new(PROJECT), &env, &cmd);
     // The arm64 guest's root is its own: the script goes to the project
     // directory it sees.
@@ -226,21 +201,4 @@ pub fn run_prog_tier(suite: Suite, test_exe: &Path) -> Result<super::matrix::Ker
         wall: out.wall,
         tiers: tiers::results(&out.stdout),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_test_executable_comes_from_cargos_messages() {
-        let out = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"tc_prog"},"executable":null}
-{"reason":"compiler-artifact","target":{"kind":["test"],"name":"tc_prog"},"executable":"/t/deps/tc_prog-ab12"}
-{"reason":"build-finished","success":true}"#;
-        assert_eq!(
-            test_executable(out, "tc_prog"),
-            Some(PathBuf::from("/t/deps/tc_prog-ab12"))
-        );
-        assert_eq!(test_executable(out, "socket_lb"), None);
-    }
 }

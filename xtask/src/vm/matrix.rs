@@ -3,6 +3,7 @@
 //! only slow each other down).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -11,17 +12,6 @@ use super::kernel::{self, Flavour, Suite};
 use super::tiers::{self, Tier, TierResult};
 use super::{boot, guest, CACHE};
 use crate::sh;
-
-/// The nextest configuration in the guest: as the repository's, with
-/// longer timeouts, because under TCG CPU work is ~8x and namespace
-/// creation ~35x slower.
-const NEXTEST_TOML: &str = r#"# written by `cargo xtask test --kernel`
-[profile.default]
-test-threads = 2
-slow-timeout = { period = "120s", terminate-after = 5 }
-failure-output = "final"
-fail-fast = false
-"#;
 
 /// One kernel's run.
 pub struct KernelRun {
@@ -34,65 +24,82 @@ pub struct KernelRun {
     pub tiers: Vec<TierResult>,
 }
 
-/// Files the guest's nextest reads instead of building: the binary list
-/// and cargo metadata, written on the host after the build.
-pub struct Reuse {
-    dir: PathBuf,
+/// The host-built test binary of each tier.
+pub struct TestBinaries(Vec<(Tier, PathBuf)>);
+
+impl TestBinaries {
+    /// Asks cargo for the tiers' test executables (no rebuild: the build
+    /// step ran). `cross` adds cargo's arguments and environment for
+    /// another target.
+    pub fn list(root: &Path, tiers: &[Tier], mut c: Command) -> Result<Self> {
+        c.args([
+            "--no-run",
+            "--message-format",
+            "json",
+            "-p",
+            "bpfproxy-tests",
+        ]);
+        for t in tiers {
+            c.args(["--test", t.target()]);
+        }
+        let out = sh::read(c.current_dir(root))?;
+        let bins = tiers
+            .iter()
+            .map(|t| {
+                let exe = test_executable(&out, t.target())
+                    .with_context(|| format!("cargo named no {} test executable", t.target()))?;
+                Ok((*t, exe))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self(bins))
+    }
+
+    /// The guest's commands; `at` maps a host path to the guest's.
+    pub fn commands(&self, at: impl Fn(&Path) -> String) -> String {
+        let runs: Vec<(&str, String)> = self
+            .0
+            .iter()
+            .map(|(t, exe)| (t.name(), format!("{} {}", at(exe), t.args())))
+            .collect();
+        tiers::commands(&runs)
+    }
+
+    /// The directory cargo put the binaries in (`…/debug/deps`).
+    pub fn dir(&self) -> Option<&Path> {
+        self.0.first().and_then(|(_, exe)| exe.parent())
+    }
 }
 
-impl Reuse {
-    /// Lists the built test binaries (no rebuild: the build step ran).
-    pub fn write(root: &Path) -> Result<Self> {
-        let dir = Path::new(CACHE).join("run");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut list = sh::cmd("cargo", ["nextest", "list", "--workspace", "--exclude"]);
-        list.args(["proxy-ebpf", "--list-type", "binaries-only"])
-            .args(["--message-format", "json"])
-            .current_dir(root);
-        std::fs::write(dir.join("binaries.json"), sh::read(&mut list)?)?;
-        let mut meta = sh::cmd(
-            "cargo",
-            ["metadata", "--format-version", "1", "--all-features"],
-        );
-        meta.current_dir(root);
-        std::fs::write(dir.join("cargo-metadata.json"), sh::read(&mut meta)?)?;
-        std::fs::write(dir.join("nextest.toml"), NEXTEST_TOML)?;
-        Ok(Self { dir })
-    }
-
-    /// The guest's nextest command, without a filter.
-    fn nextest(&self, nextest_bin: &Path) -> String {
-        let f = |n: &str| self.dir.join(n).display().to_string();
-        format!(
-            "{} nextest run --no-fail-fast --binaries-metadata {} --cargo-metadata {} --config-file {}",
-            nextest_bin.display(),
-            f("binaries.json"),
-            f("cargo-metadata.json"),
-            f("nextest.toml")
-        )
-    }
+/// The executable of test target `name` in `cargo --message-format json`
+/// output.
+pub fn test_executable(json_lines: &str, name: &str) -> Option<PathBuf> {
+    json_lines.lines().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        let target = v.get("target")?;
+        let is_test = target.get("kind")?.as_array()?.iter().any(|k| k == "test");
+        if !is_test || target.get("name")? != name {
+            return None;
+        }
+        v.get("executable")?.as_str().map(PathBuf::from)
+    })
 }
 
 /// Boots `suite`'s kernel and runs `tiers` in it.
 pub fn run_kernel(
     root: &Path,
     agent: &Path,
-    reuse: &Reuse,
+    bins: &TestBinaries,
     suite: Suite,
-    tiers: &[Tier],
 ) -> Result<KernelRun> {
     let k = kernel::ensure(CACHE.as_ref(), suite, Flavour::Amd64)?;
-    let nextest = find_on_path("cargo-nextest").context("cargo-nextest is not on the PATH")?;
     let env = [("BPFPROXY_BIN", agent.display().to_string())];
-    let script = guest::script(
-        root,
-        &env,
-        &tiers::commands(&reuse.nextest(&nextest), tiers),
-    );
+    // The guest sees the host's paths as they are.
+    let script = guest::script(root, &env, &bins.commands(|p| p.display().to_string()));
     let line = guest::script_file(&format!("tiers-{suite}"), &script)?;
-    // Boot ~30 s, and a tier takes minutes under TCG: a generous bound that
-    // still ends a hung guest well within CI's budget.
-    let timeout = Duration::from_secs(300 + 900 * tiers.len() as u64);
+    // Boot ~30 s, and a tier takes minutes under TCG (no per-test timeout
+    // with libtest): a generous bound that still ends a hung guest well
+    // within CI's budget.
+    let timeout = Duration::from_secs(300 + 900 * bins.0.len() as u64);
     let out = boot::run(&guest::amd64_vm(&k, timeout), &line)?;
     Ok(KernelRun {
         suite,
@@ -102,13 +109,6 @@ pub fn run_kernel(
         wall: out.wall,
         tiers: tiers::results(&out.stdout),
     })
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// The per-kernel table printed at the end.
@@ -137,4 +137,21 @@ pub fn report(runs: &[KernelRun]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_executable_comes_from_cargos_messages() {
+        let out = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"tc_prog"},"executable":null}
+{"reason":"compiler-artifact","target":{"kind":["test"],"name":"tc_prog"},"executable":"/t/deps/tc_prog-ab12"}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            test_executable(out, "tc_prog"),
+            Some(PathBuf::from("/t/deps/tc_prog-ab12"))
+        );
+        assert_eq!(test_executable(out, "socket_lb"), None);
+    }
 }
