@@ -53,12 +53,18 @@ pub fn missing(wanted: &[&str]) -> Vec<String> {
 
 /// Installs whatever of [`PACKAGES`] is missing; `apt-get update` only then.
 pub fn ensure() -> Result<()> {
-    let missing = missing(PACKAGES);
+    ensure_packages("apt packages", PACKAGES)
+}
+
+/// Installs whatever of `packages` is missing from the system's own sources;
+/// `apt-get update` only then. `what` names the set in messages.
+pub fn ensure_packages(what: &str, packages: &[&str]) -> Result<()> {
+    let missing = missing(packages);
     if missing.is_empty() {
-        println!("apt packages: all {} present", PACKAGES.len());
+        println!("{what}: all {} present", packages.len());
         return Ok(());
     }
-    println!("apt packages: installing {}", missing.join(" "));
+    println!("{what}: installing {}", missing.join(" "));
     if !procs::is_root() {
         bail!(
             "Debian packages {} are missing and installing them needs root \
@@ -79,7 +85,7 @@ pub fn ensure() -> Result<()> {
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive");
     sh::run(&mut install)?;
-    let still = self::missing(PACKAGES);
+    let still = self::missing(packages);
     if !still.is_empty() {
         bail!(
             "apt-get install finished but {} are still missing",

@@ -17,7 +17,10 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    setup::run(&setup::Options { apt: true })?;
+    setup::run(&setup::Options {
+        apt: true,
+        ..Default::default()
+    })?;
     let root = workspace::root();
     sh::run(Command::new("cargo").current_dir(&root).args([
         "build",

@@ -31,7 +31,10 @@ pub fn tag() -> String {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    setup::run(&setup::Options { apt: true })?;
+    setup::run(&setup::Options {
+        apt: true,
+        ..Default::default()
+    })?;
     let root = workspace::root();
     let profile = if args.debug { "debug" } else { "release" };
     if !args.debug {

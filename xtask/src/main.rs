@@ -10,6 +10,7 @@ mod setup;
 mod sh;
 mod sweep;
 mod test;
+mod vm;
 mod workspace;
 
 use std::process::ExitCode;
@@ -27,19 +28,42 @@ struct Cli {
 enum Task {
     /// Install what the build and the tests need (idempotent; as root on a
     /// fresh machine).
-    Setup,
+    Setup(setup::Args),
     /// The project's full check, as CI runs it: setup, fmt, clippy, build,
     /// all tests (root), with leftovers swept before and after.
     Test {
         /// Run only the tests that need no root (no setup of Debian packages).
         #[arg(long)]
         unprivileged: bool,
+        /// Instead of the host's tests: boot these Debian suites' kernels in
+        /// VMs, one after another, and run test tiers in each (after setup
+        /// and the build; not part of the default run).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        kernel: Vec<vm::Suite>,
+        /// The tiers run in each VM (default: all).
+        #[arg(long, value_enum, value_delimiter = ',', requires = "kernel")]
+        tier: Vec<vm::Tier>,
+        /// The architectures of the kernels: amd64 runs `--tier` on the
+        /// host's build; arm64 cross-builds for aarch64 and runs the program
+        /// tier under qemu-system-aarch64.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "amd64",
+            requires = "kernel"
+        )]
+        arch: Vec<vm::Arch>,
     },
     /// Remove leftovers of privileged tests (bpfpt-* namespaces, cgroups,
     /// bpffs mounts, agents).
     Sweep,
     /// Run the demo.
     Demo(demo::Args),
+    /// Boot a Debian kernel in a VM (QEMU, software CPU, the host's root
+    /// read-only, no network device) and run a command in it; exits with
+    /// the command's status.
+    Vm(vm::Args),
     /// Run the benchmarks (release build; root for the kernel ones) and
     /// write their reports to target/bench/.
     Bench(bench::Args),
@@ -66,8 +90,23 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     workspace::ensure_cargo_bin_on_path()?;
     match cli.command {
-        Task::Setup => setup::run(&setup::Options { apt: true }),
-        Task::Test { unprivileged } => test::run(&test::Options { unprivileged }),
+        Task::Setup(args) => setup::run(&args.options()),
+        Task::Test {
+            unprivileged,
+            kernel,
+            tier,
+            arch,
+        } => test::run(&test::Options {
+            unprivileged,
+            kernels: kernel,
+            amd64: arch.contains(&vm::Arch::Amd64),
+            arm64: arch.contains(&vm::Arch::Arm64),
+            tiers: if tier.is_empty() {
+                vm::Tier::ALL.to_vec()
+            } else {
+                tier
+            },
+        }),
         Task::Sweep => {
             if !procs::is_root() {
                 anyhow::bail!("sweeping namespaces, cgroups and mounts needs root");
@@ -75,6 +114,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sweep::sweep()
         }
         Task::Demo(args) => demo::run(args),
+        Task::Vm(args) => {
+            let status = vm::run(&args)?;
+            if status != 0 {
+                // The guest command's status, as `vng` and `timeout` report it.
+                std::process::exit(status);
+            }
+            Ok(())
+        }
         Task::Bench(args) => bench::run(&args),
         Task::Image(args) => image::run(&args),
     }

@@ -5,12 +5,40 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{apt, bpf_linker, sh, workspace};
+use crate::vm::Suite;
+use crate::{apt, bpf_linker, sh, vm, workspace};
 
 /// What to set up.
+#[derive(Default)]
 pub struct Options {
     /// Install missing Debian packages (needs root).
     pub apt: bool,
+    /// Also the VM tools and these suites' kernels (`--kernel`).
+    pub kernels: Vec<Suite>,
+    /// Also the arm64 cross toolchain and QEMU for arm64 guests.
+    pub arm64: bool,
+}
+
+/// `cargo xtask setup`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Also install the VM tools (QEMU, virtme-ng) and fetch these Debian
+    /// suites' kernels for `cargo xtask test --kernel`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    kernel: Vec<Suite>,
+    /// Also the arm64 pieces: cross linker, Rust target, qemu-system-arm.
+    #[arg(long)]
+    arm64: bool,
+}
+
+impl Args {
+    pub fn options(&self) -> Options {
+        Options {
+            apt: true,
+            kernels: self.kernel.clone(),
+            arm64: self.arm64,
+        }
+    }
 }
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -24,6 +52,9 @@ pub fn run(opts: &Options) -> Result<()> {
     nightly().context("setting up the nightly toolchain for eBPF")?;
     bpf_linker::ensure().context("setting up bpf-linker")?;
     nextest().context("setting up cargo-nextest")?;
+    if !opts.kernels.is_empty() || opts.arm64 {
+        vm::ensure(&opts.kernels, opts.arm64).context("setting up VMs for other kernels")?;
+    }
     println!("setup: done in {:.1?}", start.elapsed());
     Ok(())
 }

@@ -9,11 +9,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::vm::{self, Suite, Tier};
 use crate::{procs, setup, sh, sweep, workspace};
 
 pub struct Options {
     /// Run only the tests that need no root.
     pub unprivileged: bool,
+    /// Run test tiers in VMs with these kernels instead of the host's tests.
+    pub kernels: Vec<Suite>,
+    /// The tiers run in each VM.
+    pub tiers: Vec<Tier>,
+    /// The tiers on the suites' amd64 kernels.
+    pub amd64: bool,
+    /// The program tier on the suites' arm64 kernels.
+    pub arm64: bool,
 }
 
 /// The eBPF crate: built for bpfel-unknown-none with nightly only.
@@ -29,6 +38,15 @@ pub fn run(opts: &Options) -> Result<()> {
         );
     }
     let root = workspace::root();
+    if !opts.kernels.is_empty() {
+        // setup and build, then per architecture one build or listing
+        // step and a VM per kernel
+        let per_arch = |on: bool| if on { 1 + opts.kernels.len() } else { 0 };
+        let mut steps = Steps::new(2 + per_arch(opts.amd64) + per_arch(opts.arm64));
+        let result = kernel_pipeline(opts, &root, &mut steps);
+        steps.summary();
+        return result;
+    }
     let mut steps = Steps::new(if opts.unprivileged { 6 } else { 10 });
     let result = pipeline(opts, &root, &mut steps);
     steps.summary();
@@ -39,6 +57,7 @@ fn pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()> {
     steps.step("setup", || {
         setup::run(&setup::Options {
             apt: !opts.unprivileged,
+            ..Default::default()
         })
     })?;
     let target = workspace::target_dir()?;
@@ -64,23 +83,7 @@ fn pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()> {
     steps.step("clippy (eBPF crate, nightly)", || {
         ebpf_clippy(root, &target)
     })?;
-    steps.step("build", || {
-        sh::run(&mut cargo(
-            root,
-            [
-                "build",
-                "--workspace",
-                "--exclude",
-                EBPF_CRATE,
-                "--bins",
-                "--tests",
-            ],
-        ))
-    })?;
-    let agent = target.join("debug").join("bpfproxy");
-    if !agent.is_file() {
-        bail!("the build made no agent binary at {}", agent.display());
-    }
+    let agent = build(root, &target, steps)?;
 
     if opts.unprivileged {
         return steps.step("tests (unprivileged)", || {
@@ -130,6 +133,131 @@ fn pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()> {
     let swept = steps.step("sweep leftovers", sweep::sweep);
     tests?;
     swept
+}
+
+/// The normal debug build of binaries and tests; returns the agent binary.
+fn build(root: &Path, target: &Path, steps: &mut Steps) -> Result<PathBuf> {
+    steps.step("build", || {
+        sh::run(&mut cargo(
+            root,
+            [
+                "build",
+                "--workspace",
+                "--exclude",
+                EBPF_CRATE,
+                "--bins",
+                "--tests",
+            ],
+        ))
+    })?;
+    let agent = target.join("debug").join("bpfproxy");
+    if !agent.is_file() {
+        bail!("the build made no agent binary at {}", agent.display());
+    }
+    Ok(agent)
+}
+
+/// `--kernel`: setup with the VM pieces, the build, then the tiers in a VM
+/// per kernel; every kernel runs even when an earlier one failed.
+fn kernel_pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()> {
+    steps.step("setup (with VMs and kernels)", || {
+        setup::run(&setup::Options {
+            apt: true,
+            kernels: opts.kernels.clone(),
+            arm64: opts.arm64,
+        })
+    })?;
+    let target = workspace::target_dir()?;
+    let agent = build(root, &target, steps)?;
+    let mut runs = Vec::new();
+    let mut failed = Vec::new();
+    if opts.amd64 {
+        failed.extend(amd64_tiers(opts, root, &agent, steps, &mut runs)?);
+    }
+    if opts.arm64 {
+        failed.extend(arm64_tiers(opts, root, steps, &mut runs)?);
+    }
+    println!("\n{}", vm::matrix::report(&runs));
+    if !failed.is_empty() {
+        bail!("tiers failed on: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// The tiers on each suite's amd64 kernel; returns the suites that failed.
+fn amd64_tiers(
+    opts: &Options,
+    root: &Path,
+    agent: &Path,
+    steps: &mut Steps,
+    runs: &mut Vec<vm::matrix::KernelRun>,
+) -> Result<Vec<String>> {
+    let mut bins = None;
+    steps.step("list the test binaries for the guests", || {
+        let cargo_test = cargo(root, ["test"]);
+        bins = Some(vm::matrix::TestBinaries::list(
+            root,
+            &opts.tiers,
+            cargo_test,
+        )?);
+        Ok(())
+    })?;
+    let bins = bins.context("no test binaries")?;
+    let mut failed = Vec::new();
+    for &suite in &opts.kernels {
+        let name = format!("kernel {suite}: tiers in a VM");
+        if !vm_step(steps, &name, runs, || {
+            vm::matrix::run_kernel(root, agent, &bins, suite)
+        }) {
+            failed.push(suite.to_string());
+        }
+    }
+    Ok(failed)
+}
+
+/// The cross build, then the program tier on each suite's arm64 kernel;
+/// returns the suites that failed.
+fn arm64_tiers(
+    opts: &Options,
+    root: &Path,
+    steps: &mut Steps,
+    runs: &mut Vec<vm::matrix::KernelRun>,
+) -> Result<Vec<String>> {
+    let mut bins = None;
+    steps.step("cross build for aarch64", || {
+        bins = Some(vm::arm64::build(root)?);
+        Ok(())
+    })?;
+    let bins = bins.context("no aarch64 test binary")?;
+    let mut failed = Vec::new();
+    for &suite in &opts.kernels {
+        let name = format!("kernel {suite} arm64: prog tier in a VM");
+        if !vm_step(steps, &name, runs, || {
+            vm::arm64::run_prog_tier(suite, &bins)
+        }) {
+            failed.push(format!("{suite} arm64"));
+        }
+    }
+    Ok(failed)
+}
+
+/// One VM as a step; its run is kept for the report. Whether it passed.
+fn vm_step(
+    steps: &mut Steps,
+    name: &str,
+    runs: &mut Vec<vm::matrix::KernelRun>,
+    boot: impl FnOnce() -> Result<vm::matrix::KernelRun>,
+) -> bool {
+    let r = steps.step(name, || {
+        let run = boot()?;
+        let status = run.status;
+        runs.push(run);
+        if status != 0 {
+            bail!("the VM exited with status {status}");
+        }
+        Ok(())
+    });
+    r.is_ok()
 }
 
 /// Clippy of the eBPF crate for its real target, in its own target directory

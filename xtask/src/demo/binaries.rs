@@ -13,7 +13,11 @@ use crate::{setup, sh, workspace};
 pub(super) fn build(no_build: bool) -> Result<(PathBuf, PathBuf)> {
     let root = workspace::root();
     if !no_build {
-        setup::run(&setup::Options { apt: true }).context("setting up the toolchains")?;
+        setup::run(&setup::Options {
+            apt: true,
+            ..Default::default()
+        })
+        .context("setting up the toolchains")?;
         let mut c = sh::cmd(
             "cargo",
             [

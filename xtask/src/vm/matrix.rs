@@ -1,0 +1,157 @@
+//! `cargo xtask test --kernel`: the host-built test binaries, run by tier
+//! in a VM per kernel, one VM at a time (two TCG guests on two cores would
+//! only slow each other down).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::kernel::{self, Flavour, Suite};
+use super::tiers::{self, Tier, TierResult};
+use super::{boot, guest, CACHE};
+use crate::sh;
+
+/// One kernel's run.
+pub struct KernelRun {
+    pub suite: Suite,
+    pub arch: &'static str,
+    pub version: String,
+    /// The VM's exit status (0: every tier passed).
+    pub status: i32,
+    pub wall: Duration,
+    pub tiers: Vec<TierResult>,
+}
+
+/// The host-built test binary of each tier.
+pub struct TestBinaries(Vec<(Tier, PathBuf)>);
+
+impl TestBinaries {
+    /// Asks cargo for the tiers' test executables (no rebuild: the build
+    /// step ran). `cross` adds cargo's arguments and environment for
+    /// another target.
+    pub fn list(root: &Path, tiers: &[Tier], mut c: Command) -> Result<Self> {
+        c.args([
+            "--no-run",
+            "--message-format",
+            "json",
+            "-p",
+            "bpfproxy-tests",
+        ]);
+        for t in tiers {
+            c.args(["--test", t.target()]);
+        }
+        let out = sh::read(c.current_dir(root))?;
+        let bins = tiers
+            .iter()
+            .map(|t| {
+                let exe = test_executable(&out, t.target())
+                    .with_context(|| format!("cargo named no {} test executable", t.target()))?;
+                Ok((*t, exe))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self(bins))
+    }
+
+    /// The guest's commands; `at` maps a host path to the guest's.
+    pub fn commands(&self, at: impl Fn(&Path) -> String) -> String {
+        let runs: Vec<(&str, String)> = self
+            .0
+            .iter()
+            .map(|(t, exe)| (t.name(), format!("{} {}", at(exe), t.args())))
+            .collect();
+        tiers::commands(&runs)
+    }
+
+    /// The directory cargo put the binaries in (`…/debug/deps`).
+    pub fn dir(&self) -> Option<&Path> {
+        self.0.first().and_then(|(_, exe)| exe.parent())
+    }
+}
+
+/// The executable of test target `name` in `cargo --message-format json`
+/// output.
+pub fn test_executable(json_lines: &str, name: &str) -> Option<PathBuf> {
+    json_lines.lines().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        let target = v.get("target")?;
+        let is_test = target.get("kind")?.as_array()?.iter().any(|k| k == "test");
+        if !is_test || target.get("name")? != name {
+            return None;
+        }
+        v.get("executable")?.as_str().map(PathBuf::from)
+    })
+}
+
+/// Boots `suite`'s kernel and runs `tiers` in it.
+pub fn run_kernel(
+    root: &Path,
+    agent: &Path,
+    bins: &TestBinaries,
+    suite: Suite,
+) -> Result<KernelRun> {
+    let k = kernel::ensure(CACHE.as_ref(), suite, Flavour::Amd64)?;
+    let env = [("BPFPROXY_BIN", agent.display().to_string())];
+    // The guest sees the host's paths as they are.
+    let script = guest::script(root, &env, &bins.commands(|p| p.display().to_string()));
+    let line = guest::script_file(&format!("tiers-{suite}"), &script)?;
+    // Boot ~30 s, and a tier takes minutes under TCG (no per-test timeout
+    // with libtest): a generous bound that still ends a hung guest well
+    // within CI's budget.
+    let timeout = Duration::from_secs(300 + 900 * bins.0.len() as u64);
+    let out = boot::run(&guest::amd64_vm(&k, timeout), &line)?;
+    Ok(KernelRun {
+        suite,
+        arch: "amd64",
+        version: k.version,
+        status: out.status,
+        wall: out.wall,
+        tiers: tiers::results(&out.stdout),
+    })
+}
+
+/// The per-kernel table printed at the end.
+pub fn report(runs: &[KernelRun]) -> String {
+    let mut s = String::from("kernel matrix (tests run / passed / failed, time in the guest):\n");
+    for r in runs {
+        let tiers_time: Duration = r.tiers.iter().filter_map(|t| t.wall).sum();
+        s += &format!(
+            "  {} {} {}: vm status {} in {:.0?} (boot and shutdown ~{:.0?})\n",
+            r.suite,
+            r.arch,
+            r.version,
+            r.status,
+            r.wall,
+            r.wall.saturating_sub(tiers_time)
+        );
+        for t in &r.tiers {
+            let wall = t.wall.map_or("?".to_string(), |w| format!("{w:.1?}"));
+            s += &format!(
+                "      {:<10} {:>3} run {:>3} passed {:>3} failed  {wall}\n",
+                t.tier, t.run, t.passed, t.failed
+            );
+            for f in &t.failures {
+                s += &format!("          FAILED {f}\n");
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_executable_comes_from_cargos_messages() {
+        let out = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"tc_prog"},"executable":null}
+{"reason":"compiler-artifact","target":{"kind":["test"],"name":"tc_prog"},"executable":"/t/deps/tc_prog-ab12"}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            test_executable(out, "tc_prog"),
+            Some(PathBuf::from("/t/deps/tc_prog-ab12"))
+        );
+        assert_eq!(test_executable(out, "socket_lb"), None);
+    }
+}
