@@ -33,6 +33,7 @@ pub mod reports;
 pub mod sandbox;
 pub mod shapes;
 pub mod veth;
+pub mod wireguard;
 
 pub use agent::{Agent, AgentConfig};
 pub use bpffs::PrivateBpffs;

@@ -983,14 +983,20 @@ fn udp_flows_of_a_removed_backend_are_purged(shape: NetworkShape) -> Result<()> 
 }
 
 /// Every test above, once per network shape: `host_gw::…`, `vxlan::…`,
-/// `two_nic::…`, `l3_tunnel::…`. Node 3 never runs a backend, so traffic through it always
-/// crosses to another node by the shape's node-to-node device.
+/// `two_nic::…`, `l3_tunnel::…`, `ipip::…`, `wireguard::…`. Node 3 never
+/// runs a backend, so traffic through it always crosses to another node by
+/// the shape's node-to-node device. This machine's kernel has no ipip or
+/// wireguard module: nextest's default filter leaves `ipip::` and
+/// `wireguard::` to the kernel matrix (`cargo xtask test --kernel … --tier
+/// nodeport`), which runs them on Debian's kernels.
 macro_rules! on_every_shape {
     ($($test:ident),* $(,)?) => {
         on_every_shape!(@shape host_gw, HostGw, $($test),*);
         on_every_shape!(@shape vxlan, Vxlan, $($test),*);
         on_every_shape!(@shape two_nic, TwoNic, $($test),*);
         on_every_shape!(@shape l3_tunnel, L3Tunnel, $($test),*);
+        on_every_shape!(@shape ipip, Ipip, $($test),*);
+        on_every_shape!(@shape wireguard, WireGuard, $($test),*);
     };
     (@shape $module:ident, $shape:ident, $($test:ident),*) => {
         mod $module {

@@ -16,6 +16,9 @@ pub const PACKAGES: &[&str] = &[
     "conntrack",  // conntrack table inspection
     "ethtool",    // veth offload settings
     "tcpdump",    // debugging test traffic
+    // `wg`: the WireGuard shape of the multi-node sandbox (its kernel
+    // module exists on the kernel matrix's Debian kernels).
+    "wireguard-tools",
     // A real JVM client (tests/java): the JDK reaches IPv4 Services through
     // AF_INET6 sockets and IPv4-mapped addresses; the JDK (not only the
     // JRE) runs a single source file without a javac step.

@@ -30,22 +30,28 @@ enum Task {
     /// fresh machine).
     Setup(setup::Args),
     /// The project's full check, as CI runs it: setup, fmt, clippy, build,
-    /// all tests (root), with leftovers swept before and after.
+    /// all tests on this kernel (root), with leftovers swept before and
+    /// after; then the kernel matrix: test tiers in VMs on Debian's kernels
+    /// (5.10 to the newest, amd64 and arm64).
     Test {
-        /// Run only the tests that need no root (no setup of Debian packages).
+        /// Run only the tests that need no root (no setup of Debian
+        /// packages, no VMs).
         #[arg(long)]
         unprivileged: bool,
-        /// Instead of the host's tests: boot these Debian suites' kernels in
-        /// VMs, one after another, and run test tiers in each (after setup
-        /// and the build; not part of the default run).
+        /// Only this kernel's tests, not the kernel matrix's VMs.
+        #[arg(long, conflicts_with = "kernel")]
+        host_only: bool,
+        /// Instead of the host's tests and the default matrix: boot these
+        /// Debian suites' kernels in VMs, one after another, and run
+        /// `--tier` in each (after setup and the build).
         #[arg(long, value_enum, value_delimiter = ',')]
         kernel: Vec<vm::Suite>,
-        /// The tiers run in each VM (default: all).
+        /// The tiers run in each VM of `--kernel` (default: all).
         #[arg(long, value_enum, value_delimiter = ',', requires = "kernel")]
         tier: Vec<vm::Tier>,
-        /// The architectures of the kernels: amd64 runs `--tier` on the
-        /// host's build; arm64 cross-builds for aarch64 and runs the program
-        /// tier under qemu-system-aarch64.
+        /// The architectures of `--kernel`'s kernels: amd64 runs on the
+        /// host's build; arm64 (and arm64-16k, 16 KiB pages) cross-build for
+        /// aarch64 and boot under qemu-system-aarch64.
         #[arg(
             long,
             value_enum,
@@ -93,20 +99,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Setup(args) => setup::run(&args.options()),
         Task::Test {
             unprivileged,
+            host_only,
             kernel,
             tier,
             arch,
-        } => test::run(&test::Options {
-            unprivileged,
-            kernels: kernel,
-            amd64: arch.contains(&vm::Arch::Amd64),
-            arm64: arch.contains(&vm::Arch::Arm64),
-            tiers: if tier.is_empty() {
+        } => {
+            let tiers = if tier.is_empty() {
                 vm::Tier::ALL.to_vec()
             } else {
                 tier
-            },
-        }),
+            };
+            let matrix = if !kernel.is_empty() {
+                kernel
+                    .iter()
+                    .flat_map(|s| arch.iter().map(|a| vm::matrix::VmPlan::new(*s, *a, &tiers)))
+                    .collect()
+            } else if unprivileged || host_only {
+                Vec::new()
+            } else {
+                vm::matrix::default_matrix()
+            };
+            test::run(&test::Options {
+                unprivileged,
+                host: kernel.is_empty(),
+                matrix,
+            })
+        }
         Task::Sweep => {
             if !procs::is_root() {
                 anyhow::bail!("sweeping namespaces, cgroups and mounts needs root");

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::vm::Suite;
+use crate::vm::{Arch, Suite};
 use crate::{apt, bpf_linker, sh, vm, workspace};
 
 /// What to set up.
@@ -13,10 +13,8 @@ use crate::{apt, bpf_linker, sh, vm, workspace};
 pub struct Options {
     /// Install missing Debian packages (needs root).
     pub apt: bool,
-    /// Also the VM tools and these suites' kernels (`--kernel`).
-    pub kernels: Vec<Suite>,
-    /// Also the arm64 cross toolchain and QEMU for arm64 guests.
-    pub arm64: bool,
+    /// Also the VM tools and these kernels (`--kernel`, `--arch`).
+    pub kernels: Vec<(Suite, Arch)>,
 }
 
 /// `cargo xtask setup`.
@@ -26,18 +24,20 @@ pub struct Args {
     /// suites' kernels for `cargo xtask test --kernel`.
     #[arg(long, value_enum, value_delimiter = ',')]
     kernel: Vec<Suite>,
-    /// Also the arm64 pieces: cross linker, Rust target, qemu-system-arm.
-    #[arg(long)]
-    arm64: bool,
+    /// The architectures of those kernels; arm64 adds the cross linker,
+    /// the Rust target, qemu-system-arm and an arm64 root filesystem.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "amd64")]
+    arch: Vec<Arch>,
 }
 
 impl Args {
     pub fn options(&self) -> Options {
-        Options {
-            apt: true,
-            kernels: self.kernel.clone(),
-            arm64: self.arm64,
-        }
+        let kernels = self
+            .kernel
+            .iter()
+            .flat_map(|s| self.arch.iter().map(move |a| (*s, *a)))
+            .collect();
+        Options { apt: true, kernels }
     }
 }
 
@@ -52,8 +52,8 @@ pub fn run(opts: &Options) -> Result<()> {
     nightly().context("setting up the nightly toolchain for eBPF")?;
     bpf_linker::ensure().context("setting up bpf-linker")?;
     nextest().context("setting up cargo-nextest")?;
-    if !opts.kernels.is_empty() || opts.arm64 {
-        vm::ensure(&opts.kernels, opts.arm64).context("setting up VMs for other kernels")?;
+    if !opts.kernels.is_empty() {
+        vm::ensure(&opts.kernels).context("setting up VMs for other kernels")?;
     }
     println!("setup: done in {:.1?}", start.elapsed());
     Ok(())

@@ -9,20 +9,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::vm::{self, Suite, Tier};
+use crate::vm::{self, matrix::VmPlan};
 use crate::{procs, setup, sh, sweep, workspace};
 
 pub struct Options {
     /// Run only the tests that need no root.
     pub unprivileged: bool,
-    /// Run test tiers in VMs with these kernels instead of the host's tests.
-    pub kernels: Vec<Suite>,
-    /// The tiers run in each VM.
-    pub tiers: Vec<Tier>,
-    /// The tiers on the suites' amd64 kernels.
-    pub amd64: bool,
-    /// The program tier on the suites' arm64 kernels.
-    pub arm64: bool,
+    /// The host's own check: fmt, clippy, build, the tests on this kernel.
+    pub host: bool,
+    /// Then test tiers in VMs with other kernels, one VM at a time.
+    pub matrix: Vec<VmPlan>,
 }
 
 /// The eBPF crate: built for bpfel-unknown-none with nightly only.
@@ -38,29 +34,62 @@ pub fn run(opts: &Options) -> Result<()> {
         );
     }
     let root = workspace::root();
-    if !opts.kernels.is_empty() {
-        // setup and build, then per architecture one build or listing
-        // step and a VM per kernel
-        let per_arch = |on: bool| if on { 1 + opts.kernels.len() } else { 0 };
-        let mut steps = Steps::new(2 + per_arch(opts.amd64) + per_arch(opts.arm64));
-        let result = kernel_pipeline(opts, &root, &mut steps);
-        steps.summary();
-        return result;
-    }
-    let mut steps = Steps::new(if opts.unprivileged { 6 } else { 10 });
+    // Per architecture one build or listing step and a VM per kernel.
+    let per_arch = |arm64: bool| {
+        let vms = opts.matrix.iter().filter(|p| p.arch.is_arm64() == arm64);
+        let n = vms.count();
+        if n > 0 {
+            n + 1
+        } else {
+            0
+        }
+    };
+    let vm_steps = per_arch(false) + per_arch(true);
+    let host_steps = match (opts.host, opts.unprivileged) {
+        (false, _) => 2, // setup, build
+        (true, true) => 6,
+        (true, false) => 10,
+    };
+    let mut steps = Steps::new(host_steps + vm_steps);
     let result = pipeline(opts, &root, &mut steps);
     steps.summary();
     result
 }
 
 fn pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()> {
-    steps.step("setup", || {
+    let kernels: Vec<_> = opts.matrix.iter().map(|p| (p.suite, p.arch)).collect();
+    let setup_name = if kernels.is_empty() {
+        "setup"
+    } else {
+        "setup (with VMs and kernels)"
+    };
+    steps.step(setup_name, || {
         setup::run(&setup::Options {
             apt: !opts.unprivileged,
-            ..Default::default()
+            kernels: kernels.clone(),
         })
     })?;
     let target = workspace::target_dir()?;
+    if !opts.host {
+        let agent = build(root, &target, steps)?;
+        return kernel_matrix(opts, root, &agent, steps);
+    }
+    let host = host_checks(opts, root, &target, steps);
+    if opts.matrix.is_empty() {
+        return host;
+    }
+    // The VMs run after failed host tests too: the matrix's own report is
+    // worth having. Not after a failed build.
+    let agent = target.join("debug").join("bpfproxy");
+    if !agent.is_file() {
+        return host;
+    }
+    let vms = kernel_matrix(opts, root, &agent, steps);
+    host.and(vms)
+}
+
+/// fmt, clippy, build, image, API server and the tests on this kernel.
+fn host_checks(opts: &Options, root: &Path, target: &Path, steps: &mut Steps) -> Result<()> {
     steps.step("rustfmt", || {
         sh::run(&mut cargo(root, ["fmt", "--all", "--check"]))
             .context("rustfmt check failed (`cargo fmt --all` formats the code)")
@@ -80,10 +109,8 @@ fn pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()> {
             ],
         ))
     })?;
-    steps.step("clippy (eBPF crate, nightly)", || {
-        ebpf_clippy(root, &target)
-    })?;
-    let agent = build(root, &target, steps)?;
+    steps.step("clippy (eBPF crate, nightly)", || ebpf_clippy(root, target))?;
+    let agent = build(root, target, steps)?;
 
     if opts.unprivileged {
         return steps.step("tests (unprivileged)", || {
@@ -157,25 +184,18 @@ fn build(root: &Path, target: &Path, steps: &mut Steps) -> Result<PathBuf> {
     Ok(agent)
 }
 
-/// `--kernel`: setup with the VM pieces, the build, then the tiers in a VM
-/// per kernel; every kernel runs even when an earlier one failed.
-fn kernel_pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()> {
-    steps.step("setup (with VMs and kernels)", || {
-        setup::run(&setup::Options {
-            apt: true,
-            kernels: opts.kernels.clone(),
-            arm64: opts.arm64,
-        })
-    })?;
-    let target = workspace::target_dir()?;
-    let agent = build(root, &target, steps)?;
+/// The tiers in a VM per kernel; every kernel runs even when an earlier one
+/// failed.
+fn kernel_matrix(opts: &Options, root: &Path, agent: &Path, steps: &mut Steps) -> Result<()> {
     let mut runs = Vec::new();
     let mut failed = Vec::new();
-    if opts.amd64 {
-        failed.extend(amd64_tiers(opts, root, &agent, steps, &mut runs)?);
+    let amd64: Vec<&VmPlan> = opts.matrix.iter().filter(|p| !p.arch.is_arm64()).collect();
+    let arm64: Vec<&VmPlan> = opts.matrix.iter().filter(|p| p.arch.is_arm64()).collect();
+    if !amd64.is_empty() {
+        failed.extend(amd64_tiers(&amd64, root, agent, steps, &mut runs)?);
     }
-    if opts.arm64 {
-        failed.extend(arm64_tiers(opts, root, steps, &mut runs)?);
+    if !arm64.is_empty() {
+        failed.extend(arm64_tiers(&arm64, root, steps, &mut runs)?);
     }
     println!("\n{}", vm::matrix::report(&runs));
     if !failed.is_empty() {
@@ -184,61 +204,70 @@ fn kernel_pipeline(opts: &Options, root: &Path, steps: &mut Steps) -> Result<()>
     Ok(())
 }
 
-/// The tiers on each suite's amd64 kernel; returns the suites that failed.
+/// The tiers on each plan's amd64 kernel; returns the kernels that failed.
 fn amd64_tiers(
-    opts: &Options,
+    plans: &[&VmPlan],
     root: &Path,
     agent: &Path,
     steps: &mut Steps,
     runs: &mut Vec<vm::matrix::KernelRun>,
 ) -> Result<Vec<String>> {
     let mut bins = None;
+    let tiers = union_of_tiers(plans);
     steps.step("list the test binaries for the guests", || {
         let cargo_test = cargo(root, ["test"]);
-        bins = Some(vm::matrix::TestBinaries::list(
-            root,
-            &opts.tiers,
-            cargo_test,
-        )?);
+        bins = Some(vm::matrix::TestBinaries::list(root, &tiers, cargo_test)?);
         Ok(())
     })?;
     let bins = bins.context("no test binaries")?;
     let mut failed = Vec::new();
-    for &suite in &opts.kernels {
-        let name = format!("kernel {suite}: tiers in a VM");
+    for p in plans {
+        let name = format!("kernel {}: {} in a VM", p.suite, tier_names(&p.tiers));
         if !vm_step(steps, &name, runs, || {
-            vm::matrix::run_kernel(root, agent, &bins, suite)
+            vm::matrix::run_kernel(root, agent, &bins, p.suite, &p.tiers)
         }) {
-            failed.push(suite.to_string());
+            failed.push(p.suite.to_string());
         }
     }
     Ok(failed)
 }
 
-/// The cross build, then the program tier on each suite's arm64 kernel;
-/// returns the suites that failed.
+/// The cross build, then the tiers on each plan's arm64 kernel; returns the
+/// kernels that failed.
 fn arm64_tiers(
-    opts: &Options,
+    plans: &[&VmPlan],
     root: &Path,
     steps: &mut Steps,
     runs: &mut Vec<vm::matrix::KernelRun>,
 ) -> Result<Vec<String>> {
     let mut bins = None;
+    let tiers = union_of_tiers(plans);
     steps.step("cross build for aarch64", || {
-        bins = Some(vm::arm64::build(root)?);
+        bins = Some(vm::arm64::build(root, &tiers)?);
         Ok(())
     })?;
     let bins = bins.context("no aarch64 test binary")?;
     let mut failed = Vec::new();
-    for &suite in &opts.kernels {
-        let name = format!("kernel {suite} arm64: prog tier in a VM");
+    for p in plans {
+        let flavour = p.arch.flavour();
+        let kernel = format!("{} {}", p.suite, flavour.name());
+        let name = format!("kernel {kernel}: {} in a VM", tier_names(&p.tiers));
         if !vm_step(steps, &name, runs, || {
-            vm::arm64::run_prog_tier(suite, &bins)
+            vm::arm64::run_tiers(p.suite, flavour, &bins, &p.tiers)
         }) {
-            failed.push(format!("{suite} arm64"));
+            failed.push(kernel);
         }
     }
     Ok(failed)
+}
+
+fn union_of_tiers(plans: &[&VmPlan]) -> Vec<vm::Tier> {
+    vm::matrix::tiers_of(plans.iter().copied())
+}
+
+fn tier_names(tiers: &[vm::Tier]) -> String {
+    let names: Vec<&str> = tiers.iter().map(|t| t.name()).collect();
+    names.join(", ")
 }
 
 /// One VM as a step; its run is kept for the report. Whether it passed.

@@ -27,6 +27,14 @@ fn shape_text(shape: NetworkShape) -> &'static str {
              link-layer header (a TUN device and a UDP relay stand in for the wireguard \
              module), pods on cni0 with MTU 1420"
         }
+        NetworkShape::Ipip => {
+            "flannel's IPIP backend: flannel.ipip 10.244.N.0/32 MTU 1480, routes via the \
+             peer node's address onlink (needs the ipip module)"
+        }
+        NetworkShape::WireGuard => {
+            "real WireGuard as flannel's wireguard-native backend: flannel-wg 10.244.N.0/32 \
+             MTU 1420, a peer per node (needs the wireguard module)"
+        }
     }
 }
 

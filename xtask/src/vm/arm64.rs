@@ -21,9 +21,10 @@ pub const TARGET: &str = "aarch64-unknown-linux-gnu";
 const PROJECT: &str = "/project";
 
 /// What the guest root needs: a shell, mount, ip (the tests' namespaces and
-/// veths), kill/pgrep, modprobe, and busybox for virtme-ng's init.
+/// veths), kill/pgrep, modprobe, busybox for virtme-ng's init, and curl
+/// (the socket-LB tier's HTTP client).
 const ROOT_PACKAGES: &str = "base-files,base-passwd,bash,dash,coreutils,util-linux,mount,grep,\
-     sed,findutils,mawk,gzip,kmod,udev,procps,busybox-static,iproute2";
+     sed,findutils,mawk,gzip,kmod,udev,procps,busybox-static,iproute2,curl";
 
 /// The aarch64 Rust target of the pinned toolchain.
 pub fn ensure_target(root: &Path) -> Result<()> {
@@ -36,9 +37,9 @@ pub fn ensure_target(root: &Path) -> Result<()> {
     sh::run(add.current_dir(root))
 }
 
-/// Cross-builds the agent and the program tier's test binary. The eBPF
-/// object is the same for every architecture.
-pub fn build(root: &Path) -> Result<TestBinaries> {
+/// Cross-builds the agent, the helper binaries and `tiers`' test binaries.
+/// The eBPF object is the same for every architecture.
+pub fn build(root: &Path, tiers: &[Tier]) -> Result<TestBinaries> {
     let mut c = cross_cargo(
         root,
         [
@@ -51,7 +52,7 @@ pub fn build(root: &Path) -> Result<TestBinaries> {
         ],
     );
     sh::run(&mut c)?;
-    TestBinaries::list(root, &[Tier::Prog], cross_cargo(root, ["test"]))
+    TestBinaries::list(root, tiers, cross_cargo(root, ["test"]))
 }
 
 /// `cargo ARGS --target aarch64…` with the cross linker and C compiler
@@ -78,7 +79,8 @@ pub fn ensure_root(suite: Suite, k: &Kernel) -> Result<PathBuf> {
     let has_ip = ["bin/ip", "usr/bin/ip"]
         .iter()
         .any(|p| out.join(p).exists());
-    if !out.join("sbin/poweroff").exists() || !has_ip {
+    let has_curl = out.join("usr/bin/curl").exists();
+    if !out.join("sbin/poweroff").exists() || !has_ip || !has_curl {
         let _ = std::fs::remove_dir_all(&out);
         let mirror = mirror()?;
         let mut c = sh::cmd(
@@ -157,9 +159,15 @@ fn finish_root(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Boots `suite`'s arm64 kernel and runs the cross-built test binaries.
-pub fn run_prog_tier(suite: Suite, bins: &TestBinaries) -> Result<super::matrix::KernelRun> {
-    let k = kernel::ensure(CACHE.as_ref(), suite, Flavour::Arm64)?;
+/// Boots `suite`'s arm64 kernel of `flavour` and runs `tiers`' cross-built
+/// test binaries.
+pub fn run_tiers(
+    suite: Suite,
+    flavour: Flavour,
+    bins: &TestBinaries,
+    tiers: &[Tier],
+) -> Result<super::matrix::KernelRun> {
+    let k = kernel::ensure(CACHE.as_ref(), suite, flavour)?;
     let root = ensure_root(suite, &k)?;
     // target/aarch64…/debug, where the agent and probe are, is /project.
     let dir = bins
@@ -167,15 +175,16 @@ pub fn run_prog_tier(suite: Suite, bins: &TestBinaries) -> Result<super::matrix:
         .and_then(Path::parent)
         .context("test binaries outside target/…/deps")?;
     let env = [("BPFPROXY_BIN", format!("{PROJECT}/bpfproxy"))];
-    let cmd = bins.commands(|exe| {
+    let cmd = bins.commands(tiers, |exe| {
         let name = exe.file_name().unwrap_or_default().to_string_lossy();
         format!("{PROJECT}/deps/{name}")
     });
     let script = guest::script(Path::new(PROJECT), &env, &cmd);
     // The arm64 guest's root is its own: the script goes to the project
     // directory it sees.
-    let line = format!("sh {PROJECT}/bpfproxy-tiers.sh");
-    std::fs::write(dir.join("bpfproxy-tiers.sh"), format!("{script}\n"))?;
+    let file = format!("bpfproxy-tiers-{suite}-{}.sh", flavour.name());
+    let line = format!("sh {PROJECT}/{file}");
+    std::fs::write(dir.join(&file), format!("{script}\n"))?;
     let vm = Vm {
         image: k.image(),
         memory: "2G".into(),
@@ -184,10 +193,10 @@ pub fn run_prog_tier(suite: Suite, bins: &TestBinaries) -> Result<super::matrix:
         append: None,
         arm64: Some(Arm64 {
             root,
-            cpu: "cortex-a72".into(),
+            cpu: cpu(flavour).into(),
             rodirs: vec![format!("{PROJECT}={}", dir.display())],
         }),
-        timeout: Duration::from_secs(1500),
+        timeout: Duration::from_secs(300 + 900 * tiers.len() as u64),
     };
     let out = boot::run(&vm, &line)?;
     if out.status == boot::TIMED_OUT {
@@ -195,10 +204,20 @@ pub fn run_prog_tier(suite: Suite, bins: &TestBinaries) -> Result<super::matrix:
     }
     Ok(super::matrix::KernelRun {
         suite,
-        arch: "arm64",
+        arch: flavour.name(),
         version: k.version,
         status: out.status,
         wall: out.wall,
         tiers: tiers::results(&out.stdout),
     })
+}
+
+/// The emulated CPU: `cortex-a72` is much faster under TCG than `max`, but
+/// has no 16 KiB translation granule (`ID_AA64MMFR0.TGran16`); a 16k kernel
+/// stops at boot without one. `cortex-a76` has it.
+fn cpu(flavour: Flavour) -> &'static str {
+    match flavour {
+        Flavour::Arm64_16k => "cortex-a76",
+        _ => "cortex-a72",
+    }
 }

@@ -40,19 +40,31 @@ impl fmt::Display for Suite {
     }
 }
 
-/// The architecture of a kernel build.
+/// The architecture and page size of a kernel build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavour {
     Amd64,
     Arm64,
+    /// arm64 with 16 KiB pages, as the Raspberry Pi 5's kernel is built
+    /// (Debian: `linux-image-arm64-16k`, from trixie on).
+    Arm64_16k,
 }
 
 impl Flavour {
-    /// The Debian architecture, also the meta package's suffix.
+    /// The Debian architecture.
     pub fn arch(self) -> &'static str {
         match self {
             Flavour::Amd64 => "amd64",
+            Flavour::Arm64 | Flavour::Arm64_16k => "arm64",
+        }
+    }
+
+    /// The flavour's name: the meta package's suffix and the cache's.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavour::Amd64 => "amd64",
             Flavour::Arm64 => "arm64",
+            Flavour::Arm64_16k => "arm64-16k",
         }
     }
 }
@@ -80,7 +92,7 @@ impl Kernel {
 pub fn ensure(cache: &Path, suite: Suite, flavour: Flavour) -> Result<Kernel> {
     let dir = cache
         .join("kernels")
-        .join(format!("{suite}-{}", flavour.arch()));
+        .join(format!("{suite}-{}", flavour.name()));
     if let Ok(version) = std::fs::read_to_string(dir.join("version")) {
         let k = Kernel {
             dir: dir.clone(),
@@ -91,21 +103,21 @@ pub fn ensure(cache: &Path, suite: Suite, flavour: Flavour) -> Result<Kernel> {
         }
     }
     fetch(cache, suite, flavour, &dir)
-        .with_context(|| format!("fetching the {suite} {} kernel", flavour.arch()))
+        .with_context(|| format!("fetching the {suite} {} kernel", flavour.name()))
 }
 
 fn fetch(cache: &Path, suite: Suite, flavour: Flavour, dir: &Path) -> Result<Kernel> {
     let apt = SuiteApt::new(cache, &suite.to_string(), flavour.arch())?;
     apt.update()?;
-    let meta = format!("linux-image-{}", flavour.arch());
+    let meta = format!("linux-image-{}", flavour.name());
     let policy = sh::read(&mut apt.cache(["policy", &meta]))?;
     let version = candidate(&policy).with_context(|| format!("no candidate for `{meta}`"))?;
     let show = sh::read(&mut apt.cache(["show", &format!("{meta}={version}")]))?;
     let pkg = image_package(&show).with_context(|| format!("no image package in `{meta}`"))?;
-    println!("kernel {suite} {}: {pkg}", flavour.arch());
+    println!("kernel {suite} {}: {pkg}", flavour.name());
     let work = cache
         .join("tmp")
-        .join(format!("{suite}-{}", flavour.arch()));
+        .join(format!("{suite}-{}", flavour.name()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let debs = download(&apt, &work, &pkg)?;

@@ -10,8 +10,57 @@ use anyhow::{Context, Result};
 
 use super::kernel::{self, Flavour, Suite};
 use super::tiers::{self, Tier, TierResult};
-use super::{boot, guest, CACHE};
+use super::{boot, guest, Arch, CACHE};
 use crate::sh;
+
+/// One VM of a test run: a kernel and the tiers run in it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VmPlan {
+    pub suite: Suite,
+    pub arch: Arch,
+    pub tiers: Vec<Tier>,
+}
+
+impl VmPlan {
+    pub fn new(suite: Suite, arch: Arch, tiers: &[Tier]) -> Self {
+        Self {
+            suite,
+            arch,
+            tiers: tiers.to_vec(),
+        }
+    }
+}
+
+/// The matrix `cargo xtask test` (and so CI) runs after the host's tests,
+/// sized for CI's 2 cores and 90 minutes. Every tier runs on the floor
+/// kernel (5.10: no `bpf_set_retval`, no TCX) and on the newest; 6.1 is the
+/// clsact path without the 5.10 fallbacks; 6.12 is the kernel most boards
+/// and distributions ship. The NodePort tier (real IPIP and WireGuard, an
+/// agent restart with pins) is the slowest under TCG: floor and newest.
+/// arm64: the program tier and socket LB on 6.12, with 4 KiB and 16 KiB
+/// pages (Raspberry Pi 5). bullseye's arm64 kernel is not on the mirror.
+pub fn default_matrix() -> Vec<VmPlan> {
+    use Tier::*;
+    vec![
+        VmPlan::new(Suite::Bullseye, Arch::Amd64, &Tier::ALL),
+        VmPlan::new(Suite::Bookworm, Arch::Amd64, &[Attach, SocketLb]),
+        VmPlan::new(Suite::Trixie, Arch::Amd64, &[Prog, Attach, SocketLb]),
+        VmPlan::new(Suite::Sid, Arch::Amd64, &Tier::ALL),
+        VmPlan::new(Suite::Trixie, Arch::Arm64, &[Prog, SocketLb]),
+        VmPlan::new(Suite::Trixie, Arch::Arm64_16k, &[Prog, SocketLb]),
+    ]
+}
+
+/// Every tier of `plans`, each once (what to build or list for them).
+pub fn tiers_of<'a>(plans: impl IntoIterator<Item = &'a VmPlan>) -> Vec<Tier> {
+    let mut all: Vec<Tier> = Vec::new();
+    for t in plans.into_iter().flat_map(|p| &p.tiers) {
+        if !all.contains(t) {
+            all.push(*t);
+        }
+    }
+    all
+}
 
 /// One kernel's run.
 pub struct KernelRun {
@@ -54,11 +103,13 @@ impl TestBinaries {
         Ok(Self(bins))
     }
 
-    /// The guest's commands; `at` maps a host path to the guest's.
-    pub fn commands(&self, at: impl Fn(&Path) -> String) -> String {
+    /// The guest's commands for `tiers`; `at` maps a host path to the
+    /// guest's.
+    pub fn commands(&self, tiers: &[Tier], at: impl Fn(&Path) -> String) -> String {
         let runs: Vec<(&str, String)> = self
             .0
             .iter()
+            .filter(|(t, _)| tiers.contains(t))
             .map(|(t, exe)| (t.name(), format!("{} {}", at(exe), t.args())))
             .collect();
         tiers::commands(&runs)
@@ -84,26 +135,28 @@ pub fn test_executable(json_lines: &str, name: &str) -> Option<PathBuf> {
     })
 }
 
-/// Boots `suite`'s kernel and runs `tiers` in it.
+/// Boots `suite`'s amd64 kernel and runs `tiers` in it.
 pub fn run_kernel(
     root: &Path,
     agent: &Path,
     bins: &TestBinaries,
     suite: Suite,
+    tiers: &[Tier],
 ) -> Result<KernelRun> {
     let k = kernel::ensure(CACHE.as_ref(), suite, Flavour::Amd64)?;
     let env = [("BPFPROXY_BIN", agent.display().to_string())];
     // The guest sees the host's paths as they are.
-    let script = guest::script(root, &env, &bins.commands(|p| p.display().to_string()));
+    let commands = bins.commands(tiers, |p| p.display().to_string());
+    let script = guest::script(root, &env, &commands);
     let line = guest::script_file(&format!("tiers-{suite}"), &script)?;
     // Boot ~30 s, and a tier takes minutes under TCG (no per-test timeout
     // with libtest): a generous bound that still ends a hung guest well
     // within CI's budget.
-    let timeout = Duration::from_secs(300 + 900 * bins.0.len() as u64);
+    let timeout = Duration::from_secs(300 + 900 * tiers.len() as u64);
     let out = boot::run(&guest::amd64_vm(&k, timeout), &line)?;
     Ok(KernelRun {
         suite,
-        arch: "amd64",
+        arch: Flavour::Amd64.name(),
         version: k.version,
         status: out.status,
         wall: out.wall,

@@ -25,6 +25,23 @@ pub use tiers::Tier;
 pub enum Arch {
     Amd64,
     Arm64,
+    /// arm64 with 16 KiB pages (the Raspberry Pi 5's kernel); trixie on.
+    #[value(name = "arm64-16k")]
+    Arm64_16k,
+}
+
+impl Arch {
+    pub fn flavour(self) -> kernel::Flavour {
+        match self {
+            Arch::Amd64 => kernel::Flavour::Amd64,
+            Arch::Arm64 => kernel::Flavour::Arm64,
+            Arch::Arm64_16k => kernel::Flavour::Arm64_16k,
+        }
+    }
+
+    pub fn is_arm64(self) -> bool {
+        self != Arch::Amd64
+    }
 }
 
 /// Kernels, apt lists and VM scratch files. Not under /var/cache or /tmp:
@@ -52,7 +69,7 @@ pub fn run(args: &Args) -> Result<i32> {
     if !procs::is_root() {
         bail!("booting VMs needs root (virtme-ng shares the host's root filesystem)");
     }
-    ensure(&[args.kernel], false)?;
+    ensure(&[(args.kernel, Arch::Amd64)])?;
     let k = kernel::ensure(CACHE.as_ref(), args.kernel, kernel::Flavour::Amd64)?;
     let cwd = std::env::current_dir()?;
     let script = guest::script(&cwd, &[], &args.command.join(" "));
@@ -61,16 +78,19 @@ pub fn run(args: &Args) -> Result<i32> {
     Ok(boot::run(&vm, &line)?.status)
 }
 
-/// What `setup --vm` adds: the VM tools and the kernels of `suites`.
-pub fn ensure(suites: &[Suite], arm64: bool) -> Result<()> {
+/// What `setup --kernel` adds: the VM tools and the kernels `kernels` name
+/// (with an arm64 root filesystem and the aarch64 Rust target for arm64).
+pub fn ensure(kernels: &[(Suite, Arch)]) -> Result<()> {
+    let arm64 = kernels.iter().any(|(_, a)| a.is_arm64());
     host_tools::ensure(arm64)?;
-    for s in suites {
-        let k = kernel::ensure(CACHE.as_ref(), *s, kernel::Flavour::Amd64)?;
-        println!("kernel {s}: {} ({})", k.version, k.dir.display());
-        if arm64 {
-            let k = kernel::ensure(CACHE.as_ref(), *s, kernel::Flavour::Arm64)?;
-            let root = arm64::ensure_root(*s, &k)?;
-            println!("kernel {s} arm64: {} (root {})", k.version, root.display());
+    for &(s, arch) in kernels {
+        let k = kernel::ensure(CACHE.as_ref(), s, arch.flavour())?;
+        let name = arch.flavour().name();
+        if arch.is_arm64() {
+            let root = arm64::ensure_root(s, &k)?;
+            println!("kernel {s} {name}: {} (root {})", k.version, root.display());
+        } else {
+            println!("kernel {s} {name}: {} ({})", k.version, k.dir.display());
         }
     }
     if arm64 {

@@ -19,16 +19,22 @@ pub enum Tier {
     /// Socket load balancing end to end (tests/tests/socket_lb.rs), without
     /// the JVM client (a JVM start takes minutes under TCG).
     SocketLb,
+    /// NodePorts across the multi-node sandbox on the shapes whose devices
+    /// need kernel modules the host lacks, real IPIP and WireGuard
+    /// (tests/tests/nodeport.rs `ipip::`, `wireguard::`); it includes an
+    /// agent restart with its pins.
+    Nodeport,
 }
 
 impl Tier {
-    pub const ALL: [Tier; 3] = [Tier::Prog, Tier::Attach, Tier::SocketLb];
+    pub const ALL: [Tier; 4] = [Tier::Prog, Tier::Attach, Tier::SocketLb, Tier::Nodeport];
 
     pub fn name(self) -> &'static str {
         match self {
             Tier::Prog => "prog",
             Tier::Attach => "attach",
             Tier::SocketLb => "socket-lb",
+            Tier::Nodeport => "nodeport",
         }
     }
 
@@ -38,6 +44,7 @@ impl Tier {
             Tier::Prog => "tc_prog",
             Tier::Attach => "tc_attach",
             Tier::SocketLb => "socket_lb",
+            Tier::Nodeport => "nodeport",
         }
     }
 
@@ -45,6 +52,8 @@ impl Tier {
     pub fn args(self) -> &'static str {
         match self {
             Tier::SocketLb => "--test-threads 2 --skip jvm",
+            // libtest's filters: names containing either.
+            Tier::Nodeport => "--test-threads 2 ipip:: wireguard::",
             _ => "--test-threads 2",
         }
     }
