@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -193,6 +194,9 @@ pub struct ClusterSandbox {
     probe: PathBuf,
 }
 
+/// Sandboxes made by this process so far (names their namespaces).
+static SANDBOXES: AtomicUsize = AtomicUsize::new(0);
+
 impl ClusterSandbox {
     pub fn new(cfg: ClusterConfig) -> Result<Self> {
         crate::privilege::require_root()?;
@@ -207,19 +211,22 @@ impl ClusterSandbox {
             .prefix(&format!("bpfpt-{}-cluster-", std::process::id()))
             .tempdir()?;
         std::fs::create_dir(work.path().join("source"))?;
-        let fabric = Netns::new("fab")?;
+        // Names unique per sandbox, not only per process: the kernel
+        // matrix runs a tier's tests as threads of one libtest process.
+        let tag = format!("c{}", SANDBOXES.fetch_add(1, Ordering::Relaxed));
+        let fabric = Netns::new(&format!("{tag}fab"))?;
         for br in ["br0", "br1"] {
             fabric.ip(&["link", "add", br, "type", "bridge"])?;
             fabric.ip(&["link", "set", br, "up"])?;
         }
-        let client = Netns::new("ext")?;
+        let client = Netns::new(&format!("{tag}ext"))?;
         let client_link = VethPair::new(&client, &[&format!("{CLIENT_IP}/24")], &fabric, &[])?;
         fabric.ip(&["link", "set", client_link.b(), "master", "br0"])?;
 
         let mut nodes = Vec::new();
         let mut pods = Vec::new();
         for i in 1..=cfg.nodes {
-            let (node, node_pods) = build_node(&fabric, &cfg, i)?;
+            let (node, node_pods) = build_node(&fabric, &cfg, &tag, i)?;
             nodes.push(node);
             pods.push(node_pods);
         }
@@ -468,8 +475,13 @@ impl ClusterSandbox {
 }
 
 /// Node `i` with its fabric link(s), overlay, pod bridge and pods.
-fn build_node(fabric: &Netns, cfg: &ClusterConfig, i: usize) -> Result<(Node, Vec<Pod>)> {
-    let ns = Netns::new(&format!("n{i}"))?;
+fn build_node(
+    fabric: &Netns,
+    cfg: &ClusterConfig,
+    tag: &str,
+    i: usize,
+) -> Result<(Node, Vec<Pod>)> {
+    let ns = Netns::new(&format!("{tag}n{i}"))?;
     let link = VethPair::new(&ns, &[&format!("{}/24", node_ip(i))], fabric, &[])?;
     fabric.ip(&["link", "set", link.b(), "master", "br0"])?;
     let cluster_nic = match cfg.shape {
@@ -493,7 +505,7 @@ fn build_node(fabric: &Netns, cfg: &ClusterConfig, i: usize) -> Result<(Node, Ve
     ns.ip(&["link", "set", bridge, "up"])?;
     let mut pods = Vec::new();
     for j in 1..=cfg.pods_per_node {
-        pods.push(build_pod(&ns, cfg.shape, i, j)?);
+        pods.push(build_pod(&ns, cfg.shape, tag, i, j)?);
     }
     let cluster_device = match &cluster_nic {
         Some(nic) => Some(nic.a().to_string()),
@@ -502,8 +514,8 @@ fn build_node(fabric: &Netns, cfg: &ClusterConfig, i: usize) -> Result<(Node, Ve
     let node = Node {
         device: link.a().to_string(),
         cluster_device,
-        cgroup: TestCgroup::new(&format!("n{i}"))?,
-        bpffs: PrivateBpffs::new(&format!("n{i}"))?,
+        cgroup: TestCgroup::new(&format!("{tag}n{i}"))?,
+        bpffs: PrivateBpffs::new(&format!("{tag}n{i}"))?,
         ns,
         _relay: relay,
         _fabric: link,
@@ -513,8 +525,8 @@ fn build_node(fabric: &Netns, cfg: &ClusterConfig, i: usize) -> Result<(Node, Ve
 }
 
 /// Pod `j` of node `i` behind the node's pod bridge, with the shape's MTU.
-fn build_pod(node: &Netns, shape: NetworkShape, i: usize, j: usize) -> Result<Pod> {
-    let pns = Netns::new(&format!("n{i}p{j}"))?;
+fn build_pod(node: &Netns, shape: NetworkShape, tag: &str, i: usize, j: usize) -> Result<Pod> {
+    let pns = Netns::new(&format!("{tag}n{i}p{j}"))?;
     let veth = VethPair::new(&pns, &[&format!("{}/24", pod_ip(i, j))], node, &[])?;
     node.ip(&["link", "set", veth.b(), "master", shape.pod_bridge()])?;
     let mtu = shape.pod_mtu().to_string();

@@ -217,20 +217,26 @@ fn a_service_without_endpoints_refuses_connections_at_once() -> Result<()> {
     agent.wait_until(|d| agent::backends(d, VIP, 80, "TCP") == Some(vec![]), WAIT)?;
     let r = sb.probe_connect_time(&format!("{VIP}:80"))?;
     ensure!(!r.ok, "{r:?}");
-    ensure!(
-        r.errno == Some(libc::ECONNREFUSED),
-        "ECONNREFUSED expected: {r:?}"
-    );
-    eprintln!("refused with ECONNREFUSED after {:.3} ms", r.elapsed_ms);
+    // Kernels before 5.18 (the kernel matrix's 5.10) lack bpf_set_retval:
+    // the agent's variant for them refuses with EPERM.
+    let (errno, name) = if proxy_agent::kernel::Features::probe().set_retval {
+        (libc::ECONNREFUSED, "ECONNREFUSED")
+    } else {
+        (libc::EPERM, "EPERM")
+    };
+    ensure!(r.errno == Some(errno), "{name} expected: {r:?}");
+    eprintln!("refused with {name} after {:.3} ms", r.elapsed_ms);
     ensure!(r.elapsed_ms < 100.0, "refusal took {} ms", r.elapsed_ms);
-    // curl, as a user would see it: exit code 7 (could not connect), fast.
+    // curl, as a user would see it: exit code 7 (could not connect), not
+    // 28 (timed out). The bound leaves room for a process start under a
+    // software CPU (the kernel matrix's VMs), still well below curl's 5 s.
     let t0 = Instant::now();
     let out = sb.client_output(
         &["curl", "-sS", "--max-time", "5", &format!("http://{VIP}/")],
         Duration::from_secs(10),
     )?;
     ensure!(out.status.code() == Some(7), "curl: {out:?}");
-    ensure!(t0.elapsed() < Duration::from_secs(1));
+    ensure!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
     Ok(())
 }
 
@@ -319,15 +325,16 @@ fn sigkill_during_a_request_stream_fails_nothing_and_a_new_agent_takes_over() ->
         "requests failed across the restart: {r:?}"
     );
     ensure!(r.by_backend.len() == 3, "{r:?}");
+    // The new agent owns the state: it applies a change (and so it has
+    // attached: its log is complete).
+    sb.write_manifest("web.yaml", &web(&sb, &[2]))?;
+    agent.wait_for_backends(VIP, 80, "TCP", &addrs(&sb, &[2], 8080), WAIT)?;
+    ensure!(held.ping()? == pinned);
     let log = std::fs::read_to_string(agent.log_path())?;
     ensure!(
         log.matches("how=Replaced").count() == 8,
         "the new agent swaps programs in the pinned links:\n{log}"
     );
-    // The new agent owns the state: it applies a change.
-    sb.write_manifest("web.yaml", &web(&sb, &[2]))?;
-    agent.wait_for_backends(VIP, 80, "TCP", &addrs(&sb, &[2], 8080), WAIT)?;
-    ensure!(held.ping()? == pinned);
     Ok(())
 }
 
