@@ -14,7 +14,7 @@ use tracing::{error, info};
 
 use crate::{
     dump, healthcheck, kernel, loader,
-    maps::pinned::PinnedMaps,
+    maps::{pinned::PinnedMaps, sizes::MapSizes},
     metrics::Metrics,
     model::{Budget, ModelConfig, NodeContext},
     node_addrs,
@@ -124,6 +124,8 @@ pub struct RunArgs {
     pub nodeport_addresses: Vec<node_addrs::Ipv4Cidr>,
     #[command(flatten)]
     pub pins: PinArgs,
+    #[command(flatten)]
+    pub map_sizes: MapSizes,
     /// This node's name (default: $NODE_NAME, else the hostname).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
@@ -366,8 +368,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if !features.set_retval {
         info!("kernel without bpf_set_retval (before 5.18): connect() to a Service without endpoints fails with EPERM instead of ECONNREFUSED");
     }
-    let (loaded, attached) = loader::load(&args.pins.bpffs, &cgroup, args.tc_attach, &features)
-        .context("loading and attaching the kernel programs")?;
+    let (loaded, attached) = loader::load(
+        &args.pins.bpffs,
+        &cgroup,
+        args.tc_attach,
+        &features,
+        &args.map_sizes,
+    )
+    .context("loading and attaching the kernel programs")?;
     info!(?attached, "socket programs ready");
     let mut node_watch = NodeWatch::new(
         loaded,
