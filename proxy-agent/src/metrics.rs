@@ -57,6 +57,7 @@ pub struct Metrics {
     pub drift_repairs: Counter,
     pub datapath_events: Family<ReasonLabels, Gauge>,
     pub conntrack_gc: Family<ReasonLabels, Counter>,
+    pub repins: Counter,
 }
 
 impl Default for Metrics {
@@ -175,6 +176,12 @@ impl Metrics {
             "Conntrack entries removed by the agent, by reason (idle, backend_gone)",
             conntrack_gc.clone(),
         );
+        let repins = Counter::default();
+        r.register(
+            "bpfproxy_repins",
+            "Times the agent found its pins gone (bpffs unmounted, pin directory removed) and pinned its maps and links again",
+            repins.clone(),
+        );
         Self {
             registry: r,
             health: Default::default(),
@@ -194,6 +201,7 @@ impl Metrics {
             drift_repairs,
             datapath_events,
             conntrack_gc,
+            repins,
         }
     }
 

@@ -3,12 +3,17 @@
 //! atomically swaps the programs inside them, so sockets are never without
 //! a program and established connections are never touched.
 mod link_update;
+mod repin;
 mod tc;
+
+pub use repin::RepinError;
 
 pub use tc::{Hook, TcDevices, TcMode, TC_PROGRAMS};
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
@@ -111,6 +116,17 @@ pub struct Loaded {
     hooks: Option<Vec<(Hook, u32)>>,
     /// What the maps really hold (a pinned map keeps its size).
     sizes: MapSizes,
+    /// The pin root (`--bpffs`), for re-pinning after it is gone.
+    bpffs: PathBuf,
+    /// Our own descriptor of every pinned link, by pin name under `links`:
+    /// while we hold it the link (and its program) stays attached even if
+    /// its pin is removed, and it can be pinned again.
+    held: BTreeMap<String, OwnedFd>,
+    /// Pin names of the clsact markers (netlink filters have no link).
+    markers: BTreeSet<String>,
+    /// The one-agent lock on the pin directory, taken again on a new
+    /// directory after re-pinning.
+    lock: Option<fs::File>,
 }
 
 /// Loads the object with its maps pinned in (or reused from) the pin
@@ -142,13 +158,18 @@ pub fn load(
         info!(program = name, ?how, cgroup = %cgroup.display(), "socket program in place");
         done.push((name.to_string(), how));
     }
-    let loaded = Loaded {
+    let mut loaded = Loaded {
         ebpf,
         links,
         tc_mode,
         hooks: None,
         sizes,
+        bpffs: bpffs.to_path_buf(),
+        held: BTreeMap::new(),
+        markers: BTreeSet::new(),
+        lock: None,
     };
+    loaded.hold_links(SOCK_PROGRAMS.iter().map(|n| n.to_string()).collect(), false);
     Ok((loaded, done))
 }
 
@@ -315,6 +336,15 @@ impl Loaded {
             .collect();
         let done = tc::attach_hooks(&mut self.ebpf, self.tc_mode, &hooks, &already, &self.links)?;
         self.hooks = Some(wanted);
+        let names: BTreeSet<String> = hooks
+            .iter()
+            .map(|h| tc::pin_name(&h.device, h.attach))
+            .collect();
+        if self.tc_mode.uses_tcx() {
+            self.hold_links(names, true);
+        } else {
+            self.markers = names;
+        }
         Ok(Some(done))
     }
 }

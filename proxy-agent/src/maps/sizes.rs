@@ -14,34 +14,34 @@ pub struct MapSizes {
     /// backend slot of each frontend (a ClusterIP port with 3 endpoints
     /// takes 4). Frontends that do not fit are left out whole, logged and
     /// counted (`bpfproxy_skipped_objects_total{reason="map_full"}`).
-    #[arg(long = "map-size-services", default_value_t = names::SERVICES_MAX, value_parser = size_parser())]
+    #[arg(id = "map_size_services", long = "map-size-services", default_value_t = names::SERVICES_MAX, value_parser = size_parser())]
     pub services: u32,
     /// Entries of the backend map (bpfp_be): distinct endpoint
     /// address+port+protocol.
-    #[arg(long = "map-size-backends", default_value_t = names::BACKENDS_MAX, value_parser = size_parser())]
+    #[arg(id = "map_size_backends", long = "map-size-backends", default_value_t = names::BACKENDS_MAX, value_parser = size_parser())]
     pub backends: u32,
     /// Entries of the reverse-NAT and service-name maps (bpfp_rnat,
     /// bpfp_names): one per frontend.
-    #[arg(long = "map-size-rev-nat", default_value_t = names::REV_NAT_MAX, value_parser = size_parser())]
+    #[arg(id = "map_size_rev_nat", long = "map-size-rev-nat", default_value_t = names::REV_NAT_MAX, value_parser = size_parser())]
     pub rev_nat: u32,
     /// Entries of the socket reverse-NAT LRU (bpfp_sknat): one per
     /// translated UDP socket (and connected socket asking getpeername).
-    #[arg(long = "map-size-sock-rev-nat", default_value_t = names::SOCK_REV_NAT_MAX, value_parser = size_parser())]
+    #[arg(id = "map_size_sock_rev_nat", long = "map-size-sock-rev-nat", default_value_t = names::SOCK_REV_NAT_MAX, value_parser = size_parser())]
     pub sock_rev_nat: u32,
     /// Entries of the ClientIP session-affinity LRU (bpfp_aff).
-    #[arg(long = "map-size-affinity", default_value_t = names::AFFINITY_MAX, value_parser = size_parser())]
+    #[arg(id = "map_size_affinity", long = "map-size-affinity", default_value_t = names::AFFINITY_MAX, value_parser = size_parser())]
     pub affinity: u32,
     /// Entries of the TC datapath's conntrack LRU (bpfp_ct): two per flow.
-    #[arg(long = "map-size-conntrack", default_value_t = names::CONNTRACK_MAX, value_parser = size_parser())]
+    #[arg(id = "map_size_conntrack", long = "map-size-conntrack", default_value_t = names::CONNTRACK_MAX, value_parser = size_parser())]
     pub conntrack: u32,
     /// Entries of the node-address map (bpfp_node).
-    #[arg(long = "map-size-node-addrs", default_value_t = names::NODE_ADDRS_MAX, value_parser = size_parser())]
+    #[arg(id = "map_size_node_addrs", long = "map-size-node-addrs", default_value_t = names::NODE_ADDRS_MAX, value_parser = size_parser())]
     pub node_addrs: u32,
     /// Entries of the device map (bpfp_dev).
-    #[arg(long = "map-size-devices", default_value_t = names::DEVICES_MAX, value_parser = size_parser())]
+    #[arg(id = "map_size_devices", long = "map-size-devices", default_value_t = names::DEVICES_MAX, value_parser = size_parser())]
     pub devices: u32,
     /// Entries of the loadBalancerSourceRanges trie (bpfp_lbsrc).
-    #[arg(long = "map-size-source-ranges", default_value_t = names::SOURCE_RANGES_MAX, value_parser = size_parser())]
+    #[arg(id = "map_size_source_ranges", long = "map-size-source-ranges", default_value_t = names::SOURCE_RANGES_MAX, value_parser = size_parser())]
     pub source_ranges: u32,
 }
 
@@ -212,6 +212,24 @@ mod tests {
         let (same, none) = effective(&configured, &configured.by_map().into_iter().collect());
         assert_eq!(same, configured);
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn the_flags_parse_into_the_sizes_and_zero_is_refused() {
+        use clap::Parser;
+        let run = |extra: &[&str]| {
+            let argv = ["bpfproxy", "run", "--devices", "none"];
+            crate::cli::Cli::try_parse_from(argv.iter().chain(extra)).map(|c| match c.command {
+                crate::cli::Command::Run(args) => args.map_sizes,
+                _ => MapSizes::default(),
+            })
+        };
+        assert_eq!(run(&[]).expect("defaults"), MapSizes::default());
+        let sizes =
+            run(&["--map-size-services", "64", "--map-size-conntrack=1024"]).expect("sizes");
+        assert_eq!((sizes.services, sizes.conntrack), (64, 1024));
+        assert_eq!(sizes.backends, names::BACKENDS_MAX);
+        assert!(run(&["--map-size-devices", "0"]).is_err());
     }
 
     #[test]
