@@ -86,6 +86,15 @@ fn expected_pins(sb: &Sandbox) -> Vec<PathBuf> {
     maps.chain(links).collect()
 }
 
+/// The TCX link pins of the client namespace's veth (`--devices` it).
+fn tc_pins(sb: &Sandbox) -> Vec<PathBuf> {
+    let links = pin_dir(sb).join("links");
+    ["ingress", "egress"]
+        .iter()
+        .map(|d| links.join(format!("tc-{}-{d}", sb.veth().a())))
+        .collect()
+}
+
 fn all_pinned(sb: &Sandbox) -> bool {
     expected_pins(sb).iter().all(|p| p.exists())
 }
@@ -146,8 +155,14 @@ fn a_configured_map_size_is_what_the_kernel_map_has_and_metrics_cover_every_map(
 #[test]
 fn pins_removed_under_a_running_agent_come_back_and_a_restart_stays_seamless() -> Result<()> {
     let sb = sandbox()?;
-    let mut agent = start(&sb, &[])?;
+    // TC programs too, on the sandbox's own veth (inside its namespace).
+    let devices = format!("--devices={}", sb.veth().a());
+    let mut agent = start(&sb, &[devices.as_str()])?;
+    let tc = tc_pins(&sb);
     ensure!(all_pinned(&sb), "pinned at start");
+    eventually(Duration::from_secs(5), "TC links pinned", || {
+        Ok(tc.iter().all(|p| p.exists()))
+    })?;
     // What an operator's stray `bpfproxy cleanup` does.
     let mut cleanup = std::process::Command::new(&agent.config().bin);
     cleanup.arg("cleanup").arg("--bpffs").arg(sb.bpffs());
@@ -157,7 +172,7 @@ fn pins_removed_under_a_running_agent_come_back_and_a_restart_stays_seamless() -
     let t0 = Instant::now();
     eventually(Duration::from_secs(5), "the pins back", || {
         agent.check_alive()?;
-        Ok(all_pinned(&sb))
+        Ok(all_pinned(&sb) && tc.iter().all(|p| p.exists()))
     })?;
     eprintln!("pins back after {:?}", t0.elapsed());
     serves(&sb)?;
