@@ -133,7 +133,7 @@ impl<M: LbMaps> Syncer<M> {
             _ => self.maps.read_all()?,
         };
         let capacity = self.maps.capacity();
-        let fitted = fit(&rendered.state, &actual, &capacity);
+        let fitted = fit(rendered.state, &actual, &capacity);
         let room_skips: Vec<Skip> = fitted
             .left_out
             .iter()

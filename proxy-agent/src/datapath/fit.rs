@@ -192,10 +192,17 @@ fn put(state: &mut MapState, id: u32, piece: Piece) {
 /// Service never pushes out a served one), then new ones by id (ids grow
 /// with age). An existing frontend whose new shape does not fit keeps its
 /// previous entries.
-pub fn fit(desired: &MapState, actual: &MapState, cap: &MapSizes) -> Fitted {
+pub fn fit(desired: MapState, actual: &MapState, cap: &MapSizes) -> Fitted {
+    // The common case, checked without building anything: room for all.
+    if fits_whole(&desired, actual, cap) {
+        return Fitted {
+            state: desired,
+            ..Fitted::default()
+        };
+    }
     let mut usage = Usage::of(actual);
     let mut before = pieces(actual);
-    let wanted = pieces(desired);
+    let wanted = pieces(&desired);
     let (existing, new): (Vec<_>, Vec<_>) = wanted
         .into_iter()
         .partition(|(id, _)| before.contains_key(id));
@@ -221,6 +228,23 @@ pub fn fit(desired: &MapState, actual: &MapState, cap: &MapSizes) -> Fitted {
     }
     out.retry = !out.left_out.is_empty() && has_stale(actual, &out.state);
     out
+}
+
+/// Whether old and new entries together fit every map.
+fn fits_whole(desired: &MapState, actual: &MapState, cap: &MapSizes) -> bool {
+    fn union<K: Ord, V>(want: &BTreeMap<K, V>, have: &BTreeMap<K, V>) -> usize {
+        have.len() + want.keys().filter(|k| !have.contains_key(k)).count()
+    }
+    let ranges = actual.source_ranges.len()
+        + desired
+            .source_ranges
+            .difference(&actual.source_ranges)
+            .count();
+    union(&desired.services, &actual.services) <= cap.services as usize
+        && union(&desired.backends, &actual.backends) <= cap.backends as usize
+        && union(&desired.rev_nat, &actual.rev_nat) <= cap.rev_nat as usize
+        && union(&desired.names, &actual.names) <= cap.rev_nat as usize
+        && ranges <= cap.source_ranges as usize
 }
 
 /// Whether `actual` holds entries that `next` drops (deletions that free

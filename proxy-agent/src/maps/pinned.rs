@@ -108,12 +108,8 @@ impl PinnedMaps {
 
     /// Opens the maps pinned in `dir` (the versioned pin directory).
     pub fn open(dir: &Path) -> Result<Self, MapsError> {
-        let pinned = sizes::read_pinned(dir).map_err(|source| MapsError::Open {
-            path: dir.display().to_string(),
-            source,
-        })?;
         Ok(Self {
-            sizes: sizes::from_kernel(&pinned),
+            sizes: sizes::from_kernel(&sizes::read_pinned_available(dir)),
             services: open(dir, names::SERVICES)?,
             backends: open(dir, names::BACKENDS)?,
             rev_nat: open(dir, names::REV_NAT)?,

@@ -144,6 +144,18 @@ pub fn read_pinned(dir: &Path) -> Result<BTreeMap<&'static str, u32>, MapError> 
         .collect()
 }
 
+/// The kernel's max_entries of the maps pinned in `dir` that can be read
+/// (for readers that must not fail on one missing pin).
+pub fn read_pinned_available(dir: &Path) -> BTreeMap<&'static str, u32> {
+    names::ALL
+        .iter()
+        .filter_map(|name| {
+            let info = MapInfo::from_pin(dir.join(name)).ok()?;
+            Some((*name, info.max_entries()))
+        })
+        .collect()
+}
+
 /// The sizes of maps as the kernel has them (`pinned`, from
 /// [`read_pinned`]); the defaults for maps missing from it.
 pub fn from_kernel(pinned: &BTreeMap<&'static str, u32>) -> MapSizes {
