@@ -60,13 +60,19 @@ pub fn respond(hc: &HealthCheck, proxy_healthy: bool) -> Response<server::Body> 
     resp
 }
 
+/// How often the listeners are checked for having died (a panic): a load
+/// balancer would otherwise see a node without the port, as if it had no
+/// endpoints, with nothing in the logs.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// Keeps one listener per healthCheckNodePort in `rx`, answering from the
-/// newest state, until `rx` closes.
+/// newest state, until `rx` closes (Ok) or a listener ends on its own
+/// (Err: listeners only end when told to).
 pub async fn run(
     mut rx: watch::Receiver<BTreeMap<u16, HealthCheck>>,
     metrics: Arc<Metrics>,
     health_timeout: Duration,
-) {
+) -> anyhow::Result<()> {
     let state: Arc<RwLock<BTreeMap<u16, HealthCheck>>> = Arc::default();
     let mut listeners: BTreeMap<u16, JoinHandle<()>> = BTreeMap::new();
     loop {
@@ -104,12 +110,44 @@ pub async fn run(
                 tokio::spawn(server::serve("healthcheck", addr, routes)),
             );
         }
-        if rx.changed().await.is_err() {
-            break;
+        let ended = tokio::select! {
+            changed = rx.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => None,
+            },
+            ended = first_ended(&mut listeners) => Some(ended),
+        };
+        for task in listeners.values() {
+            task.abort();
         }
+        return match ended {
+            None => Ok(()),
+            Some((port, how)) => Err(anyhow::anyhow!(
+                "the health check server of port {port} {how}"
+            )),
+        };
     }
-    for task in listeners.values() {
-        task.abort();
+}
+
+/// Waits until a listener has ended; which one and how.
+async fn first_ended(listeners: &mut BTreeMap<u16, JoinHandle<()>>) -> (u16, String) {
+    loop {
+        tokio::time::sleep(CHECK_EVERY).await;
+        let Some(port) = listeners
+            .iter()
+            .find(|(_, t)| t.is_finished())
+            .map(|(p, _)| *p)
+        else {
+            continue;
+        };
+        let how = match listeners.remove(&port) {
+            Some(task) => match task.await {
+                Ok(()) => "stopped".to_string(),
+                Err(e) => format!("ended: {e}"),
+            },
+            None => "stopped".to_string(),
+        };
+        return (port, how);
     }
 }
 

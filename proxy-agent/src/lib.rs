@@ -3,6 +3,8 @@
 //! The flow (see DESIGN.md): source → [`model::build_desired_state`] →
 //! [`datapath::render`] → [`datapath::plan`] → [`datapath::apply`] through
 //! [`maps::LbMaps`] → the kernel programs. Everything before `apply` is pure.
+pub mod agent;
+pub mod bpffs;
 pub mod cli;
 pub mod datapath;
 pub mod dump;
@@ -10,6 +12,7 @@ pub mod health;
 pub mod healthcheck;
 pub mod kernel;
 pub mod loader;
+pub mod map_stats;
 pub mod maps;
 pub mod metrics;
 pub mod model;
@@ -19,4 +22,5 @@ pub mod node_watch;
 pub mod preflight;
 pub mod server;
 pub mod source;
+pub mod supervise;
 pub mod sync;

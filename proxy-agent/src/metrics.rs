@@ -57,6 +57,7 @@ pub struct Metrics {
     pub drift_repairs: Counter,
     pub datapath_events: Family<ReasonLabels, Gauge>,
     pub conntrack_gc: Family<ReasonLabels, Counter>,
+    pub repins: Counter,
 }
 
 impl Default for Metrics {
@@ -148,13 +149,13 @@ impl Metrics {
         let map_entries = Family::<MapLabels, Gauge>::default();
         r.register(
             "bpfproxy_map_entries",
-            "Entries the last sync wanted in each agent-owned BPF map",
+            "Entries of each BPF map: for the maps the agent writes, what the last sync wanted; for the others, counted on a timer",
             map_entries.clone(),
         );
         let map_capacity = Family::<MapLabels, Gauge>::default();
         r.register(
             "bpfproxy_map_capacity_entries",
-            "Maximum entries of each agent-owned BPF map",
+            "Maximum entries of each BPF map, as the kernel created it",
             map_capacity.clone(),
         );
         let drift_repairs = Counter::default();
@@ -175,23 +176,12 @@ impl Metrics {
             "Conntrack entries removed by the agent, by reason (idle, backend_gone)",
             conntrack_gc.clone(),
         );
-        for (map, cap) in [
-            (
-                proxy_common::maps::SERVICES,
-                proxy_common::maps::SERVICES_MAX,
-            ),
-            (
-                proxy_common::maps::BACKENDS,
-                proxy_common::maps::BACKENDS_MAX,
-            ),
-            (proxy_common::maps::REV_NAT, proxy_common::maps::REV_NAT_MAX),
-        ] {
-            map_capacity
-                .get_or_create(&MapLabels {
-                    map: map.to_string(),
-                })
-                .set(i64::from(cap));
-        }
+        let repins = Counter::default();
+        r.register(
+            "bpfproxy_repins",
+            "Times the agent found its pins gone (bpffs unmounted, pin directory removed) and pinned its maps and links again",
+            repins.clone(),
+        );
         Self {
             registry: r,
             health: Default::default(),
@@ -211,7 +201,24 @@ impl Metrics {
             drift_repairs,
             datapath_events,
             conntrack_gc,
+            repins,
         }
+    }
+
+    /// Sets the capacity gauge of every map in `sizes`.
+    pub fn set_capacity(&self, sizes: &crate::maps::sizes::MapSizes) {
+        for (map, n) in sizes.by_map() {
+            self.set_map_gauge(&self.map_capacity, map, u64::from(n));
+        }
+    }
+
+    /// Sets `family{map=…}` to `n`.
+    pub fn set_map_gauge(&self, family: &Family<MapLabels, Gauge>, map: &str, n: u64) {
+        family
+            .get_or_create(&MapLabels {
+                map: map.to_string(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// A change arrived from the source: `Some(true)` a Service, `Some(false)`

@@ -5,14 +5,15 @@
 //! keepalived), so they are re-read every [`REFRESH_EVERY`]; reading them
 //! costs one `getifaddrs`, and the maps and links change only on a
 //! difference.
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use proxy_common::DeviceValue;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     loader::{Loaded, TcDevices},
+    metrics::Metrics,
     node_addrs::{self, InterfaceAddr, Ipv4Cidr},
     node_links::{self, Link},
 };
@@ -61,10 +62,19 @@ pub struct NodeWatch {
     programmed_links: Option<BTreeMap<u32, DeviceValue>>,
     /// The last refresh error, logged once rather than every period.
     last_error: Option<String>,
+    /// The last re-pin error, likewise.
+    repin_error: Option<String>,
+    metrics: Arc<Metrics>,
 }
 
 impl NodeWatch {
-    pub fn new(loaded: Loaded, pin_dir: PathBuf, filter: Vec<Ipv4Cidr>, devices: Devices) -> Self {
+    pub fn new(
+        loaded: Loaded,
+        pin_dir: PathBuf,
+        filter: Vec<Ipv4Cidr>,
+        devices: Devices,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             loaded,
             pin_dir,
@@ -73,6 +83,8 @@ impl NodeWatch {
             programmed: None,
             programmed_links: None,
             last_error: None,
+            repin_error: None,
+            metrics,
         }
     }
 
@@ -112,29 +124,66 @@ impl NodeWatch {
         Ok(())
     }
 
-    /// Refreshes every [`REFRESH_EVERY`] on a thread of its own (the work
-    /// is a few syscalls; aya's loader types are not async). A failure is
-    /// logged once until it changes, and the next period tries again.
-    pub fn spawn(mut self) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("node-watch".to_string())
-            .spawn(move || loop {
-                std::thread::sleep(REFRESH_EVERY);
-                match self.refresh() {
-                    Ok(()) => {
-                        if self.last_error.take().is_some() {
-                            info!("node addresses and devices are followed again");
-                        }
-                    }
-                    Err(e) => {
-                        let text = format!("{e:#}");
-                        if self.last_error.as_deref() != Some(text.as_str()) {
-                            warn!(error = %text, "following the node's addresses and devices");
-                            self.last_error = Some(text);
-                        }
-                    }
-                }
+    /// Refreshes every [`REFRESH_EVERY`], each time on the blocking pool
+    /// (the work is a few syscalls; aya's loader types are not async), and
+    /// puts back pins that are gone first, so a device change never
+    /// attaches a second program next to a link that lost its pin. A
+    /// failure is logged once until it changes, and the next period tries
+    /// again; only a panic ends the task (the agent then exits).
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        loop {
+            tokio::time::sleep(REFRESH_EVERY).await;
+            self = tokio::task::spawn_blocking(move || {
+                self.check_pins();
+                self.refresh_logged();
+                self
             })
+            .await
+            .context("refreshing the node's addresses and devices")?;
+        }
+    }
+
+    /// [`NodeWatch::refresh`], its errors logged once until they change.
+    fn refresh_logged(&mut self) {
+        match self.refresh() {
+            Ok(()) => {
+                if self.last_error.take().is_some() {
+                    info!("node addresses and devices are followed again");
+                }
+            }
+            Err(e) => {
+                let text = format!("{e:#}");
+                if self.last_error.as_deref() != Some(text.as_str()) {
+                    warn!(error = %text, "following the node's addresses and devices");
+                    self.last_error = Some(text);
+                }
+            }
+        }
+    }
+
+    /// Re-pins maps and links whose pins are gone (see `loader::repin`).
+    /// When that is impossible the datapath keeps serving: the agent holds
+    /// every map and link; only a restart would lose them.
+    fn check_pins(&mut self) {
+        match self.loaded.repin() {
+            Ok(0) => {
+                if self.repin_error.take().is_some() {
+                    info!("pins are in place again");
+                }
+            }
+            Ok(n) => {
+                warn!(objects = n, pin_dir = %self.pin_dir.display(), "pins were gone (bpffs unmounted, pin directory removed, or `bpfproxy cleanup`); pinned the maps and links again");
+                self.metrics.repins.inc();
+                self.repin_error = None;
+            }
+            Err(e) => {
+                let text = format!("{:#}", anyhow::Error::from(e));
+                if self.repin_error.as_deref() != Some(text.as_str()) {
+                    error!(error = %text, pin_dir = %self.pin_dir.display(), "cannot re-pin the maps and links; still serving (this agent holds them), but a restart now would start from scratch; retrying");
+                    self.repin_error = Some(text);
+                }
+            }
+        }
     }
 }
 

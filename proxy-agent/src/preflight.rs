@@ -144,7 +144,7 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// `--cgroup` given: that directory must be on a cgroup v2 (in a
 /// container, the host's cgroup mounted in).
 fn cgroup2_dir(dir: &Path) -> Check {
-    match crate::cli::fs_magic(dir) {
+    match crate::bpffs::fs_magic(dir) {
         Ok(CGROUP2_SUPER_MAGIC) => check(
             "cgroup v2",
             Status::Ok,
@@ -170,7 +170,7 @@ pub fn cgroup2_mount(mounts: &str) -> Option<&str> {
 
 fn bpffs_check(bpffs: &Path) -> Check {
     let root = bpffs.parent().unwrap_or(bpffs);
-    match crate::cli::is_bpffs(root) {
+    match crate::bpffs::is_bpffs(root) {
         Ok(true) => check("bpffs", Status::Ok, format!("{} is a bpf filesystem", root.display())),
         _ => check(
             "bpffs",
@@ -331,7 +331,7 @@ fn memlock(v: Option<KernelVersion>, limit: Option<u64>) -> Check {
 /// would load, with scratch pins removed afterwards.
 fn programs(bpffs: &Path, features: &Features) -> Vec<Check> {
     let root = bpffs.parent().unwrap_or(bpffs);
-    if !matches!(crate::cli::is_bpffs(root), Ok(true)) {
+    if !matches!(crate::bpffs::is_bpffs(root), Ok(true)) {
         return vec![check(
             "programs",
             Status::Degraded,

@@ -10,10 +10,11 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    datapath::{apply, ct_gc, plan, render, DumpView, Ids, MapState},
+    datapath::{apply, ct_gc, fit, plan, render, DumpView, Ids, LeftOut, MapState},
+    maps::sizes,
     maps::{LbMaps, MapsError},
     metrics::{unix_now, MapLabels, Metrics, PolicyLabels, ReasonLabels, SkipLabels},
-    model::{build_desired_state, BuildOutput, HealthCheck, ModelConfig, Skip},
+    model::{build_desired_state, BuildOutput, HealthCheck, ModelConfig, Skip, SkipReason},
     source::Snapshot,
 };
 
@@ -41,11 +42,15 @@ pub struct SyncOutcome {
     pub held_back: usize,
     /// Of `failed`, the writes a full map refused.
     pub full: usize,
+    /// Frontends left out (or kept as they were) for want of map room.
+    pub left_out: usize,
+    /// Some of `left_out` may fit once this sync's deletions are done.
+    pub retry_for_room: bool,
 }
 
 impl SyncOutcome {
     pub fn complete(&self) -> bool {
-        self.failed == 0 && self.held_back == 0
+        self.failed == 0 && self.held_back == 0 && !self.retry_for_room
     }
 
     /// Whether the proxy is healthy after this sync: every write went in
@@ -81,6 +86,7 @@ impl<M: LbMaps> Syncer<M> {
     /// maps), so existing entries keep their ids and are not rewritten.
     pub fn new(maps: M, metrics: Arc<Metrics>, config: ModelConfig) -> Result<Self, MapsError> {
         let ids = Ids::restore(&maps.read_all()?);
+        metrics.set_capacity(&maps.capacity());
         Ok(Self {
             maps,
             ids,
@@ -118,7 +124,6 @@ impl<M: LbMaps> Syncer<M> {
             snap.slices.iter().map(|s| s.as_ref()),
             &self.config,
         );
-        self.report_skips(snap.skips.iter().chain(&built.skips));
         let rendered = render(&built.state, &mut self.ids);
         for fe in &rendered.dropped {
             warn!(frontend = %fe, "no free id for frontend or backend; left out");
@@ -127,7 +132,15 @@ impl<M: LbMaps> Syncer<M> {
             Some(written) if !full => written,
             _ => self.maps.read_all()?,
         };
-        let ops = plan(&rendered.state, &actual);
+        let capacity = self.maps.capacity();
+        let fitted = fit(rendered.state, &actual, &capacity);
+        let room_skips: Vec<Skip> = fitted
+            .left_out
+            .iter()
+            .map(|l| room_skip(l, &capacity))
+            .collect();
+        self.report_skips(snap.skips.iter().chain(&built.skips).chain(&room_skips));
+        let ops = plan(&fitted.state, &actual);
         drop(actual);
         let report = apply(&ops, &mut self.maps);
         for (op, e) in &report.failed {
@@ -139,18 +152,18 @@ impl<M: LbMaps> Syncer<M> {
                 })
                 .inc();
         }
-        self.prune_flows(&rendered.state);
-        self.record_state(&built, &rendered.state);
+        self.prune_flows(&fitted.state);
+        self.record_state(&built, &fitted.state);
         self.health_checks = std::mem::take(&mut built.health_checks);
         if report.ok() {
             self.observe_programming_latency(&built);
         }
         if !ops.is_empty() {
-            debug!(view = %DumpView::from_state(&rendered.state), "desired maps");
+            debug!(view = %DumpView::from_state(&fitted.state), "desired maps");
         }
         // After a partial failure the maps are somewhere in between: read
         // them next time.
-        self.written = report.ok().then_some(rendered.state);
+        self.written = report.ok().then_some(fitted.state);
         Ok(SyncOutcome {
             ops: ops.len(),
             failed: report.failed.len(),
@@ -160,6 +173,8 @@ impl<M: LbMaps> Syncer<M> {
                 .iter()
                 .filter(|(_, e)| matches!(e, MapsError::Full { .. }))
                 .count(),
+            left_out: fitted.left_out.len(),
+            retry_for_room: fitted.retry,
         })
     }
 
@@ -229,16 +244,15 @@ impl<M: LbMaps> Syncer<M> {
 
     fn record_state(&self, built: &BuildOutput, state: &MapState) {
         let m = &self.metrics;
+        use proxy_common::maps as names;
         for (map, n) in [
-            (proxy_common::maps::SERVICES, state.services.len()),
-            (proxy_common::maps::BACKENDS, state.backends.len()),
-            (proxy_common::maps::REV_NAT, state.rev_nat.len()),
+            (names::SERVICES, state.services.len()),
+            (names::BACKENDS, state.backends.len()),
+            (names::REV_NAT, state.rev_nat.len()),
+            (names::SERVICE_NAMES, state.names.len()),
+            (names::SOURCE_RANGES, state.source_ranges.len()),
         ] {
-            m.map_entries
-                .get_or_create(&MapLabels {
-                    map: map.to_string(),
-                })
-                .set(n as i64);
+            m.set_map_gauge(&m.map_entries, map, n as u64);
         }
         for (policy, n) in [
             ("internal", built.no_local_endpoints_internal),
@@ -289,6 +303,27 @@ impl<M: LbMaps> Syncer<M> {
                 .inc();
         }
         self.reported = now;
+    }
+}
+
+/// A frontend the maps had no room for, as a skip: logged once while it
+/// lasts and counted under `map_full`.
+fn room_skip(l: &LeftOut, capacity: &sizes::MapSizes) -> Skip {
+    let size = capacity.of(l.map).unwrap_or_default();
+    let flag = sizes::flag_of(l.map).unwrap_or_default();
+    let what = if l.kept_previous {
+        "its previous entries stay"
+    } else {
+        "left out"
+    };
+    Skip {
+        kind: "Service",
+        object: l.name.clone(),
+        reason: SkipReason::MapFull,
+        detail: format!(
+            "frontend {} does not fit map {} ({size} entries, {flag}); {what}",
+            l.frontend, l.map
+        ),
     }
 }
 

@@ -2,6 +2,7 @@
 //! the kernel there. Pure: the only I/O is behind [`crate::maps::LbMaps`].
 mod apply;
 pub mod ct_gc;
+mod fit;
 mod flows;
 mod ids;
 mod invariant;
@@ -11,6 +12,7 @@ mod state;
 mod view;
 
 pub use apply::{apply, ApplyReport};
+pub use fit::{fit, Fitted, LeftOut};
 pub use flows::{flows, FlowView};
 pub use ids::Ids;
 pub use invariant::check_invariant;

@@ -11,6 +11,7 @@ use std::{
 
 use aya::programs::ProgramFd;
 
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_DETACH: libc::c_long = 34;
@@ -59,7 +60,7 @@ struct LinkDetachAttr {
 }
 
 /// Opens the link pinned at `pin`.
-fn open_pinned(pin: &Path) -> io::Result<OwnedFd> {
+pub fn open_pinned(pin: &Path) -> io::Result<OwnedFd> {
     let path = CString::new(pin.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut get = ObjGetAttr {
@@ -69,6 +70,21 @@ fn open_pinned(pin: &Path) -> io::Result<OwnedFd> {
     let fd = bpf(BPF_OBJ_GET, &mut get)?;
     // SAFETY: BPF_OBJ_GET returned a new fd that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pins the object `fd` (a link or a map) at `pin`; the fd stays ours.
+/// aya's `FdLink::pin` consumes the link, so a failed pin would drop, and
+/// detach, the very link being saved.
+pub fn pin_fd(fd: std::os::fd::BorrowedFd<'_>, pin: &Path) -> io::Result<()> {
+    let path = CString::new(pin.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // BPF_OBJ_PIN takes the same attribute layout as BPF_OBJ_GET.
+    let mut attr = ObjGetAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
 }
 
 /// Detaches the link pinned at `pin` now and removes the pin. Removing the

@@ -3,12 +3,17 @@
 //! atomically swaps the programs inside them, so sockets are never without
 //! a program and established connections are never touched.
 mod link_update;
+mod repin;
 mod tc;
+
+pub use repin::RepinError;
 
 pub use tc::{Hook, TcDevices, TcMode, TC_PROGRAMS};
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
@@ -18,7 +23,10 @@ use aya::{
 };
 use tracing::info;
 
-use crate::kernel::Features;
+use crate::{
+    kernel::Features,
+    maps::sizes::{self, MapSizes},
+};
 
 /// The compiled kernel object, built by aya-build in build.rs. Public so the
 /// program-test tier loads exactly what the agent ships.
@@ -106,16 +114,31 @@ pub struct Loaded {
     /// The TC hooks in place, with the ifindex each device had then; None
     /// before the first [`Loaded::set_devices`].
     hooks: Option<Vec<(Hook, u32)>>,
+    /// What the maps really hold (a pinned map keeps its size).
+    sizes: MapSizes,
+    /// The pin root (`--bpffs`), for re-pinning after it is gone.
+    bpffs: PathBuf,
+    /// Our own descriptor of every pinned link, by pin name under `links`:
+    /// while we hold it the link (and its program) stays attached even if
+    /// its pin is removed, and it can be pinned again.
+    held: BTreeMap<String, OwnedFd>,
+    /// Pin names of the clsact markers (netlink filters have no link).
+    markers: BTreeSet<String>,
+    /// The one-agent lock on the pin directory, taken again on a new
+    /// directory after re-pinning.
+    lock: Option<fs::File>,
 }
 
 /// Loads the object with its maps pinned in (or reused from) the pin
-/// directory, in the variant `kernel` can run, and attaches the socket
-/// programs to `cgroup`. The TC programs wait for [`Loaded::set_devices`].
+/// directory, sized as `sizes` asks where they are new, in the variant
+/// `kernel` can run, and attaches the socket programs to `cgroup`. The TC
+/// programs wait for [`Loaded::set_devices`].
 pub fn load(
     bpffs: &Path,
     cgroup: &Path,
     tc_mode: TcMode,
     kernel: &Features,
+    sizes: &MapSizes,
 ) -> Result<(Loaded, Vec<(String, Attachment)>), LoadError> {
     let dir = pin_dir(bpffs);
     let links = dir.join("links");
@@ -123,7 +146,8 @@ pub fn load(
         path: links.clone(),
         source,
     })?;
-    let mut ebpf = load_object(&dir, kernel)?;
+    let mut ebpf = load_object(&dir, kernel, sizes)?;
+    let sizes = effective_sizes(&dir, sizes);
     let cgroup_file = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.to_path_buf(),
         source,
@@ -134,30 +158,71 @@ pub fn load(
         info!(program = name, ?how, cgroup = %cgroup.display(), "socket program in place");
         done.push((name.to_string(), how));
     }
-    let loaded = Loaded {
+    let mut loaded = Loaded {
         ebpf,
         links,
         tc_mode,
         hooks: None,
+        sizes,
+        bpffs: bpffs.to_path_buf(),
+        held: BTreeMap::new(),
+        markers: BTreeSet::new(),
+        lock: None,
     };
+    loaded.hold_links(SOCK_PROGRAMS.iter().map(|n| n.to_string()).collect(), false);
     Ok((loaded, done))
 }
 
 /// The object with its maps pinned in (or reused from) `dir`. Maps are
 /// pinned ByName in the object: an existing pin is reused, so a restarted
-/// agent keeps the state the kernel has been using. The object's read-only
-/// constants say which helpers `kernel` has; the verifier skips the code
-/// that needs the others.
-fn load_object(dir: &Path, kernel: &Features) -> Result<Ebpf, LoadError> {
+/// agent keeps the state the kernel has been using; `sizes` only applies to
+/// maps created now. The object's read-only constants say which helpers
+/// `kernel` has; the verifier skips the code that needs the others.
+fn load_object(dir: &Path, kernel: &Features, sizes: &MapSizes) -> Result<Ebpf, LoadError> {
     let set_retval = u8::from(kernel.set_retval);
-    EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .default_map_pin_directory(dir)
-        .override_global("HAVE_SET_RETVAL", &set_retval, true)
-        .load(OBJECT)
-        .map_err(|source| LoadError::Object {
-            pin_dir: dir.to_path_buf(),
-            source: Box::new(source),
-        })
+        .override_global("HAVE_SET_RETVAL", &set_retval, true);
+    for (map, n) in sizes.by_map() {
+        loader.map_max_entries(map, n);
+    }
+    loader.load(OBJECT).map_err(|source| LoadError::Object {
+        pin_dir: dir.to_path_buf(),
+        source: Box::new(source),
+    })
+}
+
+/// The sizes the maps pinned in `dir` really have. A map pinned by an
+/// earlier run with another size is kept as it is, with a warning: its
+/// entries are live state (conntrack, affinity and socket revNAT entries
+/// the kernel writes per connection, the frontends every socket reads), and
+/// the programs in the pinned links use it. Migrating would mean a second
+/// map filled while the datapath keeps writing the first, then swapping
+/// every program: entries written in between would be lost and established
+/// flows broken, on every agent restart with a changed flag. Keeping it is
+/// safe, and never a crash loop; `bpfproxy cleanup` and a restart apply the
+/// new size, as the operator's explicit choice. Capacity checks and metrics
+/// use the kernel's sizes, so they are true either way.
+fn effective_sizes(dir: &Path, configured: &MapSizes) -> MapSizes {
+    let pinned = match sizes::read_pinned(dir) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the pinned maps' sizes; assuming the configured ones");
+            return *configured;
+        }
+    };
+    let (effective, mismatches) = sizes::effective(configured, &pinned);
+    for m in mismatches {
+        tracing::warn!(
+            map = m.map,
+            pinned = m.pinned,
+            configured = m.configured,
+            flag = sizes::flag_of(m.map).unwrap_or_default(),
+            "map pinned by an earlier run has another size; keeping it (and its entries): the new size takes effect after `bpfproxy cleanup` and a restart"
+        );
+    }
+    effective
 }
 
 /// The object with its maps pinned in `bpffs` and the TC programs through
@@ -169,7 +234,7 @@ pub fn load_tc_unattached(bpffs: &Path) -> Result<Ebpf, LoadError> {
         path: dir.clone(),
         source,
     })?;
-    let mut ebpf = load_object(&dir, &Features::default())?;
+    let mut ebpf = load_object(&dir, &Features::default(), &MapSizes::default())?;
     tc::load_programs(&mut ebpf)?;
     Ok(ebpf)
 }
@@ -179,7 +244,7 @@ pub fn load_tc_unattached(bpffs: &Path) -> Result<Ebpf, LoadError> {
 /// directory `dir` (on a bpffs; the caller removes it): what `bpfproxy
 /// preflight` reports per program.
 pub fn verify_programs(dir: &Path, kernel: &Features) -> Vec<(&'static str, Result<(), String>)> {
-    let mut ebpf = match load_object(dir, kernel) {
+    let mut ebpf = match load_object(dir, kernel, &MapSizes::default()) {
         Ok(ebpf) => ebpf,
         Err(e) => return vec![("(object)", Err(error_chain(&e)))],
     };
@@ -221,7 +286,13 @@ pub fn load_and_attach(
     tc_mode: TcMode,
     devices: &TcDevices,
 ) -> Result<Vec<(String, Attachment)>, LoadError> {
-    let (mut loaded, mut done) = load(bpffs, cgroup, tc_mode, &Features::probe())?;
+    let (mut loaded, mut done) = load(
+        bpffs,
+        cgroup,
+        tc_mode,
+        &Features::probe(),
+        &MapSizes::default(),
+    )?;
     done.extend(loaded.set_devices(devices)?.unwrap_or_default());
     // Dropping the object is fine: pinned links keep the programs alive
     // and pinned maps keep the state.
@@ -229,6 +300,12 @@ pub fn load_and_attach(
 }
 
 impl Loaded {
+    /// What the maps really hold: the configured sizes, except for maps
+    /// pinned earlier with another size.
+    pub fn sizes(&self) -> MapSizes {
+        self.sizes
+    }
+
     /// Puts the TC programs on exactly `devices`: hooks new since the
     /// last call get their program (on the first call every hook, its
     /// pinned link of an earlier agent swapped in place), hooks no longer
@@ -259,6 +336,15 @@ impl Loaded {
             .collect();
         let done = tc::attach_hooks(&mut self.ebpf, self.tc_mode, &hooks, &already, &self.links)?;
         self.hooks = Some(wanted);
+        let names: BTreeSet<String> = hooks
+            .iter()
+            .map(|h| tc::pin_name(&h.device, h.attach))
+            .collect();
+        if self.tc_mode.uses_tcx() {
+            self.hold_links(names, true);
+        } else {
+            self.markers = names;
+        }
         Ok(Some(done))
     }
 }

@@ -129,7 +129,7 @@ pub enum TcMode {
 }
 
 impl TcMode {
-    fn uses_tcx(self) -> bool {
+    pub(super) fn uses_tcx(self) -> bool {
         match self {
             // An unreadable kernel version is taken as new: TCX attach then
             // fails with a clear error instead of silently falling back.
@@ -144,7 +144,12 @@ impl TcMode {
 
 /// `tc-<device>-<ingress|egress>`, the device name escaped: bpffs refuses
 /// names with a dot (`flannel.1`, VLAN devices such as `eth0.100`).
-fn pin_name(device: &str, attach: TcAttachType) -> String {
+/// Whether a pin name under the links directory is a TC hook's.
+pub(super) fn is_tc_pin(name: &str) -> bool {
+    name.starts_with(PIN_PREFIX)
+}
+
+pub(super) fn pin_name(device: &str, attach: TcAttachType) -> String {
     let dir = match attach {
         TcAttachType::Ingress => "ingress",
         _ => "egress",

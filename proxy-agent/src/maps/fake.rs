@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use proxy_common::{CtKey, CtValue};
 
-use super::{LbMaps, MapsError};
+use super::{sizes::MapSizes, LbMaps, MapsError};
 use crate::datapath::{ct_gc::CtExpiry, MapState, Op};
 
 #[derive(Clone, Debug)]
@@ -72,6 +72,16 @@ impl LbMaps for FakeMaps {
         Ok(done)
     }
 
+    fn capacity(&self) -> MapSizes {
+        MapSizes {
+            services: self.capacity,
+            backends: self.backend_capacity,
+            rev_nat: self.capacity,
+            source_ranges: self.capacity,
+            ..MapSizes::default()
+        }
+    }
+
     fn apply(&mut self, op: &Op) -> Result<(), MapsError> {
         if self.full(op) {
             let capacity = match op {
@@ -109,6 +119,10 @@ impl<F: FnMut(usize, &Op) -> bool> FaultyMaps<F> {
 impl<F: FnMut(usize, &Op) -> bool> LbMaps for FaultyMaps<F> {
     fn read_all(&self) -> Result<MapState, MapsError> {
         self.inner.read_all()
+    }
+
+    fn capacity(&self) -> MapSizes {
+        self.inner.capacity()
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), MapsError> {

@@ -3,6 +3,7 @@
 //! aya layer.
 mod fake;
 pub mod pinned;
+pub mod sizes;
 
 pub use fake::{FakeMaps, FaultyMaps};
 
@@ -58,6 +59,11 @@ pub trait LbMaps {
     ) -> Result<BTreeMap<CtExpiry, usize>, MapsError> {
         let _ = expired;
         Ok(BTreeMap::new())
+    }
+    /// How many entries each map holds at most: the planner leaves out what
+    /// does not fit instead of writing half of it.
+    fn capacity(&self) -> sizes::MapSizes {
+        sizes::MapSizes::default()
     }
     /// Datapath counters by reason, where the maps have them.
     fn counters(&self) -> std::collections::BTreeMap<String, u64> {

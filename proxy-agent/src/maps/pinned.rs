@@ -14,7 +14,10 @@ use proxy_common::{
     ServiceKey, ServiceName, ServiceValue, SourceRange,
 };
 
-use super::{LbMaps, MapsError};
+use super::{
+    sizes::{self, MapSizes},
+    LbMaps, MapsError,
+};
 use crate::datapath::{ct_gc::CtExpiry, MapState, Op, SourceRangeEntry};
 
 /// errno of a full hash map on update.
@@ -29,6 +32,8 @@ pub struct PinnedMaps {
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
     source_ranges: LpmTrie<MapData, SourceRange, u8>,
+    /// The kernel's sizes of these maps.
+    sizes: MapSizes,
 }
 
 /// Opens the map pinned as `name` in `dir` as a `T`.
@@ -104,6 +109,7 @@ impl PinnedMaps {
     /// Opens the maps pinned in `dir` (the versioned pin directory).
     pub fn open(dir: &Path) -> Result<Self, MapsError> {
         Ok(Self {
+            sizes: sizes::from_kernel(&sizes::read_pinned_available(dir)),
             services: open(dir, names::SERVICES)?,
             backends: open(dir, names::BACKENDS)?,
             rev_nat: open(dir, names::REV_NAT)?,
@@ -160,25 +166,17 @@ fn read<K: aya::Pod + Ord, V: aya::Pod>(
         .map_err(|source| MapsError::Read { map: name, source })
 }
 
-/// Maps an insert error, telling a full map apart.
-fn write_err(map: &'static str, source: MapError) -> MapsError {
+/// Maps an insert error, telling a full map (of `sizes`) apart.
+fn write_err(map: &'static str, source: MapError, sizes: &MapSizes) -> MapsError {
     if let MapError::SyscallError(e) = &source {
         if e.io_error.raw_os_error() == Some(E2BIG) {
             return MapsError::Full {
                 map,
-                capacity: capacity(map),
+                capacity: sizes.of(map).unwrap_or_default(),
             };
         }
     }
     MapsError::Write { map, source }
-}
-
-fn capacity(map: &str) -> u32 {
-    match map {
-        names::SERVICES => names::SERVICES_MAX,
-        names::BACKENDS => names::BACKENDS_MAX,
-        _ => names::REV_NAT_MAX,
-    }
 }
 
 /// Removes `key`; a key that is already gone is success.
@@ -246,6 +244,10 @@ impl LbMaps for PinnedMaps {
         self.read_counters().unwrap_or_default()
     }
 
+    fn capacity(&self) -> MapSizes {
+        self.sizes
+    }
+
     fn apply(&mut self, op: &Op) -> Result<(), MapsError> {
         let name = op.map_name();
         match op {
@@ -261,10 +263,10 @@ impl LbMaps for PinnedMaps {
             Op::DeleteSourceRange(r) => {
                 return match self.source_ranges.remove(&range_key(r)) {
                     Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-                    Err(e) => Err(write_err(name, e)),
+                    Err(e) => Err(write_err(name, e, &self.sizes)),
                 }
             }
         }
-        .map_err(|e| write_err(name, e))
+        .map_err(|e| write_err(name, e, &self.sizes))
     }
 }

@@ -35,6 +35,9 @@ pub enum SkipReason {
     /// More frontends or backend slots than one Service may take
     /// ([`super::Budget`]): the whole Service is left out.
     OverBudget,
+    /// A frontend the BPF maps have no room for (`--map-size-*`): left
+    /// out whole, or kept as it was when it grew.
+    MapFull,
 }
 
 impl SkipReason {
@@ -55,6 +58,7 @@ impl SkipReason {
             SkipReason::DuplicateFrontend => "duplicate_frontend",
             SkipReason::TooManyEndpoints => "too_many_endpoints",
             SkipReason::OverBudget => "over_budget",
+            SkipReason::MapFull => "map_full",
         }
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use super::Snapshot;
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, supervise::Supervisor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -74,6 +74,16 @@ enum Kind {
     Node,
 }
 
+impl Kind {
+    fn watch_name(self) -> &'static str {
+        match self {
+            Kind::Service => "Service watch",
+            Kind::EndpointSlice => "EndpointSlice watch",
+            Kind::Node => "Node watch",
+        }
+    }
+}
+
 /// Watches until `tx` has no receivers. Reflectors retry with backoff and
 /// relist on their own (also after 410 Gone), keeping the last complete
 /// state meanwhile, so an API-server outage never empties the maps.
@@ -84,7 +94,11 @@ pub async fn run(
     tx: watch::Sender<Option<Snapshot>>,
 ) -> anyhow::Result<()> {
     let changed = Arc::new(Notify::new());
+    // The watches run as tasks of their own; one that ends would freeze
+    // its store (and the maps) without a word, so that ends this task.
+    let mut watches = Supervisor::new();
     let services = spawn_reflector::<Service>(
+        &mut watches,
         Api::all(client.clone()),
         watcher::Config::default(),
         Kind::Service,
@@ -92,6 +106,7 @@ pub async fn run(
         &metrics,
     );
     let slices = spawn_reflector::<EndpointSlice>(
+        &mut watches,
         Api::all(client.clone()),
         watcher::Config::default(),
         Kind::EndpointSlice,
@@ -99,14 +114,20 @@ pub async fn run(
         &metrics,
     );
     let node = spawn_reflector::<Node>(
+        &mut watches,
         Api::all(client),
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
         Kind::Node,
         &changed,
         &metrics,
     );
-    services.wait_until_ready().await?;
-    slices.wait_until_ready().await?;
+    tokio::select! {
+        ready = async {
+            services.wait_until_ready().await?;
+            slices.wait_until_ready().await
+        } => ready?,
+        ended = watches.first_failure() => return Err(ended.into()),
+    }
     info!(
         services = services.state().len(),
         endpoint_slices = slices.state().len(),
@@ -125,6 +146,7 @@ pub async fn run(
         tokio::select! {
             _ = changed.notified() => {}
             _ = tx.closed() => return Ok(()),
+            ended = watches.first_failure() => return Err(ended.into()),
         }
     }
 }
@@ -145,8 +167,9 @@ fn reconnect_backoff() -> watcher::ExponentialBackoff {
         .into()
 }
 
-/// Starts a reflector task for `K` and returns its store.
+/// Starts a reflector task for `K` under `watches` and returns its store.
 fn spawn_reflector<K>(
+    watches: &mut Supervisor,
     api: Api<K>,
     config: watcher::Config,
     kind: Kind,
@@ -164,7 +187,10 @@ where
 {
     let (reader, writer) = reflector::store::<K>();
     let stream = reflector::reflector(writer, watcher(api, config).backoff(reconnect_backoff()));
-    tokio::spawn(drive(stream, kind, changed.clone(), metrics.clone()));
+    watches.spawn_forever(
+        kind.watch_name(),
+        drive(stream, kind, changed.clone(), metrics.clone()),
+    );
     reader
 }
 

@@ -1,0 +1,254 @@
+//! How many entries each BPF map holds: `bpfproxy run --map-size-*`, applied
+//! when the object is loaded, and what the kernel's maps really have (a map
+//! pinned by an earlier run keeps the size it was created with).
+use std::{collections::BTreeMap, path::Path};
+
+use aya::maps::{MapError, MapInfo};
+use proxy_common::maps as names;
+
+/// Entries per map. The defaults are the sizes compiled into the object.
+/// The per-CPU counter array is not here: its size is its layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
+pub struct MapSizes {
+    /// Entries of the frontend map (bpfp_svc): one per frontend plus one per
+    /// backend slot of each frontend (a ClusterIP port with 3 endpoints
+    /// takes 4). Frontends that do not fit are left out whole, logged and
+    /// counted (`bpfproxy_skipped_objects_total{reason="map_full"}`).
+    #[arg(id = "map_size_services", long = "map-size-services", default_value_t = names::SERVICES_MAX, value_parser = size_parser())]
+    pub services: u32,
+    /// Entries of the backend map (bpfp_be): distinct endpoint
+    /// address+port+protocol.
+    #[arg(id = "map_size_backends", long = "map-size-backends", default_value_t = names::BACKENDS_MAX, value_parser = size_parser())]
+    pub backends: u32,
+    /// Entries of the reverse-NAT and service-name maps (bpfp_rnat,
+    /// bpfp_names): one per frontend.
+    #[arg(id = "map_size_rev_nat", long = "map-size-rev-nat", default_value_t = names::REV_NAT_MAX, value_parser = size_parser())]
+    pub rev_nat: u32,
+    /// Entries of the socket reverse-NAT LRU (bpfp_sknat): one per
+    /// translated UDP socket (and connected socket asking getpeername).
+    #[arg(id = "map_size_sock_rev_nat", long = "map-size-sock-rev-nat", default_value_t = names::SOCK_REV_NAT_MAX, value_parser = size_parser())]
+    pub sock_rev_nat: u32,
+    /// Entries of the ClientIP session-affinity LRU (bpfp_aff).
+    #[arg(id = "map_size_affinity", long = "map-size-affinity", default_value_t = names::AFFINITY_MAX, value_parser = size_parser())]
+    pub affinity: u32,
+    /// Entries of the TC datapath's conntrack LRU (bpfp_ct): two per flow.
+    #[arg(id = "map_size_conntrack", long = "map-size-conntrack", default_value_t = names::CONNTRACK_MAX, value_parser = size_parser())]
+    pub conntrack: u32,
+    /// Entries of the node-address map (bpfp_node).
+    #[arg(id = "map_size_node_addrs", long = "map-size-node-addrs", default_value_t = names::NODE_ADDRS_MAX, value_parser = size_parser())]
+    pub node_addrs: u32,
+    /// Entries of the device map (bpfp_dev).
+    #[arg(id = "map_size_devices", long = "map-size-devices", default_value_t = names::DEVICES_MAX, value_parser = size_parser())]
+    pub devices: u32,
+    /// Entries of the loadBalancerSourceRanges trie (bpfp_lbsrc).
+    #[arg(id = "map_size_source_ranges", long = "map-size-source-ranges", default_value_t = names::SOURCE_RANGES_MAX, value_parser = size_parser())]
+    pub source_ranges: u32,
+}
+
+/// A map of 0 entries cannot be created: the kernel says EINVAL at load,
+/// the flag says it at once.
+fn size_parser() -> clap::builder::RangedU64ValueParser<u32> {
+    clap::builder::RangedU64ValueParser::<u32>::new().range(1..=u64::from(u32::MAX))
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            services: names::SERVICES_MAX,
+            backends: names::BACKENDS_MAX,
+            rev_nat: names::REV_NAT_MAX,
+            sock_rev_nat: names::SOCK_REV_NAT_MAX,
+            affinity: names::AFFINITY_MAX,
+            conntrack: names::CONNTRACK_MAX,
+            node_addrs: names::NODE_ADDRS_MAX,
+            devices: names::DEVICES_MAX,
+            source_ranges: names::SOURCE_RANGES_MAX,
+        }
+    }
+}
+
+/// The flag that sets a map's size, for messages.
+pub fn flag_of(map: &str) -> Option<&'static str> {
+    Some(match map {
+        names::SERVICES => "--map-size-services",
+        names::BACKENDS => "--map-size-backends",
+        names::REV_NAT | names::SERVICE_NAMES => "--map-size-rev-nat",
+        names::SOCK_REV_NAT => "--map-size-sock-rev-nat",
+        names::AFFINITY => "--map-size-affinity",
+        names::CONNTRACK => "--map-size-conntrack",
+        names::NODE_ADDRS => "--map-size-node-addrs",
+        names::DEVICES => "--map-size-devices",
+        names::SOURCE_RANGES => "--map-size-source-ranges",
+        _ => return None,
+    })
+}
+
+impl MapSizes {
+    /// Every sized map with its size (the names map shares the revNAT
+    /// size: both are keyed by frontend id).
+    pub fn by_map(&self) -> [(&'static str, u32); 10] {
+        [
+            (names::SERVICES, self.services),
+            (names::BACKENDS, self.backends),
+            (names::REV_NAT, self.rev_nat),
+            (names::SERVICE_NAMES, self.rev_nat),
+            (names::SOCK_REV_NAT, self.sock_rev_nat),
+            (names::AFFINITY, self.affinity),
+            (names::CONNTRACK, self.conntrack),
+            (names::NODE_ADDRS, self.node_addrs),
+            (names::DEVICES, self.devices),
+            (names::SOURCE_RANGES, self.source_ranges),
+        ]
+    }
+
+    /// The size of `map`; None for the counter array and unknown names.
+    pub fn of(&self, map: &str) -> Option<u32> {
+        self.by_map()
+            .into_iter()
+            .find(|(name, _)| *name == map)
+            .map(|(_, n)| n)
+    }
+
+    /// Sets the size of `map` (the names map follows the revNAT map, the
+    /// smaller of the two winning: both must hold every frontend id).
+    pub fn set(&mut self, map: &str, n: u32) {
+        match map {
+            names::SERVICES => self.services = n,
+            names::BACKENDS => self.backends = n,
+            names::REV_NAT => self.rev_nat = self.rev_nat.min(n),
+            names::SERVICE_NAMES => self.rev_nat = self.rev_nat.min(n),
+            names::SOCK_REV_NAT => self.sock_rev_nat = n,
+            names::AFFINITY => self.affinity = n,
+            names::CONNTRACK => self.conntrack = n,
+            names::NODE_ADDRS => self.node_addrs = n,
+            names::DEVICES => self.devices = n,
+            names::SOURCE_RANGES => self.source_ranges = n,
+            _ => {}
+        }
+    }
+}
+
+/// A map whose pinned size differs from the configured one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SizeMismatch {
+    pub map: &'static str,
+    pub pinned: u32,
+    pub configured: u32,
+}
+
+/// The kernel's max_entries of every map pinned in `dir`, by name.
+pub fn read_pinned(dir: &Path) -> Result<BTreeMap<&'static str, u32>, MapError> {
+    names::ALL
+        .iter()
+        .map(|name| Ok((*name, MapInfo::from_pin(dir.join(name))?.max_entries())))
+        .collect()
+}
+
+/// The kernel's max_entries of the maps pinned in `dir` that can be read
+/// (for readers that must not fail on one missing pin).
+pub fn read_pinned_available(dir: &Path) -> BTreeMap<&'static str, u32> {
+    names::ALL
+        .iter()
+        .filter_map(|name| {
+            let info = MapInfo::from_pin(dir.join(name)).ok()?;
+            Some((*name, info.max_entries()))
+        })
+        .collect()
+}
+
+/// The sizes of maps as the kernel has them (`pinned`, from
+/// [`read_pinned`]); the defaults for maps missing from it.
+pub fn from_kernel(pinned: &BTreeMap<&'static str, u32>) -> MapSizes {
+    effective(&MapSizes::default(), pinned).0
+}
+
+/// What the maps really hold, given `configured` and the kernel's sizes
+/// `pinned`; and where they differ.
+pub fn effective(
+    configured: &MapSizes,
+    pinned: &BTreeMap<&'static str, u32>,
+) -> (MapSizes, Vec<SizeMismatch>) {
+    let mut out = *configured;
+    // Start the revNAT size from the top so `set` takes the smaller of
+    // the two maps keyed by frontend id.
+    out.rev_nat = u32::MAX;
+    let mut mismatches = Vec::new();
+    for (map, want) in configured.by_map() {
+        let Some(&have) = pinned.get(map) else {
+            out.set(map, want);
+            continue;
+        };
+        out.set(map, have);
+        if have != want {
+            mismatches.push(SizeMismatch {
+                map,
+                pinned: have,
+                configured: want,
+            });
+        }
+    }
+    (out, mismatches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_sizes_win_and_differences_are_reported() {
+        let configured = MapSizes {
+            services: 64,
+            ..MapSizes::default()
+        };
+        let mut pinned: BTreeMap<&'static str, u32> = configured.by_map().into_iter().collect();
+        pinned.insert(names::SERVICES, 128);
+        pinned.insert(names::SERVICE_NAMES, 10);
+        let (eff, diff) = effective(&configured, &pinned);
+        assert_eq!(eff.services, 128, "the pinned map stays as it is");
+        assert_eq!(eff.rev_nat, 10, "the smaller of revNAT and names");
+        assert_eq!(
+            diff,
+            vec![
+                SizeMismatch {
+                    map: names::SERVICES,
+                    pinned: 128,
+                    configured: 64
+                },
+                SizeMismatch {
+                    map: names::SERVICE_NAMES,
+                    pinned: 10,
+                    configured: names::REV_NAT_MAX
+                }
+            ]
+        );
+        let (same, none) = effective(&configured, &configured.by_map().into_iter().collect());
+        assert_eq!(same, configured);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn the_flags_parse_into_the_sizes_and_zero_is_refused() {
+        use clap::Parser;
+        let run = |extra: &[&str]| {
+            let argv = ["bpfproxy", "run", "--devices", "none"];
+            crate::cli::Cli::try_parse_from(argv.iter().chain(extra)).map(|c| match c.command {
+                crate::cli::Command::Run(args) => args.map_sizes,
+                _ => MapSizes::default(),
+            })
+        };
+        assert_eq!(run(&[]).expect("defaults"), MapSizes::default());
+        let sizes =
+            run(&["--map-size-services", "64", "--map-size-conntrack=1024"]).expect("sizes");
+        assert_eq!((sizes.services, sizes.conntrack), (64, 1024));
+        assert_eq!(sizes.backends, names::BACKENDS_MAX);
+        assert!(run(&["--map-size-devices", "0"]).is_err());
+    }
+
+    #[test]
+    fn every_sized_map_has_a_flag() {
+        for (map, _) in MapSizes::default().by_map() {
+            assert!(flag_of(map).is_some(), "{map}");
+        }
+        assert_eq!(MapSizes::default().of(names::COUNTERS), None);
+    }
+}
