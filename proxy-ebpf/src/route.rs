@@ -16,8 +16,8 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
     programs::TcContext,
@@ -30,11 +30,9 @@ use crate::{
 
 const AF_INET: u8 = 2;
 
-/// The next hop of a translated packet.
+/// The next hop of a translated packet: the device it leaves by.
 pub struct Hop {
     pub ifindex: u32,
-    /// The gateway, or the destination itself on a connected route.
-    nexthop_be: u32,
 }
 
 /// Why a translated packet cannot be forwarded.
@@ -71,13 +69,10 @@ pub fn lookup(ctx: &TcContext, pkt: &Packet, daddr_be: u32, dport_be: u16) -> Re
             0,
         )
     };
-    // SAFETY: the union was written as (and by the helper left as) IPv4.
-    let nexthop_be = unsafe { p.__bindgen_anon_4.ipv4_dst };
     match rc as u32 {
         // An unresolved neighbour is resolved by bpf_redirect_neigh.
         BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop {
             ifindex: p.ifindex,
-            nexthop_be,
         }),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Miss::TooBig { ifindex: p.ifindex }),
         _ => Err(Miss::NoRoute),
@@ -115,17 +110,17 @@ pub fn decrement_ttl(ctx: &TcContext, pkt: &Packet) -> Result<bool, i64> {
 
 /// Sends the packet out of `hop`'s device towards its next hop; the TC
 /// verdict to return.
+///
+/// No next-hop parameters: the kernel then routes the packet itself at
+/// redirect time and attaches that route to it. Tunnels without a fixed
+/// remote end (flannel's `flannel.ipip`, Calico's `tunl0`, GRE/sit in NBMA
+/// mode) take the outer destination from the packet's route and drop a
+/// packet that has none; with the gateway passed in, they would drop every
+/// forwarded packet.
 #[inline(always)]
 pub fn redirect(hop: &Hop) -> i32 {
-    let mut nh = bpf_redir_neigh {
-        nh_family: AF_INET as u32,
-        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
-            ipv4_nh: hop.nexthop_be,
-        },
-    };
-    // SAFETY: `nh` is a valid bpf_redir_neigh of the size given; the
-    // helper returns TC_ACT_REDIRECT, or TC_ACT_SHOT on bad arguments.
-    unsafe {
-        bpf_redirect_neigh(hop.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) as i32
-    }
+    // SAFETY: no parameters (null, length 0) is the helper's documented
+    // "look the neighbour up yourself" form; it returns TC_ACT_REDIRECT, or
+    // TC_ACT_SHOT on bad arguments.
+    unsafe { bpf_redirect_neigh(hop.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }

@@ -134,7 +134,10 @@ fn host_checks(opts: &Options, root: &Path, target: &Path, steps: &mut Steps) ->
 
     // The container tests run the image of this build's agent.
     steps.step("container image (debug agent)", || {
-        crate::image::build(&agent)
+        crate::image::build(&agent)?;
+        let tag = crate::image::tag();
+        let dest = crate::image::host_export_dir()?;
+        crate::image::export_root(&tag, crate::image::ImageArch::Amd64, &dest)
     })?;
     // Built here, not inside the first test that needs it: a cold build
     // takes minutes, longer than a test may run.
@@ -154,7 +157,9 @@ fn host_checks(opts: &Options, root: &Path, target: &Path, steps: &mut Steps) ->
                 "--no-fail-fast",
             ],
         );
-        sh::run(c.env("BPFPROXY_BIN", &agent))
+        c.env("BPFPROXY_BIN", &agent)
+            .env("BPFPROXY_IMAGE_ROOT", crate::image::host_export_dir()?);
+        sh::run(&mut c)
     });
     // Always, also after failed tests.
     let swept = steps.step("sweep leftovers", sweep::sweep);
@@ -247,6 +252,12 @@ fn arm64_tiers(
         Ok(())
     })?;
     let bins = bins.context("no aarch64 test binary")?;
+    if tiers.contains(&vm::Tier::Image) {
+        steps.step("arm64 image (debug agent), its root exported", || {
+            let dir = vm::arm64::project_dir(&bins)?;
+            crate::image::arm64_debug_image(&dir.join("bpfproxy"), &dir.join("image-root"))
+        })?;
+    }
     let mut failed = Vec::new();
     for p in plans {
         let flavour = p.arch.flavour();

@@ -57,7 +57,7 @@ pub fn build(root: &Path, tiers: &[Tier]) -> Result<TestBinaries> {
 
 /// `cargo ARGS --target aarch64…` with the cross linker and C compiler
 /// (ring compiles C).
-fn cross_cargo<const N: usize>(root: &Path, args: [&str; N]) -> Command {
+pub fn cross_cargo<const N: usize>(root: &Path, args: [&str; N]) -> Command {
     let mut c = sh::cmd("cargo", args);
     c.args(["--target", TARGET])
         .env(
@@ -159,6 +159,15 @@ fn finish_root(out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `target/aarch64…/debug`, where the agent, the probe and the image's
+/// exported root are: the guest's /project.
+pub fn project_dir(bins: &TestBinaries) -> Result<PathBuf> {
+    bins.dir()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .context("test binaries outside target/…/deps")
+}
+
 /// Boots `suite`'s arm64 kernel of `flavour` and runs `tiers`' cross-built
 /// test binaries.
 pub fn run_tiers(
@@ -169,12 +178,11 @@ pub fn run_tiers(
 ) -> Result<super::matrix::KernelRun> {
     let k = kernel::ensure(CACHE.as_ref(), suite, flavour)?;
     let root = ensure_root(suite, &k)?;
-    // target/aarch64…/debug, where the agent and probe are, is /project.
-    let dir = bins
-        .dir()
-        .and_then(Path::parent)
-        .context("test binaries outside target/…/deps")?;
-    let env = [("BPFPROXY_BIN", format!("{PROJECT}/bpfproxy"))];
+    let dir = project_dir(bins)?;
+    let env = [
+        ("BPFPROXY_BIN", format!("{PROJECT}/bpfproxy")),
+        ("BPFPROXY_IMAGE_ROOT", format!("{PROJECT}/image-root")),
+    ];
     let cmd = bins.commands(tiers, |exe| {
         let name = exe.file_name().unwrap_or_default().to_string_lossy();
         format!("{PROJECT}/deps/{name}")
@@ -182,6 +190,7 @@ pub fn run_tiers(
     let script = guest::script(Path::new(PROJECT), &env, &cmd);
     // The arm64 guest's root is its own: the script goes to the project
     // directory it sees.
+    let dir = dir.as_path();
     let file = format!("bpfproxy-tiers-{suite}-{}.sh", flavour.name());
     let line = format!("sh {PROJECT}/{file}");
     std::fs::write(dir.join(&file), format!("{script}\n"))?;
