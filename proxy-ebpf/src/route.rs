@@ -71,9 +71,7 @@ pub fn lookup(ctx: &TcContext, pkt: &Packet, daddr_be: u32, dport_be: u16) -> Re
     };
     match rc as u32 {
         // An unresolved neighbour is resolved by bpf_redirect_neigh.
-        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop {
-            ifindex: p.ifindex,
-        }),
+        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop { ifindex: p.ifindex }),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Miss::TooBig { ifindex: p.ifindex }),
         _ => Err(Miss::NoRoute),
     }

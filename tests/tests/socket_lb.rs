@@ -13,7 +13,10 @@ use bpfproxy_tests::{
 };
 
 const VIP: &str = "10.96.0.10";
-const WAIT: Duration = Duration::from_secs(20);
+/// How long an agent may take to program a change: a bound, not a target
+/// (on the host it takes milliseconds; an agent starting under the kernel
+/// matrix's software CPU spends 10-20 s loading its programs).
+const WAIT: Duration = Duration::from_secs(60);
 
 fn sandbox(backends: usize) -> Result<Sandbox> {
     Sandbox::with_config(SandboxConfig {
@@ -209,6 +212,17 @@ fn scaling_is_seen_within_a_second_while_open_connections_survive() -> Result<()
     Ok(())
 }
 
+/// The errno a connect() to a Service without endpoints gets: kernels
+/// before 5.18 (the kernel matrix's 5.10) lack `bpf_set_retval`, and the
+/// agent's variant for them refuses with EPERM.
+fn refusal_errno() -> (i32, &'static str) {
+    if proxy_agent::kernel::Features::probe().set_retval {
+        (libc::ECONNREFUSED, "ECONNREFUSED")
+    } else {
+        (libc::EPERM, "EPERM")
+    }
+}
+
 #[test]
 fn a_service_without_endpoints_refuses_connections_at_once() -> Result<()> {
     let sb = sandbox(1)?;
@@ -217,13 +231,7 @@ fn a_service_without_endpoints_refuses_connections_at_once() -> Result<()> {
     agent.wait_until(|d| agent::backends(d, VIP, 80, "TCP") == Some(vec![]), WAIT)?;
     let r = sb.probe_connect_time(&format!("{VIP}:80"))?;
     ensure!(!r.ok, "{r:?}");
-    // Kernels before 5.18 (the kernel matrix's 5.10) lack bpf_set_retval:
-    // the agent's variant for them refuses with EPERM.
-    let (errno, name) = if proxy_agent::kernel::Features::probe().set_retval {
-        (libc::ECONNREFUSED, "ECONNREFUSED")
-    } else {
-        (libc::EPERM, "EPERM")
-    };
+    let (errno, name) = refusal_errno();
     ensure!(r.errno == Some(errno), "{name} expected: {r:?}");
     eprintln!("refused with {name} after {:.3} ms", r.elapsed_ms);
     ensure!(r.elapsed_ms < 100.0, "refusal took {} ms", r.elapsed_ms);
@@ -655,10 +663,8 @@ fn ipv6_sockets_connecting_to_a_mapped_service_without_endpoints_are_refused_at_
     sb.write_manifest("web.yaml", &web(&sb, &[]))?;
     agent.wait_until(|d| agent::backends(d, VIP, 80, "TCP") == Some(vec![]), WAIT)?;
     let r: ConnectTimeReport = probe_to(&sb, &["tcp-connect-time"], &mapped(VIP, 80))?;
-    ensure!(
-        r.errno == Some(libc::ECONNREFUSED),
-        "ECONNREFUSED expected: {r:?}"
-    );
+    let (errno, name) = refusal_errno();
+    ensure!(r.errno == Some(errno), "{name} expected: {r:?}");
     ensure!(r.elapsed_ms < 100.0, "refusal took {} ms", r.elapsed_ms);
     Ok(())
 }

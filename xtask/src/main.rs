@@ -41,6 +41,9 @@ enum Task {
         /// Only this kernel's tests, not the kernel matrix's VMs.
         #[arg(long, conflicts_with = "kernel")]
         host_only: bool,
+        /// Only the default kernel matrix's VMs (after setup and the build).
+        #[arg(long, conflicts_with_all = ["kernel", "host_only"])]
+        vms_only: bool,
         /// Instead of the host's tests and the default matrix: boot these
         /// Debian suites' kernels in VMs, one after another, and run
         /// `--tier` in each (after setup and the build).
@@ -100,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Test {
             unprivileged,
             host_only,
+            vms_only,
             kernel,
             tier,
             arch,
@@ -121,7 +125,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             test::run(&test::Options {
                 unprivileged,
-                host: kernel.is_empty(),
+                host: kernel.is_empty() && !vms_only,
                 matrix,
             })
         }

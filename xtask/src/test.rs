@@ -227,9 +227,14 @@ fn amd64_tiers(
     let bins = bins.context("no test binaries")?;
     let mut failed = Vec::new();
     for p in plans {
-        let name = format!("kernel {}: {} in a VM", p.suite, tier_names(&p.tiers));
+        let btf = if p.hide_btf {
+            ", kernel BTF hidden"
+        } else {
+            ""
+        };
+        let name = format!("kernel {}: {} in a VM{btf}", p.suite, tier_names(&p.tiers));
         if !vm_step(steps, &name, runs, || {
-            vm::matrix::run_kernel(root, agent, &bins, p.suite, &p.tiers)
+            vm::matrix::run_kernel(root, agent, &bins, p)
         }) {
             failed.push(p.suite.to_string());
         }

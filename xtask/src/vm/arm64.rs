@@ -214,6 +214,7 @@ pub fn run_tiers(
     Ok(super::matrix::KernelRun {
         suite,
         arch: flavour.name(),
+        note: "",
         version: k.version,
         status: out.status,
         wall: out.wall,
