@@ -23,11 +23,7 @@
 //! Pure functions over fixed-size arrays: tested on the host, and they
 //! compile to panic-free BPF (every index is a constant).
 
-use crate::{
-    ct_dir, ct_flags,
-    proto::{TCP, UDP},
-    CtValue,
-};
+use crate::{ct_dir, ct_flags, CtValue};
 
 /// Length of the fixed IPv4 header (options are never rewritten).
 pub const IPV4_HLEN: usize = 20;
@@ -53,11 +49,12 @@ pub const fn is_error(icmp_type: u8) -> bool {
     )
 }
 
-/// An address and port in wire order, as they sit in a packet.
+/// An address and port in network byte order, as map entries and the
+/// packet hold them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    pub addr: [u8; 4],
-    pub port: [u8; 2],
+    pub addr_be: u32,
+    pub port_be: u16,
 }
 
 /// What a packet of the flow travelling the way the error travels gets:
@@ -66,17 +63,6 @@ pub struct Endpoint {
 pub struct Rewrite {
     pub dst: Option<Endpoint>,
     pub src: Option<Endpoint>,
-}
-
-impl Endpoint {
-    /// From values in network byte order, as map entries hold them.
-    #[inline(always)]
-    pub const fn from_be(addr_be: u32, port_be: u16) -> Self {
-        Self {
-            addr: addr_be.to_ne_bytes(),
-            port: port_be.to_ne_bytes(),
-        }
-    }
 }
 
 /// The rewrite of the conntrack entry `e`, found under direction `dir` with
@@ -94,8 +80,14 @@ impl Endpoint {
 ///   or a local backend sends about a DNATed packet).
 #[inline(always)]
 pub fn rewrite_for(dir: u8, e: &CtValue) -> Option<Rewrite> {
-    let to = Endpoint::from_be(e.addr_be, e.port_be);
-    let nat = Endpoint::from_be(e.nat_addr_be, e.nat_port_be);
+    let to = Endpoint {
+        addr_be: e.addr_be,
+        port_be: e.port_be,
+    };
+    let nat = Endpoint {
+        addr_be: e.nat_addr_be,
+        port_be: e.nat_port_be,
+    };
     let redirect = e.flags & ct_flags::REDIRECT != 0;
     match dir {
         // SNAT without REDIRECT: an earlier version's flow, SNATed at egress.
@@ -116,100 +108,98 @@ pub fn rewrite_for(dir: u8, e: &CtValue) -> Option<Rewrite> {
     }
 }
 
-/// The header bytes of an ICMP error that the translation reads and writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Headers {
-    /// The outer IPv4 header without options.
-    pub outer: [u8; IPV4_HLEN],
-    pub icmp: [u8; ICMP_HLEN],
-    /// The quoted IPv4 header without options.
-    pub inner: [u8; IPV4_HLEN],
-    /// The first quoted L4 bytes: ports, and UDP's checksum.
-    pub l4: [u8; QUOTED_L4_LEN],
-    /// The quoted TCP checksum, when the quote is long enough to hold it.
-    pub tcp_csum: Option<[u8; 2]>,
+/// The fields of an ICMP error the translation reads and writes, in
+/// network byte order as the packet holds them. Scalars, not header
+/// copies: this runs inside the kernel programs' 512-byte stack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fields {
+    pub outer_saddr_be: u32,
+    pub outer_daddr_be: u32,
+    pub outer_csum_be: u16,
+    pub icmp_csum_be: u16,
+    /// The quoted IPv4 header's.
+    pub inner_saddr_be: u32,
+    pub inner_daddr_be: u32,
+    pub inner_csum_be: u16,
+    /// The quoted L4 ports.
+    pub sport_be: u16,
+    pub dport_be: u16,
+    /// The quoted L4 checksum when it is to be kept right: UDP's (inside
+    /// the 8 quoted bytes) unless 0 ("no checksum"), TCP's when the quote
+    /// holds it; None otherwise.
+    pub l4_csum_be: Option<u16>,
 }
 
-/// Rewrites `h` for `rw`: the outer header as a packet travelling the same
+/// Rewrites `f` for `rw`: the outer header as a packet travelling the same
 /// way, the quote as the packet its receiver sent, every checksum kept
 /// right.
 #[inline(always)]
-pub fn translate(h: &mut Headers, rw: &Rewrite) {
-    let old = *h;
+pub fn translate(f: &mut Fields, rw: &Rewrite) {
+    let old = *f;
     if let Some(dst) = rw.dst {
-        h.outer[16..20].copy_from_slice(&dst.addr);
-        h.inner[12..16].copy_from_slice(&dst.addr);
-        h.l4[0..2].copy_from_slice(&dst.port);
+        f.outer_daddr_be = dst.addr_be;
+        f.inner_saddr_be = dst.addr_be;
+        f.sport_be = dst.port_be;
     }
     if let Some(src) = rw.src {
-        h.outer[12..16].copy_from_slice(&src.addr);
-        h.inner[16..20].copy_from_slice(&src.addr);
-        h.l4[2..4].copy_from_slice(&src.port);
+        f.outer_saddr_be = src.addr_be;
+        f.inner_daddr_be = src.addr_be;
+        f.dport_be = src.port_be;
     }
-    // Each header checksum moves by the change of the words it covers.
-    let outer_csum = adjust(get16(&old.outer, 10), &old.outer, &h.outer);
-    put16(&mut h.outer, 10, outer_csum);
-    let inner_csum = adjust(get16(&old.inner, 10), &old.inner, &h.inner);
-    put16(&mut h.inner, 10, inner_csum);
+    // Each IPv4 header checksum moves by the change of its addresses.
+    let outer = addr(old.outer_saddr_be) + addr(old.outer_daddr_be);
+    f.outer_csum_be = adjust(
+        old.outer_csum_be,
+        outer,
+        addr(f.outer_saddr_be) + addr(f.outer_daddr_be),
+    );
+    let inner_old = addr(old.inner_saddr_be) + addr(old.inner_daddr_be);
+    let inner_new = addr(f.inner_saddr_be) + addr(f.inner_daddr_be);
+    f.inner_csum_be = adjust(old.inner_csum_be, inner_old, inner_new);
     // The quoted L4 checksum covers the quoted addresses (pseudo-header)
-    // and ports.
-    let pseudo_old = words(&old.inner[12..20]);
-    let pseudo_new = words(&h.inner[12..20]);
-    let ports_old = words(&old.l4[0..4]);
-    let ports_new = words(&h.l4[0..4]);
-    let l4_change = |csum: u16| adjust_sums(csum, pseudo_old + ports_old, pseudo_new + ports_new);
-    let proto = h.inner[9];
-    if proto == UDP {
-        let csum = get16(&old.l4, 6);
-        // 0 means "no checksum"; a computed 0 is sent as 0xffff.
-        if csum != 0 {
-            let new = match l4_change(csum) {
+    // and ports; a computed 0 is sent as 0xffff (0 is UDP's "none").
+    let ports_old = word(old.sport_be) + word(old.dport_be);
+    let ports_new = word(f.sport_be) + word(f.dport_be);
+    f.l4_csum_be =
+        old.l4_csum_be.map(
+            |c| match adjust(c, inner_old + ports_old, inner_new + ports_new) {
                 0 => 0xffff,
                 c => c,
-            };
-            put16(&mut h.l4, 6, new);
-        }
-    } else if proto == TCP {
-        if let Some(c) = h.tcp_csum {
-            h.tcp_csum = Some(l4_change(u16::from_be_bytes(c)).to_be_bytes());
-        }
-    }
-    // The ICMP checksum covers the whole quote.
-    let mut sum_old = words(&old.inner) + words(&old.l4);
-    let mut sum_new = words(&h.inner) + words(&h.l4);
-    if let (Some(o), Some(n)) = (old.tcp_csum, h.tcp_csum) {
-        sum_old += words(&o);
-        sum_new += words(&n);
-    }
-    let icmp_csum = adjust_sums(get16(&old.icmp, 2), sum_old, sum_new);
-    put16(&mut h.icmp, 2, icmp_csum);
+            },
+        );
+    // The ICMP checksum covers the whole quote: addresses, the quoted
+    // IPv4 checksum, ports and the quoted L4 checksum changed.
+    let quote_old = inner_old + word(old.inner_csum_be) + ports_old + l4_word(old.l4_csum_be);
+    let quote_new = inner_new + word(f.inner_csum_be) + ports_new + l4_word(f.l4_csum_be);
+    f.icmp_csum_be = adjust(old.icmp_csum_be, quote_old, quote_new);
 }
 
-/// The checksum `csum` after the words it covers changed from `old` to
-/// `new` (same length), RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m').
+/// The sum of the two 16-bit words of an address in network byte order.
 #[inline(always)]
-fn adjust(csum: u16, old: &[u8], new: &[u8]) -> u16 {
-    adjust_sums(csum, words(old), words(new))
+fn addr(addr_be: u32) -> u32 {
+    let b = addr_be.to_ne_bytes();
+    u32::from(u16::from_be_bytes([b[0], b[1]])) + u32::from(u16::from_be_bytes([b[2], b[3]]))
 }
 
-/// [`adjust`] from the word sums of the old and new data.
+/// A 16-bit field in network byte order as a word of the sum.
 #[inline(always)]
-fn adjust_sums(csum: u16, old: u32, new: u32) -> u16 {
-    // ~(sum of words) is the sum of the words' complements in one's
-    // complement arithmetic, so the sums can be folded first.
-    let sum = u32::from(!csum) + u32::from(!fold(old)) + u32::from(fold(new));
-    !fold(sum)
+fn word(v_be: u16) -> u32 {
+    u32::from(u16::from_be(v_be))
 }
 
-/// Sum of the big-endian 16-bit words of `bytes` (an even length; at most
-/// 20 bytes here, far from overflowing a u32).
 #[inline(always)]
-fn words(bytes: &[u8]) -> u32 {
-    let mut sum = 0u32;
-    for w in bytes.chunks_exact(2) {
-        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    sum
+fn l4_word(csum_be: Option<u16>) -> u32 {
+    csum_be.map_or(0, word)
+}
+
+/// The checksum field `csum_be` after the words it covers changed from
+/// those summing to `old` to those summing to `new`, RFC 1624 eqn. 3:
+/// HC' = ~(~HC + ~m + m'). ~(sum of words) is the sum of the words'
+/// complements in one's complement arithmetic, so sums can be folded first.
+#[inline(always)]
+fn adjust(csum_be: u16, old: u32, new: u32) -> u16 {
+    let sum = u32::from(!u16::from_be(csum_be)) + u32::from(!fold(old)) + u32::from(fold(new));
+    (!fold(sum)).to_be()
 }
 
 /// A word sum with the carries folded into 16 bits.
@@ -220,23 +210,13 @@ fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-#[inline(always)]
-fn get16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-#[inline(always)]
-fn put16(b: &mut [u8], at: usize, v: u16) {
-    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-
 #[cfg(test)]
 mod tests {
     extern crate std;
     use std::vec::Vec;
 
     use super::*;
-    use crate::proto::ICMP;
+    use crate::proto::{ICMP, TCP, UDP};
 
     /// The Internet checksum of `bytes` computed from scratch.
     fn checksum(bytes: &[u8]) -> u16 {
@@ -265,8 +245,8 @@ mod tests {
     /// A full L4 segment (header + payload) with its checksum.
     fn segment(proto: u8, src: Endpoint, dst: Endpoint, payload: &[u8]) -> Vec<u8> {
         let mut l4 = Vec::new();
-        l4.extend_from_slice(&src.port);
-        l4.extend_from_slice(&dst.port);
+        l4.extend_from_slice(&src.port_be.to_ne_bytes());
+        l4.extend_from_slice(&dst.port_be.to_ne_bytes());
         let csum_at = if proto == TCP {
             l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x10, 0xfa, 0xf0, 0, 0, 0, 0]);
             16
@@ -278,8 +258,8 @@ mod tests {
         };
         l4.extend_from_slice(payload);
         let mut pseudo = Vec::new();
-        pseudo.extend_from_slice(&src.addr);
-        pseudo.extend_from_slice(&dst.addr);
+        pseudo.extend_from_slice(&src.addr_be.to_ne_bytes());
+        pseudo.extend_from_slice(&dst.addr_be.to_ne_bytes());
         pseudo.extend_from_slice(&[0, proto]);
         pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
         pseudo.extend_from_slice(&l4);
@@ -302,25 +282,55 @@ mod tests {
         pkt
     }
 
-    fn headers(pkt: &[u8]) -> Headers {
-        let tcp_csum = (pkt[37] == TCP && pkt.len() >= 48 + 18).then(|| [pkt[64], pkt[65]]);
-        Headers {
-            outer: pkt[0..20].try_into().unwrap(),
-            icmp: pkt[20..28].try_into().unwrap(),
-            inner: pkt[28..48].try_into().unwrap(),
-            l4: pkt[48..56].try_into().unwrap(),
-            tcp_csum,
+    fn u32_at(pkt: &[u8], at: usize) -> u32 {
+        u32::from_ne_bytes(pkt[at..at + 4].try_into().unwrap())
+    }
+
+    fn u16_at(pkt: &[u8], at: usize) -> u16 {
+        u16::from_ne_bytes([pkt[at], pkt[at + 1]])
+    }
+
+    /// The fields of an error without IP options (as the kernel side
+    /// reads them).
+    fn headers(pkt: &[u8]) -> Fields {
+        let l4_csum_be = match pkt[37] {
+            UDP => Some(u16_at(pkt, 54)).filter(|c| *c != 0),
+            TCP if pkt.len() >= 66 => Some(u16_at(pkt, 64)),
+            _ => None,
+        };
+        Fields {
+            outer_saddr_be: u32_at(pkt, 12),
+            outer_daddr_be: u32_at(pkt, 16),
+            outer_csum_be: u16_at(pkt, 10),
+            icmp_csum_be: u16_at(pkt, 22),
+            inner_saddr_be: u32_at(pkt, 40),
+            inner_daddr_be: u32_at(pkt, 44),
+            inner_csum_be: u16_at(pkt, 38),
+            sport_be: u16_at(pkt, 48),
+            dport_be: u16_at(pkt, 50),
+            l4_csum_be,
         }
     }
 
-    fn write_back(pkt: &mut [u8], h: &Headers) {
-        pkt[0..20].copy_from_slice(&h.outer);
-        pkt[20..28].copy_from_slice(&h.icmp);
-        pkt[28..48].copy_from_slice(&h.inner);
-        pkt[48..56].copy_from_slice(&h.l4);
-        if let Some(c) = h.tcp_csum {
-            pkt[64..66].copy_from_slice(&c);
+    fn write_back(pkt: &mut [u8], f: &Fields) {
+        pkt[12..16].copy_from_slice(&f.outer_saddr_be.to_ne_bytes());
+        pkt[16..20].copy_from_slice(&f.outer_daddr_be.to_ne_bytes());
+        pkt[10..12].copy_from_slice(&f.outer_csum_be.to_ne_bytes());
+        pkt[22..24].copy_from_slice(&f.icmp_csum_be.to_ne_bytes());
+        pkt[40..44].copy_from_slice(&f.inner_saddr_be.to_ne_bytes());
+        pkt[44..48].copy_from_slice(&f.inner_daddr_be.to_ne_bytes());
+        pkt[38..40].copy_from_slice(&f.inner_csum_be.to_ne_bytes());
+        pkt[48..50].copy_from_slice(&f.sport_be.to_ne_bytes());
+        pkt[50..52].copy_from_slice(&f.dport_be.to_ne_bytes());
+        match (pkt[37], f.l4_csum_be) {
+            (UDP, Some(c)) => pkt[54..56].copy_from_slice(&c.to_ne_bytes()),
+            (TCP, Some(c)) => pkt[64..66].copy_from_slice(&c.to_ne_bytes()),
+            _ => {}
         }
+    }
+
+    fn put16(b: &mut [u8], at: usize, v: u16) {
+        b[at..at + 2].copy_from_slice(&v.to_be_bytes());
     }
 
     const CLIENT: Endpoint = ep([198, 51, 100, 7], 40000);
@@ -331,8 +341,8 @@ mod tests {
 
     const fn ep(addr: [u8; 4], port: u16) -> Endpoint {
         Endpoint {
-            addr,
-            port: port.to_be_bytes(),
+            addr_be: u32::from_ne_bytes(addr),
+            port_be: port.to_be(),
         }
     }
 
@@ -340,7 +350,13 @@ mod tests {
     /// bytes deep in the error a router sends back.
     fn forwarded(proto: u8, len: usize) -> Vec<u8> {
         let l4 = segment(proto, SNAT, BACKEND, &[0xa5; 1400]);
-        let mut quoted = ipv4(proto, SNAT.addr, BACKEND.addr, (20 + l4.len()) as u16).to_vec();
+        let mut quoted = ipv4(
+            proto,
+            SNAT.addr_be.to_ne_bytes(),
+            BACKEND.addr_be.to_ne_bytes(),
+            (20 + l4.len()) as u16,
+        )
+        .to_vec();
         quoted.extend_from_slice(&l4);
         error(ROUTER, &quoted, len)
     }
@@ -348,7 +364,13 @@ mod tests {
     /// What the client sent before translation, as the error must quote.
     fn as_the_client_sent(proto: u8) -> Vec<u8> {
         let l4 = segment(proto, CLIENT, FRONTEND, &[0xa5; 1400]);
-        let mut quoted = ipv4(proto, CLIENT.addr, FRONTEND.addr, (20 + l4.len()) as u16).to_vec();
+        let mut quoted = ipv4(
+            proto,
+            CLIENT.addr_be.to_ne_bytes(),
+            FRONTEND.addr_be.to_ne_bytes(),
+            (20 + l4.len()) as u16,
+        )
+        .to_vec();
         quoted.extend_from_slice(&l4);
         quoted
     }
@@ -377,8 +399,12 @@ mod tests {
                 let mut h = headers(&pkt);
                 translate(&mut h, &to_client());
                 write_back(&mut pkt, &h);
-                assert_eq!(&pkt[12..16], &FRONTEND.addr, "from the frontend");
-                assert_eq!(&pkt[16..20], &CLIENT.addr, "to the client");
+                assert_eq!(
+                    &pkt[12..16],
+                    &FRONTEND.addr_be.to_ne_bytes(),
+                    "from the frontend"
+                );
+                assert_eq!(&pkt[16..20], &CLIENT.addr_be.to_ne_bytes(), "to the client");
                 assert_checksums(&pkt);
                 let want = as_the_client_sent(proto);
                 let quoted = &pkt[28..];
@@ -415,7 +441,13 @@ mod tests {
         // side reports it to the frontend. Translated like a packet from
         // the client: to the backend, from the SNAT address.
         let l4 = segment(TCP, FRONTEND, CLIENT, &[1; 1000]);
-        let mut quoted = ipv4(TCP, FRONTEND.addr, CLIENT.addr, (20 + l4.len()) as u16).to_vec();
+        let mut quoted = ipv4(
+            TCP,
+            FRONTEND.addr_be.to_ne_bytes(),
+            CLIENT.addr_be.to_ne_bytes(),
+            (20 + l4.len()) as u16,
+        )
+        .to_vec();
         quoted.extend_from_slice(&l4);
         let mut pkt = error([203, 0, 113, 1], &quoted, 28);
         let mut h = headers(&pkt);
@@ -425,10 +457,18 @@ mod tests {
         };
         translate(&mut h, &rw);
         write_back(&mut pkt, &h);
-        assert_eq!(&pkt[12..16], &SNAT.addr);
-        assert_eq!(&pkt[16..20], &BACKEND.addr);
-        assert_eq!(&pkt[40..44], &BACKEND.addr, "quoted source");
-        assert_eq!(&pkt[44..48], &SNAT.addr, "quoted destination");
+        assert_eq!(&pkt[12..16], &SNAT.addr_be.to_ne_bytes());
+        assert_eq!(&pkt[16..20], &BACKEND.addr_be.to_ne_bytes());
+        assert_eq!(
+            &pkt[40..44],
+            &BACKEND.addr_be.to_ne_bytes(),
+            "quoted source"
+        );
+        assert_eq!(
+            &pkt[44..48],
+            &SNAT.addr_be.to_ne_bytes(),
+            "quoted destination"
+        );
         assert_eq!(&pkt[48..52], &[0x1f, 0x90, 0x9c, 0x40], "quoted ports");
         assert_checksums(&pkt);
     }
@@ -438,9 +478,15 @@ mod tests {
         // Locally generated (e.g. by a local backend) about client →
         // backend: only the source becomes the frontend.
         let l4 = segment(UDP, CLIENT, BACKEND, b"query");
-        let mut quoted = ipv4(UDP, CLIENT.addr, BACKEND.addr, (20 + l4.len()) as u16).to_vec();
+        let mut quoted = ipv4(
+            UDP,
+            CLIENT.addr_be.to_ne_bytes(),
+            BACKEND.addr_be.to_ne_bytes(),
+            (20 + l4.len()) as u16,
+        )
+        .to_vec();
         quoted.extend_from_slice(&l4);
-        let mut pkt = error(BACKEND.addr, &quoted, quoted.len());
+        let mut pkt = error(BACKEND.addr_be.to_ne_bytes(), &quoted, quoted.len());
         let mut h = headers(&pkt);
         let rw = Rewrite {
             dst: None,
@@ -448,8 +494,8 @@ mod tests {
         };
         translate(&mut h, &rw);
         write_back(&mut pkt, &h);
-        assert_eq!(&pkt[12..16], &FRONTEND.addr);
-        assert_eq!(&pkt[16..20], &CLIENT.addr);
+        assert_eq!(&pkt[12..16], &FRONTEND.addr_be.to_ne_bytes());
+        assert_eq!(&pkt[16..20], &CLIENT.addr_be.to_ne_bytes());
         assert_checksums(&pkt);
         // The whole datagram is quoted: its UDP checksum verifies too.
         let l4 = segment(UDP, CLIENT, FRONTEND, b"query");
@@ -472,9 +518,15 @@ mod tests {
             let proto = if next() & 1 == 0 { TCP } else { UDP };
             let payload: Vec<u8> = (0..(next() % 64)).map(|_| next() as u8).collect();
             let l4 = segment(proto, from, to, &payload);
-            let mut quoted = ipv4(proto, from.addr, to.addr, (20 + l4.len()) as u16).to_vec();
+            let mut quoted = ipv4(
+                proto,
+                from.addr_be.to_ne_bytes(),
+                to.addr_be.to_ne_bytes(),
+                (20 + l4.len()) as u16,
+            )
+            .to_vec();
             quoted.extend_from_slice(&l4);
-            let mut pkt = error(e(next()).addr, &quoted, quoted.len());
+            let mut pkt = error(e(next()).addr_be.to_ne_bytes(), &quoted, quoted.len());
             let mut h = headers(&pkt);
             let rw = Rewrite {
                 dst: (next() & 1 == 0).then_some(new_dst),
@@ -495,12 +547,12 @@ mod tests {
 
     fn entry(flags: u8, to: Endpoint, nat: Endpoint) -> CtValue {
         CtValue {
-            addr_be: u32::from_ne_bytes(to.addr),
-            port_be: u16::from_ne_bytes(to.port),
+            addr_be: to.addr_be,
+            port_be: to.port_be,
             flags,
             tcp_state: 0,
-            nat_addr_be: u32::from_ne_bytes(nat.addr),
-            nat_port_be: u16::from_ne_bytes(nat.port),
+            nat_addr_be: nat.addr_be,
+            nat_port_be: nat.port_be,
             rev_nat_id: 1,
             backend_id: 1,
             last_seen_s: 0,
@@ -530,7 +582,10 @@ mod tests {
         assert_eq!(rewrite_for(ct_dir::REPLY_SNAT, &back), Some(to_client()));
         // A REPLY_SNAT entry of an earlier version (no REDIRECT) left the
         // source to tc_egress: not translated in one step.
-        assert_eq!(rewrite_for(ct_dir::REPLY_SNAT, &entry(0, CLIENT, FRONTEND)), None);
+        assert_eq!(
+            rewrite_for(ct_dir::REPLY_SNAT, &entry(0, CLIENT, FRONTEND)),
+            None
+        );
         let reply = entry(0, FRONTEND, ep([0; 4], 0));
         assert_eq!(
             rewrite_for(ct_dir::REPLY, &reply),

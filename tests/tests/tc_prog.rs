@@ -8,208 +8,16 @@
 //! lookups see: the node's NIC (NODE, backends on other nodes behind it,
 //! host-gw style) and a flannel-style VXLAN overlay (`flannel.1`, its own
 //! address, MTU 1450) to a third node's pods.
+mod datapath;
+
 use std::net::Ipv4Addr;
 
 use anyhow::{ensure, Context, Result};
-use aya::{
-    maps::{HashMap, MapData},
-    programs::SchedClassifier,
-    Ebpf,
+use bpfproxy_tests::packet::{
+    self, verify_checksums, view, Spec, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP,
 };
-use bpfproxy_tests::{
-    node_net::{self, NodeNet},
-    packet::{self, verify_checksums, view, Spec, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP},
-    prog_test_run, require_root, PrivateBpffs,
-};
-use proxy_agent::node_links;
-use proxy_common::{
-    counters, ct_dir, maps as names, node_flags, svc_flags, BackendValue, CtKey, CtValue,
-    NodeAddrValue, ServiceKey, ServiceValue, SourceRange,
-};
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-const TTL: u8 = 64;
-
-const NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
-const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 6);
-const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-/// A pod on a node reached over the overlay, and the overlay's address on
-/// this node (what flannel puts on `flannel.1`).
-const OVERLAY_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 6);
-const OVERLAY_ADDR: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 0);
-const OVERLAY_MTU: usize = node_net::OVERLAY_MTU as usize;
-const NODE_PORT: u16 = 30080;
-const TARGET_PORT: u16 = 8080;
-
-/// The loaded object with its maps pinned in a private bpffs, run from
-/// inside a node namespace.
-struct Datapath {
-    ebpf: Ebpf,
-    next_backend_id: u32,
-    next_rev_nat_id: u16,
-    // Dropped last: unmounting releases the pins, the namespaces go.
-    _bpffs: PrivateBpffs,
-    _node: NodeNet,
-}
-
-/// A backend to program: address, port, whether it runs on this node.
-#[derive(Clone, Copy)]
-struct Be(Ipv4Addr, u16, bool);
-
-impl Datapath {
-    fn new(suffix: &str) -> Result<Self> {
-        require_root()?;
-        let node = NodeNet::new(suffix)?;
-        let bpffs = PrivateBpffs::new(suffix)?;
-        let ebpf = proxy_agent::loader::load_tc_unattached(bpffs.path())
-            .context("loading the agent's eBPF object and its TC programs")?;
-        // The devices' SNAT addresses and MTUs, written by the agent's own
-        // code from what this namespace holds.
-        node_links::program_current(&bpffs.path().join(names::PIN_DIR))?;
-        Ok(Self {
-            ebpf,
-            next_backend_id: 1,
-            next_rev_nat_id: 1,
-            _bpffs: bpffs,
-            _node: node,
-        })
-    }
-
-    fn run(&self, prog: &str, pkt: &[u8]) -> std::io::Result<prog_test_run::TestRun> {
-        let p: &SchedClassifier = self
-            .ebpf
-            .program(prog)
-            .expect("program exists")
-            .try_into()
-            .expect("is a classifier");
-        prog_test_run::run(p.fd().expect("loaded"), pkt, None)
-    }
-
-    fn ingress(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
-        let r = self.run("tc_ingress", pkt).expect("BPF_PROG_TEST_RUN");
-        (r.retval, r.data)
-    }
-
-    fn reply(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
-        let r = self.run("tc_reply", pkt).expect("BPF_PROG_TEST_RUN");
-        (r.retval, r.data)
-    }
-
-    fn egress(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
-        let r = self.run("tc_egress", pkt).expect("BPF_PROG_TEST_RUN");
-        (r.retval, r.data)
-    }
-
-    fn services(&mut self) -> HashMap<&mut MapData, ServiceKey, ServiceValue> {
-        HashMap::try_from(self.ebpf.map_mut(names::SERVICES).unwrap()).unwrap()
-    }
-
-    /// Programs a frontend (slots, then master), as the agent would.
-    fn service(&mut self, ip: Ipv4Addr, port: u16, proto: u8, flags: u16, backends: &[Be]) {
-        self.program(ip, port, proto, flags, 0, backends)
-    }
-
-    /// An external frontend with ClientIP session affinity.
-    fn service_with_affinity(
-        &mut self,
-        ip: Ipv4Addr,
-        port: u16,
-        proto: u8,
-        timeout_s: u32,
-        backends: &[Be],
-    ) {
-        self.program(ip, port, proto, svc_flags::EXTERNAL, timeout_s, backends)
-    }
-
-    fn program(
-        &mut self,
-        ip: Ipv4Addr,
-        port: u16,
-        proto: u8,
-        flags: u16,
-        affinity_s: u32,
-        backends: &[Be],
-    ) {
-        let rev = self.next_rev_nat_id;
-        self.next_rev_nat_id += 1;
-        let master = ServiceValue::master(backends.len() as u16, rev, flags, affinity_s);
-        let mut ids = Vec::new();
-        {
-            let mut be_map: HashMap<_, u32, BackendValue> =
-                HashMap::try_from(self.ebpf.map_mut(names::BACKENDS).unwrap()).unwrap();
-            for b in backends {
-                let id = self.next_backend_id;
-                self.next_backend_id += 1;
-                let mut v = BackendValue::new(b.0, b.1, proto);
-                if b.2 {
-                    v = v.local();
-                }
-                be_map.insert(id, v, 0).unwrap();
-                ids.push(id);
-            }
-        }
-        let mut svc = self.services();
-        // Remove stale slots of an earlier programming of this frontend.
-        for slot in 1..=64u16 {
-            let _ = svc.remove(&ServiceKey::new(ip, port, proto, slot));
-        }
-        for (i, id) in ids.iter().enumerate() {
-            svc.insert(
-                ServiceKey::new(ip, port, proto, i as u16 + 1),
-                ServiceValue::slot(&master, *id),
-                0,
-            )
-            .unwrap();
-        }
-        svc.insert(ServiceKey::new(ip, port, proto, 0), master, 0)
-            .unwrap();
-    }
-
-    fn node_addr(&mut self, ip: Ipv4Addr, snat: Ipv4Addr, flags: u32) {
-        let mut m: HashMap<_, u32, NodeAddrValue> =
-            HashMap::try_from(self.ebpf.map_mut(names::NODE_ADDRS).unwrap()).unwrap();
-        m.insert(
-            u32::from_ne_bytes(ip.octets()),
-            NodeAddrValue::new(snat, flags),
-            0,
-        )
-        .unwrap();
-    }
-
-    /// The usual node: NodePorts on NODE, which is also the SNAT address.
-    fn with_node(suffix: &str) -> Result<Self> {
-        let mut dp = Self::new(suffix)?;
-        dp.node_addr(NODE, NODE, node_flags::NODEPORT);
-        dp.node_addr(Ipv4Addr::UNSPECIFIED, NODE, 0);
-        Ok(dp)
-    }
-
-    /// Allows `net/len` to reach the frontend with revNAT id `rev`
-    /// (loadBalancerSourceRanges), as the agent writes it.
-    fn source_range(&mut self, rev: u16, net: Ipv4Addr, len: u8) {
-        use aya::maps::lpm_trie::{Key, LpmTrie};
-        let mut m: LpmTrie<_, SourceRange, u8> =
-            LpmTrie::try_from(self.ebpf.map_mut(names::SOURCE_RANGES).unwrap()).unwrap();
-        let key = Key::new(SourceRange::prefix_len(len), SourceRange::new(rev, net));
-        m.insert(&key, 1, 0).unwrap();
-    }
-
-    fn ct(&mut self, key: &CtKey) -> Option<CtValue> {
-        let m: HashMap<_, CtKey, CtValue> =
-            HashMap::try_from(self.ebpf.map_mut(names::CONNTRACK).unwrap()).unwrap();
-        m.get(key, 0).ok()
-    }
-
-    fn counter(&mut self, reason: u32) -> u64 {
-        let m: aya::maps::PerCpuArray<_, u64> =
-            aya::maps::PerCpuArray::try_from(self.ebpf.map_mut(names::COUNTERS).unwrap()).unwrap();
-        m.get(&reason, 0).unwrap().iter().sum()
-    }
-}
+use datapath::*;
+use proxy_common::{counters, ct_dir, maps as names, node_flags, svc_flags, CtKey};
 
 /// The IPv4 TTL of a built packet.
 fn ttl(pkt: &[u8]) -> u8 {
@@ -952,7 +760,7 @@ fn the_agents_node_addresses_decide_where_nodeports_answer() -> Result<()> {
         &["10.0.0.0/24".parse()?],
     );
     assert_eq!(selected, [NODE]);
-    let pin_dir = dp._bpffs.path().join(names::PIN_DIR);
+    let pin_dir = dp.bpffs.path().join(names::PIN_DIR);
     // A stale address from an earlier run must disappear.
     dp.node_addr(filtered_out, filtered_out, node_flags::NODEPORT);
     node_addrs::program(&pin_dir, &node_addrs::entries(&selected))?;
