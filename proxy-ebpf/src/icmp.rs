@@ -87,9 +87,10 @@ impl Quote {
 }
 
 /// Reads the quote of the ICMP message at `icmp_off`, which ends at
-/// `icmp_end`; Err is the counter reason to pass it with.
+/// `icmp_end` and was sent to `daddr_be`; Err is the counter reason to
+/// pass it with.
 #[inline(always)]
-pub fn quote(ctx: &TcContext, icmp_off: u32, icmp_end: u32) -> Result<Quote, u32> {
+pub fn quote(ctx: &TcContext, icmp_off: u32, icmp_end: u32, daddr_be: u32) -> Result<Quote, u32> {
     let inner_off = icmp_off + ICMP_HLEN as u32;
     let ip: [u8; IPV4_HLEN] = ctx
         .load(inner_off as usize)
@@ -109,13 +110,19 @@ pub fn quote(ctx: &TcContext, icmp_off: u32, icmp_end: u32) -> Result<Quote, u32
     let ports: [u8; 4] = ctx
         .load(inner_l4_off as usize)
         .map_err(|_| counters::TC_PASS_MALFORMED)?;
+    let saddr_be = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    // An error goes back to the sender of what it quotes; anything else
+    // is not a well-formed error and is left alone.
+    if saddr_be != daddr_be {
+        return Err(counters::TC_ICMP_PASS_UNKNOWN);
+    }
     Ok(Quote {
         icmp_off,
         inner_off,
         inner_l4_off,
         l4_csum: proto == proto::UDP || inner_l4_off + TCP_CSUM_OFF + 2 <= icmp_end,
         proto,
-        saddr_be: u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
+        saddr_be,
         daddr_be: u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
         sport_be: u16::from_ne_bytes([ports[0], ports[1]]),
         dport_be: u16::from_ne_bytes([ports[2], ports[3]]),
@@ -191,15 +198,15 @@ fn prepare(ctx: &TcContext, side: Side, plan: &mut Plan) -> Prepared {
         Parsed::Malformed => return Prepared::Pass(counters::TC_PASS_MALFORMED),
         _ => return Prepared::NotAnError,
     };
-    let q = match quote(ctx, outer.l4_off, outer.l4_off + outer.l4_len) {
+    let q = match quote(
+        ctx,
+        outer.l4_off,
+        outer.l4_off + outer.l4_len,
+        outer.daddr_be,
+    ) {
         Ok(q) => q,
         Err(reason) => return Prepared::Pass(reason),
     };
-    // An error goes back to the sender of what it quotes; anything else
-    // is not a well-formed error and is left alone.
-    if outer.daddr_be != q.saddr_be {
-        return Prepared::Pass(counters::TC_ICMP_PASS_UNKNOWN);
-    }
     let found = match side {
         Side::Ingress => find(&q, ct_dir::REPLY_SNAT).or_else(|| find(&q, ct_dir::FORWARD)),
         Side::Reply => find(&q, ct_dir::REPLY_SNAT),

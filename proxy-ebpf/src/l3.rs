@@ -52,7 +52,8 @@ pub fn peek_icmp_error(ctx: &TcContext) -> Option<Quote> {
     if tot_len > ctx.len() {
         return None;
     }
-    icmp::quote(ctx, 20, tot_len).ok()
+    let daddr_be = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    icmp::quote(ctx, 20, tot_len, daddr_be).ok()
 }
 
 /// Puts an Ethernet header (addresses zero, type IPv4) in front of the
