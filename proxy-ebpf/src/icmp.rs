@@ -16,7 +16,7 @@ use aya_ebpf::{
 use proxy_common::{
     counters, ct_dir, ct_flags,
     icmp_error::{self, Fields, Rewrite, ICMP_HLEN, IPV4_HLEN, QUOTED_L4_LEN},
-    proto, CtKey, CtValue,
+    proto, CtKey,
 };
 
 use crate::{
@@ -129,14 +129,28 @@ pub fn quote(ctx: &TcContext, icmp_off: u32, icmp_end: u32, daddr_be: u32) -> Re
     })
 }
 
-/// The entry and rewrite for `q` under `dir`, if it quotes such a flow.
-/// The entry is not touched: an error is no sign of life of the flow.
-#[inline(always)]
-pub fn find(q: &Quote, dir: u8) -> Option<(CtValue, Rewrite)> {
-    // SAFETY: copied out at once.
-    let e = unsafe { CONNTRACK.get(q.reversed_key(dir)) }.copied()?;
-    let rw = icmp_error::rewrite_for(dir, &e)?;
-    Some((e, rw))
+/// Fills in `plan`'s rewrite for the flow `q` quotes, if it is one the
+/// entry under `dir` translates; false otherwise. The entry is read in
+/// place and not touched (an error is no sign of life of the flow); the
+/// results go straight into the plan, since LLVM lowered a returned
+/// `Option<(CtValue, Rewrite)>` with shifts of the map value pointer,
+/// which the verifier refuses.
+#[inline(never)]
+fn find_into(q: &Quote, dir: u8, plan: &mut Plan) -> bool {
+    // SAFETY: valid for this run (LRU entries are RCU-freed).
+    let Some(e) = (unsafe { CONNTRACK.get(q.reversed_key(dir)) }) else {
+        return false;
+    };
+    let Some(rw) = icmp_error::rewrite_for(dir, e) else {
+        return false;
+    };
+    plan.rw = rw;
+    plan.redirect_to_be = if e.flags & ct_flags::REDIRECT != 0 {
+        e.addr_be
+    } else {
+        0
+    };
+    true
 }
 
 /// Whether the packet, its IPv4 header at `ip_off`, may be an ICMP
@@ -208,21 +222,17 @@ fn prepare(ctx: &TcContext, side: Side, plan: &mut Plan) -> Prepared {
         Err(reason) => return Prepared::Pass(reason),
     };
     let found = match side {
-        Side::Ingress => find(&q, ct_dir::REPLY_SNAT).or_else(|| find(&q, ct_dir::FORWARD)),
-        Side::Reply => find(&q, ct_dir::REPLY_SNAT),
-        Side::Egress => find(&q, ct_dir::REPLY),
+        Side::Ingress => {
+            find_into(&q, ct_dir::REPLY_SNAT, plan) || find_into(&q, ct_dir::FORWARD, plan)
+        }
+        Side::Reply => find_into(&q, ct_dir::REPLY_SNAT, plan),
+        Side::Egress => find_into(&q, ct_dir::REPLY, plan),
     };
-    let Some((e, rw)) = found else {
+    if !found {
         return Prepared::Pass(counters::TC_ICMP_PASS_UNKNOWN);
-    };
-    plan.redirect_to_be = if e.flags & ct_flags::REDIRECT != 0 {
-        e.addr_be
-    } else {
-        0
-    };
+    }
     plan.outer = outer;
     plan.q = q;
-    plan.rw = rw;
     Prepared::Translate
 }
 
@@ -301,7 +311,9 @@ fn ours_l3(ctx: &TcContext) -> bool {
     let Some(q) = l3::peek_icmp_error(ctx) else {
         return false;
     };
-    if find(&q, ct_dir::REPLY_SNAT).is_some() {
+    // SAFETY: plain integers and structs of them: all zeroes is valid.
+    let mut plan: Plan = unsafe { core::mem::zeroed() };
+    if find_into(&q, ct_dir::REPLY_SNAT, &mut plan) {
         return true;
     }
     bump(counters::TC_ICMP_PASS_UNKNOWN);
