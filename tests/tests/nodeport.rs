@@ -614,39 +614,8 @@ fn path_mtu_discovery_works_through_a_node_port(shape: NetworkShape) -> Result<(
         "lock",
         &PMTU.to_string(),
     ])?;
-    let mut x: u32 = 0x2545_f491;
-    let blob: Vec<u8> = (0..TRANSFER_BYTES)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect();
+    let (blob, _server) = pmtu_backend(&sb)?;
     let work = sb.work_dir();
-    std::fs::write(work.join("pmtu-blob"), &blob)?;
-    std::fs::write(work.join("pmtu_server.py"), PMTU_SERVER)?;
-    let mut server = sb.pod_command(1, 1, "python3")?;
-    server
-        .arg(work.join("pmtu_server.py"))
-        .arg(&backend_ip)
-        .arg(work.join("pmtu-blob"))
-        .arg(PMTU_PORT.to_string())
-        .stdout(std::process::Stdio::null());
-    let _server = ChildGuard(server.spawn().context("starting the PMTU test server")?);
-    let ports = [("http", 80, PMTU_PORT, "TCP", PMTU_NODE_PORT)];
-    sb.write_manifest(
-        "pmtu.yaml",
-        &manifest::documents(&[
-            node_port_service("default/pmtu", "10.96.0.33", &ports, "Cluster"),
-            manifest::endpoint_slice_with(
-                "default/pmtu",
-                "pmtu-1",
-                &[pod_endpoint(1, 1)],
-                &[("http", PMTU_PORT, "TCP")],
-            ),
-        ]),
-    )?;
     let mut agent = start_agent(&sb, 3)?;
     let want = [format!("{backend_ip}:{PMTU_PORT}")];
     agent.wait_for_backends("0.0.0.0", PMTU_NODE_PORT, "TCP", &want, T)?;
@@ -711,6 +680,45 @@ fn upload(ns: &Netns, url: &str, blob: &[u8], file: &Path) -> Result<()> {
         "upload: the backend received {answer:?}"
     );
     Ok(())
+}
+
+/// The path MTU test's backend in pod 1 of node 1 (its server and
+/// Service), and the random body it serves.
+fn pmtu_backend(sb: &ClusterSandbox) -> Result<(Vec<u8>, ChildGuard)> {
+    let mut x: u32 = 0x2545_f491;
+    let blob: Vec<u8> = (0..TRANSFER_BYTES)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let work = sb.work_dir();
+    std::fs::write(work.join("pmtu-blob"), &blob)?;
+    std::fs::write(work.join("pmtu_server.py"), PMTU_SERVER)?;
+    let mut server = sb.pod_command(1, 1, "python3")?;
+    server
+        .arg(work.join("pmtu_server.py"))
+        .arg(pod_ip(1, 1))
+        .arg(work.join("pmtu-blob"))
+        .arg(PMTU_PORT.to_string())
+        .stdout(std::process::Stdio::null());
+    let server = ChildGuard(server.spawn().context("starting the PMTU test server")?);
+    let ports = [("http", 80, PMTU_PORT, "TCP", PMTU_NODE_PORT)];
+    sb.write_manifest(
+        "pmtu.yaml",
+        &manifest::documents(&[
+            node_port_service("default/pmtu", "10.96.0.33", &ports, "Cluster"),
+            manifest::endpoint_slice_with(
+                "default/pmtu",
+                "pmtu-1",
+                &[pod_endpoint(1, 1)],
+                &[("http", PMTU_PORT, "TCP")],
+            ),
+        ]),
+    )?;
+    Ok((blob, server))
 }
 
 /// Waits until `url` answers from `ns` (the server and agent are up).
