@@ -10,13 +10,24 @@ fn main() -> anyhow::Result<()> {
         .context("cargo metadata")?;
     let pkg = meta
         .packages
-        .into_iter()
+        .iter()
         .find(|p| p.name.as_str() == "proxy-ebpf")
         .ok_or_else(|| anyhow!("proxy-ebpf package not found in the workspace"))?;
     let root = pkg
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("proxy-ebpf manifest has no parent"))?;
+    // aya-build watches proxy-ebpf only; the kernel programs also compile
+    // proxy-common (map types, the refusal and ICMP error builders), whose
+    // changes must rebuild the object too.
+    if let Some(common) = meta
+        .packages
+        .iter()
+        .find(|p| p.name.as_str() == "proxy-common")
+        .and_then(|p| p.manifest_path.parent())
+    {
+        println!("cargo:rerun-if-changed={}", common.join("src"));
+    }
     aya_build::build_ebpf(
         [aya_build::Package {
             name: pkg.name.as_str(),

@@ -57,8 +57,17 @@ pub const TC_FRAG_NEEDED: u32 = 19;
 /// `loadBalancerSourceRanges` and was dropped.
 pub const TC_DROP_SOURCE_RANGE: u32 = 20;
 
+/// TC: an ICMP error (destination unreachable, fragmentation needed
+/// included; time exceeded; parameter problem) quoting a packet of a
+/// translated flow was reverse-translated for its receiver: the client sees
+/// its own packet to the frontend, a backend its own to the SNAT address.
+pub const TC_ICMP_TRANSLATED: u32 = 21;
+/// TC: an ICMP error quoting no flow the programs translated (or a quote
+/// too short to tell, or a non-first fragment) passed untouched.
+pub const TC_ICMP_PASS_UNKNOWN: u32 = 22;
+
 /// Size of the counters array.
-pub const MAX: u32 = 21;
+pub const MAX: u32 = 23;
 
 /// Names for metrics labels and dump, indexed like the constants above.
 pub const NAMES: [&str; MAX as usize] = [
@@ -83,4 +92,6 @@ pub const NAMES: [&str; MAX as usize] = [
     "tc_drop_no_route",
     "tc_frag_needed",
     "tc_drop_source_range",
+    "tc_icmp_translated",
+    "tc_icmp_pass_unknown",
 ];

@@ -12,8 +12,9 @@ pub const REV_NAT: &str = "bpfp_rnat_v1";
 pub const SOCK_REV_NAT: &str = "bpfp_sknat_v1";
 pub const SERVICE_NAMES: &str = "bpfp_names_v1";
 /// The version grows with the array (a bigger array is a new layout): v4
-/// added the forwarding reasons (no route, fragmentation needed).
-pub const COUNTERS: &str = "bpfp_cnt_v4";
+/// added the forwarding reasons (no route, fragmentation needed), v5 the
+/// ICMP error translation.
+pub const COUNTERS: &str = "bpfp_cnt_v5";
 pub const AFFINITY: &str = "bpfp_aff_v1";
 pub const CONNTRACK: &str = "bpfp_ct_v1";
 pub const NODE_ADDRS: &str = "bpfp_node_v1";

@@ -1,9 +1,12 @@
 //! Packets of L3 devices (WireGuard, IPIP): no link-layer header, the IP
 //! header comes first.
 use aya_ebpf::{helpers::bpf_skb_change_head, programs::TcContext};
-use proxy_common::proto;
+use proxy_common::{icmp_error, proto};
 
-use crate::parse::{Packet, ETH_HLEN};
+use crate::{
+    icmp::{self, Quote},
+    parse::{Packet, ETH_HLEN},
+};
 
 const ETH_P_IP: u16 = 0x0800;
 
@@ -30,6 +33,27 @@ pub fn peek(ctx: &TcContext) -> Option<Packet> {
         sport_be: u16::from_ne_bytes([ip[20], ip[21]]),
         dport_be: u16::from_ne_bytes([ip[22], ip[23]]),
     })
+}
+
+/// The quote of an ICMP error without options at offset 0 (and not a
+/// fragment), for a conntrack lookup before anything is changed; None for
+/// anything else.
+#[inline(always)]
+pub fn peek_icmp_error(ctx: &TcContext) -> Option<Quote> {
+    let ip = ctx.load::<[u8; 21]>(0).ok()?;
+    // Version 4, no options; no MF flag, offset 0.
+    if ip[0] != 0x45 || ip[9] != proto::ICMP || ip[6] & 0x3f != 0 || ip[7] != 0 {
+        return None;
+    }
+    if !icmp_error::is_error(ip[20]) {
+        return None;
+    }
+    let tot_len = u32::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if tot_len > ctx.len() {
+        return None;
+    }
+    let daddr_be = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    icmp::quote(ctx, 20, tot_len, daddr_be).ok()
 }
 
 /// Puts an Ethernet header (addresses zero, type IPv4) in front of the

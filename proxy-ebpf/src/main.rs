@@ -19,6 +19,8 @@ mod csum;
 #[cfg(target_arch = "bpf")]
 mod ct;
 #[cfg(target_arch = "bpf")]
+mod icmp;
+#[cfg(target_arch = "bpf")]
 mod l3;
 #[cfg(target_arch = "bpf")]
 mod lb;

@@ -29,7 +29,7 @@ pub static SOCK_REV_NAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
 #[map(name = "bpfp_names_v1")]
 pub static SERVICE_NAMES: HashMap<u32, ServiceName> = HashMap::pinned(names::REV_NAT_MAX, 0);
 
-#[map(name = "bpfp_cnt_v4")]
+#[map(name = "bpfp_cnt_v5")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::MAX, 0);
 
 /// Session affinity (sessionAffinity: ClientIP): the backend each client

@@ -5,7 +5,7 @@
 //! (and the packet pass untouched), never reads out of bounds, and works
 //! the same on linear and paged skbs.
 use aya_ebpf::programs::TcContext;
-use proxy_common::proto;
+use proxy_common::{icmp_error, proto};
 
 pub const ETH_HLEN: u32 = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -24,7 +24,8 @@ const IP_DF: u16 = 0x4000;
 
 pub use proxy_common::tcp_flags::{ACK as TCP_ACK, FIN as TCP_FIN, RST as TCP_RST, SYN as TCP_SYN};
 
-/// An IPv4 TCP or UDP packet whose headers are complete.
+/// An IPv4 TCP or UDP packet whose headers are complete; for an ICMP error
+/// (`proto` ICMP) the outer header, `l4_off` at the ICMP header, no ports.
 #[derive(Clone, Copy)]
 pub struct Packet {
     /// Offset of the TCP/UDP header (after IP options, if any).
@@ -74,6 +75,9 @@ pub enum Parsed {
     /// Lengths that do not add up (truncated, bad IHL or data offset).
     Malformed,
     Packet(Packet),
+    /// An ICMP error with its 8-byte ICMP header (the quote is read by
+    /// `icmp`): it may be about a translated flow.
+    IcmpError(Packet),
 }
 
 #[inline(always)]
@@ -98,41 +102,76 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         return Parsed::Malformed;
     }
     let proto = ip[9];
-    if proto != proto::TCP && proto != proto::UDP {
+    if proto != proto::TCP && proto != proto::UDP && proto != proto::ICMP {
         return Parsed::Other;
     }
     let frag_off = u16::from_be_bytes([ip[6], ip[7]]);
     if frag_off & IP_MF_OFFSET != 0 {
+        // A fragmented ICMP message (a big ping) is nothing of ours.
+        if proto == proto::ICMP {
+            return Parsed::Other;
+        }
         return Parsed::Fragment;
     }
     let l4_off = ETH_HLEN + ihl;
     let l4_len = tot_len - ihl;
-    let mut tcp_flags = 0;
-    if proto == proto::TCP {
-        let Ok(tcp) = ctx.load::<[u8; 14]>(l4_off as usize) else {
-            return Parsed::Malformed;
-        };
-        let doff = ((tcp[12] >> 4) as u32) * 4;
-        if doff < TCP_MIN_HLEN || l4_len < doff {
-            return Parsed::Malformed;
-        }
-        tcp_flags = tcp[13];
-    } else if l4_len < UDP_HLEN {
-        return Parsed::Malformed;
-    }
-    let Ok(ports) = ctx.load::<[u8; 4]>(l4_off as usize) else {
-        return Parsed::Malformed;
-    };
-    Parsed::Packet(Packet {
+    let base = Packet {
         l4_off,
         l4_len,
         proto,
-        tcp_flags,
+        tcp_flags: 0,
         ttl_proto_be: u16::from_ne_bytes([ip[8], ip[9]]),
         df: frag_off & IP_DF != 0,
         saddr_be: u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
         daddr_be: u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
-        sport_be: u16::from_ne_bytes([ports[0], ports[1]]),
-        dport_be: u16::from_ne_bytes([ports[2], ports[3]]),
-    })
+        sport_be: 0,
+        dport_be: 0,
+    };
+    if proto == proto::ICMP {
+        icmp(ctx, base)
+    } else {
+        transport(ctx, base)
+    }
+}
+
+/// The TCP/UDP part of [`parse`]: `pkt` with its flags and ports, once the
+/// header is known to be complete.
+#[inline(always)]
+fn transport(ctx: &TcContext, mut pkt: Packet) -> Parsed {
+    if pkt.proto == proto::TCP {
+        let Ok(tcp) = ctx.load::<[u8; 14]>(pkt.l4_off as usize) else {
+            return Parsed::Malformed;
+        };
+        let doff = ((tcp[12] >> 4) as u32) * 4;
+        if doff < TCP_MIN_HLEN || pkt.l4_len < doff {
+            return Parsed::Malformed;
+        }
+        pkt.tcp_flags = tcp[13];
+    } else if pkt.l4_len < UDP_HLEN {
+        return Parsed::Malformed;
+    }
+    let Ok(ports) = ctx.load::<[u8; 4]>(pkt.l4_off as usize) else {
+        return Parsed::Malformed;
+    };
+    pkt.sport_be = u16::from_ne_bytes([ports[0], ports[1]]);
+    pkt.dport_be = u16::from_ne_bytes([ports[2], ports[3]]);
+    Parsed::Packet(pkt)
+}
+
+/// The ICMP part of [`parse`]: errors only, with their 8-byte header.
+#[inline(always)]
+fn icmp(ctx: &TcContext, mut pkt: Packet) -> Parsed {
+    let Ok(icmp_type) = ctx.load::<u8>(pkt.l4_off as usize) else {
+        return Parsed::Other;
+    };
+    if !icmp_error::is_error(icmp_type) {
+        return Parsed::Other;
+    }
+    if pkt.l4_len < icmp_error::ICMP_HLEN as u32 {
+        return Parsed::Malformed;
+    }
+    // Never answered with "fragmentation needed" (RFC 1122: no ICMP error
+    // about an ICMP error): too big for the next hop means dropped.
+    pkt.df = false;
+    Parsed::IcmpError(pkt)
 }

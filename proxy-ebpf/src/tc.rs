@@ -37,10 +37,11 @@ use proxy_common::{
 use crate::{
     counters::bump,
     ct::{self, NewFlow},
+    icmp::{self, Side},
     l3, lb,
     maps::{NODE_ADDRS, SERVICES, SOURCE_RANGES},
     nat,
-    parse::{parse, Packet, Parsed},
+    parse::{parse, Packet, Parsed, ETH_HLEN},
     refuse,
     route::{self, Hop, Miss},
 };
@@ -48,9 +49,26 @@ use crate::{
 const PASS: i32 = TC_ACT_OK;
 const DROP: i32 = TC_ACT_SHOT;
 
+// Each program first asks whether the packet may be an ICMP error (one
+// byte) and hands it to `icmp`; the TCP/UDP path is a subprogram of its
+// own. Both are called from a small entry frame, never one from the other:
+// the verifier adds up the stack frames along a call chain (512 bytes at
+// most), and the TCP/UDP path of `tc_ingress` alone uses most of that.
+
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
-    match try_ingress(&ctx) {
+    if icmp::maybe(&ctx, ETH_HLEN) {
+        if let Some(verdict) = icmp::entry(&ctx, Side::Ingress) {
+            return verdict;
+        }
+    }
+    ingress_flow(&ctx)
+}
+
+/// TCP and UDP at `tc_ingress`.
+#[inline(never)]
+fn ingress_flow(ctx: &TcContext) -> i32 {
+    match try_ingress(ctx) {
         Ok(action) => action,
         Err(reason) => {
             bump(reason);
@@ -60,10 +78,22 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
 }
 
 /// Ingress of the devices replies of forwarded flows come back by, other
-/// than the client-facing ones: only those replies are touched.
+/// than the client-facing ones: only those replies (and ICMP errors about
+/// packets of those flows) are touched.
 #[classifier]
 pub fn tc_reply(ctx: TcContext) -> i32 {
-    reply_only(&ctx)
+    if icmp::maybe(&ctx, ETH_HLEN) {
+        if let Some(verdict) = icmp::entry(&ctx, Side::Reply) {
+            return verdict;
+        }
+    }
+    reply_flow(&ctx)
+}
+
+/// TCP and UDP at `tc_reply`.
+#[inline(never)]
+fn reply_flow(ctx: &TcContext) -> i32 {
+    reply_only(ctx)
 }
 
 /// [`tc_reply`] for L3 devices (WireGuard, IPIP `tunl0`): their packets
@@ -73,17 +103,26 @@ pub fn tc_reply(ctx: TcContext) -> i32 {
 /// it came.
 #[classifier]
 pub fn tc_reply_l3(ctx: TcContext) -> i32 {
-    let Some(pkt) = l3::peek(&ctx) else {
+    if icmp::maybe(&ctx, 0) {
+        return icmp::reply_l3(&ctx);
+    }
+    reply_l3_flow(&ctx)
+}
+
+/// TCP and UDP at `tc_reply_l3`.
+#[inline(never)]
+fn reply_l3_flow(ctx: &TcContext) -> i32 {
+    let Some(pkt) = l3::peek(ctx) else {
         return PASS;
     };
     if ct::lookup(&pkt, ct_dir::REPLY_SNAT).is_none() {
         return PASS;
     }
-    if l3::push_ethernet(&ctx).is_err() {
+    if l3::push_ethernet(ctx).is_err() {
         bump(counters::ERR_REWRITE);
         return PASS;
     }
-    match reply_only(&ctx) {
+    match reply_only(ctx) {
         // With the pushed header the stack would misread it: a reply of
         // ours that could not be handled (malformed) goes no further.
         PASS => {
@@ -109,7 +148,18 @@ fn reply_only(ctx: &TcContext) -> i32 {
 
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
-    let pkt = match parse_or_pass(&ctx) {
+    if icmp::maybe(&ctx, ETH_HLEN) {
+        if let Some(verdict) = icmp::entry(&ctx, Side::Egress) {
+            return verdict;
+        }
+    }
+    egress_flow(&ctx)
+}
+
+/// TCP and UDP at `tc_egress`.
+#[inline(never)]
+fn egress_flow(ctx: &TcContext) -> i32 {
+    let pkt = match parse_or_pass(ctx) {
         Some(pkt) => pkt,
         None => return PASS,
     };
@@ -117,7 +167,7 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
         ct::touch(entry, &pkt);
         // SAFETY: valid for this run (see ct::touch); fields copied out.
         let (addr_be, port_be) = unsafe { ((*entry).addr_be, (*entry).port_be) };
-        return rewritten(nat::snat(&ctx, &pkt, addr_be, port_be));
+        return rewritten(nat::snat(ctx, &pkt, addr_be, port_be));
     }
     // Flows SNATed at egress by an earlier version (no REDIRECT flag) keep
     // working across an upgrade.
@@ -125,7 +175,7 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
         ct::touch(entry, &pkt);
         // SAFETY: as above.
         let (addr_be, port_be) = unsafe { ((*entry).addr_be, (*entry).port_be) };
-        return rewritten(nat::snat(&ctx, &pkt, addr_be, port_be));
+        return rewritten(nat::snat(ctx, &pkt, addr_be, port_be));
     }
     PASS
 }
@@ -135,7 +185,8 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
 fn parse_or_pass(ctx: &TcContext) -> Option<Packet> {
     match parse(ctx) {
         Parsed::Packet(pkt) => Some(pkt),
-        Parsed::Other => None,
+        // ICMP errors are `icmp`'s, handled before.
+        Parsed::Other | Parsed::IcmpError(_) => None,
         Parsed::Fragment => {
             bump(counters::TC_PASS_FRAGMENT);
             None

@@ -116,6 +116,69 @@ impl Spec {
     }
 }
 
+/// An ICMP error from `src` to `dst` (Ethernet + IPv4 + ICMP) quoting
+/// `quote` (the offending packet from its IPv4 header on, as many bytes as
+/// the sender quotes), checksums computed from scratch. `rest` is the
+/// ICMP header's second word (the next-hop MTU of "fragmentation needed").
+pub fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    (icmp_type, code): (u8, u8),
+    rest: u32,
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![icmp_type, code, 0, 0];
+    icmp.extend_from_slice(&rest.to_be_bytes());
+    icmp.extend_from_slice(quote);
+    let c = checksum(&[&icmp]);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = ICMP;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = checksum(&[&ip]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut pkt = ethernet(0x0800);
+    pkt.extend_from_slice(&ip);
+    pkt.extend_from_slice(&icmp);
+    pkt
+}
+
+/// `pkt`'s IPv4 header from its TTL on as a router forwarding it `hops`
+/// times leaves it: TTL lowered, header checksum recomputed.
+pub fn after_hops(pkt: &[u8], hops: u8) -> Vec<u8> {
+    let mut p = pkt.to_vec();
+    let ip = ETH_HLEN;
+    let ihl = ((p[ip] & 0x0f) as usize) * 4;
+    p[ip + 8] -= hops;
+    p[ip + 10..ip + 12].fill(0);
+    let c = checksum(&[&p[ip..ip + ihl]]);
+    p[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// Verifies the outer IPv4 and the ICMP checksum of an ICMP message
+/// (from scratch).
+pub fn verify_icmp_checksums(pkt: &[u8]) -> anyhow::Result<()> {
+    anyhow::ensure!(pkt.len() >= ETH_HLEN + 28, "too short for ICMP");
+    let ip = &pkt[ETH_HLEN..];
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    let tot_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    anyhow::ensure!(ip[9] == ICMP, "not ICMP");
+    anyhow::ensure!(
+        checksum(&[&ip[..ihl]]) == 0,
+        "IPv4 header checksum is wrong"
+    );
+    anyhow::ensure!(
+        checksum(&[&ip[ihl..tot_len]]) == 0,
+        "ICMP checksum is wrong"
+    );
+    Ok(())
+}
+
 /// An Ethernet header with fixed test MACs and the given ethertype.
 pub fn ethernet(ethertype: u16) -> Vec<u8> {
     let mut h = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];

@@ -523,6 +523,252 @@ fn a_5_mb_download_through_a_node_without_a_backend_arrives_whole(
     Ok(())
 }
 
+/// The path MTU test's pieces: a 1300-byte hop on each side of node 3.
+const PMTU: u32 = 1300;
+const PMTU_PORT: u16 = 8083;
+const PMTU_NODE_PORT: u16 = 30083;
+/// A client network behind a router on the client subnet.
+const FAR_CLIENT: &str = "10.99.0.2";
+const ROUTER_IP: &str = "192.168.50.200";
+const TRANSFER_BYTES: usize = 2 * 1024 * 1024;
+
+/// An HTTP server for the path MTU test: GET sends the file, PUT answers
+/// with the length and SHA-256 of what it received.
+const PMTU_SERVER: &str = r#"
+import hashlib, http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"ok" if self.path == "/ping" else open(sys.argv[2], "rb").read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_PUT(self):
+        n = int(self.headers["Content-Length"])
+        data = self.rfile.read(n)
+        body = ("%d %s" % (len(data), hashlib.sha256(data).hexdigest())).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer((sys.argv[1], int(sys.argv[3])), H).serve_forever()
+"#;
+
+/// A client behind a router whose link towards it allows only [`PMTU`]
+/// bytes: `far` (10.99.0.2/24, its own MTU 1500, a route to the client
+/// subnet via the router and nothing else), `router` on the client subnet
+/// (192.168.50.200). The router answers bigger packets towards the client
+/// with "fragmentation needed", as a PPPoE or tunnel hop does.
+struct FarClient {
+    far: Netns,
+    _links: [bpfproxy_tests::VethPair; 2],
+    _router: Netns,
+}
+
+fn far_client(sb: &ClusterSandbox) -> Result<FarClient> {
+    // Unique per sandbox: the kernel matrix runs tests as threads of one
+    // process.
+    static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let router = Netns::new(&format!("pmtu{n}r"))?;
+    let far = Netns::new(&format!("pmtu{n}f"))?;
+    let up =
+        bpfproxy_tests::VethPair::new(&router, &[&format!("{ROUTER_IP}/24")], sb.fabric_ns(), &[])?;
+    sb.fabric_ns()
+        .ip(&["link", "set", up.b(), "master", "br0"])?;
+    let down = bpfproxy_tests::VethPair::new(
+        &router,
+        &["10.99.0.1/24"],
+        &far,
+        &[&format!("{FAR_CLIENT}/24")],
+    )?;
+    router.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"], T)?;
+    router.ip(&[
+        "route",
+        "replace",
+        &format!("{FAR_CLIENT}/32"),
+        "dev",
+        down.a(),
+        "mtu",
+        "lock",
+        &PMTU.to_string(),
+    ])?;
+    far.ip(&["route", "add", "192.168.50.0/24", "via", "10.99.0.1"])?;
+    Ok(FarClient {
+        far,
+        _links: [up, down],
+        _router: router,
+    })
+}
+
+/// Path MTU discovery through a NodePort: 2 MB uploaded by the sandbox's
+/// client and downloaded by the far client through node 3's NodePort from
+/// a backend on node 1, with a 1300-byte hop on each side of node 3 (node
+/// 1's route to its pod, the router towards the far client). The hops answer with "fragmentation
+/// needed" about the translated packets (the SNAT address → backend, the
+/// NodePort → client); node 3 must reverse-translate them for the sender
+/// to shrink its segments, or the transfers stall.
+fn path_mtu_discovery_works_through_a_node_port(shape: NetworkShape) -> Result<()> {
+    let sb = cluster(shape)?;
+    let far = far_client(&sb)?;
+    sb.node(3)
+        .ns
+        .ip(&["route", "add", "10.99.0.0/24", "via", ROUTER_IP])?;
+    let backend_ip = pod_ip(1, 1);
+    sb.node(1).ns.ip(&[
+        "route",
+        "replace",
+        &format!("{backend_ip}/32"),
+        "dev",
+        shape.pod_bridge(),
+        "mtu",
+        "lock",
+        &PMTU.to_string(),
+    ])?;
+    let (blob, _server) = pmtu_backend(&sb)?;
+    let work = sb.work_dir();
+    let mut agent = start_agent(&sb, 3)?;
+    let want = [format!("{backend_ip}:{PMTU_PORT}")];
+    agent.wait_for_backends("0.0.0.0", PMTU_NODE_PORT, "TCP", &want, T)?;
+    let url = format!("http://{}:{PMTU_NODE_PORT}/blob", node_ip(3));
+    wait_for_http(
+        &far.far,
+        &format!("http://{}:{PMTU_NODE_PORT}/ping", node_ip(3)),
+    )?;
+    // Each transfer's errors teach one end the path MTU, and that end
+    // then advertises a smaller MSS on new connections: the upload goes
+    // first, from the sandbox's client (it learns about the NodePort), the
+    // download then from the far client (the backend learns about the SNAT
+    // address).
+    let icmp_translated = |agent: &mut Agent| -> Result<u64> {
+        Ok(agent.dump_json()?["counters"]["tc_icmp_translated"]
+            .as_u64()
+            .unwrap_or(0))
+    };
+    upload(sb.client_ns(), &url, &blob, &work.join("pmtu-blob"))?;
+    let after_upload = icmp_translated(&mut agent)?;
+    download(&far.far, &url, &blob, &work.join("pmtu-downloaded"))?;
+    let after_download = icmp_translated(&mut agent)?;
+    println!(
+        "{shape}: node 3 translated {after_upload} ICMP errors uploading, {} downloading",
+        after_download - after_upload
+    );
+    ensure!(
+        after_upload >= 1 && after_download > after_upload,
+        "errors about both directions were translated: {after_upload}, {after_download}"
+    );
+    Ok(())
+}
+
+/// GET `url` from `ns`: the backend's full-size segments hit the router's
+/// hop towards the client.
+fn download(ns: &Netns, url: &str, blob: &[u8], out: &Path) -> Result<()> {
+    let mut curl = ns.command("curl")?;
+    curl.args(["-sS", "--max-time", "30", "-o"])
+        .arg(out)
+        .arg(url);
+    process::run_with_timeout(&mut curl, Duration::from_secs(40))
+        .context("downloading through the NodePort")?;
+    ensure!(
+        std::fs::read(out)? == blob,
+        "download arrived damaged or short"
+    );
+    Ok(())
+}
+
+/// PUT `file` (holding `blob`) to `url` from `ns`: the client's full-size
+/// segments hit node 1's hop towards the backend.
+fn upload(ns: &Netns, url: &str, blob: &[u8], file: &Path) -> Result<()> {
+    let mut curl = ns.command("curl")?;
+    curl.args(["-sS", "--max-time", "30", "-T"])
+        .arg(file)
+        .arg(url);
+    let answer = process::run_with_timeout(&mut curl, Duration::from_secs(40))
+        .context("uploading through the NodePort")?;
+    let digest = sha256_hex(blob)?;
+    ensure!(
+        answer.trim() == format!("{} {digest}", blob.len()),
+        "upload: the backend received {answer:?}"
+    );
+    Ok(())
+}
+
+/// The path MTU test's backend in pod 1 of node 1 (its server and
+/// Service), and the random body it serves.
+fn pmtu_backend(sb: &ClusterSandbox) -> Result<(Vec<u8>, ChildGuard)> {
+    let mut x: u32 = 0x2545_f491;
+    let blob: Vec<u8> = (0..TRANSFER_BYTES)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let work = sb.work_dir();
+    std::fs::write(work.join("pmtu-blob"), &blob)?;
+    std::fs::write(work.join("pmtu_server.py"), PMTU_SERVER)?;
+    let mut server = sb.pod_command(1, 1, "python3")?;
+    server
+        .arg(work.join("pmtu_server.py"))
+        .arg(pod_ip(1, 1))
+        .arg(work.join("pmtu-blob"))
+        .arg(PMTU_PORT.to_string())
+        .stdout(std::process::Stdio::null());
+    let server = ChildGuard(server.spawn().context("starting the PMTU test server")?);
+    let ports = [("http", 80, PMTU_PORT, "TCP", PMTU_NODE_PORT)];
+    sb.write_manifest(
+        "pmtu.yaml",
+        &manifest::documents(&[
+            node_port_service("default/pmtu", "10.96.0.33", &ports, "Cluster"),
+            manifest::endpoint_slice_with(
+                "default/pmtu",
+                "pmtu-1",
+                &[pod_endpoint(1, 1)],
+                &[("http", PMTU_PORT, "TCP")],
+            ),
+        ]),
+    )?;
+    Ok((blob, server))
+}
+
+/// Waits until `url` answers from `ns` (the server and agent are up).
+fn wait_for_http(ns: &Netns, url: &str) -> Result<()> {
+    let deadline = Instant::now() + T;
+    loop {
+        let mut probe = ns.command("curl")?;
+        probe.args(["-sf", "-o", "/dev/null", "--max-time", "1", url]);
+        if process::run_with_timeout(&mut probe, Duration::from_secs(5)).is_ok() {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{url} did not answer within {T:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SHA-256 of `data` in hex, by `sha256sum` (no hashing crate needed).
+fn sha256_hex(data: &[u8]) -> Result<String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("sha256sum")?;
+    child.stdin.take().context("stdin")?.write_all(data)?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8(out.stdout)?;
+    Ok(text
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
 fn etp_local_keeps_the_client_address_and_nodes_without_endpoints_do_not_serve(
     shape: NetworkShape,
 ) -> Result<()> {
@@ -1038,4 +1284,5 @@ on_every_shape!(
     checksums_are_right_for_tcp_and_udp_with_offload_off,
     a_rolling_update_behind_a_node_port_fails_no_request,
     udp_flows_of_a_removed_backend_are_purged,
+    path_mtu_discovery_works_through_a_node_port,
 );

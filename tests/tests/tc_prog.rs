@@ -8,208 +8,16 @@
 //! lookups see: the node's NIC (NODE, backends on other nodes behind it,
 //! host-gw style) and a flannel-style VXLAN overlay (`flannel.1`, its own
 //! address, MTU 1450) to a third node's pods.
+mod datapath;
+
 use std::net::Ipv4Addr;
 
 use anyhow::{ensure, Context, Result};
-use aya::{
-    maps::{HashMap, MapData},
-    programs::SchedClassifier,
-    Ebpf,
+use bpfproxy_tests::packet::{
+    self, verify_checksums, view, Spec, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP,
 };
-use bpfproxy_tests::{
-    node_net::{self, NodeNet},
-    packet::{self, verify_checksums, view, Spec, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP},
-    prog_test_run, require_root, PrivateBpffs,
-};
-use proxy_agent::node_links;
-use proxy_common::{
-    counters, ct_dir, maps as names, node_flags, svc_flags, BackendValue, CtKey, CtValue,
-    NodeAddrValue, ServiceKey, ServiceValue, SourceRange,
-};
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-const TTL: u8 = 64;
-
-const NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
-const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 6);
-const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-/// A pod on a node reached over the overlay, and the overlay's address on
-/// this node (what flannel puts on `flannel.1`).
-const OVERLAY_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 6);
-const OVERLAY_ADDR: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 0);
-const OVERLAY_MTU: usize = node_net::OVERLAY_MTU as usize;
-const NODE_PORT: u16 = 30080;
-const TARGET_PORT: u16 = 8080;
-
-/// The loaded object with its maps pinned in a private bpffs, run from
-/// inside a node namespace.
-struct Datapath {
-    ebpf: Ebpf,
-    next_backend_id: u32,
-    next_rev_nat_id: u16,
-    // Dropped last: unmounting releases the pins, the namespaces go.
-    _bpffs: PrivateBpffs,
-    _node: NodeNet,
-}
-
-/// A backend to program: address, port, whether it runs on this node.
-#[derive(Clone, Copy)]
-struct Be(Ipv4Addr, u16, bool);
-
-impl Datapath {
-    fn new(suffix: &str) -> Result<Self> {
-        require_root()?;
-        let node = NodeNet::new(suffix)?;
-        let bpffs = PrivateBpffs::new(suffix)?;
-        let ebpf = proxy_agent::loader::load_tc_unattached(bpffs.path())
-            .context("loading the agent's eBPF object and its TC programs")?;
-        // The devices' SNAT addresses and MTUs, written by the agent's own
-        // code from what this namespace holds.
-        node_links::program_current(&bpffs.path().join(names::PIN_DIR))?;
-        Ok(Self {
-            ebpf,
-            next_backend_id: 1,
-            next_rev_nat_id: 1,
-            _bpffs: bpffs,
-            _node: node,
-        })
-    }
-
-    fn run(&self, prog: &str, pkt: &[u8]) -> std::io::Result<prog_test_run::TestRun> {
-        let p: &SchedClassifier = self
-            .ebpf
-            .program(prog)
-            .expect("program exists")
-            .try_into()
-            .expect("is a classifier");
-        prog_test_run::run(p.fd().expect("loaded"), pkt, None)
-    }
-
-    fn ingress(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
-        let r = self.run("tc_ingress", pkt).expect("BPF_PROG_TEST_RUN");
-        (r.retval, r.data)
-    }
-
-    fn reply(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
-        let r = self.run("tc_reply", pkt).expect("BPF_PROG_TEST_RUN");
-        (r.retval, r.data)
-    }
-
-    fn egress(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
-        let r = self.run("tc_egress", pkt).expect("BPF_PROG_TEST_RUN");
-        (r.retval, r.data)
-    }
-
-    fn services(&mut self) -> HashMap<&mut MapData, ServiceKey, ServiceValue> {
-        HashMap::try_from(self.ebpf.map_mut(names::SERVICES).unwrap()).unwrap()
-    }
-
-    /// Programs a frontend (slots, then master), as the agent would.
-    fn service(&mut self, ip: Ipv4Addr, port: u16, proto: u8, flags: u16, backends: &[Be]) {
-        self.program(ip, port, proto, flags, 0, backends)
-    }
-
-    /// An external frontend with ClientIP session affinity.
-    fn service_with_affinity(
-        &mut self,
-        ip: Ipv4Addr,
-        port: u16,
-        proto: u8,
-        timeout_s: u32,
-        backends: &[Be],
-    ) {
-        self.program(ip, port, proto, svc_flags::EXTERNAL, timeout_s, backends)
-    }
-
-    fn program(
-        &mut self,
-        ip: Ipv4Addr,
-        port: u16,
-        proto: u8,
-        flags: u16,
-        affinity_s: u32,
-        backends: &[Be],
-    ) {
-        let rev = self.next_rev_nat_id;
-        self.next_rev_nat_id += 1;
-        let master = ServiceValue::master(backends.len() as u16, rev, flags, affinity_s);
-        let mut ids = Vec::new();
-        {
-            let mut be_map: HashMap<_, u32, BackendValue> =
-                HashMap::try_from(self.ebpf.map_mut(names::BACKENDS).unwrap()).unwrap();
-            for b in backends {
-                let id = self.next_backend_id;
-                self.next_backend_id += 1;
-                let mut v = BackendValue::new(b.0, b.1, proto);
-                if b.2 {
-                    v = v.local();
-                }
-                be_map.insert(id, v, 0).unwrap();
-                ids.push(id);
-            }
-        }
-        let mut svc = self.services();
-        // Remove stale slots of an earlier programming of this frontend.
-        for slot in 1..=64u16 {
-            let _ = svc.remove(&ServiceKey::new(ip, port, proto, slot));
-        }
-        for (i, id) in ids.iter().enumerate() {
-            svc.insert(
-                ServiceKey::new(ip, port, proto, i as u16 + 1),
-                ServiceValue::slot(&master, *id),
-                0,
-            )
-            .unwrap();
-        }
-        svc.insert(ServiceKey::new(ip, port, proto, 0), master, 0)
-            .unwrap();
-    }
-
-    fn node_addr(&mut self, ip: Ipv4Addr, snat: Ipv4Addr, flags: u32) {
-        let mut m: HashMap<_, u32, NodeAddrValue> =
-            HashMap::try_from(self.ebpf.map_mut(names::NODE_ADDRS).unwrap()).unwrap();
-        m.insert(
-            u32::from_ne_bytes(ip.octets()),
-            NodeAddrValue::new(snat, flags),
-            0,
-        )
-        .unwrap();
-    }
-
-    /// The usual node: NodePorts on NODE, which is also the SNAT address.
-    fn with_node(suffix: &str) -> Result<Self> {
-        let mut dp = Self::new(suffix)?;
-        dp.node_addr(NODE, NODE, node_flags::NODEPORT);
-        dp.node_addr(Ipv4Addr::UNSPECIFIED, NODE, 0);
-        Ok(dp)
-    }
-
-    /// Allows `net/len` to reach the frontend with revNAT id `rev`
-    /// (loadBalancerSourceRanges), as the agent writes it.
-    fn source_range(&mut self, rev: u16, net: Ipv4Addr, len: u8) {
-        use aya::maps::lpm_trie::{Key, LpmTrie};
-        let mut m: LpmTrie<_, SourceRange, u8> =
-            LpmTrie::try_from(self.ebpf.map_mut(names::SOURCE_RANGES).unwrap()).unwrap();
-        let key = Key::new(SourceRange::prefix_len(len), SourceRange::new(rev, net));
-        m.insert(&key, 1, 0).unwrap();
-    }
-
-    fn ct(&mut self, key: &CtKey) -> Option<CtValue> {
-        let m: HashMap<_, CtKey, CtValue> =
-            HashMap::try_from(self.ebpf.map_mut(names::CONNTRACK).unwrap()).unwrap();
-        m.get(key, 0).ok()
-    }
-
-    fn counter(&mut self, reason: u32) -> u64 {
-        let m: aya::maps::PerCpuArray<_, u64> =
-            aya::maps::PerCpuArray::try_from(self.ebpf.map_mut(names::COUNTERS).unwrap()).unwrap();
-        m.get(&reason, 0).unwrap().iter().sum()
-    }
-}
+use datapath::*;
+use proxy_common::{counters, ct_dir, maps as names, node_flags, svc_flags, CtKey};
 
 /// The IPv4 TTL of a built packet.
 fn ttl(pkt: &[u8]) -> u8 {
@@ -952,7 +760,7 @@ fn the_agents_node_addresses_decide_where_nodeports_answer() -> Result<()> {
         &["10.0.0.0/24".parse()?],
     );
     assert_eq!(selected, [NODE]);
-    let pin_dir = dp._bpffs.path().join(names::PIN_DIR);
+    let pin_dir = dp.bpffs.path().join(names::PIN_DIR);
     // A stale address from an earlier run must disappear.
     dp.node_addr(filtered_out, filtered_out, node_flags::NODEPORT);
     node_addrs::program(&pin_dir, &node_addrs::entries(&selected))?;
@@ -967,5 +775,304 @@ fn the_agents_node_addresses_decide_where_nodeports_answer() -> Result<()> {
         (TC_ACT_OK, syn.clone()),
         "filtered address"
     );
+    Ok(())
+}
+
+// ICMP errors about translated flows (`proxy_common::icmp_error`). Expected
+// packets are built from what each peer sent, never from the program's
+// output; every checksum is recomputed from scratch.
+
+const FRAG_NEEDED: (u8, u8) = (3, 4);
+const PORT_UNREACHABLE: (u8, u8) = (3, 3);
+const TTL_EXCEEDED: (u8, u8) = (11, 0);
+/// A router on the overlay, towards the backends behind it.
+const OVERLAY_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 1);
+/// A router on the client's side.
+const CLIENT_ROUTER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+/// The first `len` bytes of `pkt` from its IPv4 header on, as an ICMP
+/// error quotes it.
+fn quote(pkt: &[u8], len: usize) -> Vec<u8> {
+    pkt[packet::ETH_HLEN..packet::ETH_HLEN + len].to_vec()
+}
+
+/// The quote an ICMP error carries (after the 8-byte ICMP header).
+fn quoted(pkt: &[u8]) -> &[u8] {
+    &pkt[packet::ETH_HLEN + 28..]
+}
+
+/// Asserts an ICMP error as its receiver must see it: from `src` to `dst`,
+/// type, code and second word kept, the TTL lowered by `hops`, and the
+/// quote byte for byte `want`; every checksum right.
+fn assert_error(
+    out: &[u8],
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    input: &[u8],
+    hops: u8,
+    want: &[u8],
+) -> Result<()> {
+    let ip = &out[packet::ETH_HLEN..];
+    ensure!(ip[12..16] == src.octets(), "outer source {:?}", &ip[12..16]);
+    ensure!(
+        ip[16..20] == dst.octets(),
+        "outer destination {:?}",
+        &ip[16..20]
+    );
+    ensure!(ip[8] == TTL - hops, "TTL {}", ip[8]);
+    let inp = &input[packet::ETH_HLEN..];
+    ensure!(ip[20..22] == inp[20..22], "type and code kept");
+    ensure!(ip[24..28] == inp[24..28], "second ICMP word (MTU) kept");
+    ensure!(out.len() == input.len(), "length kept");
+    packet::verify_icmp_checksums(out)?;
+    ensure!(
+        quoted(out) == want,
+        "quote\n got {:02x?}\nwant {:02x?}",
+        quoted(out),
+        want
+    );
+    // The quoted IPv4 header's own checksum, from scratch.
+    ensure!(
+        packet::checksum(&[&quoted(out)[..20]]) == 0,
+        "quoted IPv4 checksum"
+    );
+    Ok(())
+}
+
+/// A NodePort flow through this node to the backend behind the overlay:
+/// the SYN, then a full-size data segment as the client sent it and as it
+/// left for the backend.
+fn overlay_flow(dp: &mut Datapath, sport: u16) -> Result<(Vec<u8>, Vec<u8>)> {
+    nodeport_tcp(dp, &[Be(OVERLAY_POD, TARGET_PORT, false)]);
+    let syn = Spec::tcp((CLIENT, sport), (NODE, NODE_PORT), TCP_SYN).build();
+    assert_eq!(dp.ingress(&syn).0, TC_ACT_REDIRECT);
+    let data = Spec::tcp((CLIENT, sport), (NODE, NODE_PORT), TCP_ACK)
+        .payload(&[0x5a; 1200])
+        .build();
+    let (rc, fwd) = dp.ingress(&data);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(view(&fwd)?.src.0, OVERLAY_ADDR);
+    Ok((data, fwd))
+}
+
+#[test]
+fn frag_needed_about_a_forwarded_packet_reaches_the_client_about_its_own_packet() -> Result<()> {
+    let mut dp = Datapath::with_node("tcicmpfw")?;
+    let (data, fwd) = overlay_flow(&mut dp, 40100)?;
+    let mut translated = 0;
+    // RFC 792's 8 bytes of L4, a full TCP header, and Linux's 576 bytes.
+    for len in [28, 40, 576 - 28] {
+        let icmp = packet::icmp_error(
+            OVERLAY_ROUTER,
+            OVERLAY_ADDR,
+            FRAG_NEEDED,
+            1300,
+            &quote(&fwd, len),
+        );
+        // As the client sent it, seen one hop further (this node's).
+        let want = quote(&packet::after_hops(&data, 1), len);
+        for program in ["tc_ingress", "tc_reply"] {
+            let r = dp.run(program, &icmp)?;
+            ensure!(r.retval == TC_ACT_REDIRECT, "{program}: {}", r.retval);
+            assert_error(&r.data, (NODE, CLIENT), &icmp, 1, &want)
+                .with_context(|| format!("{program}, quote of {len}"))?;
+            translated += 1;
+        }
+        // The same error from an L3 overlay (no Ethernet header): it gets
+        // one and goes the same way.
+        let (rc, out) = dp.reply_l3(&icmp);
+        ensure!(rc == TC_ACT_REDIRECT, "tc_reply_l3: {rc}");
+        assert_error(&out, (NODE, CLIENT), &icmp, 1, &want)
+            .with_context(|| format!("tc_reply_l3, quote of {len}"))?;
+        translated += 1;
+    }
+    assert_eq!(dp.counter(counters::TC_ICMP_TRANSLATED), translated);
+    assert_eq!(dp.counter(counters::TC_ICMP_PASS_UNKNOWN), 0);
+    Ok(())
+}
+
+#[test]
+fn udp_time_exceeded_with_an_8_byte_quote_keeps_the_quoted_udp_checksum() -> Result<()> {
+    let mut dp = Datapath::with_node("tcicmpudp")?;
+    dp.service(
+        Ipv4Addr::UNSPECIFIED,
+        30053,
+        UDP,
+        svc_flags::EXTERNAL,
+        &[Be(OVERLAY_POD, 5353, false)],
+    );
+    let query = Spec::udp((CLIENT, 5000), (NODE, 30053))
+        .payload(b"a query of some length")
+        .build();
+    let (rc, fwd) = dp.ingress(&query);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    let icmp = packet::icmp_error(
+        OVERLAY_ROUTER,
+        OVERLAY_ADDR,
+        TTL_EXCEEDED,
+        0,
+        &quote(&fwd, 28),
+    );
+    let want = quote(&packet::after_hops(&query, 1), 28);
+    for (program, (rc, out)) in [
+        ("tc_ingress", dp.ingress(&icmp)),
+        ("tc_reply_l3", dp.reply_l3(&icmp)),
+    ] {
+        ensure!(rc == TC_ACT_REDIRECT, "{program}: {rc}");
+        assert_error(&out, (NODE, CLIENT), &icmp, 1, &want).context(program)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn frag_needed_from_the_clients_side_about_a_reply_reaches_the_backend() -> Result<()> {
+    let mut dp = Datapath::with_node("tcicmprp")?;
+    let (_, fwd) = overlay_flow(&mut dp, 40101)?;
+    let snat_port = view(&fwd)?.src.1;
+    // The backend's reply, full size, and how it left towards the client.
+    let reply = Spec::tcp(
+        (OVERLAY_POD, TARGET_PORT),
+        (OVERLAY_ADDR, snat_port),
+        TCP_ACK,
+    )
+    .payload(&[0xa5; 1400])
+    .build();
+    let (rc, back) = dp.reply(&reply);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(view(&back)?.src, (NODE, NODE_PORT));
+    // A router between this node and the client cannot forward it.
+    for len in [28, 48] {
+        let icmp = packet::icmp_error(CLIENT_ROUTER, NODE, FRAG_NEEDED, 1280, &quote(&back, len));
+        let (rc, out) = dp.ingress(&icmp);
+        ensure!(rc == TC_ACT_REDIRECT, "rc {rc}");
+        // From the address the backend talks to, about its own packet.
+        let want = quote(&packet::after_hops(&reply, 1), len);
+        assert_error(&out, (OVERLAY_ADDR, OVERLAY_POD), &icmp, 1, &want)
+            .with_context(|| format!("quote of {len}"))?;
+    }
+    assert_eq!(dp.counter(counters::TC_ICMP_TRANSLATED), 2);
+    Ok(())
+}
+
+#[test]
+fn errors_about_flows_the_stack_forwards_are_translated_for_the_stack() -> Result<()> {
+    let mut dp = Datapath::with_node("tcicmplo")?;
+    nodeport_tcp(&mut dp, &[Be(LOCAL_POD, TARGET_PORT, true)]);
+    dp.service(
+        Ipv4Addr::UNSPECIFIED,
+        30053,
+        UDP,
+        svc_flags::EXTERNAL,
+        &[Be(LOCAL_POD, 5353, true)],
+    );
+    // From the client's side about a reply (SNATed at egress): only the
+    // destination changes, and the stack forwards it to the pod.
+    let syn = Spec::tcp((CLIENT, 40102), (NODE, NODE_PORT), TCP_SYN).build();
+    assert_eq!(dp.ingress(&syn).0, TC_ACT_OK);
+    let reply = Spec::tcp((LOCAL_POD, TARGET_PORT), (CLIENT, 40102), TCP_ACK)
+        .payload(&[1; 1400])
+        .build();
+    let (_, left) = dp.egress(&reply);
+    assert_eq!(view(&left)?.src, (NODE, NODE_PORT));
+    let icmp = packet::icmp_error(CLIENT_ROUTER, NODE, FRAG_NEEDED, 1280, &quote(&left, 28));
+    let (rc, out) = dp.ingress(&icmp);
+    ensure!(rc == TC_ACT_OK, "rc {rc}");
+    assert_error(
+        &out,
+        (CLIENT_ROUTER, LOCAL_POD),
+        &icmp,
+        0,
+        &quote(&reply, 28),
+    )?;
+    // The local backend refuses a datagram the stack forwarded to it:
+    // its port unreachable leaves as if from the NodePort.
+    let query = Spec::udp((CLIENT, 5001), (NODE, 30053))
+        .payload(b"q")
+        .build();
+    let (rc, dnated) = dp.ingress(&query);
+    assert_eq!(rc, TC_ACT_OK);
+    let len = dnated.len() - packet::ETH_HLEN;
+    let icmp = packet::icmp_error(LOCAL_POD, CLIENT, PORT_UNREACHABLE, 0, &quote(&dnated, len));
+    let (rc, out) = dp.egress(&icmp);
+    ensure!(rc == TC_ACT_OK, "rc {rc}");
+    assert_error(&out, (NODE, CLIENT), &icmp, 0, &quote(&query, len))?;
+    assert_eq!(dp.counter(counters::TC_ICMP_TRANSLATED), 2);
+    Ok(())
+}
+
+#[test]
+fn icmp_errors_about_nothing_of_ours_pass_byte_for_byte() -> Result<()> {
+    let mut dp = Datapath::with_node("tcicmpno")?;
+    let (_, fwd) = overlay_flow(&mut dp, 40103)?;
+    let unknown = Spec::tcp((OVERLAY_ADDR, 1234), (OVERLAY_POD, 80), TCP_ACK).build();
+    let mut fragment = fwd.clone();
+    fragment[packet::ETH_HLEN + 6..packet::ETH_HLEN + 8].copy_from_slice(&[0x20, 0x10]);
+    let mut echo = Spec::tcp((OVERLAY_ROUTER, 0), (OVERLAY_ADDR, 0), 0);
+    echo.proto = packet::ICMP;
+    let cases = [
+        // A flow nobody translated.
+        (
+            "unknown flow",
+            packet::icmp_error(
+                OVERLAY_ROUTER,
+                OVERLAY_ADDR,
+                FRAG_NEEDED,
+                1300,
+                &quote(&unknown, 28),
+            ),
+            counters::TC_ICMP_PASS_UNKNOWN,
+        ),
+        // Sent elsewhere than to the quoted packet's source.
+        (
+            "misdirected",
+            packet::icmp_error(OVERLAY_ROUTER, CLIENT, FRAG_NEEDED, 1300, &quote(&fwd, 28)),
+            counters::TC_ICMP_PASS_UNKNOWN,
+        ),
+        // A quoted non-first fragment carries no ports.
+        (
+            "fragment",
+            packet::icmp_error(
+                OVERLAY_ROUTER,
+                OVERLAY_ADDR,
+                FRAG_NEEDED,
+                1300,
+                &quote(&fragment, 28),
+            ),
+            counters::TC_ICMP_PASS_UNKNOWN,
+        ),
+        // Too short a quote to hold the ports.
+        (
+            "short quote",
+            packet::icmp_error(
+                OVERLAY_ROUTER,
+                OVERLAY_ADDR,
+                FRAG_NEEDED,
+                1300,
+                &quote(&fwd, 22),
+            ),
+            counters::TC_PASS_MALFORMED,
+        ),
+        ("echo", echo.build(), u32::MAX),
+    ];
+    for (what, pkt, reason) in cases {
+        let before = (reason != u32::MAX).then(|| dp.counter(reason));
+        for program in ["tc_ingress", "tc_reply", "tc_egress"] {
+            let r = dp.run(program, &pkt)?;
+            ensure!(
+                (r.retval, &r.data) == (TC_ACT_OK, &pkt),
+                "{what} on {program}: {} {:02x?}",
+                r.retval,
+                r.data
+            );
+        }
+        let (rc, out) = dp.reply_l3(&pkt);
+        ensure!(
+            (rc, &out[..]) == (TC_ACT_OK, &pkt[packet::ETH_HLEN..]),
+            "{what} on tc_reply_l3"
+        );
+        if let Some(before) = before {
+            ensure!(dp.counter(reason) > before, "{what}: counted");
+        }
+    }
+    assert_eq!(dp.counter(counters::TC_ICMP_TRANSLATED), 0);
     Ok(())
 }
