@@ -22,6 +22,8 @@ mod user;
 /// IANA protocol numbers, the values carried in `proto` fields.
 pub mod proto {
     pub const ICMP: u8 = 1;
+    /// IPv4 in IPv4 (IPIP tunnels: flannel's `ipip` backend, Calico's IPIP).
+    pub const IPIP: u8 = 4;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
     pub const SCTP: u8 = 132;

@@ -15,7 +15,13 @@ const ETH_P_IP: u16 = 0x0800;
 /// (the full parse after [`push_ethernet`] checks the rest).
 #[inline(always)]
 pub fn peek(ctx: &TcContext) -> Option<Packet> {
-    let ip = ctx.load::<[u8; 24]>(0).ok()?;
+    peek_at(ctx, 0)
+}
+
+/// The same for the IPv4 header at `off` (an IPIP packet's inner one).
+#[inline(always)]
+pub fn peek_at(ctx: &TcContext, off: u32) -> Option<Packet> {
+    let ip = ctx.load::<[u8; 24]>(off as usize).ok()?;
     let proto = ip[9];
     // Version 4, no options (IHL 5): the ports follow at 20.
     if ip[0] != 0x45 || (proto != proto::TCP && proto != proto::UDP) {

@@ -21,6 +21,8 @@ mod ct;
 #[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]
+mod ipip;
+#[cfg(target_arch = "bpf")]
 mod l3;
 #[cfg(target_arch = "bpf")]
 mod lb;

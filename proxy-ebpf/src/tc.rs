@@ -38,7 +38,7 @@ use crate::{
     counters::bump,
     ct::{self, NewFlow},
     icmp::{self, Side},
-    l3, lb,
+    ipip, l3, lb,
     maps::{NODE_ADDRS, SERVICES, SOURCE_RANGES},
     nat,
     parse::{parse, Packet, Parsed, ETH_HLEN},
@@ -62,7 +62,33 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
             return verdict;
         }
     }
+    if ipip::maybe(&ctx) {
+        return ipip_reply(&ctx);
+    }
     ingress_flow(&ctx)
+}
+
+/// An IPIP packet at a NIC (`tc_ingress`, `tc_reply`): a reply of a flow
+/// forwarded over the tunnel is decapsulated and translated; anything else
+/// passes to the tunnel device untouched.
+#[inline(never)]
+fn ipip_reply(ctx: &TcContext) -> i32 {
+    match ipip::decap_reply(ctx) {
+        Ok(false) => PASS,
+        Ok(true) => match reply_only(ctx) {
+            // Decapsulated, it would reach the stack outside its tunnel: a
+            // reply of ours that could not be handled goes no further.
+            PASS => {
+                bump(counters::ERR_REWRITE);
+                DROP
+            }
+            verdict => verdict,
+        },
+        Err(_) => {
+            bump(counters::ERR_REWRITE);
+            PASS
+        }
+    }
 }
 
 /// TCP and UDP at `tc_ingress`.
@@ -86,6 +112,9 @@ pub fn tc_reply(ctx: TcContext) -> i32 {
         if let Some(verdict) = icmp::entry(&ctx, Side::Reply) {
             return verdict;
         }
+    }
+    if ipip::maybe(&ctx) {
+        return ipip_reply(&ctx);
     }
     reply_flow(&ctx)
 }
