@@ -236,15 +236,14 @@ fn a_service_without_endpoints_refuses_connections_at_once() -> Result<()> {
     eprintln!("refused with {name} after {:.3} ms", r.elapsed_ms);
     ensure!(r.elapsed_ms < 100.0, "refusal took {} ms", r.elapsed_ms);
     // curl, as a user would see it: exit code 7 (could not connect), not
-    // 28 (timed out). The bound leaves room for a process start under a
-    // software CPU (the kernel matrix's VMs), still well below curl's 5 s.
-    let t0 = Instant::now();
+    // 28 (its 5 s ran out). The connect itself was timed above; curl's wall
+    // time is mostly its own start, seconds under the kernel matrix's
+    // software CPU.
     let out = sb.client_output(
         &["curl", "-sS", "--max-time", "5", &format!("http://{VIP}/")],
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )?;
     ensure!(out.status.code() == Some(7), "curl: {out:?}");
-    ensure!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
     Ok(())
 }
 
