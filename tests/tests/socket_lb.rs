@@ -1,10 +1,7 @@
 //! End-to-end tests of ClusterIP translation at the socket layer: the real
 //! kernel, the real agent binary, real sockets in network namespaces (see
 //! `bpfproxy_tests::sandbox` for the layout and the safety rules).
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use bpfproxy_tests::{
@@ -21,7 +18,9 @@ const WAIT: Duration = Duration::from_secs(60);
 fn sandbox(backends: usize) -> Result<Sandbox> {
     Sandbox::with_config(SandboxConfig {
         backends,
-        probe_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_probe"))),
+        // Found next to the test binary (or `$BPFPROXY_PROBE_BIN`): also
+        // where the arm64 VMs see the cross-built one.
+        probe_bin: None,
         ..SandboxConfig::default()
     })
 }

@@ -44,7 +44,12 @@ pub fn run(opts: &Options) -> Result<()> {
             0
         }
     };
-    let vm_steps = per_arch(false) + per_arch(true);
+    // The arm64 image is a step of its own when an arm64 VM runs its tier.
+    let arm64_image = opts
+        .matrix
+        .iter()
+        .any(|p| p.arch.is_arm64() && p.tiers.contains(&vm::Tier::Image));
+    let vm_steps = per_arch(false) + per_arch(true) + usize::from(arm64_image);
     let host_steps = match (opts.host, opts.unprivileged) {
         (false, _) => 2, // setup, build
         (true, true) => 6,
