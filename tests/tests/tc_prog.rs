@@ -201,19 +201,25 @@ fn replies_are_reverse_natted_to_the_nodeport() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn snated_replies_go_back_to_the_client_in_one_step_on_either_ingress_program() -> Result<()> {
-    let mut dp = Datapath::with_node("tcrsnat")?;
-    nodeport_tcp(&mut dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
-    let syn = Spec::tcp((CLIENT, 40003), (NODE, NODE_PORT), TCP_SYN).build();
+/// A SYN from `CLIENT:client_port` to the NodePort forwarded to a backend
+/// on another node (DNAT + SNAT), and the backend's SYN-ACK to it.
+fn forwarded_syn_and_reply(dp: &mut Datapath, client_port: u16) -> Result<Vec<u8>> {
+    nodeport_tcp(dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
+    let syn = Spec::tcp((CLIENT, client_port), (NODE, NODE_PORT), TCP_SYN).build();
     let (_, out) = dp.ingress(&syn);
     let snat_port = view(&out)?.src.1;
-    let reply = Spec::tcp(
+    Ok(Spec::tcp(
         (REMOTE_POD, TARGET_PORT),
         (NODE, snat_port),
         TCP_SYN | TCP_ACK,
     )
-    .build();
+    .build())
+}
+
+#[test]
+fn snated_replies_go_back_to_the_client_in_one_step_on_either_ingress_program() -> Result<()> {
+    let mut dp = Datapath::with_node("tcrsnat")?;
+    let reply = forwarded_syn_and_reply(&mut dp, 40003)?;
     // On a client-facing device (tc_ingress) or a device only replies
     // come back by (tc_reply): client and NodePort back, forwarded.
     for (program, (rc, back)) in [
@@ -248,16 +254,7 @@ fn ipip(pkt: &[u8], from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
 #[test]
 fn snated_replies_over_ipip_are_decapsulated_at_the_nic_and_go_back_to_the_client() -> Result<()> {
     let mut dp = Datapath::with_node("tcipip")?;
-    nodeport_tcp(&mut dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
-    let syn = Spec::tcp((CLIENT, 40011), (NODE, NODE_PORT), TCP_SYN).build();
-    let (_, out) = dp.ingress(&syn);
-    let snat_port = view(&out)?.src.1;
-    let reply = Spec::tcp(
-        (REMOTE_POD, TARGET_PORT),
-        (NODE, snat_port),
-        TCP_SYN | TCP_ACK,
-    )
-    .build();
+    let reply = forwarded_syn_and_reply(&mut dp, 40011)?;
     let (rc, plain) = dp.reply(&reply);
     assert_eq!(rc, TC_ACT_REDIRECT);
     // The same reply as it arrives over flannel's `ipip` backend (or
