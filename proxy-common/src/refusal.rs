@@ -88,8 +88,11 @@ pub fn tcp_rst(seg: &TcpSegment) -> Option<[u8; TCP_RST_LEN]> {
 
 /// The IPv4 + ICMP port unreachable answering a packet whose IPv4 header
 /// (without options) is `ip` and whose first payload bytes are `l4`.
+#[inline(always)]
 pub fn icmp_port_unreachable(ip: &[u8; IPV4_HLEN], l4: &[u8; 8]) -> [u8; ICMP_UNREACH_LEN] {
-    icmp_unreachable(ip, l4, ICMP_PORT_UNREACH, 0)
+    let mut out = [0u8; ICMP_UNREACH_LEN];
+    icmp_unreachable(&mut out, ip, l4, ICMP_PORT_UNREACH, 0);
+    out
 }
 
 /// The IPv4 + ICMP "fragmentation needed and DF set" (RFC 1191) answering
@@ -97,35 +100,41 @@ pub fn icmp_port_unreachable(ip: &[u8; IPV4_HLEN], l4: &[u8; 8]) -> [u8; ICMP_UN
 /// discovery lowers its packet size for that destination. It comes from
 /// the address the packet was sent to, and quotes the packet as it was
 /// sent, so the sender matches it to its own socket.
+#[inline(always)]
 pub fn icmp_frag_needed(ip: &[u8; IPV4_HLEN], l4: &[u8; 8], mtu: u16) -> [u8; ICMP_UNREACH_LEN] {
-    icmp_unreachable(ip, l4, ICMP_FRAG_NEEDED, mtu)
+    let mut out = [0u8; ICMP_UNREACH_LEN];
+    icmp_unreachable(&mut out, ip, l4, ICMP_FRAG_NEEDED, mtu);
+    out
 }
 
 /// An ICMP destination unreachable with `code` (and, for "fragmentation
-/// needed", the next-hop MTU in the second half of the unused word).
+/// needed", the next-hop MTU in the second half of the unused word),
+/// written into the caller's zeroed `out`. Not returned by value: a BPF
+/// subprogram's own copy of it would grow its stack frame, and the TC
+/// programs' call chains must fit 5.10's 512-byte limit (frames rounded up
+/// to 32 bytes there).
 fn icmp_unreachable(
+    out: &mut [u8; ICMP_UNREACH_LEN],
     ip: &[u8; IPV4_HLEN],
     l4: &[u8; 8],
     code: u8,
     mtu: u16,
-) -> [u8; ICMP_UNREACH_LEN] {
+) {
     let mut saddr = [0u8; 4];
     let mut daddr = [0u8; 4];
     saddr.copy_from_slice(&ip[12..16]);
     daddr.copy_from_slice(&ip[16..20]);
-    let mut out = [0u8; ICMP_UNREACH_LEN];
-    write_ipv4_header(&mut out, IPPROTO_ICMP, daddr, saddr);
+    write_ipv4_header(out, IPPROTO_ICMP, daddr, saddr);
     let icmp = IPV4_HLEN;
     out[icmp] = ICMP_DEST_UNREACH;
     out[icmp + 1] = code;
-    put_u16(&mut out, icmp + 6, mtu);
+    put_u16(out, icmp + 6, mtu);
     // Then the offending packet.
     out[icmp + 8..icmp + 8 + IPV4_HLEN].copy_from_slice(ip);
     out[icmp + 8 + IPV4_HLEN..].copy_from_slice(l4);
     // ICMP's checksum covers the ICMP message only, no pseudo-header.
     let sum = add_words(0, &out[icmp..]);
-    put_u16(&mut out, icmp + 2, finish(sum));
-    out
+    put_u16(out, icmp + 2, finish(sum));
 }
 
 /// A 20-byte IPv4 header at the start of `out`, sized to `out`, with its
