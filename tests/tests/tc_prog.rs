@@ -34,6 +34,19 @@ fn nodeport_tcp(dp: &mut Datapath, backends: &[Be]) {
     );
 }
 
+/// The UDP NodePort the UDP tests use.
+const UDP_NODE_PORT: u16 = 30053;
+
+fn nodeport_udp(dp: &mut Datapath, backends: &[Be]) {
+    dp.service(
+        Ipv4Addr::UNSPECIFIED,
+        UDP_NODE_PORT,
+        UDP,
+        svc_flags::EXTERNAL,
+        backends,
+    );
+}
+
 /// Asserts that `after` differs from `before` only in the bytes a rewrite
 /// may touch: IP addresses, TTL, IP checksum, ports and L4 checksum.
 fn assert_only_nat_fields_changed(before: &[u8], after: &[u8]) {
@@ -379,13 +392,7 @@ fn a_syn_reusing_a_closed_flow_tuple_is_balanced_again() -> Result<()> {
 #[test]
 fn udp_checksums_stay_correct_and_a_zero_checksum_stays_zero() -> Result<()> {
     let mut dp = Datapath::with_node("tcudp")?;
-    dp.service(
-        Ipv4Addr::UNSPECIFIED,
-        30053,
-        UDP,
-        svc_flags::EXTERNAL,
-        &[Be(REMOTE_POD, 5353, false)],
-    );
+    nodeport_udp(&mut dp, &[Be(REMOTE_POD, 5353, false)]);
     for (sport, zero) in [(50000, false), (50001, true)] {
         let mut spec = Spec::udp((CLIENT, sport), (NODE, 30053)).payload(b"query");
         spec.udp_zero_csum = zero;
@@ -701,13 +708,7 @@ fn truncated_packets_are_never_mis_rewritten() -> Result<()> {
     let mut dp = Datapath::with_node("tctrunc")?;
     nodeport_tcp(&mut dp, &[Be(LOCAL_POD, TARGET_PORT, true)]);
     let mut udp_dp_specs = Vec::new();
-    dp.service(
-        Ipv4Addr::UNSPECIFIED,
-        30053,
-        UDP,
-        svc_flags::EXTERNAL,
-        &[Be(LOCAL_POD, 5353, true)],
-    );
+    nodeport_udp(&mut dp, &[Be(LOCAL_POD, 5353, true)]);
     for (i, mut spec) in [
         Spec::tcp((CLIENT, 0), (NODE, NODE_PORT), TCP_SYN).payload(b"0123456789"),
         Spec::udp((CLIENT, 0), (NODE, 30053)).payload(b"0123456789"),
@@ -940,13 +941,7 @@ fn frag_needed_about_a_forwarded_packet_reaches_the_client_about_its_own_packet(
 #[test]
 fn udp_time_exceeded_with_an_8_byte_quote_keeps_the_quoted_udp_checksum() -> Result<()> {
     let mut dp = Datapath::with_node("tcicmpudp")?;
-    dp.service(
-        Ipv4Addr::UNSPECIFIED,
-        30053,
-        UDP,
-        svc_flags::EXTERNAL,
-        &[Be(OVERLAY_POD, 5353, false)],
-    );
+    nodeport_udp(&mut dp, &[Be(OVERLAY_POD, 5353, false)]);
     let query = Spec::udp((CLIENT, 5000), (NODE, 30053))
         .payload(b"a query of some length")
         .build();
@@ -1004,13 +999,7 @@ fn frag_needed_from_the_clients_side_about_a_reply_reaches_the_backend() -> Resu
 fn errors_about_flows_the_stack_forwards_are_translated_for_the_stack() -> Result<()> {
     let mut dp = Datapath::with_node("tcicmplo")?;
     nodeport_tcp(&mut dp, &[Be(LOCAL_POD, TARGET_PORT, true)]);
-    dp.service(
-        Ipv4Addr::UNSPECIFIED,
-        30053,
-        UDP,
-        svc_flags::EXTERNAL,
-        &[Be(LOCAL_POD, 5353, true)],
-    );
+    nodeport_udp(&mut dp, &[Be(LOCAL_POD, 5353, true)]);
     // From the client's side about a reply (SNATed at egress): only the
     // destination changes, and the stack forwards it to the pod.
     let syn = Spec::tcp((CLIENT, 40102), (NODE, NODE_PORT), TCP_SYN).build();

@@ -13,6 +13,8 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
+use bpfproxy_tests::container::podman;
+
 use crate::vm::arm64;
 use crate::{setup, sh, workspace};
 
@@ -205,17 +207,6 @@ pub fn export_root(tag: &str, arch: ImageArch, dest: &Path) -> Result<()> {
     sh::run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(dest))?;
     let _ = std::fs::remove_file(&tar);
     Ok(())
-}
-
-/// `podman` with the options this machine needs (cgroupfs, runc).
-fn podman() -> Command {
-    let mut c = Command::new("podman");
-    c.args([
-        "--cgroup-manager=cgroupfs",
-        "--events-backend=file",
-        "--runtime=runc",
-    ]);
-    c
 }
 
 /// Fills `rootfs` with `binary` for `arch` and commits it as `tag`.
