@@ -30,21 +30,7 @@ impl PrivateBpffs {
             path,
             _claim: claim,
         };
-        let target = cstr(&fs.path)?;
-        // SAFETY: all pointers are valid NUL-terminated strings; data is null.
-        let rc = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                target.as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            bail!("mount -t bpf bpf {}: {e}", fs.path.display());
-        }
+        mount(&fs.path)?;
         if !is_bpffs(&fs.path) {
             bail!("{} is not a bpffs after mounting", fs.path.display());
         }
@@ -61,6 +47,38 @@ impl Drop for PrivateBpffs {
     fn drop(&mut self) {
         cleanup(&self.path);
     }
+}
+
+/// Mounts a bpf filesystem on the directory `path`.
+pub fn mount(path: &Path) -> Result<()> {
+    let target = cstr(path)?;
+    // SAFETY: all pointers are valid NUL-terminated strings; data is null.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("mount -t bpf bpf {}: {e}", path.display());
+    }
+    Ok(())
+}
+
+/// Detaches the mount on `path` at once, even while something holds it
+/// open (MNT_DETACH).
+pub fn umount_lazy(path: &Path) -> Result<()> {
+    let c = cstr(path)?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("umount {}: {e}", path.display());
+    }
+    Ok(())
 }
 
 /// Whether `path` is on a bpf filesystem.

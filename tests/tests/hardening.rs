@@ -3,13 +3,12 @@
 //! `bpfproxy cleanup`, the bpffs unmounted). Real kernel, real agent binary,
 //! clients in the sandbox's network namespace (see `bpfproxy_tests::sandbox`).
 use std::{
-    ffi::CString,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use bpfproxy_tests::{manifest, process, Agent, Sandbox, SandboxConfig};
+use bpfproxy_tests::{bpffs, manifest, process, Agent, Sandbox, SandboxConfig};
 use proxy_agent::maps::sizes;
 use proxy_common::maps as names;
 
@@ -209,7 +208,7 @@ fn an_unmounted_bpffs_is_logged_while_serving_goes_on_and_pins_return_with_it() 
     let agent = start(&sb, &[])?;
     let root = sb.bpffs().to_path_buf();
     // Lazily: the agent's lock holds the pin directory open.
-    umount_lazy(&root)?;
+    bpffs::umount_lazy(&root)?;
     ensure!(!all_pinned(&sb), "the pins went with the mount");
     let mut agent = agent;
     eventually(
@@ -221,51 +220,12 @@ fn an_unmounted_bpffs_is_logged_while_serving_goes_on_and_pins_return_with_it() 
         },
     )?;
     serves(&sb).context("serving without pins")?;
-    mount_bpffs(&root)?;
+    bpffs::mount(&root)?;
     eventually(Duration::from_secs(5), "the pins on the new bpffs", || {
         agent.check_alive()?;
         Ok(all_pinned(&sb))
     })?;
     serves(&sb)?;
     ensure!(metrics(&sb)?.contains("bpfproxy_repins_total 1"));
-    Ok(())
-}
-
-fn cstr(path: &Path) -> Result<CString> {
-    Ok(CString::new(path.as_os_str().as_encoded_bytes())?)
-}
-
-fn umount_lazy(path: &Path) -> Result<()> {
-    let c = cstr(path)?;
-    // SAFETY: a valid NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-        bail!(
-            "umount {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
-fn mount_bpffs(path: &Path) -> Result<()> {
-    let c = cstr(path)?;
-    // SAFETY: valid NUL-terminated strings; data is null.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            c.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        bail!(
-            "mount -t bpf bpf {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
     Ok(())
 }

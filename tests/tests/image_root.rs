@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
-use bpfproxy_tests::require_root;
+use bpfproxy_tests::{bpffs, require_root};
 
 /// The exported image root.
 fn image_root() -> Result<PathBuf> {
@@ -26,19 +26,14 @@ struct BpffsInImage(PathBuf);
 impl BpffsInImage {
     fn mount(root: &Path) -> Result<Self> {
         let at = root.join("tmp");
-        let status = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&at)
-            .status()
-            .context("running mount")?;
-        ensure!(status.success(), "mounting a bpffs on {}", at.display());
+        bpffs::mount(&at)?;
         Ok(Self(at))
     }
 }
 
 impl Drop for BpffsInImage {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = bpffs::umount_lazy(&self.0);
     }
 }
 
