@@ -54,8 +54,7 @@ const HIDE_BTF: &str = "mount -t tmpfs none /sys/kernel/btf && test ! -e /sys/ke
 /// `bpf_set_retval`, its kernel BTF hidden (the agent must not need it);
 /// 6.12 is what most boards and distributions ship; the newest kernel has
 /// TCX. arm64: the program tier, socket LB and the arm64 image's own root
-/// on 6.12, and with 16 KiB pages (Raspberry Pi 5) the program tier and the
-/// image. bullseye's arm64 kernel is not on the mirror.
+/// on 6.12, with 4 KiB and with 16 KiB pages (Raspberry Pi 5). bullseye's arm64 kernel is not on the mirror.
 pub fn default_matrix() -> Vec<VmPlan> {
     use Tier::*;
     vec![
@@ -64,7 +63,7 @@ pub fn default_matrix() -> Vec<VmPlan> {
         VmPlan::new(Suite::Trixie, Arch::Amd64, &[Prog, Attach]),
         VmPlan::new(Suite::Sid, Arch::Amd64, &[Prog, Attach, SocketLb]),
         VmPlan::new(Suite::Trixie, Arch::Arm64, &[Prog, SocketLb, Image]),
-        VmPlan::new(Suite::Trixie, Arch::Arm64_16k, &[Prog, Image]),
+        VmPlan::new(Suite::Trixie, Arch::Arm64_16k, &[Prog, SocketLb, Image]),
     ]
 }
 
