@@ -54,7 +54,8 @@ const HIDE_BTF: &str = "mount -t tmpfs none /sys/kernel/btf && test ! -e /sys/ke
 /// `bpf_set_retval`, its kernel BTF hidden (the agent must not need it);
 /// 6.12 is what most boards and distributions ship; the newest kernel has
 /// TCX. arm64: the program tier, socket LB and the arm64 image's own root
-/// on 6.12, with 4 KiB and with 16 KiB pages (Raspberry Pi 5). bullseye's arm64 kernel is not on the mirror.
+/// on 6.12, with 4 KiB and with 16 KiB pages (Raspberry Pi 5). bullseye's
+/// arm64 kernel is not on the mirror.
 pub fn default_matrix() -> Vec<VmPlan> {
     use Tier::*;
     vec![
