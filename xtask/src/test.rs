@@ -373,5 +373,10 @@ impl Steps {
         if skipped > 0 {
             println!("    ({skipped} later steps not run)");
         }
+        // A full disk fails builds with causes far up the log.
+        if let Some(free) = sh::probe(&mut sh::cmd("df", ["-h", "--output=avail", "."])) {
+            let free = free.lines().last().unwrap_or("?").trim().to_string();
+            println!("    free disk where the build writes: {free}");
+        }
     }
 }
