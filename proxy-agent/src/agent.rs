@@ -10,12 +10,12 @@ use tracing::info;
 use crate::{
     bpffs,
     cli::RunArgs,
-    healthcheck, kernel, loader, map_stats,
+    ct_sweeper, healthcheck, kernel, loader, map_stats,
     maps::pinned::PinnedMaps,
     metrics::Metrics,
     model::{Budget, ModelConfig, NodeContext},
     node_watch::{Devices, NodeWatch},
-    server,
+    server, snat_ports,
     source::{kube as kube_source, watch_dir, Snapshot},
     supervise::Supervisor,
     sync::{self, SyncConfig, Syncer},
@@ -55,12 +55,14 @@ fn start(args: &RunArgs) -> anyhow::Result<Started> {
 
     let devices = Devices::from_flag(&args.devices).map_err(anyhow::Error::msg)?;
     raise_memlock();
+    snat_ports::reserve(args.snat_port_range);
     let (mut loaded, attached) = loader::load(
         &args.pins.bpffs,
         &cgroup,
         args.tc_attach,
         &features(args),
         &args.map_sizes,
+        args.snat_port_range,
     )
     .context("loading and attaching the kernel programs")?;
     loaded.keep_lock(lock);
@@ -102,7 +104,12 @@ async fn serve(args: RunArgs, s: Started) -> anyhow::Result<()> {
         min_interval: args.min_sync_period,
         period: args.sync_period,
     };
+    let live_pairs = s.syncer.live_pairs();
     tasks.spawn_forever("sync", sync::run(s.syncer, rx, config, hc_tx));
+    tasks.spawn(
+        "conntrack-sweeper",
+        ct_sweeper::run(s.pin_dir.clone(), s.metrics.clone(), live_pairs),
+    );
     tasks.spawn("node-watch", s.node_watch.run());
     tasks.spawn("map-stats", map_stats::run(s.pin_dir, s.metrics.clone()));
     tokio::select! {

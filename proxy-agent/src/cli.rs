@@ -11,7 +11,7 @@ use tracing::error;
 
 use crate::{
     agent, bpffs::check_bpffs, dump, loader, maps::sizes::MapSizes, model::Budget, node_addrs,
-    preflight,
+    preflight, snat_ports::SnatPorts,
 };
 
 /// bpfproxy: an eBPF replacement for kube-proxy.
@@ -56,6 +56,9 @@ pub struct PreflightArgs {
     /// the agent needs no mount rights).
     #[arg(long)]
     pub mount_bpffs: bool,
+    /// The map sizes `run` will get: the memory check counts them.
+    #[command(flatten)]
+    pub map_sizes: MapSizes,
 }
 
 #[derive(clap::Args, Debug)]
@@ -116,6 +119,13 @@ pub struct RunArgs {
     pub pins: PinArgs,
     #[command(flatten)]
     pub map_sizes: MapSizes,
+    /// Source ports for NodePort/external traffic SNATed to a backend on
+    /// another node, FIRST-LAST. Reserved in
+    /// net.ipv4.ip_local_reserved_ports at start, so the node's own sockets
+    /// never use them; the default lies above Linux's default ephemeral
+    /// range (32768-60999).
+    #[arg(long, default_value_t = SnatPorts::default())]
+    pub snat_port_range: SnatPorts,
     /// This node's name (default: $NODE_NAME, else the hostname).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
@@ -186,7 +196,7 @@ fn preflight_cmd(args: &PreflightArgs) -> ExitCode {
             error!(error = %format!("{e:#}"), "mounting the bpffs");
         }
     }
-    let report = preflight::run(&args.pins.bpffs, args.cgroup.as_deref());
+    let report = preflight::run(&args.pins.bpffs, args.cgroup.as_deref(), &args.map_sizes);
     let text = if args.json {
         serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
     } else {

@@ -25,6 +25,7 @@ pub fn read(bpffs: &Path) -> Result<DumpView, MapsError> {
             mtu: d.mtu,
         })
         .collect();
-    view.flows = flows(&maps.read_conntrack()?, monotonic_now_s());
+    let (entries, unconfirmed) = maps.read_conntrack()?;
+    view.flows = flows(&entries, &unconfirmed, monotonic_now_s());
     Ok(view)
 }

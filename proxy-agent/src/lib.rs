@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod bpffs;
 pub mod cli;
+pub mod ct_sweeper;
 pub mod datapath;
 pub mod dump;
 pub mod health;
@@ -21,6 +22,7 @@ pub mod node_links;
 pub mod node_watch;
 pub mod preflight;
 pub mod server;
+pub mod snat_ports;
 pub mod source;
 pub mod supervise;
 pub mod sync;

@@ -29,10 +29,11 @@ use crate::metrics::Metrics;
 pub const REFRESH_EVERY: Duration = Duration::from_secs(15);
 
 /// The maps whose keys are walked.
-const WALKED: [&str; 5] = [
+const WALKED: [&str; 6] = [
     names::SOCK_REV_NAT,
     names::AFFINITY,
     names::CONNTRACK,
+    names::CT_NEW,
     names::NODE_ADDRS,
     names::DEVICES,
 ];

@@ -16,7 +16,11 @@ use aya::{
 };
 use serde::Serialize;
 
-use crate::{kernel::Features, loader};
+use crate::{
+    kernel::Features,
+    loader,
+    maps::sizes::{self, MapSizes},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -95,8 +99,9 @@ const FLOOR: (u8, u16) = (5, 10);
 
 /// Runs every check; `bpffs` is where the agent would pin (the programs
 /// are verified with scratch pins beside it), `cgroup` the directory it
-/// would attach to (None: the node's cgroup2 mount).
-pub fn run(bpffs: &Path, cgroup: Option<&Path>) -> Report {
+/// would attach to (None: the node's cgroup2 mount), `sizes` the maps'
+/// sizes as `run --map-size-*` would give them.
+pub fn run(bpffs: &Path, cgroup: Option<&Path>, sizes: &MapSizes) -> Report {
     let version = KernelVersion::current().ok();
     let features = Features::probe();
     let cgroup_check = match cgroup {
@@ -108,7 +113,7 @@ pub fn run(bpffs: &Path, cgroup: Option<&Path>) -> Report {
     checks.extend(helpers(&features));
     checks.push(tc_attach(version));
     checks.push(btf(Path::new("/sys/kernel/btf/vmlinux").exists()));
-    checks.push(memlock(version, memlock_limit()));
+    checks.push(memlock(version, memlock_limit(), memcg_max(), sizes));
     checks.extend(programs(bpffs, &features));
     Report { checks }
 }
@@ -262,32 +267,15 @@ fn btf(present: bool) -> Check {
     check("kernel BTF", Status::Ok, detail)
 }
 
-/// Bytes the maps take at least: entries × (key + value), per-CPU arrays
-/// counted once per CPU.
-pub fn map_bytes(cpus: u64) -> u64 {
-    use proxy_common::{maps as m, *};
-    let size = |n: u32, k: usize, v: usize| u64::from(n) * (k + v) as u64;
-    size(
-        m::SERVICES_MAX,
-        size_of::<ServiceKey>(),
-        size_of::<ServiceValue>(),
-    ) + size(m::BACKENDS_MAX, 4, size_of::<BackendValue>())
-        + size(m::REV_NAT_MAX, 4, size_of::<RevNatValue>())
-        + size(
-            m::SOCK_REV_NAT_MAX,
-            size_of::<SockRevNatKey>(),
-            size_of::<SockRevNatValue>(),
-        )
-        + size(m::REV_NAT_MAX, 4, size_of::<ServiceName>())
-        + size(
-            m::AFFINITY_MAX,
-            size_of::<AffinityKey>(),
-            size_of::<AffinityValue>(),
-        )
-        + size(m::CONNTRACK_MAX, size_of::<CtKey>(), size_of::<CtValue>())
-        + size(m::NODE_ADDRS_MAX, 4, size_of::<NodeAddrValue>())
-        + size(m::DEVICES_MAX, 4, size_of::<DeviceValue>())
-        + cpus * size(counters::MAX, 4, 8)
+/// Bytes the maps of `sizes` take at least: entries × (key + value), the
+/// per-CPU counter array counted once per CPU.
+pub fn map_bytes(cpus: u64, sizes: &MapSizes) -> u64 {
+    let maps: u64 = sizes
+        .by_map()
+        .iter()
+        .map(|(map, n)| u64::from(*n) * sizes::entry_bytes(map) as u64)
+        .sum();
+    maps + cpus * u64::from(proxy_common::counters::MAX) * (4 + 8)
 }
 
 /// RLIMIT_MEMLOCK's soft limit (None: unlimited).
@@ -307,24 +295,52 @@ fn memlock_limit() -> Option<u64> {
 
 /// Kernels from 5.11 charge BPF maps to the memory cgroup; before, to
 /// RLIMIT_MEMLOCK, which the agent raises to unlimited (as root it can).
-fn memlock(v: Option<KernelVersion>, limit: Option<u64>) -> Check {
+/// `memcg_max` is the memory limit of this process's cgroup (None: none).
+fn memlock(
+    v: Option<KernelVersion>,
+    limit: Option<u64>,
+    memcg_max: Option<u64>,
+    sizes: &MapSizes,
+) -> Check {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-    let need = map_bytes(cpus);
+    let need = map_bytes(cpus, sizes);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     if v.is_some_and(|v| v >= KernelVersion::new(5, 11, 0)) {
-        return check(
-            "map memory",
-            Status::Ok,
-            format!(
-                "≥ {:.0} MiB, charged to the memory cgroup (5.11+): give the pod that much",
-                mib(need)
+        return match memcg_max {
+            Some(max) if max < need => check(
+                "map memory",
+                Status::Missing,
+                format!(
+                    "≥ {:.0} MiB, charged to the memory cgroup (5.11+), whose limit is {:.0} MiB: raise the pod's memory limit or lower --map-size-*",
+                    mib(need),
+                    mib(max)
+                ),
             ),
-        );
+            _ => check(
+                "map memory",
+                Status::Ok,
+                format!(
+                    "≥ {:.0} MiB, charged to the memory cgroup (5.11+): give the pod that much",
+                    mib(need)
+                ),
+            ),
+        };
     }
     match limit {
         None => check("map memory", Status::Ok, format!("≥ {:.0} MiB under RLIMIT_MEMLOCK (unlimited)", mib(need))),
         Some(l) => check("map memory", Status::Ok, format!("≥ {:.0} MiB under RLIMIT_MEMLOCK ({:.1} MiB now; the agent raises it to unlimited, which needs root or CAP_SYS_RESOURCE)", mib(need), mib(l))),
     }
+}
+
+/// The memory limit (`memory.max`) of this process's cgroup v2; None when
+/// unlimited or unreadable.
+fn memcg_max() -> Option<u64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let file = Path::new("/sys/fs/cgroup")
+        .join(path.trim_start_matches('/'))
+        .join("memory.max");
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
 
 /// Every program through this kernel's verifier, in the variant the agent
@@ -396,8 +412,28 @@ mod tests {
 
     #[test]
     fn the_maps_need_tens_of_mib() {
-        let one = map_bytes(1);
+        let sizes = MapSizes::default();
+        let one = map_bytes(1, &sizes);
         assert!(one > 10 << 20 && one < 100 << 20, "{one}");
-        assert!(map_bytes(4) > one, "per-CPU counters grow with CPUs");
+        assert!(
+            map_bytes(4, &sizes) > one,
+            "per-CPU counters grow with CPUs"
+        );
+        let big = MapSizes {
+            conntrack: 4 << 20,
+            ..sizes
+        };
+        assert!(map_bytes(1, &big) > one + (100 << 20), "the flags count");
+    }
+
+    #[test]
+    fn a_memory_limit_below_the_maps_is_reported() {
+        let v = Some(KernelVersion::new(6, 1, 0));
+        let sizes = MapSizes::default();
+        let tight = memlock(v, None, Some(8 << 20), &sizes);
+        assert_eq!(tight.status, Status::Missing, "{tight:?}");
+        assert!(tight.detail.contains("--map-size-"), "{tight:?}");
+        let roomy = memlock(v, None, Some(4 << 30), &sizes);
+        assert_eq!(roomy.status, Status::Ok, "{roomy:?}");
     }
 }

@@ -10,7 +10,8 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    datapath::{apply, ct_gc, fit, plan, render, DumpView, Ids, LeftOut, MapState},
+    ct_sweeper::LivePairs,
+    datapath::{apply, fit, plan, render, DumpView, Ids, LeftOut, MapState},
     maps::sizes,
     maps::{LbMaps, MapsError},
     metrics::{unix_now, MapLabels, Metrics, PolicyLabels, ReasonLabels, SkipLabels},
@@ -79,6 +80,8 @@ pub struct Syncer<M: LbMaps> {
     written: Option<MapState>,
     /// healthCheckNodePorts of the last build, for their servers.
     health_checks: BTreeMap<u16, HealthCheck>,
+    /// The (revNAT id, backend id) pairs written, for the conntrack sweeper.
+    live_pairs: watch::Sender<LivePairs>,
 }
 
 impl<M: LbMaps> Syncer<M> {
@@ -96,7 +99,14 @@ impl<M: LbMaps> Syncer<M> {
             trigger_times: BTreeMap::new(),
             written: None,
             health_checks: BTreeMap::new(),
+            live_pairs: watch::Sender::new(None),
         })
+    }
+
+    /// The (revNAT id, backend id) pairs of every frontend slot after each
+    /// sync, for the conntrack sweeper.
+    pub fn live_pairs(&self) -> watch::Receiver<LivePairs> {
+        self.live_pairs.subscribe()
     }
 
     /// The healthCheckNodePorts the last sync found.
@@ -178,11 +188,10 @@ impl<M: LbMaps> Syncer<M> {
         })
     }
 
-    /// Session affinity must not outlive a backend's membership in its
-    /// frontend: forget pairs the maps no longer hold.
     /// Session affinity and conntrack must not outlive a backend's
-    /// membership in its frontend (beyond what kube-proxy allows): forget
-    /// what the maps no longer pair.
+    /// membership in its frontend (beyond what kube-proxy allows): affinity
+    /// entries the maps no longer pair go here, conntrack entries in the
+    /// sweeper (`ct_sweeper`), which gets the pairs.
     fn prune_flows(&mut self, state: &MapState) {
         // (revNAT id, backend id) of every frontend slot.
         let pairs: BTreeSet<(u32, u32)> = state
@@ -191,29 +200,13 @@ impl<M: LbMaps> Syncer<M> {
             .filter(|v| v.backend_id != 0)
             .map(|v| (v.rev_nat_id as u32, v.backend_id))
             .collect();
-        let now = ct_gc::monotonic_now_s();
-        let timeouts = ct_gc::CtTimeouts::default();
-        match self
-            .maps
-            .gc_conntrack(&|k, v| ct_gc::expiry(k, v, now, &pairs, &timeouts))
-        {
-            Ok(done) => {
-                for (why, n) in done {
-                    debug!(
-                        reason = why.as_str(),
-                        entries = n,
-                        "conntrack entries removed"
-                    );
-                    self.metrics
-                        .conntrack_gc
-                        .get_or_create(&ReasonLabels {
-                            reason: why.as_str().to_string(),
-                        })
-                        .inc_by(n as u64);
-                }
+        self.live_pairs.send_if_modified(|cur| {
+            if cur.as_deref() == Some(&pairs) {
+                return false;
             }
-            Err(e) => warn!(error = %e, "conntrack cleanup failed; retrying next sync"),
-        }
+            *cur = Some(Arc::new(pairs.clone()));
+            true
+        });
         match self
             .maps
             .prune_affinity(&|rev, be| pairs.contains(&(rev, be)))

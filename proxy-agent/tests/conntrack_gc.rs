@@ -1,12 +1,19 @@
-//! The agent's conntrack cleanup through a real sync: UDP flows to a
-//! backend that left its Service are purged on the next sync (the stale-DNS
-//! problem), TCP flows keep their backend.
+//! The agent's conntrack cleanup through a real sync and the sweeper that
+//! runs beside it: UDP flows to a backend that left its Service are purged
+//! on the first pass after the sync (the stale-DNS problem), TCP flows keep
+//! their backend, and nothing is purged before the first sync.
 mod common;
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use proxy_agent::{
-    datapath::ct_gc::monotonic_now_s, maps::FakeMaps, metrics::Metrics, model::ModelConfig,
+    ct_sweeper,
+    datapath::ct_gc::{monotonic_now_s, CtTimeouts},
+    maps::FakeMaps,
+    metrics::Metrics,
+    model::ModelConfig,
     sync::Syncer,
 };
 use proxy_common::{ct_state, proto, CtKey, CtValue};
@@ -41,13 +48,15 @@ fn flow(p: u8, sport: u16, rev_nat_id: u16, backend_id: u32) -> (CtKey, CtValue)
 }
 
 #[test]
-fn udp_flows_to_a_removed_backend_are_purged_on_the_next_sync() {
+fn udp_flows_to_a_removed_backend_are_purged_on_the_pass_after_the_sync() {
     let mut s = Syncer::new(
         FakeMaps::new(1024),
         Arc::new(Metrics::new()),
         ModelConfig::default(),
     )
     .expect("syncer");
+    let mut live = s.live_pairs();
+    assert!(live.borrow().is_none(), "no pairs before the first sync");
     let two = "[{addresses: [10.0.0.1]}, {addresses: [10.0.0.2]}]";
     s.sync(&common::snapshot(&dns(two)), false).expect("sync");
     // (revNAT id, backend id, proto) of each slot, from what was written.
@@ -64,14 +73,27 @@ fn udp_flows_to_a_removed_backend_are_purged_on_the_next_sync() {
     for (i, (rev, be, p)) in slots.iter().enumerate() {
         flows.push((flow(*p, 1000 + i as u16, *rev, *be), backend_ip(*be)));
     }
-    for ((k, v), _) in &flows {
-        s.maps_mut().conntrack.insert(*k, *v);
-    }
-    // 10.0.0.2 leaves.
+    let mut table: BTreeMap<_, _> = flows.iter().map(|(kv, _)| *kv).collect();
+    let sweep = |table: &mut BTreeMap<_, _>, pairs: &_| {
+        ct_sweeper::pass(table, pairs, monotonic_now_s(), &CtTimeouts::default()).expect("pass")
+    };
+    let pairs = live
+        .borrow_and_update()
+        .clone()
+        .expect("pairs after a sync");
+    assert!(sweep(&mut table, &pairs).is_empty(), "every flow is live");
+    // 10.0.0.2 leaves: the sync says so, the next pass purges.
     s.sync(&common::snapshot(&dns("[{addresses: [10.0.0.1]}]")), false)
         .expect("sync");
+    assert!(
+        live.has_changed().expect("sender alive"),
+        "the pairs changed"
+    );
+    let pairs = live.borrow_and_update().clone().expect("pairs");
+    let purged = sweep(&mut table, &pairs);
+    assert_eq!(purged.values().sum::<usize>(), 1, "{purged:?}");
     for ((k, _), ip) in &flows {
-        let kept = s.maps().conntrack.contains_key(k);
+        let kept = table.contains_key(k);
         let want = !(k.proto == proto::UDP && ip == "10.0.0.2");
         assert_eq!(kept, want, "{} flow to {ip}", k.proto);
     }

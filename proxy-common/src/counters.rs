@@ -66,8 +66,15 @@ pub const TC_ICMP_TRANSLATED: u32 = 21;
 /// too short to tell, or a non-first fragment) passed untouched.
 pub const TC_ICMP_PASS_UNKNOWN: u32 = 22;
 
+/// TC: a new flow was confirmed (the client's ACK after its SYN, a second
+/// packet of a UDP flow) and moved to the table of confirmed flows.
+pub const TC_CT_CONFIRMED: u32 = 23;
+/// TC: a confirmed SNAT flow found its SNAT port held by another flow (its
+/// reservation was evicted): the flow was ended rather than mixed up.
+pub const ERR_SNAT_LOST: u32 = 24;
+
 /// Size of the counters array.
-pub const MAX: u32 = 23;
+pub const MAX: u32 = 25;
 
 /// Names for metrics labels and dump, indexed like the constants above.
 pub const NAMES: [&str; MAX as usize] = [
@@ -94,4 +101,6 @@ pub const NAMES: [&str; MAX as usize] = [
     "tc_drop_source_range",
     "tc_icmp_translated",
     "tc_icmp_pass_unknown",
+    "tc_ct_confirmed",
+    "err_snat_lost",
 ];

@@ -250,6 +250,14 @@ pub struct AffinityValue {
 }
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 8);
 
+/// The default SNAT port range of the TC programs (`bpfproxy run
+/// --snat-port-range`): above Linux's default ephemeral range (32768-60999),
+/// so the node's own connections never pick these ports, and the agent
+/// reserves them (`net.ipv4.ip_local_reserved_ports`) in case the node's
+/// range was widened.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
+
 /// Directions of a conntrack entry ([`CtKey::dir`]). A flow the stack
 /// forwards (backend on this node, or eTP=Local) has FORWARD and REPLY; a
 /// flow the TC programs forward themselves (`ct_flags::REDIRECT`: SNAT to a
@@ -311,6 +319,60 @@ pub struct CtKey {
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+
+impl CtKey {
+    /// The key of the other direction of the flow this entry (`self`,
+    /// `value`) belongs to: FORWARD ↔ REPLY_SNAT for flows the programs
+    /// forward, FORWARD ↔ REPLY for flows the stack forwards. None for the
+    /// entries of earlier versions (FORWARD_SNAT, SNAT without REDIRECT),
+    /// which pair differently. The datapath moves a flow's entries between
+    /// its tables together, and the agent expires them together.
+    #[inline(always)]
+    pub fn partner(&self, value: &CtValue) -> Option<CtKey> {
+        let redirect = value.flags & ct_flags::REDIRECT != 0;
+        let snat = value.flags & ct_flags::SNAT != 0;
+        let (saddr_be, daddr_be, sport_be, dport_be, dir) = match self.dir {
+            ct_dir::FORWARD if redirect && snat => (
+                value.addr_be,
+                value.nat_addr_be,
+                value.port_be,
+                value.nat_port_be,
+                ct_dir::REPLY_SNAT,
+            ),
+            ct_dir::FORWARD if !redirect && !snat => (
+                value.addr_be,
+                self.saddr_be,
+                value.port_be,
+                self.sport_be,
+                ct_dir::REPLY,
+            ),
+            ct_dir::REPLY_SNAT if redirect => (
+                value.addr_be,
+                value.nat_addr_be,
+                value.port_be,
+                value.nat_port_be,
+                ct_dir::FORWARD,
+            ),
+            ct_dir::REPLY => (
+                self.daddr_be,
+                value.addr_be,
+                self.dport_be,
+                value.port_be,
+                ct_dir::FORWARD,
+            ),
+            _ => return None,
+        };
+        Some(CtKey {
+            saddr_be,
+            daddr_be,
+            sport_be,
+            dport_be,
+            proto: self.proto,
+            dir,
+            _pad: 0,
+        })
+    }
+}
 
 /// Value of the conntrack map. `addr_be:port_be` is the rewrite the key's
 /// direction applies: the backend (FORWARD, new destination), the SNAT

@@ -13,16 +13,21 @@ pub const SOCK_REV_NAT: &str = "bpfp_sknat_v1";
 pub const SERVICE_NAMES: &str = "bpfp_names_v1";
 /// The version grows with the array (a bigger array is a new layout): v4
 /// added the forwarding reasons (no route, fragmentation needed), v5 the
-/// ICMP error translation.
-pub const COUNTERS: &str = "bpfp_cnt_v5";
+/// ICMP error translation, v6 the two-table conntrack.
+pub const COUNTERS: &str = "bpfp_cnt_v6";
 pub const AFFINITY: &str = "bpfp_aff_v1";
+/// Conntrack of confirmed flows (a TCP handshake completed, a second
+/// packet of a UDP flow): a flood of new flows never reaches it.
 pub const CONNTRACK: &str = "bpfp_ct_v1";
+/// Conntrack of new flows until they are confirmed (then moved to
+/// CONNTRACK): a spoofed SYN flood churns this LRU only.
+pub const CT_NEW: &str = "bpfp_ctnew_v1";
 pub const NODE_ADDRS: &str = "bpfp_node_v1";
 pub const DEVICES: &str = "bpfp_dev_v1";
 pub const SOURCE_RANGES: &str = "bpfp_lbsrc_v1";
 
 /// Every map the agent owns, for loops over all of them (pin checks, dump).
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     SERVICES,
     BACKENDS,
     REV_NAT,
@@ -31,6 +36,7 @@ pub const ALL: [&str; 11] = [
     COUNTERS,
     AFFINITY,
     CONNTRACK,
+    CT_NEW,
     NODE_ADDRS,
     DEVICES,
     SOURCE_RANGES,
@@ -42,6 +48,9 @@ pub const REV_NAT_MAX: u32 = 65_536;
 pub const SOCK_REV_NAT_MAX: u32 = 262_144;
 pub const AFFINITY_MAX: u32 = 65_536;
 pub const CONNTRACK_MAX: u32 = 262_144;
+/// Half-open flows (two entries each): 32k SYNs in flight, which a node's
+/// real clients rarely reach; a flood beyond it evicts only other new flows.
+pub const CT_NEW_MAX: u32 = 65_536;
 pub const NODE_ADDRS_MAX: u32 = 256;
 pub const DEVICES_MAX: u32 = 256;
 pub const SOURCE_RANGES_MAX: u32 = 16_384;

@@ -213,6 +213,51 @@ impl ServiceName {
 mod tests {
     use super::*;
 
+    fn ct_value(addr: (Ipv4Addr, u16), nat: (Ipv4Addr, u16), flags: u8) -> CtValue {
+        CtValue {
+            addr_be: addr_be(addr.0),
+            port_be: addr.1.to_be(),
+            flags,
+            tcp_state: 0,
+            nat_addr_be: addr_be(nat.0),
+            nat_port_be: nat.1.to_be(),
+            rev_nat_id: 1,
+            backend_id: 1,
+            last_seen_s: 0,
+        }
+    }
+
+    #[test]
+    fn each_direction_of_a_flow_names_the_other() {
+        use crate::{ct_dir, ct_flags};
+        let client = (Ipv4Addr::new(198, 51, 100, 7), 40000);
+        let front = (Ipv4Addr::new(10, 0, 0, 1), 30080);
+        let be = (Ipv4Addr::new(10, 244, 2, 6), 8080);
+        let snat = (Ipv4Addr::new(10, 0, 0, 1), 61234);
+        let tcp = crate::proto::TCP;
+        let key = |(s, sp): (Ipv4Addr, u16), (d, dp): (Ipv4Addr, u16), dir| {
+            CtKey::new(s, sp, d, dp, tcp, dir)
+        };
+        // Forwarded by the programs: FORWARD <-> REPLY_SNAT.
+        let redirect = ct_flags::REDIRECT;
+        let fwd = key(client, front, ct_dir::FORWARD);
+        let fwd_v = ct_value(be, snat, ct_flags::SNAT | redirect);
+        let back = key(be, snat, ct_dir::REPLY_SNAT);
+        let back_v = ct_value(client, front, redirect);
+        assert_eq!(fwd.partner(&fwd_v), Some(back));
+        assert_eq!(back.partner(&back_v), Some(fwd));
+        // Forwarded by the stack: FORWARD <-> REPLY.
+        let fwd_v = ct_value(be, (Ipv4Addr::UNSPECIFIED, 0), 0);
+        let reply = key(be, client, ct_dir::REPLY);
+        let reply_v = ct_value(front, (Ipv4Addr::UNSPECIFIED, 0), 0);
+        assert_eq!(fwd.partner(&fwd_v), Some(reply));
+        assert_eq!(reply.partner(&reply_v), Some(fwd));
+        // Entries of earlier versions pair otherwise.
+        let old = key(client, be, ct_dir::FORWARD_SNAT);
+        assert_eq!(old.partner(&ct_value(snat, snat, 0)), None);
+        assert_eq!(fwd.partner(&ct_value(be, snat, ct_flags::SNAT)), None);
+    }
+
     #[test]
     fn service_key_keeps_network_byte_order() {
         let k = ServiceKey::new(Ipv4Addr::new(10, 96, 0, 10), 53, crate::proto::UDP, 0);

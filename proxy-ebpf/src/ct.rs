@@ -1,23 +1,37 @@
 //! Conntrack for the TC programs: one LRU entry per flow and direction
 //! (see `proxy_common::ct_dir`), so each program finds what to rewrite with
 //! a single lookup of the packet's own 5-tuple.
+//!
+//! Two tables, as the kernel's conntrack keeps unconfirmed flows apart: a
+//! new flow's entries go into `CT_NEW` and move to `CONNTRACK` when the
+//! flow is confirmed (the client's ACK after its SYN; a second packet of a
+//! UDP flow). A spoofed SYN flood never confirms, so it only churns
+//! `CT_NEW`'s LRU and established flows keep their entries.
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    Global,
 };
 use proxy_common::{counters, ct_dir, ct_flags, ct_state, proto, BackendValue, CtKey, CtValue};
 
 use crate::{
-    maps::CONNTRACK,
+    counters::bump,
+    maps::{CONNTRACK, CT_NEW},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
-/// SNAT ports tried per new flow: the client's own port first, then random
-/// ones; bounded so the verifier sees a finite loop.
-const SNAT_PORT_TRIES: u32 = 4;
-/// Random SNAT ports come from 1024..65535.
-const SNAT_PORT_MIN: u32 = 1024;
-const SNAT_PORT_SPAN: u64 = 65_535 - SNAT_PORT_MIN as u64;
+/// SNAT ports tried per new flow: the client's own port first when it is in
+/// the SNAT range, then random ones; bounded so the verifier sees a finite
+/// loop.
+const SNAT_PORT_TRIES: u32 = 8;
+
+/// The SNAT port range, `bpfproxy run --snat-port-range`: set by the agent
+/// at load, outside the node's ephemeral ports (which the agent reserves
+/// for it), so a SNAT tuple never meets one of the node's own sockets.
+#[unsafe(no_mangle)]
+static SNAT_PORT_MIN: Global<u16> = Global::new(proxy_common::SNAT_PORT_MIN);
+#[unsafe(no_mangle)]
+static SNAT_PORT_MAX: Global<u16> = Global::new(proxy_common::SNAT_PORT_MAX);
 
 #[inline(always)]
 pub fn key(pkt: &Packet, dir: u8) -> CtKey {
@@ -32,9 +46,143 @@ pub fn key(pkt: &Packet, dir: u8) -> CtKey {
     }
 }
 
+/// The entry of `pkt`'s tuple in direction `dir`, confirmed or new.
 #[inline(always)]
 pub fn lookup(pkt: &Packet, dir: u8) -> Option<*mut CtValue> {
-    CONNTRACK.get_ptr_mut(key(pkt, dir))
+    get(&key(pkt, dir))
+}
+
+/// The entry under `k` in either table (confirmed first).
+#[inline(always)]
+pub fn get(k: &CtKey) -> Option<*mut CtValue> {
+    CONNTRACK.get_ptr_mut(k).or_else(|| CT_NEW.get_ptr_mut(k))
+}
+
+/// What the FORWARD entry of a packet's flow asks before the packet is
+/// translated.
+pub enum Forward {
+    /// Translate as the entry says.
+    Go(*mut CtValue),
+    /// First [`settle`]: the packet confirms a new flow, or a confirmed
+    /// flow's once-a-second check of its reply entry is due.
+    Settle,
+}
+
+/// The FORWARD entry of `pkt`'s flow, if any. `may_settle` false: the
+/// settling just happened for this packet, translate whatever is due.
+#[inline(always)]
+pub fn lookup_forward(pkt: &Packet, may_settle: bool) -> Option<Forward> {
+    let k = key(pkt, ct_dir::FORWARD);
+    if let Some(e) = CONNTRACK.get_ptr_mut(k) {
+        // SAFETY: valid for this run (LRU entries are RCU-freed).
+        let due = unsafe { (*e).last_seen_s } != now_s();
+        return Some(if due && may_settle {
+            Forward::Settle
+        } else {
+            Forward::Go(e)
+        });
+    }
+    let e = CT_NEW.get_ptr_mut(k)?;
+    Some(if confirms(pkt) && may_settle {
+        Forward::Settle
+    } else {
+        Forward::Go(e)
+    })
+}
+
+/// For a packet [`lookup_forward`] asked to settle: confirms its new flow
+/// (moves both entries to the confirmed table) or checks that a confirmed
+/// flow's reply entry is there and its own, and stamps the flow's second.
+/// False when the flow's SNAT port belongs to another flow now: the caller
+/// ends this one. Its own call from the program's top: its frame never
+/// stacks on the translation's (5.10 allows 512 bytes per call chain).
+#[inline(never)]
+pub fn settle(pkt: &Packet) -> bool {
+    let k = key(pkt, ct_dir::FORWARD);
+    let (e, new) = match CONNTRACK.get_ptr_mut(k) {
+        Some(e) => (e, false),
+        None => match CT_NEW.get_ptr_mut(k) {
+            Some(e) => (e, true),
+            None => return true,
+        },
+    };
+    // SAFETY: valid for this run (LRU entries are RCU-freed); copied out.
+    let v = unsafe { *e };
+    if !settle_partner(&k, &v) {
+        return false;
+    }
+    if new {
+        if CONNTRACK.insert(k, v, BPF_ANY as u64).is_ok() {
+            let _ = CT_NEW.remove(k);
+            bump(counters::TC_CT_CONFIRMED);
+        }
+    } else {
+        // SAFETY: as above; the check is done for this second.
+        unsafe { (*e).last_seen_s = now_s() };
+    }
+    true
+}
+
+/// Removes `pkt`'s FORWARD entry from both tables.
+#[inline(always)]
+pub fn forget_forward(pkt: &Packet) {
+    let k = key(pkt, ct_dir::FORWARD);
+    let _ = CONNTRACK.remove(k);
+    let _ = CT_NEW.remove(k);
+}
+
+/// Whether a later client packet of a new flow confirms it: for TCP an ACK
+/// without SYN (the handshake's last step; a retransmitted SYN does not),
+/// for other protocols any second packet.
+#[inline(always)]
+fn confirms(pkt: &Packet) -> bool {
+    pkt.proto != proto::TCP || pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK
+}
+
+/// Puts the other direction of a flow (FORWARD entry `k`, `v`) into the
+/// confirmed table: moved from the new one, or written again when the LRU
+/// evicted it. For a SNATed flow that entry is the reservation of its SNAT
+/// port: false when another flow holds that port now, so the caller ends
+/// this flow rather than mix the two.
+#[inline(always)]
+fn settle_partner(k: &CtKey, v: &CtValue) -> bool {
+    let Some(pk) = k.partner(v) else {
+        return true;
+    };
+    let rebuilt = partner_value(k, v);
+    let ours = |e: &CtValue| e.addr_be == rebuilt.addr_be && e.port_be == rebuilt.port_be;
+    // SAFETY: copied out at once.
+    if let Some(cur) = unsafe { CONNTRACK.get(pk) } {
+        return ours(cur);
+    }
+    // SAFETY: as above.
+    let value = match unsafe { CT_NEW.get(pk) }.copied() {
+        Some(cur) if ours(&cur) => cur,
+        Some(_) => return false,
+        None => rebuilt,
+    };
+    let done = CONNTRACK.insert(pk, value, BPF_NOEXIST as u64).is_ok();
+    let _ = CT_NEW.remove(pk);
+    done
+}
+
+/// The entry the other direction of a flow holds, rebuilt from its FORWARD
+/// entry (`ct::create` writes the same).
+#[inline(always)]
+fn partner_value(k: &CtKey, v: &CtValue) -> CtValue {
+    let snat = v.flags & ct_flags::SNAT != 0;
+    CtValue {
+        // REPLY_SNAT: back to the client; REPLY: from the frontend.
+        addr_be: if snat { k.saddr_be } else { k.daddr_be },
+        port_be: if snat { k.sport_be } else { k.dport_be },
+        flags: v.flags & ct_flags::REDIRECT,
+        tcp_state: v.tcp_state,
+        nat_addr_be: if snat { k.daddr_be } else { 0 },
+        nat_port_be: if snat { k.dport_be } else { 0 },
+        rev_nat_id: v.rev_nat_id,
+        backend_id: v.backend_id,
+        last_seen_s: v.last_seen_s,
+    }
 }
 
 /// Seconds of the monotonic clock, as in the affinity map.
@@ -88,10 +236,11 @@ pub struct NewFlow {
     pub snat_addr_be: Option<u32>,
 }
 
-/// Creates every entry of a new flow and returns the FORWARD value to apply.
-/// Reply-side entries go in first: when the first packet leaves, its reply
-/// can already be translated. Err carries a counter reason; entries already
-/// written are removed again (best effort, they are LRU anyway).
+/// Creates every entry of a new flow (in the new-flow table) and returns
+/// the FORWARD value to apply. Reply-side entries go in first: when the
+/// first packet leaves, its reply can already be translated. Err carries a
+/// counter reason; entries already written are removed again (best effort,
+/// they are LRU anyway).
 ///
 /// Without SNAT the stack forwards the flow: FORWARD (destination at
 /// ingress) and REPLY (source at the client-facing egress). With SNAT the
@@ -127,8 +276,9 @@ pub fn create(pkt: &Packet, flow: &NewFlow) -> Result<CtValue, u32> {
             back.flags = ct_flags::REDIRECT;
             back.nat_addr_be = pkt.daddr_be;
             back.nat_port_be = pkt.dport_be;
-            let Some(port_be) = reserve_snat_port(pkt, be, snat_addr_be, &back) else {
-                return Err(counters::ERR_SNAT_PORT);
+            let port_be = match reserve_snat_port(pkt, be, snat_addr_be, &back) {
+                0 => return Err(counters::ERR_SNAT_PORT),
+                port_be => port_be as u16,
             };
             fwd.flags = ct_flags::SNAT | ct_flags::REDIRECT;
             fwd.nat_addr_be = snat_addr_be;
@@ -136,8 +286,12 @@ pub fn create(pkt: &Packet, flow: &NewFlow) -> Result<CtValue, u32> {
             reply_snat_key(pkt, be, snat_addr_be, port_be)
         }
     };
-    if let Err(reason) = insert(key(pkt, ct_dir::FORWARD), &fwd) {
-        let _ = CONNTRACK.remove(reply_key);
+    let fwd_key = key(pkt, ct_dir::FORWARD);
+    // A closed flow's tuple reused: its confirmed entry must not shadow
+    // the new one.
+    let _ = CONNTRACK.remove(fwd_key);
+    if let Err(reason) = insert(fwd_key, &fwd) {
+        let _ = CT_NEW.remove(reply_key);
         return Err(reason);
     }
     Ok(fwd)
@@ -145,7 +299,7 @@ pub fn create(pkt: &Packet, flow: &NewFlow) -> Result<CtValue, u32> {
 
 #[inline(always)]
 fn insert(k: CtKey, v: &CtValue) -> Result<(), u32> {
-    CONNTRACK
+    CT_NEW
         .insert(k, *v, BPF_ANY as u64)
         .map_err(|_| counters::ERR_CT_UPDATE)
 }
@@ -180,35 +334,69 @@ fn reply_snat_key(pkt: &Packet, be: &BackendValue, snat_addr_be: u32, port_be: u
 }
 
 /// Claims a source port on `snat_addr` towards this backend by creating the
-/// REPLY_SNAT entry with BPF_NOEXIST: the client's own port when free (or
-/// already this client's, e.g. a reused closed flow), else a random one.
+/// REPLY_SNAT entry with BPF_NOEXIST in the new-flow table: the client's
+/// own port when it is in the SNAT range and free (or already this
+/// client's, e.g. a reused closed flow), else random ones in the range. A
+/// port a confirmed flow holds is never taken. Returns the port (network
+/// order), 0 when none was free.
 #[inline(always)]
-fn reserve_snat_port(
-    pkt: &Packet,
-    be: &BackendValue,
-    snat_addr_be: u32,
-    value: &CtValue,
-) -> Option<u16> {
+fn reserve_snat_port(pkt: &Packet, be: &BackendValue, snat_addr_be: u32, value: &CtValue) -> u32 {
     let value = *value;
-    let mut port_be = pkt.sport_be;
+    let (min, max) = (SNAT_PORT_MIN.load(), SNAT_PORT_MAX.load());
+    let span = u64::from(max.saturating_sub(min)) + 1;
+    let client_port = u16::from_be(pkt.sport_be);
+    let mut port = if client_port >= min && client_port <= max {
+        client_port
+    } else {
+        random_port(min, span)
+    };
     for _ in 0..SNAT_PORT_TRIES {
-        let k = reply_snat_key(pkt, be, snat_addr_be, port_be);
-        if CONNTRACK.insert(k, value, BPF_NOEXIST as u64).is_ok() {
-            return Some(port_be);
+        let k = reply_snat_key(pkt, be, snat_addr_be, port.to_be());
+        match claim(&k, &value, pkt) {
+            Claim::Taken => port = random_port(min, span),
+            Claim::Ours => return u32::from(port.to_be()),
+            Claim::Failed => return 0,
         }
-        // SAFETY: copied out at once.
-        if let Some(old) = unsafe { CONNTRACK.get(k) }.copied() {
-            if old.addr_be == pkt.saddr_be && old.port_be == pkt.sport_be {
-                if CONNTRACK.insert(k, value, BPF_ANY as u64).is_ok() {
-                    return Some(port_be);
-                }
-                return None;
-            }
-        }
-        // SAFETY: helper without preconditions.
-        let rand = unsafe { bpf_get_prandom_u32() } as u64;
-        // Multiply-shift instead of `%`: no division for the verifier.
-        port_be = ((SNAT_PORT_MIN as u64 + ((rand * SNAT_PORT_SPAN) >> 32)) as u16).to_be();
     }
-    None
+    0
+}
+
+enum Claim {
+    Ours,
+    Taken,
+    Failed,
+}
+
+/// One try of [`reserve_snat_port`] on the reply key `k`.
+#[inline(always)]
+fn claim(k: &CtKey, value: &CtValue, pkt: &Packet) -> Claim {
+    let theirs = |e: &CtValue| e.addr_be != pkt.saddr_be || e.port_be != pkt.sport_be;
+    // SAFETY: copied out at once.
+    if let Some(held) = unsafe { CONNTRACK.get(k) } {
+        return if theirs(held) {
+            Claim::Taken
+        } else {
+            Claim::Ours
+        };
+    }
+    if CT_NEW.insert(k, value, BPF_NOEXIST as u64).is_ok() {
+        return Claim::Ours;
+    }
+    // SAFETY: copied out at once.
+    match unsafe { CT_NEW.get(k) }.copied() {
+        Some(old) if !theirs(&old) => match CT_NEW.insert(k, value, BPF_ANY as u64) {
+            Ok(()) => Claim::Ours,
+            Err(_) => Claim::Failed,
+        },
+        _ => Claim::Taken,
+    }
+}
+
+/// A random port in `min..min + span`; multiply-shift instead of `%`, so
+/// the verifier sees no division.
+#[inline(always)]
+fn random_port(min: u16, span: u64) -> u16 {
+    // SAFETY: helper without preconditions.
+    let rand = u64::from(unsafe { bpf_get_prandom_u32() });
+    (u64::from(min) + ((rand * span) >> 32)) as u16
 }

@@ -21,8 +21,7 @@ use proxy_common::{
 
 use crate::{
     counters::bump,
-    l3,
-    maps::CONNTRACK,
+    ct, l3,
     parse::{parse, Packet, Parsed, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF},
     route::{self, Miss},
 };
@@ -137,10 +136,11 @@ pub fn quote(ctx: &TcContext, icmp_off: u32, icmp_end: u32, daddr_be: u32) -> Re
 /// which the verifier refuses.
 #[inline(never)]
 fn find_into(q: &Quote, dir: u8, plan: &mut Plan) -> bool {
-    // SAFETY: valid for this run (LRU entries are RCU-freed).
-    let Some(e) = (unsafe { CONNTRACK.get(q.reversed_key(dir)) }) else {
+    let Some(e) = ct::get(&q.reversed_key(dir)) else {
         return false;
     };
+    // SAFETY: valid for this run (LRU entries are RCU-freed).
+    let e = unsafe { &*e };
     let Some(rw) = icmp_error::rewrite_for(dir, e) else {
         return false;
     };

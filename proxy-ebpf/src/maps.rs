@@ -29,7 +29,7 @@ pub static SOCK_REV_NAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
 #[map(name = "bpfp_names_v1")]
 pub static SERVICE_NAMES: HashMap<u32, ServiceName> = HashMap::pinned(names::REV_NAT_MAX, 0);
 
-#[map(name = "bpfp_cnt_v5")]
+#[map(name = "bpfp_cnt_v6")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::MAX, 0);
 
 /// Session affinity (sessionAffinity: ClientIP): the backend each client
@@ -39,9 +39,14 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::MAX, 0);
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(names::AFFINITY_MAX, 0);
 
-/// Conntrack of the TC programs (see `proxy_common::ct_dir`).
+/// Conntrack of the TC programs' confirmed flows (see `proxy_common::ct_dir`
+/// and `ct`).
 #[map(name = "bpfp_ct_v1")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(names::CONNTRACK_MAX, 0);
+
+/// Conntrack of new flows until confirmed: what a flood of new flows churns.
+#[map(name = "bpfp_ctnew_v1")]
+pub static CT_NEW: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(names::CT_NEW_MAX, 0);
 
 /// This node's addresses that NodePorts answer on, and SNAT addresses.
 #[map(name = "bpfp_node_v1")]

@@ -36,7 +36,7 @@ use proxy_common::{
 
 use crate::{
     counters::bump,
-    ct::{self, NewFlow},
+    ct::{self, Forward, NewFlow},
     icmp::{self, Side},
     ipip, l3, lb,
     maps::{NODE_ADDRS, SERVICES, SOURCE_RANGES},
@@ -65,7 +65,39 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
     if ipip::maybe(&ctx) {
         return ipip_reply(&ctx);
     }
-    ingress_flow(&ctx)
+    let mut verdict = ingress_flow(&ctx, true);
+    if verdict == SETTLE {
+        if let Some(dropped) = settle_flow(&ctx) {
+            return dropped;
+        }
+        verdict = ingress_flow(&ctx, false);
+    }
+    if verdict == NEW_FLOW {
+        return new_flow(&ctx);
+    }
+    verdict
+}
+
+/// What `ingress_flow` returns for a packet of no known flow, and for one
+/// whose flow must settle first (`ct::settle`). Each is done by a call of
+/// its own from the program's top, so their frames never stack on the
+/// translation's (5.10 allows 512 bytes for a whole call chain).
+const NEW_FLOW: i32 = i32::MIN;
+const SETTLE: i32 = i32::MIN + 1;
+
+/// Settles the flow of the packet (see `ct::settle`): None to go on and
+/// translate it, or the verdict for a flow whose SNAT port another flow
+/// holds now: ended (its entry goes, the packet is dropped) rather than
+/// mixed with the other.
+#[inline(never)]
+fn settle_flow(ctx: &TcContext) -> Option<i32> {
+    let pkt = parse_or_pass(ctx)?;
+    if ct::settle(&pkt) {
+        return None;
+    }
+    bump(counters::ERR_SNAT_LOST);
+    ct::forget_forward(&pkt);
+    Some(DROP)
 }
 
 /// An IPIP packet at a NIC (`tc_ingress`, `tc_reply`): a reply of a flow
@@ -93,8 +125,8 @@ fn ipip_reply(ctx: &TcContext) -> i32 {
 
 /// TCP and UDP at `tc_ingress`.
 #[inline(never)]
-fn ingress_flow(ctx: &TcContext) -> i32 {
-    match try_ingress(ctx) {
+fn ingress_flow(ctx: &TcContext, may_settle: bool) -> i32 {
+    match try_ingress(ctx, may_settle) {
         Ok(action) => action,
         Err(reason) => {
             bump(reason);
@@ -243,29 +275,32 @@ fn rewritten(result: Result<(), i64>) -> i32 {
 }
 
 #[inline(always)]
-fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
+fn try_ingress(ctx: &TcContext, may_settle: bool) -> Result<i32, u32> {
     let Some(pkt) = parse_or_pass(ctx) else {
         return Ok(PASS);
     };
     if let Some(entry) = ct::lookup(&pkt, ct_dir::REPLY_SNAT) {
         return Ok(reply_snat(ctx, &pkt, entry));
     }
-    if let Some(entry) = ct::lookup(&pkt, ct_dir::FORWARD) {
-        // SAFETY: valid for this run (see ct::touch).
-        let closed = unsafe { (*entry).tcp_state } == proxy_common::ct_state::CLOSING;
-        // A SYN on a closed flow's 5-tuple is a new connection (port
-        // reuse): it gets a fresh backend choice below.
-        if !(closed && pkt.is_tcp_syn_only()) {
-            ct::touch(entry, &pkt);
-            // SAFETY: as above; copied out at once.
-            let e = unsafe { *entry };
-            if e.flags & ct_flags::REDIRECT == 0 {
-                return Ok(rewritten(nat::dnat(ctx, &pkt, e.addr_be, e.port_be)));
-            }
-            return Ok(forward(ctx, &pkt, &e));
-        }
+    let entry = match ct::lookup_forward(&pkt, may_settle) {
+        None => return Ok(NEW_FLOW),
+        Some(Forward::Settle) => return Ok(SETTLE),
+        Some(Forward::Go(entry)) => entry,
+    };
+    // SAFETY: valid for this run (see ct::touch).
+    let closed = unsafe { (*entry).tcp_state } == proxy_common::ct_state::CLOSING;
+    // A SYN on a closed flow's 5-tuple is a new connection (port reuse):
+    // it gets a fresh backend choice.
+    if closed && pkt.is_tcp_syn_only() {
+        return Ok(NEW_FLOW);
     }
-    new_flow(ctx, &pkt)
+    ct::touch(entry, &pkt);
+    // SAFETY: as above; copied out at once.
+    let e = unsafe { *entry };
+    if e.flags & ct_flags::REDIRECT == 0 {
+        return Ok(rewritten(nat::dnat(ctx, &pkt, e.addr_be, e.port_be)));
+    }
+    Ok(forward(ctx, &pkt, &e))
 }
 
 /// A reply of a SNATed flow (backend → this node): client and frontend
@@ -333,9 +368,25 @@ fn missed(ctx: &TcContext, pkt: &Packet, miss: Miss) -> i32 {
     }
 }
 
-/// The first packet of a flow to an external frontend (or not ours).
+/// The first packet of a flow to an external frontend (or not ours). Not
+/// inlined: its locals (the backend choice, the new entries, the route)
+/// stay out of the frame the established path's calls stack upon.
+#[inline(never)]
+fn new_flow(ctx: &TcContext) -> i32 {
+    let Some(pkt) = parse_or_pass(ctx) else {
+        return PASS;
+    };
+    match try_new_flow(ctx, &pkt) {
+        Ok(action) => action,
+        Err(reason) => {
+            bump(reason);
+            PASS
+        }
+    }
+}
+
 #[inline(always)]
-fn new_flow(ctx: &TcContext, pkt: &Packet) -> Result<i32, u32> {
+fn try_new_flow(ctx: &TcContext, pkt: &Packet) -> Result<i32, u32> {
     let Some((svc_addr_be, master, default_snat_be)) = frontend(pkt) else {
         return Ok(PASS);
     };

@@ -4,7 +4,7 @@
 //! conntrack timeouts kube-proxy sets or relies on) and purge UDP flows to
 //! backends that left their Service — otherwise a client that keeps sending
 //! (a resolver to kube-dns) would keep talking to a dead pod.
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proxy_common::{ct_state, proto, CtKey, CtValue};
 
@@ -77,6 +77,42 @@ pub fn expiry(
     (idle_s(now_s, value.last_seen_s) > timeout).then_some(CtExpiry::Idle)
 }
 
+/// The entries to delete from a snapshot of both conntrack tables, and
+/// why. A flow's two directions go together: an entry only goes when the
+/// entry of its other direction (pointing back at it) goes too. The reply
+/// entry of a SNATed flow reserves its SNAT port, so the port is never
+/// freed while either direction lives; a one-way UDP stream keeps its idle
+/// reply entry as long as it sends.
+pub fn expired_flows(
+    entries: &BTreeMap<CtKey, CtValue>,
+    now_s: u32,
+    live: &BTreeSet<(u32, u32)>,
+    t: &CtTimeouts,
+) -> BTreeMap<CtKey, CtExpiry> {
+    entries
+        .iter()
+        .filter_map(|(k, v)| {
+            let why = expiry(k, v, now_s, live, t)?;
+            match partner_of(entries, k, v) {
+                Some((pk, pv)) if expiry(&pk, pv, now_s, live, t).is_none() => None,
+                _ => Some((*k, why)),
+            }
+        })
+        .collect()
+}
+
+/// The entry of the other direction of `k`'s flow, when it is there and
+/// names `k` back (a reused tuple's new flow does not).
+fn partner_of<'a>(
+    entries: &'a BTreeMap<CtKey, CtValue>,
+    k: &CtKey,
+    v: &CtValue,
+) -> Option<(CtKey, &'a CtValue)> {
+    let pk = k.partner(v)?;
+    let pv = entries.get(&pk)?;
+    (pk.partner(pv) == Some(*k)).then_some((pk, pv))
+}
+
 /// Seconds since `last_seen_s` at `now_s` (both the kernel's monotonic
 /// clock); 0 when the kernel stamped a second we have not read yet (the
 /// wrapped difference then lies in the upper half).
@@ -101,6 +137,7 @@ pub fn monotonic_now_s() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proxy_common::ct_dir;
 
     fn entry(p: u8, state: u8, last_seen_s: u32, rev: u16, be: u32) -> (CtKey, CtValue) {
         let key = CtKey {
@@ -140,6 +177,96 @@ mod tests {
             None,
             "the flow keeps its backend"
         );
+    }
+
+    /// A SNATed flow's two entries as `ct::create` writes them, the
+    /// forward one last seen at `fwd_s`, the reply one at `back_s`.
+    fn snat_flow(sport: u16, snat_port: u16, fwd_s: u32, back_s: u32) -> [(CtKey, CtValue); 2] {
+        use proxy_common::ct_flags::{REDIRECT, SNAT};
+        let ip = |a: u8| u32::from_be_bytes([10, 0, 0, a]).to_be();
+        let (client, front, be, snat) = (ip(7), ip(1), ip(6), ip(1));
+        let fwd = CtKey {
+            saddr_be: client,
+            daddr_be: front,
+            sport_be: sport,
+            dport_be: 80,
+            proto: proto::UDP,
+            dir: ct_dir::FORWARD,
+            _pad: 0,
+        };
+        let back = CtKey {
+            saddr_be: be,
+            daddr_be: snat,
+            sport_be: 8080,
+            dport_be: snat_port,
+            proto: proto::UDP,
+            dir: ct_dir::REPLY_SNAT,
+            _pad: 0,
+        };
+        let value = |addr_be, port_be, nat_addr_be, nat_port_be, flags, last_seen_s| CtValue {
+            addr_be,
+            port_be,
+            flags,
+            tcp_state: 0,
+            nat_addr_be,
+            nat_port_be,
+            rev_nat_id: 1,
+            backend_id: 10,
+            last_seen_s,
+        };
+        [
+            (
+                fwd,
+                value(be, 8080, snat, snat_port, SNAT | REDIRECT, fwd_s),
+            ),
+            (back, value(client, sport, front, 80, REDIRECT, back_s)),
+        ]
+    }
+
+    #[test]
+    fn a_flows_directions_expire_together() {
+        let live = BTreeSet::from([(1, 10)]);
+        let t = CtTimeouts::default();
+        // A one-way stream: the reply entry idles, the forward one lives.
+        let one_way = BTreeMap::from(snat_flow(1, 61001, 1000, 100));
+        assert!(expired_flows(&one_way, 1000, &live, &t).is_empty());
+        // Both idle: both go.
+        let idle = BTreeMap::from(snat_flow(1, 61001, 100, 100));
+        assert_eq!(expired_flows(&idle, 1000, &live, &t).len(), 2);
+        // The backend left: both go at once.
+        let gone = expired_flows(&one_way, 1000, &BTreeSet::new(), &t);
+        assert_eq!(gone.len(), 2);
+        // An orphan reply entry (its forward entry evicted) idles alone.
+        let [_, back] = snat_flow(1, 61001, 1000, 100);
+        assert_eq!(
+            expired_flows(&BTreeMap::from([back]), 1000, &live, &t).len(),
+            1
+        );
+    }
+
+    proptest::proptest! {
+        /// Over any mix of flows and orphans, an expired entry's live
+        /// partner always stays: no SNAT port is freed under a live flow.
+        #[test]
+        fn no_entry_goes_while_its_partner_stays(
+            flows in proptest::collection::vec((0u16..8, 61000u16..61004, 0u32..400, 0u32..400, proptest::bool::ANY, proptest::bool::ANY), 0..24),
+        ) {
+            let live = BTreeSet::from([(1, 10)]);
+            let t = CtTimeouts::default();
+            let mut entries = BTreeMap::new();
+            for (sport, port, fwd_s, back_s, keep_fwd, keep_back) in flows {
+                let [fwd, back] = snat_flow(sport, port, fwd_s, back_s);
+                if keep_fwd { entries.insert(fwd.0, fwd.1); }
+                if keep_back { entries.insert(back.0, back.1); }
+            }
+            let gone = expired_flows(&entries, 300, &live, &t);
+            for k in gone.keys() {
+                let v = &entries[k];
+                if let Some((pk, _)) = partner_of(&entries, k, v) {
+                    proptest::prop_assert!(gone.contains_key(&pk), "{k:?} goes, its partner {pk:?} stays");
+                }
+            }
+        }
     }
 
     #[test]

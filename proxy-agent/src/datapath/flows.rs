@@ -3,7 +3,7 @@
 //! frontend it addressed, the backend it was given and the SNAT source the
 //! backend sees. Read from the conntrack map's FORWARD entries (the other
 //! directions are bookkeeping for the same flows).
-use std::fmt;
+use std::{collections::BTreeSet, fmt};
 
 use proxy_common::{ct_dir, ct_flags, ct_state, CtKey, CtValue};
 use serde::Serialize;
@@ -28,12 +28,18 @@ pub struct FlowView {
     pub state: String,
     /// Seconds since the flow's last packet.
     pub idle_s: u32,
+    /// Confirmed (a TCP handshake completed, a second UDP packet): in the
+    /// table a flood of new flows cannot evict; `[ASSURED]` as in
+    /// `conntrack -L`.
+    pub assured: bool,
 }
 
 /// The flows of `entries` (any order, any direction), sorted, at the
-/// monotonic second `now_s`.
+/// monotonic second `now_s`; `unconfirmed` are the keys from the new-flow
+/// table.
 pub fn flows<'a>(
     entries: impl IntoIterator<Item = (&'a CtKey, &'a CtValue)>,
+    unconfirmed: &BTreeSet<CtKey>,
     now_s: u32,
 ) -> Vec<FlowView> {
     let mut out: Vec<FlowView> = entries
@@ -54,6 +60,7 @@ pub fn flows<'a>(
                 snat: (v.flags & ct_flags::SNAT != 0).then(|| format!("{nat}:{nport}")),
                 state: state_name(v.tcp_state).to_string(),
                 idle_s: idle_s(now_s, v.last_seen_s),
+                assured: !unconfirmed.contains(k),
             }
         })
         .collect();
@@ -83,7 +90,11 @@ impl fmt::Display for FlowView {
         if !self.state.is_empty() {
             write!(f, " {}", self.state)?;
         }
-        write!(f, " idle {}s", self.idle_s)
+        write!(f, " idle {}s", self.idle_s)?;
+        if self.assured {
+            write!(f, " [ASSURED]")?;
+        }
+        Ok(())
     }
 }
 
@@ -121,12 +132,13 @@ mod tests {
             ..value
         };
         let entries = [(fwd, value), (reply, value), (udp, udp_value)];
-        let got = flows(entries.iter().map(|(k, v)| (k, v)), 100);
+        let unconfirmed = BTreeSet::from([udp]);
+        let got = flows(entries.iter().map(|(k, v)| (k, v)), &unconfirmed, 100);
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(
             got[0].to_string(),
             "TCP 192.168.50.100:40000 -> 192.168.50.11:30080 => 10.244.2.2:8080 \
-             (snat 192.168.50.11:40000) established idle 5s"
+             (snat 192.168.50.11:40000) established idle 5s [ASSURED]"
         );
         assert_eq!(
             got[1].to_string(),

@@ -288,6 +288,7 @@ mod tests {
             snat: None,
             state: state.into(),
             idle_s,
+            assured: true,
         }
     }
 

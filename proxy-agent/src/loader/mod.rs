@@ -26,6 +26,7 @@ use tracing::info;
 use crate::{
     kernel::Features,
     maps::sizes::{self, MapSizes},
+    snat_ports::SnatPorts,
 };
 
 /// The compiled kernel object, built by aya-build in build.rs. Public so the
@@ -131,14 +132,15 @@ pub struct Loaded {
 
 /// Loads the object with its maps pinned in (or reused from) the pin
 /// directory, sized as `sizes` asks where they are new, in the variant
-/// `kernel` can run, and attaches the socket programs to `cgroup`. The TC
-/// programs wait for [`Loaded::set_devices`].
+/// `kernel` can run, SNATing to `snat` ports, and attaches the socket
+/// programs to `cgroup`. The TC programs wait for [`Loaded::set_devices`].
 pub fn load(
     bpffs: &Path,
     cgroup: &Path,
     tc_mode: TcMode,
     kernel: &Features,
     sizes: &MapSizes,
+    snat: SnatPorts,
 ) -> Result<(Loaded, Vec<(String, Attachment)>), LoadError> {
     let dir = pin_dir(bpffs);
     let links = dir.join("links");
@@ -146,7 +148,7 @@ pub fn load(
         path: links.clone(),
         source,
     })?;
-    let mut ebpf = load_object(&dir, kernel, sizes)?;
+    let mut ebpf = load_object(&dir, kernel, sizes, snat)?;
     let sizes = effective_sizes(&dir, sizes);
     let cgroup_file = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.to_path_buf(),
@@ -177,13 +179,21 @@ pub fn load(
 /// pinned ByName in the object: an existing pin is reused, so a restarted
 /// agent keeps the state the kernel has been using; `sizes` only applies to
 /// maps created now. The object's read-only constants say which helpers
-/// `kernel` has; the verifier skips the code that needs the others.
-fn load_object(dir: &Path, kernel: &Features, sizes: &MapSizes) -> Result<Ebpf, LoadError> {
+/// `kernel` has; the verifier skips the code that needs the others. The
+/// SNAT port range is a constant too.
+fn load_object(
+    dir: &Path,
+    kernel: &Features,
+    sizes: &MapSizes,
+    snat: SnatPorts,
+) -> Result<Ebpf, LoadError> {
     let set_retval = u8::from(kernel.set_retval);
     let mut loader = EbpfLoader::new();
     loader
         .default_map_pin_directory(dir)
-        .override_global("HAVE_SET_RETVAL", &set_retval, true);
+        .override_global("HAVE_SET_RETVAL", &set_retval, true)
+        .override_global("SNAT_PORT_MIN", &snat.min, true)
+        .override_global("SNAT_PORT_MAX", &snat.max, true);
     for (map, n) in sizes.by_map() {
         loader.map_max_entries(map, n);
     }
@@ -229,12 +239,21 @@ fn effective_sizes(dir: &Path, configured: &MapSizes) -> MapSizes {
 /// the verifier but attached nowhere: for BPF_PROG_TEST_RUN (the program
 /// tests and the TC benchmark).
 pub fn load_tc_unattached(bpffs: &Path) -> Result<Ebpf, LoadError> {
+    load_tc_unattached_with(bpffs, &MapSizes::default(), SnatPorts::default())
+}
+
+/// [`load_tc_unattached`] with other map sizes and SNAT ports.
+pub fn load_tc_unattached_with(
+    bpffs: &Path,
+    sizes: &MapSizes,
+    snat: SnatPorts,
+) -> Result<Ebpf, LoadError> {
     let dir = pin_dir(bpffs);
     fs::create_dir_all(&dir).map_err(|source| LoadError::PinDir {
         path: dir.clone(),
         source,
     })?;
-    let mut ebpf = load_object(&dir, &Features::default(), &MapSizes::default())?;
+    let mut ebpf = load_object(&dir, &Features::default(), sizes, snat)?;
     tc::load_programs(&mut ebpf)?;
     Ok(ebpf)
 }
@@ -244,7 +263,7 @@ pub fn load_tc_unattached(bpffs: &Path) -> Result<Ebpf, LoadError> {
 /// directory `dir` (on a bpffs; the caller removes it): what `bpfproxy
 /// preflight` reports per program.
 pub fn verify_programs(dir: &Path, kernel: &Features) -> Vec<(&'static str, Result<(), String>)> {
-    let mut ebpf = match load_object(dir, kernel, &MapSizes::default()) {
+    let mut ebpf = match load_object(dir, kernel, &MapSizes::default(), SnatPorts::default()) {
         Ok(ebpf) => ebpf,
         Err(e) => return vec![("(object)", Err(error_chain(&e)))],
     };
@@ -292,6 +311,7 @@ pub fn load_and_attach(
         tc_mode,
         &Features::probe(),
         &MapSizes::default(),
+        SnatPorts::default(),
     )?;
     done.extend(loaded.set_devices(devices)?.unwrap_or_default());
     // Dropping the object is fine: pinned links keep the programs alive

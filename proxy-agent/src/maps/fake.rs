@@ -1,17 +1,12 @@
 //! In-memory maps for tests: a plain one with capacities like the kernel's,
 //! and a faulty one that fails chosen writes.
-use std::collections::BTreeMap;
-
-use proxy_common::{CtKey, CtValue};
 
 use super::{sizes::MapSizes, LbMaps, MapsError};
-use crate::datapath::{ct_gc::CtExpiry, MapState, Op};
+use crate::datapath::{MapState, Op};
 
 #[derive(Clone, Debug)]
 pub struct FakeMaps {
     pub state: MapState,
-    /// The TC datapath's conntrack, for the agent's cleanup.
-    pub conntrack: BTreeMap<CtKey, CtValue>,
     /// Max entries per map, as the kernel would enforce.
     pub capacity: u32,
     /// Max entries of the backend map alone (to fill just that one).
@@ -22,7 +17,6 @@ impl FakeMaps {
     pub fn new(capacity: u32) -> Self {
         Self {
             state: MapState::default(),
-            conntrack: BTreeMap::new(),
             capacity,
             backend_capacity: capacity,
         }
@@ -55,21 +49,6 @@ impl FakeMaps {
 impl LbMaps for FakeMaps {
     fn read_all(&self) -> Result<MapState, MapsError> {
         Ok(self.state.clone())
-    }
-
-    fn gc_conntrack(
-        &mut self,
-        expired: &dyn Fn(&CtKey, &CtValue) -> Option<CtExpiry>,
-    ) -> Result<BTreeMap<CtExpiry, usize>, MapsError> {
-        let mut done = BTreeMap::new();
-        self.conntrack.retain(|k, v| match expired(k, v) {
-            Some(why) => {
-                *done.entry(why).or_insert(0) += 1;
-                false
-            }
-            None => true,
-        });
-        Ok(done)
     }
 
     fn capacity(&self) -> MapSizes {

@@ -7,11 +7,7 @@ pub mod sizes;
 
 pub use fake::{FakeMaps, FaultyMaps};
 
-use std::collections::BTreeMap;
-
-use proxy_common::{CtKey, CtValue};
-
-use crate::datapath::{ct_gc::CtExpiry, MapState, Op};
+use crate::datapath::{MapState, Op};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -50,15 +46,6 @@ pub trait LbMaps {
     fn prune_affinity(&mut self, keep: &dyn Fn(u32, u32) -> bool) -> Result<usize, MapsError> {
         let _ = keep;
         Ok(0)
-    }
-    /// Deletes the conntrack entries `expired` names, returning how many
-    /// by reason. Maps without conntrack delete nothing.
-    fn gc_conntrack(
-        &mut self,
-        expired: &dyn Fn(&CtKey, &CtValue) -> Option<CtExpiry>,
-    ) -> Result<BTreeMap<CtExpiry, usize>, MapsError> {
-        let _ = expired;
-        Ok(BTreeMap::new())
     }
     /// How many entries each map holds at most: the planner leaves out what
     /// does not fit instead of writing half of it.

@@ -18,7 +18,7 @@ use super::{
     sizes::{self, MapSizes},
     LbMaps, MapsError,
 };
-use crate::datapath::{ct_gc::CtExpiry, MapState, Op, SourceRangeEntry};
+use crate::datapath::{MapState, Op, SourceRangeEntry};
 
 /// errno of a full hash map on update.
 const E2BIG: i32 = 7;
@@ -31,6 +31,7 @@ pub struct PinnedMaps {
     counters: PerCpuArray<MapData, u64>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
+    ct_new: HashMap<MapData, CtKey, CtValue>,
     source_ranges: LpmTrie<MapData, SourceRange, u8>,
     /// The kernel's sizes of these maps.
     sizes: MapSizes,
@@ -117,6 +118,7 @@ impl PinnedMaps {
             counters: open(dir, names::COUNTERS)?,
             affinity: open(dir, names::AFFINITY)?,
             conntrack: open(dir, names::CONNTRACK)?,
+            ct_new: open(dir, names::CT_NEW)?,
             source_ranges: open(dir, names::SOURCE_RANGES)?,
         })
     }
@@ -132,9 +134,14 @@ impl PinnedMaps {
         self.backends.get(&slot.backend_id, 0).ok()
     }
 
-    /// Every conntrack entry (for `bpfproxy dump`'s flows).
-    pub fn read_conntrack(&self) -> Result<BTreeMap<CtKey, CtValue>, MapsError> {
-        read(&self.conntrack, names::CONNTRACK)
+    /// Every conntrack entry of both tables (for `bpfproxy dump`'s flows),
+    /// and the keys of the new, unconfirmed flows among them.
+    pub fn read_conntrack(&self) -> Result<(BTreeMap<CtKey, CtValue>, BTreeSet<CtKey>), MapsError> {
+        let new = read(&self.ct_new, names::CT_NEW)?;
+        let unconfirmed = new.keys().copied().collect();
+        let mut all = new;
+        all.extend(read(&self.conntrack, names::CONNTRACK)?);
+        Ok((all, unconfirmed))
     }
 
     /// Datapath counters summed over CPUs, by reason name.
@@ -180,7 +187,7 @@ fn write_err(map: &'static str, source: MapError, sizes: &MapSizes) -> MapsError
 }
 
 /// Removes `key`; a key that is already gone is success.
-fn remove<K: aya::Pod, V: aya::Pod>(
+pub(crate) fn remove<K: aya::Pod, V: aya::Pod>(
     map: &mut HashMap<MapData, K, V>,
     key: &K,
     name: &'static str,
@@ -218,26 +225,6 @@ impl LbMaps for PinnedMaps {
             remove(&mut self.affinity, k, names::AFFINITY)?;
         }
         Ok(stale.len())
-    }
-
-    fn gc_conntrack(
-        &mut self,
-        expired: &dyn Fn(&CtKey, &CtValue) -> Option<CtExpiry>,
-    ) -> Result<BTreeMap<CtExpiry, usize>, MapsError> {
-        // Collect first: deleting while iterating a hash map restarts the
-        // iteration.
-        let stale: Vec<(CtKey, CtExpiry)> = self
-            .conntrack
-            .iter()
-            .filter_map(Result::ok)
-            .filter_map(|(k, v)| expired(&k, &v).map(|why| (k, why)))
-            .collect();
-        let mut done = BTreeMap::new();
-        for (k, why) in stale {
-            remove(&mut self.conntrack, &k, names::CONNTRACK)?;
-            *done.entry(why).or_insert(0) += 1;
-        }
-        Ok(done)
     }
 
     fn counters(&self) -> BTreeMap<String, u64> {

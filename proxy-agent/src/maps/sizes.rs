@@ -34,6 +34,10 @@ pub struct MapSizes {
     /// Entries of the TC datapath's conntrack LRU (bpfp_ct): two per flow.
     #[arg(id = "map_size_conntrack", long = "map-size-conntrack", default_value_t = names::CONNTRACK_MAX, value_parser = size_parser())]
     pub conntrack: u32,
+    /// Entries of the new-flow conntrack LRU (bpfp_ctnew): two per flow
+    /// until it is confirmed; a flood of new flows churns only this one.
+    #[arg(id = "map_size_conntrack_new", long = "map-size-conntrack-new", default_value_t = names::CT_NEW_MAX, value_parser = size_parser())]
+    pub conntrack_new: u32,
     /// Entries of the node-address map (bpfp_node).
     #[arg(id = "map_size_node_addrs", long = "map-size-node-addrs", default_value_t = names::NODE_ADDRS_MAX, value_parser = size_parser())]
     pub node_addrs: u32,
@@ -60,10 +64,30 @@ impl Default for MapSizes {
             sock_rev_nat: names::SOCK_REV_NAT_MAX,
             affinity: names::AFFINITY_MAX,
             conntrack: names::CONNTRACK_MAX,
+            conntrack_new: names::CT_NEW_MAX,
             node_addrs: names::NODE_ADDRS_MAX,
             devices: names::DEVICES_MAX,
             source_ranges: names::SOURCE_RANGES_MAX,
         }
+    }
+}
+
+/// Bytes of one entry (key + value) of `map`; 0 for unknown names.
+pub fn entry_bytes(map: &str) -> usize {
+    use core::mem::size_of;
+    use proxy_common::*;
+    match map {
+        names::SERVICES => size_of::<ServiceKey>() + size_of::<ServiceValue>(),
+        names::BACKENDS => 4 + size_of::<BackendValue>(),
+        names::REV_NAT => 4 + size_of::<RevNatValue>(),
+        names::SERVICE_NAMES => 4 + size_of::<ServiceName>(),
+        names::SOCK_REV_NAT => size_of::<SockRevNatKey>() + size_of::<SockRevNatValue>(),
+        names::AFFINITY => size_of::<AffinityKey>() + size_of::<AffinityValue>(),
+        names::CONNTRACK | names::CT_NEW => size_of::<CtKey>() + size_of::<CtValue>(),
+        names::NODE_ADDRS => 4 + size_of::<NodeAddrValue>(),
+        names::DEVICES => 4 + size_of::<DeviceValue>(),
+        names::SOURCE_RANGES => size_of::<SourceRange>() + 4 + 1,
+        _ => 0,
     }
 }
 
@@ -76,6 +100,7 @@ pub fn flag_of(map: &str) -> Option<&'static str> {
         names::SOCK_REV_NAT => "--map-size-sock-rev-nat",
         names::AFFINITY => "--map-size-affinity",
         names::CONNTRACK => "--map-size-conntrack",
+        names::CT_NEW => "--map-size-conntrack-new",
         names::NODE_ADDRS => "--map-size-node-addrs",
         names::DEVICES => "--map-size-devices",
         names::SOURCE_RANGES => "--map-size-source-ranges",
@@ -86,7 +111,7 @@ pub fn flag_of(map: &str) -> Option<&'static str> {
 impl MapSizes {
     /// Every sized map with its size (the names map shares the revNAT
     /// size: both are keyed by frontend id).
-    pub fn by_map(&self) -> [(&'static str, u32); 10] {
+    pub fn by_map(&self) -> [(&'static str, u32); 11] {
         [
             (names::SERVICES, self.services),
             (names::BACKENDS, self.backends),
@@ -95,6 +120,7 @@ impl MapSizes {
             (names::SOCK_REV_NAT, self.sock_rev_nat),
             (names::AFFINITY, self.affinity),
             (names::CONNTRACK, self.conntrack),
+            (names::CT_NEW, self.conntrack_new),
             (names::NODE_ADDRS, self.node_addrs),
             (names::DEVICES, self.devices),
             (names::SOURCE_RANGES, self.source_ranges),
@@ -120,6 +146,7 @@ impl MapSizes {
             names::SOCK_REV_NAT => self.sock_rev_nat = n,
             names::AFFINITY => self.affinity = n,
             names::CONNTRACK => self.conntrack = n,
+            names::CT_NEW => self.conntrack_new = n,
             names::NODE_ADDRS => self.node_addrs = n,
             names::DEVICES => self.devices = n,
             names::SOURCE_RANGES => self.source_ranges = n,

@@ -17,7 +17,7 @@ use bpfproxy_tests::{
     node_net::{self, NodeNet},
     prog_test_run, require_root, PrivateBpffs,
 };
-use proxy_agent::node_links;
+use proxy_agent::{maps::sizes::MapSizes, node_links, snat_ports::SnatPorts};
 use proxy_common::{
     maps as names, node_flags, svc_flags, BackendValue, CtKey, CtValue, NodeAddrValue, ServiceKey,
     ServiceValue, SourceRange,
@@ -59,11 +59,17 @@ pub struct Be(pub Ipv4Addr, pub u16, pub bool);
 
 impl Datapath {
     pub fn new(suffix: &str) -> Result<Self> {
+        Self::new_with(suffix, &MapSizes::default())
+    }
+
+    /// [`Datapath::new`] with other map sizes (a small conntrack to flood).
+    pub fn new_with(suffix: &str, sizes: &MapSizes) -> Result<Self> {
         require_root()?;
         let node = NodeNet::new(suffix)?;
         let bpffs = PrivateBpffs::new(suffix)?;
-        let ebpf = proxy_agent::loader::load_tc_unattached(bpffs.path())
-            .context("loading the agent's eBPF object and its TC programs")?;
+        let ebpf =
+            proxy_agent::loader::load_tc_unattached_with(bpffs.path(), sizes, SnatPorts::default())
+                .context("loading the agent's eBPF object and its TC programs")?;
         // The devices' SNAT addresses and MTUs, written by the agent's own
         // code from what this namespace holds.
         node_links::program_current(&bpffs.path().join(names::PIN_DIR))?;
@@ -204,10 +210,30 @@ impl Datapath {
         m.insert(&key, 1, 0).unwrap();
     }
 
+    /// The conntrack entry under `key`, confirmed or new.
     pub fn ct(&mut self, key: &CtKey) -> Option<CtValue> {
+        self.ct_in(names::CONNTRACK, key)
+            .or_else(|| self.ct_in(names::CT_NEW, key))
+    }
+
+    /// The entry under `key` in the conntrack table `table`.
+    pub fn ct_in(&mut self, table: &str, key: &CtKey) -> Option<CtValue> {
         let m: HashMap<_, CtKey, CtValue> =
-            HashMap::try_from(self.ebpf.map_mut(names::CONNTRACK).unwrap()).unwrap();
+            HashMap::try_from(self.ebpf.map_mut(table).unwrap()).unwrap();
         m.get(key, 0).ok()
+    }
+
+    /// Writes (or with None removes) the entry under `key` in `table`, as
+    /// the kernel's LRU eviction or another flow would.
+    pub fn set_ct(&mut self, table: &str, key: &CtKey, value: Option<CtValue>) {
+        let mut m: HashMap<_, CtKey, CtValue> =
+            HashMap::try_from(self.ebpf.map_mut(table).unwrap()).unwrap();
+        match value {
+            Some(v) => m.insert(key, v, 0).unwrap(),
+            None => {
+                let _ = m.remove(key);
+            }
+        }
     }
 
     pub fn counter(&mut self, reason: u32) -> u64 {

@@ -1,0 +1,191 @@
+//! Conntrack garbage collection, beside the sync: its own task with its own
+//! handles of the two conntrack tables, so a Service change never waits for
+//! a walk of a quarter million entries. The sync publishes which (revNAT id,
+//! backend id) pairs its frontends hold; a pass runs every [`PERIOD`] and at
+//! once when those pairs change (a UDP flow to a departed backend goes
+//! within a pass, not a period). Each pass reads at most twice a table's
+//! capacity of keys: an LRU churning under the walk restarts the kernel's
+//! key iteration, and this bound ends it anyway.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap, MapData};
+use proxy_common::{maps as names, CtKey, CtValue};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::{
+    datapath::ct_gc::{self, CtExpiry, CtTimeouts},
+    maps::{pinned, MapsError},
+    metrics::{Metrics, ReasonLabels},
+};
+
+/// How often a pass runs when nothing changes: a tenth of the shortest
+/// timeout, so an idle flow outlives its timeout by at most that much.
+pub const PERIOD: Duration = Duration::from_secs(12);
+
+/// The (revNAT id, backend id) pairs the frontends hold; None until the
+/// first sync (before it, every UDP flow would look orphaned).
+pub type LivePairs = Option<Arc<BTreeSet<(u32, u32)>>>;
+
+/// Both conntrack tables, as a pass sees them.
+pub trait CtTables {
+    /// The entries of both tables, each walk bounded (see the module
+    /// docs); a key in both (a flow being confirmed) shows its confirmed
+    /// entry.
+    fn snapshot(&self) -> Result<BTreeMap<CtKey, CtValue>, MapsError>;
+    /// Deletes `k` from both tables; a missing key is success.
+    fn delete(&mut self, k: &CtKey) -> Result<(), MapsError>;
+}
+
+/// A snapshot of one table in a test, or a table nobody else writes.
+impl CtTables for BTreeMap<CtKey, CtValue> {
+    fn snapshot(&self) -> Result<BTreeMap<CtKey, CtValue>, MapsError> {
+        Ok(self.clone())
+    }
+    fn delete(&mut self, k: &CtKey) -> Result<(), MapsError> {
+        self.remove(k);
+        Ok(())
+    }
+}
+
+/// The kernel's tables, opened from their pins.
+pub struct PinnedCt {
+    confirmed: HashMap<MapData, CtKey, CtValue>,
+    new: HashMap<MapData, CtKey, CtValue>,
+    /// Walk bounds of the two tables.
+    limits: (usize, usize),
+}
+
+impl PinnedCt {
+    pub fn open(dir: &Path) -> Result<Self, MapsError> {
+        Ok(Self {
+            confirmed: pinned::open(dir, names::CONNTRACK)?,
+            new: pinned::open(dir, names::CT_NEW)?,
+            limits: (
+                walk_limit(dir, names::CONNTRACK),
+                walk_limit(dir, names::CT_NEW),
+            ),
+        })
+    }
+}
+
+impl CtTables for PinnedCt {
+    fn snapshot(&self) -> Result<BTreeMap<CtKey, CtValue>, MapsError> {
+        let mut out = bounded_read(&self.new, names::CT_NEW, self.limits.1)?;
+        out.extend(bounded_read(
+            &self.confirmed,
+            names::CONNTRACK,
+            self.limits.0,
+        )?);
+        Ok(out)
+    }
+
+    fn delete(&mut self, k: &CtKey) -> Result<(), MapsError> {
+        pinned::remove(&mut self.confirmed, k, names::CONNTRACK)?;
+        pinned::remove(&mut self.new, k, names::CT_NEW)
+    }
+}
+
+/// The entries of `map`, reading at most `limit` keys.
+fn bounded_read(
+    map: &HashMap<MapData, CtKey, CtValue>,
+    name: &'static str,
+    limit: usize,
+) -> Result<BTreeMap<CtKey, CtValue>, MapsError> {
+    let mut out = BTreeMap::new();
+    for item in map.iter().take(limit) {
+        match item {
+            Ok((k, v)) => {
+                out.insert(k, v);
+            }
+            // Deleted by the kernel between two steps of the walk.
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(source) => return Err(MapsError::Read { map: name, source }),
+        }
+    }
+    Ok(out)
+}
+
+/// Twice the capacity of the map pinned as `name` in `dir`: the bound of
+/// one walk.
+fn walk_limit(dir: &Path, name: &str) -> usize {
+    let capacity = aya::maps::MapInfo::from_pin(dir.join(name))
+        .map(|i| i.max_entries())
+        .unwrap_or(names::CONNTRACK_MAX);
+    capacity as usize * 2
+}
+
+/// One pass over `tables`: deletes what [`ct_gc::expired_flows`] names
+/// and returns how many by reason.
+pub fn pass(
+    tables: &mut dyn CtTables,
+    live: &BTreeSet<(u32, u32)>,
+    now_s: u32,
+    timeouts: &CtTimeouts,
+) -> Result<BTreeMap<CtExpiry, usize>, MapsError> {
+    let entries = tables.snapshot()?;
+    let mut done = BTreeMap::new();
+    for (k, why) in ct_gc::expired_flows(&entries, now_s, live, timeouts) {
+        tables.delete(&k)?;
+        *done.entry(why).or_insert(0) += 1;
+    }
+    Ok(done)
+}
+
+/// Passes until the sync's sender is gone: every [`PERIOD`], and when the
+/// live pairs change. A failed pass is logged and tried again next time.
+pub async fn run(
+    pin_dir: PathBuf,
+    metrics: Arc<Metrics>,
+    mut live: watch::Receiver<LivePairs>,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = live.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        let Some(pairs) = live.borrow_and_update().clone() else {
+            continue;
+        };
+        let dir = pin_dir.clone();
+        let started = Instant::now();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut tables = PinnedCt::open(&dir)?;
+            let now = ct_gc::monotonic_now_s();
+            pass(&mut tables, &pairs, now, &CtTimeouts::default())
+        })
+        .await?;
+        match done {
+            Ok(done) => record(&metrics, &done, started.elapsed()),
+            Err(e) => warn!(error = %e, "conntrack cleanup failed; retrying next pass"),
+        }
+    }
+}
+
+fn record(metrics: &Metrics, done: &BTreeMap<CtExpiry, usize>, took: Duration) {
+    for (why, n) in done {
+        debug!(
+            reason = why.as_str(),
+            entries = n,
+            ?took,
+            "conntrack entries removed"
+        );
+        metrics
+            .conntrack_gc
+            .get_or_create(&ReasonLabels {
+                reason: why.as_str().to_string(),
+            })
+            .inc_by(*n as u64);
+    }
+}

@@ -1,0 +1,241 @@
+//! Conntrack under pressure: the two tables (new flows apart from confirmed
+//! ones) against a spoofed SYN flood, SNAT ports from their own range, and
+//! a SNAT port's reservation that the LRU evicted or another flow took.
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+
+use anyhow::{ensure, Context, Result};
+use bpfproxy_tests::packet::{view, Spec, TCP, TCP_ACK, TCP_SYN};
+use proxy_agent::maps::sizes::MapSizes;
+use proxy_common::{counters, ct_dir, maps as names, CtKey, SNAT_PORT_MAX, SNAT_PORT_MIN};
+
+use super::nodeport_tcp;
+use crate::datapath::*;
+
+/// One TCP connection through the NodePort to a backend on another node,
+/// carried through its handshake: SYN, the backend's SYN-ACK, the
+/// client's ACK (which confirms the flow). Returns its SNAT port.
+fn connect(dp: &Datapath, client: (Ipv4Addr, u16)) -> Result<u16> {
+    let syn = Spec::tcp(client, (NODE, NODE_PORT), TCP_SYN).build();
+    let (rc, out) = dp.ingress(&syn);
+    ensure!(rc == TC_ACT_REDIRECT, "SYN of {client:?}: verdict {rc}");
+    let snat_port = view(&out)?.src.1;
+    let syn_ack = Spec::tcp(
+        (REMOTE_POD, TARGET_PORT),
+        (NODE, snat_port),
+        TCP_SYN | TCP_ACK,
+    )
+    .build();
+    let back = view(&dp.ingress(&syn_ack).1)?;
+    ensure!(
+        back.dst == client,
+        "SYN-ACK of {client:?} went to {:?}",
+        back.dst
+    );
+    let ack = Spec::tcp(client, (NODE, NODE_PORT), TCP_ACK).build();
+    ensure!(dp.ingress(&ack).0 == TC_ACT_REDIRECT, "ACK of {client:?}");
+    Ok(snat_port)
+}
+
+/// Data both ways on an established flow: the client's packet reaches the
+/// backend from the flow's SNAT port, the backend's answer the client.
+fn exchange(dp: &Datapath, client: (Ipv4Addr, u16), snat_port: u16) -> Result<()> {
+    let data = Spec::tcp(client, (NODE, NODE_PORT), TCP_ACK)
+        .payload(b"ping")
+        .build();
+    let (rc, out) = dp.ingress(&data);
+    ensure!(rc == TC_ACT_REDIRECT, "data of {client:?}: verdict {rc}");
+    let fwd = view(&out)?;
+    ensure!(
+        fwd.dst == (REMOTE_POD, TARGET_PORT) && fwd.src == (NODE, snat_port),
+        "data of {client:?} left as {:?} -> {:?}",
+        fwd.src,
+        fwd.dst
+    );
+    let answer = Spec::tcp((REMOTE_POD, TARGET_PORT), (NODE, snat_port), TCP_ACK)
+        .payload(b"pong")
+        .build();
+    let back = view(&dp.ingress(&answer).1)?;
+    ensure!(
+        back.dst == client && back.src == (NODE, NODE_PORT),
+        "answer to {client:?} left as {:?} -> {:?}",
+        back.src,
+        back.dst
+    );
+    Ok(())
+}
+
+/// Spoofed sources from 100.64.0.0/10, none of them a real client.
+fn spoofed(i: u32) -> (Ipv4Addr, u16) {
+    let a = 0x6440_0000 | (i >> 4);
+    (Ipv4Addr::from(a), 1024 + (i & 0xf) as u16 * 4000)
+}
+
+#[test]
+fn a_spoofed_syn_flood_twice_the_table_leaves_established_flows_working() -> Result<()> {
+    // Small tables so the flood is quick: 4096 confirmed entries (2048
+    // flows), 1024 new ones; the flood is twice the confirmed table.
+    let sizes = MapSizes {
+        conntrack: 4096,
+        conntrack_new: 1024,
+        ..MapSizes::default()
+    };
+    let mut dp = Datapath::new_with("tcflood", &sizes)?;
+    dp.node_addr(NODE, NODE, proxy_common::node_flags::NODEPORT);
+    dp.node_addr(Ipv4Addr::UNSPECIFIED, NODE, 0);
+    nodeport_tcp(&mut dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
+    let clients: Vec<(Ipv4Addr, u16)> = (0..64)
+        .map(|i| (Ipv4Addr::new(198, 51, 100, 7), 42000 + i))
+        .collect();
+    let mut ports = Vec::new();
+    for c in &clients {
+        ports.push(connect(&dp, *c)?);
+    }
+    assert_eq!(dp.counter(counters::TC_CT_CONFIRMED), 64);
+    let flood = 2 * sizes.conntrack;
+    for i in 0..flood {
+        let syn = Spec::tcp(spoofed(i), (NODE, NODE_PORT), TCP_SYN).build();
+        dp.ingress(&syn);
+    }
+    let new_flows = dp.counter(counters::TC_NEW_FLOW);
+    ensure!(
+        new_flows >= u64::from(flood),
+        "the flood made {new_flows} flows"
+    );
+    assert_eq!(
+        dp.counter(counters::TC_CT_CONFIRMED),
+        64,
+        "no SYN of the flood was confirmed"
+    );
+    let mut broken = Vec::new();
+    for (c, port) in clients.iter().zip(&ports) {
+        if let Err(e) = exchange(&dp, *c, *port) {
+            broken.push(format!("{e:#}"));
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "{} of 64 established flows broke after a {flood}-SYN flood: {broken:?}",
+        broken.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn snat_ports_come_from_their_range_and_keep_the_clients_port_only_inside_it() -> Result<()> {
+    let mut dp = Datapath::with_node("tcsrange")?;
+    nodeport_tcp(&mut dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
+    let range = SNAT_PORT_MIN..=SNAT_PORT_MAX;
+    let mut seen = BTreeSet::new();
+    for sport in 40000..40032u16 {
+        let syn = Spec::tcp((CLIENT, sport), (NODE, NODE_PORT), TCP_SYN).build();
+        let port = view(&dp.ingress(&syn).1)?.src.1;
+        ensure!(
+            range.contains(&port),
+            "client port {sport} got SNAT port {port}"
+        );
+        seen.insert(port);
+    }
+    ensure!(seen.len() == 32, "SNAT ports repeated: {seen:?}");
+    let inside = SNAT_PORT_MIN + 7;
+    let syn = Spec::tcp((CLIENT, inside), (NODE, NODE_PORT), TCP_SYN).build();
+    assert_eq!(view(&dp.ingress(&syn).1)?.src.1, inside);
+    Ok(())
+}
+
+/// A confirmed flow and the key of its reply entry (its SNAT port's
+/// reservation).
+fn confirmed_flow(dp: &mut Datapath, sport: u16) -> Result<((Ipv4Addr, u16), u16, CtKey)> {
+    nodeport_tcp(dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
+    let client = (CLIENT, sport);
+    let port = connect(dp, client)?;
+    let reply_key = CtKey::new(REMOTE_POD, TARGET_PORT, NODE, port, TCP, ct_dir::REPLY_SNAT);
+    dp.ct_in(names::CONNTRACK, &reply_key)
+        .context("the reply entry is confirmed with its flow")?;
+    Ok((client, port, reply_key))
+}
+
+/// The programs check a flow's reservation once a second per flow.
+fn next_second() {
+    std::thread::sleep(Duration::from_millis(1100));
+}
+
+#[test]
+fn a_confirmed_flow_takes_back_its_evicted_snat_reservation() -> Result<()> {
+    let mut dp = Datapath::with_node("tcsretake")?;
+    let (client, port, reply_key) = confirmed_flow(&mut dp, 44000)?;
+    dp.set_ct(names::CONNTRACK, &reply_key, None);
+    next_second();
+    exchange(&dp, client, port)?;
+    let back = dp
+        .ct_in(names::CONNTRACK, &reply_key)
+        .context("the reservation is back")?;
+    assert_eq!(back.addr(), client);
+    Ok(())
+}
+
+#[test]
+fn a_flow_whose_snat_port_another_flow_took_is_ended_not_mixed() -> Result<()> {
+    let mut dp = Datapath::with_node("tcslost")?;
+    let (client, _, reply_key) = confirmed_flow(&mut dp, 44100)?;
+    let mut theirs = dp.ct(&reply_key).context("reply entry")?;
+    theirs.addr_be = u32::from_ne_bytes([198, 51, 100, 99]);
+    dp.set_ct(names::CONNTRACK, &reply_key, Some(theirs));
+    next_second();
+    let data = Spec::tcp(client, (NODE, NODE_PORT), TCP_ACK).build();
+    assert_eq!(dp.ingress(&data).0, TC_ACT_SHOT);
+    assert_eq!(dp.counter(counters::ERR_SNAT_LOST), 1);
+    let fwd = CtKey::new(client.0, client.1, NODE, NODE_PORT, TCP, ct_dir::FORWARD);
+    assert!(dp.ct(&fwd).is_none(), "the flow's entry is gone");
+    assert_eq!(
+        dp.ct(&reply_key).map(|v| v.addr_be),
+        Some(theirs.addr_be),
+        "the other flow keeps its port"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_retransmitted_syn_does_not_confirm_a_flow_and_a_second_udp_packet_does() -> Result<()> {
+    let mut dp = Datapath::with_node("tcconfirm")?;
+    nodeport_tcp(&mut dp, &[Be(LOCAL_POD, TARGET_PORT, true)]);
+    let syn = Spec::tcp((CLIENT, 45100), (NODE, NODE_PORT), TCP_SYN).build();
+    dp.ingress(&syn);
+    dp.ingress(&syn);
+    let fwd = CtKey::new(CLIENT, 45100, NODE, NODE_PORT, TCP, ct_dir::FORWARD);
+    ensure!(dp.ct_in(names::CT_NEW, &fwd).is_some(), "still new");
+    super::nodeport_udp(&mut dp, &[Be(LOCAL_POD, 5353, true)]);
+    let dgram = Spec::udp((CLIENT, 45101), (NODE, super::UDP_NODE_PORT))
+        .payload(b"q")
+        .build();
+    dp.ingress(&dgram);
+    let ufwd = CtKey::new(
+        CLIENT,
+        45101,
+        NODE,
+        super::UDP_NODE_PORT,
+        proxy_common::proto::UDP,
+        ct_dir::FORWARD,
+    );
+    ensure!(
+        dp.ct_in(names::CT_NEW, &ufwd).is_some(),
+        "new after one datagram"
+    );
+    dp.ingress(&dgram);
+    ensure!(
+        dp.ct_in(names::CONNTRACK, &ufwd).is_some() && dp.ct_in(names::CT_NEW, &ufwd).is_none(),
+        "confirmed after the second"
+    );
+    let reply = CtKey::new(
+        LOCAL_POD,
+        5353,
+        CLIENT,
+        45101,
+        proxy_common::proto::UDP,
+        ct_dir::REPLY,
+    );
+    ensure!(
+        dp.ct_in(names::CONNTRACK, &reply).is_some(),
+        "its reply entry moved with it"
+    );
+    Ok(())
+}
