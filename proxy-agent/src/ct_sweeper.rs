@@ -74,15 +74,21 @@ impl PinnedCt {
     }
 }
 
+impl PinnedCt {
+    /// The confirmed table's entries and the new one's, each walk bounded.
+    pub fn read(&self) -> Result<(BTreeMap<CtKey, CtValue>, BTreeMap<CtKey, CtValue>), MapsError> {
+        Ok((
+            bounded_read(&self.confirmed, names::CONNTRACK, self.limits.0)?,
+            bounded_read(&self.new, names::CT_NEW, self.limits.1)?,
+        ))
+    }
+}
+
 impl CtTables for PinnedCt {
     fn snapshot(&self) -> Result<BTreeMap<CtKey, CtValue>, MapsError> {
-        let mut out = bounded_read(&self.new, names::CT_NEW, self.limits.1)?;
-        out.extend(bounded_read(
-            &self.confirmed,
-            names::CONNTRACK,
-            self.limits.0,
-        )?);
-        Ok(out)
+        let (confirmed, mut all) = self.read()?;
+        all.extend(confirmed);
+        Ok(all)
     }
 
     fn delete(&mut self, k: &CtKey) -> Result<(), MapsError> {

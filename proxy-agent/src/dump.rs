@@ -2,6 +2,7 @@
 use std::path::Path;
 
 use crate::{
+    ct_sweeper::PinnedCt,
     datapath::{ct_gc::monotonic_now_s, flows, DeviceView, DumpView},
     loader::pin_dir,
     maps::{pinned::PinnedMaps, LbMaps, MapsError},
@@ -25,7 +26,10 @@ pub fn read(bpffs: &Path) -> Result<DumpView, MapsError> {
             mtu: d.mtu,
         })
         .collect();
-    let (entries, unconfirmed) = maps.read_conntrack()?;
+    let (confirmed, new) = PinnedCt::open(&dir)?.read()?;
+    let unconfirmed = new.keys().copied().collect();
+    let mut entries = new;
+    entries.extend(confirmed);
     view.flows = flows(&entries, &unconfirmed, monotonic_now_s());
     Ok(view)
 }

@@ -377,6 +377,16 @@ fn every_node_snats_to_its_node_to_node_address(sb: &ClusterSandbox) -> Result<(
             let dump = bpfproxy_tests::agent::dump_json(&bin, sb.node(i).bpffs.path());
             bail!("node {i}: {r:?}\nnode {i}'s dump: {dump:?}");
         }
+        // SNAT ports lie outside the node's ephemeral range, and the agent
+        // reserved them in the node's network namespace.
+        let reserved = sb.node(i).ns.run(
+            &["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"],
+            Duration::from_secs(5),
+        )?;
+        ensure!(
+            reserved.contains("61000-65535"),
+            "node {i}: SNAT ports not reserved: {reserved:?}"
+        );
         let names = by_name(&r)?;
         println!("node {i}: backend → client addresses seen: {names:?}");
         for j in [1, 2] {

@@ -10,8 +10,8 @@ use aya::maps::{
     HashMap, Map, MapData, MapError, PerCpuArray,
 };
 use proxy_common::{
-    counters, maps as names, AffinityKey, AffinityValue, BackendValue, CtKey, CtValue, RevNatValue,
-    ServiceKey, ServiceName, ServiceValue, SourceRange,
+    counters, maps as names, AffinityKey, AffinityValue, BackendValue, RevNatValue, ServiceKey,
+    ServiceName, ServiceValue, SourceRange,
 };
 
 use super::{
@@ -30,8 +30,6 @@ pub struct PinnedMaps {
     names: HashMap<MapData, u32, ServiceName>,
     counters: PerCpuArray<MapData, u64>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
-    conntrack: HashMap<MapData, CtKey, CtValue>,
-    ct_new: HashMap<MapData, CtKey, CtValue>,
     source_ranges: LpmTrie<MapData, SourceRange, u8>,
     /// The kernel's sizes of these maps.
     sizes: MapSizes,
@@ -117,8 +115,6 @@ impl PinnedMaps {
             names: open(dir, names::SERVICE_NAMES)?,
             counters: open(dir, names::COUNTERS)?,
             affinity: open(dir, names::AFFINITY)?,
-            conntrack: open(dir, names::CONNTRACK)?,
-            ct_new: open(dir, names::CT_NEW)?,
             source_ranges: open(dir, names::SOURCE_RANGES)?,
         })
     }
@@ -132,16 +128,6 @@ impl PinnedMaps {
         }
         let slot = self.services.get(key, 0).ok()?;
         self.backends.get(&slot.backend_id, 0).ok()
-    }
-
-    /// Every conntrack entry of both tables (for `bpfproxy dump`'s flows),
-    /// and the keys of the new, unconfirmed flows among them.
-    pub fn read_conntrack(&self) -> Result<(BTreeMap<CtKey, CtValue>, BTreeSet<CtKey>), MapsError> {
-        let new = read(&self.ct_new, names::CT_NEW)?;
-        let unconfirmed = new.keys().copied().collect();
-        let mut all = new;
-        all.extend(read(&self.conntrack, names::CONNTRACK)?);
-        Ok((all, unconfirmed))
     }
 
     /// Datapath counters summed over CPUs, by reason name.

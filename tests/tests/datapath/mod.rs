@@ -194,7 +194,12 @@ impl Datapath {
 
     /// The usual node: NodePorts on NODE, which is also the SNAT address.
     pub fn with_node(suffix: &str) -> Result<Self> {
-        let mut dp = Self::new(suffix)?;
+        Self::with_node_sized(suffix, &MapSizes::default())
+    }
+
+    /// [`Datapath::with_node`] with other map sizes.
+    pub fn with_node_sized(suffix: &str, sizes: &MapSizes) -> Result<Self> {
+        let mut dp = Self::new_with(suffix, sizes)?;
         dp.node_addr(NODE, NODE, node_flags::NODEPORT);
         dp.node_addr(Ipv4Addr::UNSPECIFIED, NODE, 0);
         Ok(dp)

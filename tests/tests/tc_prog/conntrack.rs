@@ -79,9 +79,7 @@ fn a_spoofed_syn_flood_twice_the_table_leaves_established_flows_working() -> Res
         conntrack_new: 1024,
         ..MapSizes::default()
     };
-    let mut dp = Datapath::new_with("tcflood", &sizes)?;
-    dp.node_addr(NODE, NODE, proxy_common::node_flags::NODEPORT);
-    dp.node_addr(Ipv4Addr::UNSPECIFIED, NODE, 0);
+    let mut dp = Datapath::with_node_sized("tcflood", &sizes)?;
     nodeport_tcp(&mut dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
     let clients: Vec<(Ipv4Addr, u16)> = (0..64)
         .map(|i| (Ipv4Addr::new(198, 51, 100, 7), 42000 + i))
@@ -237,5 +235,40 @@ fn a_retransmitted_syn_does_not_confirm_a_flow_and_a_second_udp_packet_does() ->
         dp.ct_in(names::CONNTRACK, &reply).is_some(),
         "its reply entry moved with it"
     );
+    Ok(())
+}
+
+#[test]
+fn the_sweeper_clears_udp_flows_of_a_departed_backend_from_both_tables() -> Result<()> {
+    use proxy_agent::{
+        ct_sweeper::{self, CtTables, PinnedCt},
+        datapath::ct_gc::{monotonic_now_s, CtExpiry, CtTimeouts},
+    };
+    let mut dp = Datapath::with_node("tcsweep")?;
+    super::nodeport_udp(&mut dp, &[Be(REMOTE_POD, 5353, false)]);
+    let dgram = |sport: u16| {
+        Spec::udp((CLIENT, sport), (NODE, super::UDP_NODE_PORT))
+            .payload(b"q")
+            .build()
+    };
+    // One confirmed flow (two datagrams), one new (one datagram).
+    for sport in [46000, 46000, 46001] {
+        ensure!(dp.ingress(&dgram(sport)).0 == TC_ACT_REDIRECT, "{sport}");
+    }
+    let mut tables = PinnedCt::open(&dp.bpffs.path().join(names::PIN_DIR))?;
+    let (confirmed, new) = tables.read()?;
+    assert_eq!(
+        (confirmed.len(), new.len()),
+        (2, 2),
+        "{confirmed:?} {new:?}"
+    );
+    let live = BTreeSet::from([(1, 1)]);
+    let now = monotonic_now_s();
+    let kept = ct_sweeper::pass(&mut tables, &live, now, &CtTimeouts::default())?;
+    assert!(kept.is_empty(), "the backend serves: {kept:?}");
+    // The backend left its Service: every entry of its flows goes.
+    let gone = ct_sweeper::pass(&mut tables, &BTreeSet::new(), now, &CtTimeouts::default())?;
+    assert_eq!(gone.get(&CtExpiry::BackendGone), Some(&4), "{gone:?}");
+    assert!(tables.snapshot()?.is_empty());
     Ok(())
 }
