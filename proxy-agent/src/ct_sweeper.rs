@@ -32,6 +32,9 @@ pub const PERIOD: Duration = Duration::from_secs(12);
 /// first sync (before it, every UDP flow would look orphaned).
 pub type LivePairs = Option<Arc<BTreeSet<(u32, u32)>>>;
 
+/// Conntrack entries by key.
+pub type CtEntries = BTreeMap<CtKey, CtValue>;
+
 /// Both conntrack tables, as a pass sees them.
 pub trait CtTables {
     /// The entries of both tables, each walk bounded (see the module
@@ -76,7 +79,7 @@ impl PinnedCt {
 
 impl PinnedCt {
     /// The confirmed table's entries and the new one's, each walk bounded.
-    pub fn read(&self) -> Result<(BTreeMap<CtKey, CtValue>, BTreeMap<CtKey, CtValue>), MapsError> {
+    pub fn read(&self) -> Result<(CtEntries, CtEntries), MapsError> {
         Ok((
             bounded_read(&self.confirmed, names::CONNTRACK, self.limits.0)?,
             bounded_read(&self.new, names::CT_NEW, self.limits.1)?,
