@@ -18,6 +18,7 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod cluster;
 pub mod container;
+pub mod flood;
 pub mod interrupt;
 pub mod manifest;
 pub mod multinode;

@@ -6,6 +6,7 @@
 //! servers answer `<name> <client-ip>` (`probe serve --echo-peer`), so a test
 //! sees which backend answered and which source address it saw.
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -406,6 +407,86 @@ fn every_node_snats_to_its_node_to_node_address(sb: &ClusterSandbox) -> Result<(
                 pod_name(j, 1)
             );
         }
+    }
+    Ok(())
+}
+
+/// Node 3's conntrack: small tables, so a flood of twice the confirmed one
+/// is quick to send.
+const SMALL_CONNTRACK: u32 = 4096;
+
+/// A spoofed SYN flood of twice node 3's confirmed conntrack table against
+/// its NodePort: connections established before it keep working, both ways,
+/// and fresh connections work after it.
+fn established_connections_survive_a_spoofed_syn_flood(shape: NetworkShape) -> Result<()> {
+    let sb = cluster(shape)?;
+    write_web(&sb, "Cluster")?;
+    let mut agents = Vec::new();
+    for i in 1..=NODES {
+        let mut cfg = sb.agent_config_with_tc(i)?;
+        cfg.extra_args.extend([
+            format!("--map-size-conntrack={SMALL_CONNTRACK}"),
+            "--map-size-conntrack-new=1024".to_string(),
+        ]);
+        agents.push(Agent::start(cfg)?);
+    }
+    for agent in &mut agents {
+        agent.wait_for_backends("0.0.0.0", NODE_PORT, "TCP", &[backend(1), backend(2)], T)?;
+    }
+    // Through node 3, which has no local backend: DNAT + SNAT.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut conn = sb.client_hold(&np(3))?;
+        let first = conn.ping()?;
+        held.push((conn, first));
+    }
+    let node3: Ipv4Addr = node_ip(3).parse()?;
+    let flood = 2 * SMALL_CONNTRACK;
+    let started = Instant::now();
+    let sent = bpfproxy_tests::flood::spoofed_syn_flood(sb.client_ns(), (node3, NODE_PORT), flood)?;
+    println!("{shape}: {sent} spoofed SYNs in {:?}", started.elapsed());
+    let mut broken = Vec::new();
+    for (n, (conn, first)) in held.iter_mut().enumerate() {
+        match conn.ping() {
+            Ok(a) if a == *first => {}
+            other => broken.push(format!("connection {n}: {other:?}")),
+        }
+    }
+    let counters = agents[2].dump_json()?["counters"].clone();
+    let count = |name: &str| counters[name].as_u64().unwrap_or(0);
+    println!(
+        "{shape}: node 3 counted {} new flows, {} confirmed; {} of 8 held connections broke",
+        count("tc_new_flow"),
+        count("tc_ct_confirmed"),
+        broken.len()
+    );
+    ensure!(broken.is_empty(), "after the flood: {broken:?}");
+    ensure!(
+        count("tc_new_flow") >= u64::from(flood),
+        "the flood did not reach node 3's datapath: {counters}"
+    );
+    ensure!(
+        count("tc_ct_confirmed") < 100,
+        "flood SYNs were confirmed: {counters}"
+    );
+    // Fresh connections work once the flood's own traffic has drained (the
+    // backends' SYN-ACKs to the spoofed sources, through the relays of the
+    // shapes that have one).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = sb.client_tcp_counted(&np(3), 20, 500)?;
+        if r.ok == 20 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "fresh connections after the flood: {r:?}"
+        );
+        println!("{shape}: fresh connections right after the flood: {r:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for (conn, _) in held {
+        conn.close()?;
     }
     Ok(())
 }
@@ -1295,4 +1376,5 @@ on_every_shape!(
     a_rolling_update_behind_a_node_port_fails_no_request,
     udp_flows_of_a_removed_backend_are_purged,
     path_mtu_discovery_works_through_a_node_port,
+    established_connections_survive_a_spoofed_syn_flood,
 );

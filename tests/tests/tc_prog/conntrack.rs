@@ -4,7 +4,10 @@
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use anyhow::{ensure, Context, Result};
-use bpfproxy_tests::packet::{view, Spec, TCP, TCP_ACK, TCP_SYN};
+use bpfproxy_tests::{
+    flood::spoofed_source,
+    packet::{view, Spec, TCP, TCP_ACK, TCP_SYN},
+};
 use proxy_agent::maps::sizes::MapSizes;
 use proxy_common::{counters, ct_dir, maps as names, CtKey, SNAT_PORT_MAX, SNAT_PORT_MIN};
 
@@ -64,12 +67,6 @@ fn exchange(dp: &Datapath, client: (Ipv4Addr, u16), snat_port: u16) -> Result<()
     Ok(())
 }
 
-/// Spoofed sources from 100.64.0.0/10, none of them a real client.
-fn spoofed(i: u32) -> (Ipv4Addr, u16) {
-    let a = 0x6440_0000 | (i >> 4);
-    (Ipv4Addr::from(a), 1024 + (i & 0xf) as u16 * 4000)
-}
-
 #[test]
 fn a_spoofed_syn_flood_twice_the_table_leaves_established_flows_working() -> Result<()> {
     // Small tables so the flood is quick: 4096 confirmed entries (2048
@@ -91,7 +88,7 @@ fn a_spoofed_syn_flood_twice_the_table_leaves_established_flows_working() -> Res
     assert_eq!(dp.counter(counters::TC_CT_CONFIRMED), 64);
     let flood = 2 * sizes.conntrack;
     for i in 0..flood {
-        let syn = Spec::tcp(spoofed(i), (NODE, NODE_PORT), TCP_SYN).build();
+        let syn = Spec::tcp(spoofed_source(i), (NODE, NODE_PORT), TCP_SYN).build();
         dp.ingress(&syn);
     }
     let new_flows = dp.counter(counters::TC_NEW_FLOW);
