@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bpfproxy_tests::{
+    agent::AgentConfig,
     manifest::{self, Endpoint, ServiceSpec},
     multinode::{
         answers_by_backend, k8s_node_name, node_ip, node_port_service, pod_endpoint, pod_ip,
@@ -88,9 +89,17 @@ fn start_agent(sb: &ClusterSandbox, i: usize) -> Result<Agent> {
 /// One agent per node, each waited for until its NodePort frontend has
 /// `want(i)` as backends.
 fn start_agents(sb: &ClusterSandbox, want: impl Fn(usize) -> Vec<String>) -> Result<Vec<Agent>> {
+    start_agents_with(|i| sb.agent_config_with_tc(i), want)
+}
+
+/// [`start_agents`] with node `i`'s agent configured by `config(i)`.
+fn start_agents_with(
+    config: impl Fn(usize) -> Result<AgentConfig>,
+    want: impl Fn(usize) -> Vec<String>,
+) -> Result<Vec<Agent>> {
     let mut agents = Vec::new();
     for i in 1..=NODES {
-        agents.push(start_agent(sb, i)?);
+        agents.push(Agent::start(config(i)?)?);
     }
     for (n, agent) in agents.iter_mut().enumerate() {
         agent
@@ -335,15 +344,14 @@ fn etp_cluster_a_remote_backend_sees_the_node_address(shape: NetworkShape) -> Re
 fn devices_auto_serves_as_naming_the_client_nic_does(shape: NetworkShape) -> Result<()> {
     let sb = cluster(shape)?;
     write_web(&sb, "Cluster")?;
-    let mut agents = Vec::new();
-    for i in 1..=NODES {
-        let mut cfg = sb.agent_config(i)?;
-        cfg.extra_args.push("--devices=auto".to_string());
-        agents.push(Agent::start(cfg)?);
-    }
-    for agent in &mut agents {
-        agent.wait_for_backends("0.0.0.0", NODE_PORT, "TCP", &[backend(1), backend(2)], T)?;
-    }
+    let agents = start_agents_with(
+        |i| {
+            let mut cfg = sb.agent_config(i)?;
+            cfg.extra_args.push("--devices=auto".to_string());
+            Ok(cfg)
+        },
+        |_| vec![backend(1), backend(2)],
+    )?;
     every_node_snats_to_its_node_to_node_address(&sb)?;
     let log = std::fs::read_to_string(agents[2].log_path())?;
     let placed = log
@@ -421,18 +429,17 @@ const SMALL_CONNTRACK: u32 = 4096;
 fn established_connections_survive_a_spoofed_syn_flood(shape: NetworkShape) -> Result<()> {
     let sb = cluster(shape)?;
     write_web(&sb, "Cluster")?;
-    let mut agents = Vec::new();
-    for i in 1..=NODES {
-        let mut cfg = sb.agent_config_with_tc(i)?;
-        cfg.extra_args.extend([
-            format!("--map-size-conntrack={SMALL_CONNTRACK}"),
-            "--map-size-conntrack-new=1024".to_string(),
-        ]);
-        agents.push(Agent::start(cfg)?);
-    }
-    for agent in &mut agents {
-        agent.wait_for_backends("0.0.0.0", NODE_PORT, "TCP", &[backend(1), backend(2)], T)?;
-    }
+    let agents = start_agents_with(
+        |i| {
+            let mut cfg = sb.agent_config_with_tc(i)?;
+            cfg.extra_args.extend([
+                format!("--map-size-conntrack={SMALL_CONNTRACK}"),
+                "--map-size-conntrack-new=1024".to_string(),
+            ]);
+            Ok(cfg)
+        },
+        |_| vec![backend(1), backend(2)],
+    )?;
     // Through node 3, which has no local backend: DNAT + SNAT.
     let mut held = Vec::new();
     for _ in 0..8 {
