@@ -52,10 +52,17 @@ pub fn lookup(pkt: &Packet, dir: u8) -> Option<*mut CtValue> {
     get(&key(pkt, dir))
 }
 
-/// The entry under `k` in either table (confirmed first).
+/// The entry under `k` in either table (confirmed first). A flow that
+/// another CPU is confirming right now is written to the confirmed table
+/// before it leaves the new one: when both lookups miss, the second look
+/// at the confirmed table finds it (else this packet would pass untouched
+/// or start the flow anew).
 #[inline(always)]
 pub fn get(k: &CtKey) -> Option<*mut CtValue> {
-    CONNTRACK.get_ptr_mut(k).or_else(|| CT_NEW.get_ptr_mut(k))
+    CONNTRACK
+        .get_ptr_mut(k)
+        .or_else(|| CT_NEW.get_ptr_mut(k))
+        .or_else(|| CONNTRACK.get_ptr_mut(k))
 }
 
 /// What the FORWARD entry of a packet's flow asks before the packet is
@@ -74,20 +81,29 @@ pub enum Forward {
 pub fn lookup_forward(pkt: &Packet, may_settle: bool) -> Option<Forward> {
     let k = key(pkt, ct_dir::FORWARD);
     if let Some(e) = CONNTRACK.get_ptr_mut(k) {
-        // SAFETY: valid for this run (LRU entries are RCU-freed).
-        let due = unsafe { (*e).last_seen_s } != now_s();
-        return Some(if due && may_settle {
+        return Some(confirmed(e, may_settle));
+    }
+    if let Some(e) = CT_NEW.get_ptr_mut(k) {
+        return Some(if confirms(pkt) && may_settle {
             Forward::Settle
         } else {
             Forward::Go(e)
         });
     }
-    let e = CT_NEW.get_ptr_mut(k)?;
-    Some(if confirms(pkt) && may_settle {
+    // A flow confirmed meanwhile on another CPU (see `get`).
+    CONNTRACK.get_ptr_mut(k).map(|e| confirmed(e, may_settle))
+}
+
+/// What a confirmed flow's FORWARD entry `e` asks: once a second, settle.
+#[inline(always)]
+fn confirmed(e: *mut CtValue, may_settle: bool) -> Forward {
+    // SAFETY: valid for this run (LRU entries are RCU-freed).
+    let due = unsafe { (*e).last_seen_s } != now_s();
+    if due && may_settle {
         Forward::Settle
     } else {
         Forward::Go(e)
-    })
+    }
 }
 
 /// For a packet [`lookup_forward`] asked to settle: confirms its new flow
@@ -161,9 +177,13 @@ fn settle_partner(k: &CtKey, v: &CtValue) -> bool {
         Some(_) => return false,
         None => rebuilt,
     };
-    let done = CONNTRACK.insert(pk, value, BPF_NOEXIST as u64).is_ok();
+    let moved = CONNTRACK.insert(pk, value, BPF_NOEXIST as u64).is_ok();
     let _ = CT_NEW.remove(pk);
-    done
+    // Two packets of one flow settling at once on two CPUs (the client's
+    // ACK and its first data): the other may have moved the entry between
+    // the lookup above and the insert. It is ours if it is there as ours.
+    // SAFETY: copied out at once.
+    moved || unsafe { CONNTRACK.get(pk) }.is_some_and(ours)
 }
 
 /// The entry the other direction of a flow holds, rebuilt from its FORWARD

@@ -33,6 +33,12 @@ pub struct NodeNet {
 }
 
 impl NodeNet {
+    /// Puts the calling thread into the node namespace too (the programs'
+    /// route lookups under BPF_PROG_TEST_RUN see the caller's namespace).
+    pub fn join_this_thread(&self) -> Result<()> {
+        self._node.join_this_thread()
+    }
+
     /// Builds the node (names carry `tag`) and joins it on this thread.
     pub fn new(tag: &str) -> Result<Self> {
         let node = Netns::new(&format!("{tag}n"))?;

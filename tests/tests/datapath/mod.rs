@@ -82,6 +82,12 @@ impl Datapath {
         })
     }
 
+    /// Lets another thread run the programs as this one does: inside the
+    /// node namespace, whose routes their lookups see.
+    pub fn join_node_on_this_thread(&self) -> Result<()> {
+        self._node.join_this_thread()
+    }
+
     pub fn run(&self, prog: &str, pkt: &[u8]) -> std::io::Result<prog_test_run::TestRun> {
         let p: &SchedClassifier = self
             .ebpf

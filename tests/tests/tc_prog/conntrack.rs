@@ -269,3 +269,85 @@ fn the_sweeper_clears_udp_flows_of_a_departed_backend_from_both_tables() -> Resu
     assert!(tables.snapshot()?.is_empty());
     Ok(())
 }
+
+/// Pins the calling thread to CPU `cpu`.
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: the set outlives the call; 0 is this thread.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        anyhow::bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The client's ACK and its first data reach two CPUs at once: both find
+/// the new flow and confirm it, moving its entries. The one that comes
+/// second must see the move as done, not as its SNAT port taken (the
+/// kernel matrix's IPIP NodePort test on 5.10 once lost a flow so).
+#[test]
+fn a_flow_confirmed_on_two_cpus_at_once_is_kept() -> Result<()> {
+    let cpus = std::thread::available_parallelism()?.get();
+    ensure!(
+        cpus >= 2,
+        "this test needs two CPUs, the machine has {cpus}"
+    );
+    let mut dp = Datapath::with_node("tcrace")?;
+    nodeport_tcp(&mut dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
+    const FLOWS: u16 = 300;
+    for n in 0..FLOWS {
+        let client = (CLIENT, 47000 + n);
+        let syn = Spec::tcp(client, (NODE, NODE_PORT), TCP_SYN).build();
+        let snat_port = view(&dp.ingress(&syn).1)?.src.1;
+        let syn_ack = Spec::tcp(
+            (REMOTE_POD, TARGET_PORT),
+            (NODE, snat_port),
+            TCP_SYN | TCP_ACK,
+        )
+        .build();
+        dp.ingress(&syn_ack);
+        let ack = Spec::tcp(client, (NODE, NODE_PORT), TCP_ACK).build();
+        let data = Spec::tcp(client, (NODE, NODE_PORT), TCP_ACK)
+            .payload(b"GET /")
+            .build();
+        let start = std::sync::Barrier::new(2);
+        let verdicts: Vec<Result<u32>> = std::thread::scope(|s| {
+            let runs: Vec<_> = [(0, &ack), (1, &data)]
+                .into_iter()
+                .map(|(cpu, pkt)| {
+                    let (dp, start) = (&dp, &start);
+                    s.spawn(move || -> Result<u32> {
+                        pin_to_cpu(cpu)?;
+                        dp.join_node_on_this_thread()?;
+                        start.wait();
+                        Ok(dp.ingress(pkt).0)
+                    })
+                })
+                .collect();
+            runs.into_iter()
+                .map(|r| {
+                    r.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))
+                })
+                .collect()
+        });
+        for v in verdicts {
+            ensure!(
+                v? == TC_ACT_REDIRECT,
+                "flow {n}: a packet was not forwarded"
+            );
+        }
+        let fwd = CtKey::new(client.0, client.1, NODE, NODE_PORT, TCP, ct_dir::FORWARD);
+        if dp.ct_in(names::CONNTRACK, &fwd).is_none() {
+            let new = dp.ct_in(names::CT_NEW, &fwd);
+            let lost = dp.counter(counters::ERR_SNAT_LOST);
+            let ct_err = dp.counter(counters::ERR_CT_UPDATE);
+            anyhow::bail!(
+                "flow {n} is not confirmed: new-flow entry {new:?}, err_snat_lost {lost}, err_ct_update {ct_err}"
+            );
+        }
+    }
+    assert_eq!(dp.counter(counters::ERR_SNAT_LOST), 0);
+    Ok(())
+}
