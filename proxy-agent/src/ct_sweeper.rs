@@ -40,14 +40,14 @@ pub trait CtTables {
     /// The entries of both tables, each walk bounded (see the module
     /// docs); a key in both (a flow being confirmed) shows its confirmed
     /// entry.
-    fn snapshot(&self) -> Result<BTreeMap<CtKey, CtValue>, MapsError>;
+    fn snapshot(&self) -> Result<CtEntries, MapsError>;
     /// Deletes `k` from both tables; a missing key is success.
     fn delete(&mut self, k: &CtKey) -> Result<(), MapsError>;
 }
 
 /// A snapshot of one table in a test, or a table nobody else writes.
-impl CtTables for BTreeMap<CtKey, CtValue> {
-    fn snapshot(&self) -> Result<BTreeMap<CtKey, CtValue>, MapsError> {
+impl CtTables for CtEntries {
+    fn snapshot(&self) -> Result<CtEntries, MapsError> {
         Ok(self.clone())
     }
     fn delete(&mut self, k: &CtKey) -> Result<(), MapsError> {
@@ -75,26 +75,30 @@ impl PinnedCt {
             ),
         })
     }
-}
 
-impl PinnedCt {
-    /// The confirmed table's entries and the new one's, each walk bounded.
-    pub fn read(&self) -> Result<(CtEntries, CtEntries), MapsError> {
-        Ok((
-            bounded_read(&self.confirmed, names::CONNTRACK, self.limits.0)?,
-            bounded_read(&self.new, names::CT_NEW, self.limits.1)?,
-        ))
+    /// The entries of both tables, each walk bounded (a key in both, a
+    /// flow being confirmed, shows its confirmed entry), and the keys that
+    /// came from the new-flow table alone.
+    pub fn read(&self) -> Result<(CtEntries, BTreeSet<CtKey>), MapsError> {
+        let mut all = bounded_read(&self.new, names::CT_NEW, self.limits.1)?;
+        let confirmed = bounded_read(&self.confirmed, names::CONNTRACK, self.limits.0)?;
+        let unconfirmed = all
+            .keys()
+            .filter(|k| !confirmed.contains_key(k))
+            .copied()
+            .collect();
+        all.extend(confirmed);
+        Ok((all, unconfirmed))
     }
 }
 
 impl CtTables for PinnedCt {
-    fn snapshot(&self) -> Result<BTreeMap<CtKey, CtValue>, MapsError> {
-        let (confirmed, mut all) = self.read()?;
-        all.extend(confirmed);
-        Ok(all)
+    fn snapshot(&self) -> Result<CtEntries, MapsError> {
+        Ok(self.read()?.0)
     }
 
     fn delete(&mut self, k: &CtKey) -> Result<(), MapsError> {
+        // From both: the entry may have moved tables since the snapshot.
         pinned::remove(&mut self.confirmed, k, names::CONNTRACK)?;
         pinned::remove(&mut self.new, k, names::CT_NEW)
     }
@@ -105,8 +109,8 @@ fn bounded_read(
     map: &HashMap<MapData, CtKey, CtValue>,
     name: &'static str,
     limit: usize,
-) -> Result<BTreeMap<CtKey, CtValue>, MapsError> {
-    let mut out = BTreeMap::new();
+) -> Result<CtEntries, MapsError> {
+    let mut out = CtEntries::new();
     for item in map.iter().take(limit) {
         match item {
             Ok((k, v)) => {

@@ -26,10 +26,7 @@ pub fn read(bpffs: &Path) -> Result<DumpView, MapsError> {
             mtu: d.mtu,
         })
         .collect();
-    let (confirmed, new) = PinnedCt::open(&dir)?.read()?;
-    let unconfirmed = new.keys().copied().collect();
-    let mut entries = new;
-    entries.extend(confirmed);
+    let (entries, unconfirmed) = PinnedCt::open(&dir)?.read()?;
     view.flows = flows(&entries, &unconfirmed, monotonic_now_s());
     Ok(view)
 }

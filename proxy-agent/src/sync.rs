@@ -200,11 +200,12 @@ impl<M: LbMaps> Syncer<M> {
             .filter(|v| v.backend_id != 0)
             .map(|v| (v.rev_nat_id as u32, v.backend_id))
             .collect();
+        let pairs = Arc::new(pairs);
         self.live_pairs.send_if_modified(|cur| {
-            if cur.as_deref() == Some(&pairs) {
+            if cur.as_ref() == Some(&pairs) {
                 return false;
             }
-            *cur = Some(Arc::new(pairs.clone()));
+            *cur = Some(pairs.clone());
             true
         });
         match self

@@ -4,7 +4,7 @@
 //! never from the root namespace.
 use std::{net::Ipv4Addr, os::fd::FromRawFd, os::fd::OwnedFd, time::Duration};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::{
     netns::Netns,
@@ -21,16 +21,9 @@ pub fn spoofed_source(i: u32) -> (Ipv4Addr, u16) {
 /// Sends `count` SYNs from spoofed sources to `to` out of namespace `ns`;
 /// returns how many the kernel took.
 pub fn spoofed_syn_flood(ns: &Netns, to: (Ipv4Addr, u16), count: u32) -> Result<u32> {
-    let path = ns.path().to_path_buf();
     std::thread::scope(|s| {
         s.spawn(|| -> Result<u32> {
-            let ns = std::fs::File::open(&path)
-                .with_context(|| format!("opening {}", path.display()))?;
-            // SAFETY: a valid namespace fd; affects only this thread.
-            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0
-            {
-                bail!("setns: {}", std::io::Error::last_os_error());
-            }
+            ns.join_this_thread()?;
             send_all(to, count)
         })
         .join()
