@@ -17,6 +17,7 @@ use crate::{
     node_watch::{Devices, NodeWatch},
     server, snat_ports,
     source::{kube as kube_source, watch_dir, Snapshot},
+    stale_udp,
     supervise::Supervisor,
     sync::{self, SyncConfig, Syncer},
 };
@@ -108,7 +109,11 @@ async fn serve(args: RunArgs, s: Started) -> anyhow::Result<()> {
     tasks.spawn_forever("sync", sync::run(s.syncer, rx, config, hc_tx));
     tasks.spawn(
         "conntrack-sweeper",
-        ct_sweeper::run(s.pin_dir.clone(), s.metrics.clone(), live_pairs),
+        ct_sweeper::run(s.pin_dir.clone(), s.metrics.clone(), live_pairs.clone()),
+    );
+    tasks.spawn(
+        "udp-socket-closer",
+        stale_udp::run(s.pin_dir.clone(), s.metrics.clone(), live_pairs),
     );
     tasks.spawn("node-watch", s.node_watch.run());
     tasks.spawn("map-stats", map_stats::run(s.pin_dir, s.metrics.clone()));

@@ -8,6 +8,7 @@
 //! key iteration, and this bound ends it anyway.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -28,9 +29,19 @@ use crate::{
 /// timeout, so an idle flow outlives its timeout by at most that much.
 pub const PERIOD: Duration = Duration::from_secs(12);
 
-/// The (revNAT id, backend id) pairs the frontends hold; None until the
-/// first sync (before it, every UDP flow would look orphaned).
-pub type LivePairs = Option<Arc<BTreeSet<(u32, u32)>>>;
+/// Which backends the frontends hold after a sync, for the cleanups that
+/// run beside it (this one, and the closing of connected UDP sockets).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    /// (revNAT id, backend id) of every frontend slot.
+    pub pairs: BTreeSet<(u32, u32)>,
+    /// (revNAT id, backend address, backend port) of every frontend slot.
+    pub endpoints: BTreeSet<(u32, Ipv4Addr, u16)>,
+}
+
+/// What the sync publishes; None until the first sync (before it, every
+/// UDP flow would look orphaned).
+pub type LivePairs = Option<Arc<Live>>;
 
 /// Conntrack entries by key.
 pub type CtEntries = BTreeMap<CtKey, CtValue>;
@@ -70,8 +81,8 @@ impl PinnedCt {
             confirmed: pinned::open(dir, names::CONNTRACK)?,
             new: pinned::open(dir, names::CT_NEW)?,
             limits: (
-                walk_limit(dir, names::CONNTRACK),
-                walk_limit(dir, names::CT_NEW),
+                pinned::walk_limit(dir, names::CONNTRACK),
+                pinned::walk_limit(dir, names::CT_NEW),
             ),
         })
     }
@@ -80,8 +91,8 @@ impl PinnedCt {
     /// flow being confirmed, shows its confirmed entry), and the keys that
     /// came from the new-flow table alone.
     pub fn read(&self) -> Result<(CtEntries, BTreeSet<CtKey>), MapsError> {
-        let mut all = bounded_read(&self.new, names::CT_NEW, self.limits.1)?;
-        let confirmed = bounded_read(&self.confirmed, names::CONNTRACK, self.limits.0)?;
+        let mut all = pinned::bounded_read(&self.new, names::CT_NEW, self.limits.1)?;
+        let confirmed = pinned::bounded_read(&self.confirmed, names::CONNTRACK, self.limits.0)?;
         let unconfirmed = all
             .keys()
             .filter(|k| !confirmed.contains_key(k))
@@ -102,35 +113,6 @@ impl CtTables for PinnedCt {
         pinned::remove(&mut self.confirmed, k, names::CONNTRACK)?;
         pinned::remove(&mut self.new, k, names::CT_NEW)
     }
-}
-
-/// The entries of `map`, reading at most `limit` keys.
-fn bounded_read(
-    map: &HashMap<MapData, CtKey, CtValue>,
-    name: &'static str,
-    limit: usize,
-) -> Result<CtEntries, MapsError> {
-    let mut out = CtEntries::new();
-    for item in map.iter().take(limit) {
-        match item {
-            Ok((k, v)) => {
-                out.insert(k, v);
-            }
-            // Deleted by the kernel between two steps of the walk.
-            Err(aya::maps::MapError::KeyNotFound) => continue,
-            Err(source) => return Err(MapsError::Read { map: name, source }),
-        }
-    }
-    Ok(out)
-}
-
-/// Twice the capacity of the map pinned as `name` in `dir`: the bound of
-/// one walk.
-fn walk_limit(dir: &Path, name: &str) -> usize {
-    let capacity = aya::maps::MapInfo::from_pin(dir.join(name))
-        .map(|i| i.max_entries())
-        .unwrap_or(names::CONNTRACK_MAX);
-    capacity as usize * 2
 }
 
 /// One pass over `tables`: deletes what [`ct_gc::expired_flows`] names
@@ -168,7 +150,7 @@ pub async fn run(
                 }
             }
         }
-        let Some(pairs) = live.borrow_and_update().clone() else {
+        let Some(live_now) = live.borrow_and_update().clone() else {
             continue;
         };
         let dir = pin_dir.clone();
@@ -176,7 +158,7 @@ pub async fn run(
         let done = tokio::task::spawn_blocking(move || {
             let mut tables = PinnedCt::open(&dir)?;
             let now = ct_gc::monotonic_now_s();
-            pass(&mut tables, &pairs, now, &CtTimeouts::default())
+            pass(&mut tables, &live_now.pairs, now, &CtTimeouts::default())
         })
         .await?;
         match done {

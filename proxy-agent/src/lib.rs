@@ -23,6 +23,8 @@ pub mod node_watch;
 pub mod preflight;
 pub mod server;
 pub mod snat_ports;
+pub mod sock_diag;
 pub mod source;
+pub mod stale_udp;
 pub mod supervise;
 pub mod sync;

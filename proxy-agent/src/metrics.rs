@@ -57,6 +57,8 @@ pub struct Metrics {
     pub drift_repairs: Counter,
     pub datapath_events: Family<ReasonLabels, Gauge>,
     pub conntrack_gc: Family<ReasonLabels, Counter>,
+    pub udp_sockets_closed: Counter,
+    pub udp_socket_close_errors: Family<ReasonLabels, Counter>,
     pub repins: Counter,
 }
 
@@ -176,6 +178,18 @@ impl Metrics {
             "Conntrack entries removed by the agent, by reason (idle, backend_gone)",
             conntrack_gc.clone(),
         );
+        let udp_sockets_closed = Counter::default();
+        r.register(
+            "bpfproxy_udp_sockets_closed",
+            "Connected UDP sockets closed because the backend the socket LB gave them left their Service",
+            udp_sockets_closed.clone(),
+        );
+        let udp_socket_close_errors = Family::<ReasonLabels, Counter>::default();
+        r.register(
+            "bpfproxy_udp_socket_close_errors",
+            "Failures while finding or closing such sockets, by reason (setns, sock_diag, destroy, unsupported)",
+            udp_socket_close_errors.clone(),
+        );
         let repins = Counter::default();
         r.register(
             "bpfproxy_repins",
@@ -201,6 +215,8 @@ impl Metrics {
             drift_repairs,
             datapath_events,
             conntrack_gc,
+            udp_sockets_closed,
+            udp_socket_close_errors,
             repins,
         }
     }

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    ct_sweeper::LivePairs,
+    ct_sweeper::{Live, LivePairs},
     datapath::{apply, fit, plan, render, DumpView, Ids, LeftOut, MapState},
     maps::sizes,
     maps::{LbMaps, MapsError},
@@ -193,24 +193,17 @@ impl<M: LbMaps> Syncer<M> {
     /// entries the maps no longer pair go here, conntrack entries in the
     /// sweeper (`ct_sweeper`), which gets the pairs.
     fn prune_flows(&mut self, state: &MapState) {
-        // (revNAT id, backend id) of every frontend slot.
-        let pairs: BTreeSet<(u32, u32)> = state
-            .services
-            .values()
-            .filter(|v| v.backend_id != 0)
-            .map(|v| (v.rev_nat_id as u32, v.backend_id))
-            .collect();
-        let pairs = Arc::new(pairs);
+        let live = Arc::new(live_backends(state));
         self.live_pairs.send_if_modified(|cur| {
-            if cur.as_ref() == Some(&pairs) {
+            if cur.as_ref() == Some(&live) {
                 return false;
             }
-            *cur = Some(pairs.clone());
+            *cur = Some(live.clone());
             true
         });
         match self
             .maps
-            .prune_affinity(&|rev, be| pairs.contains(&(rev, be)))
+            .prune_affinity(&|rev, be| live.pairs.contains(&(rev, be)))
         {
             Ok(0) => {}
             Ok(n) => debug!(entries = n, "pruned session-affinity entries"),
@@ -393,4 +386,17 @@ pub async fn run<M: LbMaps>(
         }
         tokio::time::sleep(config.min_interval).await;
     }
+}
+
+/// Which backends the frontend slots of `state` hold, by id and by address.
+fn live_backends(state: &MapState) -> Live {
+    let mut live = Live::default();
+    for v in state.services.values().filter(|v| v.backend_id != 0) {
+        let rev = u32::from(v.rev_nat_id);
+        live.pairs.insert((rev, v.backend_id));
+        if let Some(b) = state.backends.get(&v.backend_id) {
+            live.endpoints.insert((rev, b.ip(), b.port()));
+        }
+    }
+    live
 }

@@ -74,8 +74,14 @@ fn udp_flows_to_a_removed_backend_are_purged_on_the_pass_after_the_sync() {
         flows.push((flow(*p, 1000 + i as u16, *rev, *be), backend_ip(*be)));
     }
     let mut table: BTreeMap<_, _> = flows.iter().map(|(kv, _)| *kv).collect();
-    let sweep = |table: &mut BTreeMap<_, _>, pairs: &_| {
-        ct_sweeper::pass(table, pairs, monotonic_now_s(), &CtTimeouts::default()).expect("pass")
+    let sweep = |table: &mut BTreeMap<_, _>, live: &ct_sweeper::Live| {
+        ct_sweeper::pass(
+            table,
+            &live.pairs,
+            monotonic_now_s(),
+            &CtTimeouts::default(),
+        )
+        .expect("pass")
     };
     let pairs = live
         .borrow_and_update()

@@ -389,6 +389,13 @@ impl Sandbox {
     pub fn hold(&self, to: &str) -> Result<HoldConn> {
         HoldConn::spawn(self.client_command(&self.probe)?, to)
     }
+
+    /// A connected UDP socket from the client to `to` (`probe hold --udp`):
+    /// each ping is one datagram and its answer; after an error the probe
+    /// connects a new socket, as a resolver would.
+    pub fn hold_udp(&self, to: &str) -> Result<HoldConn> {
+        HoldConn::spawn_with(self.client_command(&self.probe)?, to, &["--udp"])
+    }
 }
 
 impl Drop for Sandbox {
@@ -461,8 +468,14 @@ pub struct HoldConn {
 impl HoldConn {
     /// Runs `probe hold --to TO` through `c` (a `probe` command in some
     /// namespace) and waits for it to connect.
-    pub(crate) fn spawn(mut c: Command, to: &str) -> Result<HoldConn> {
+    pub(crate) fn spawn(c: Command, to: &str) -> Result<HoldConn> {
+        Self::spawn_with(c, to, &[])
+    }
+
+    /// [`HoldConn::spawn`] with more `probe hold` options.
+    pub(crate) fn spawn_with(mut c: Command, to: &str, options: &[&str]) -> Result<HoldConn> {
         c.args(["hold", "--to", to])
+            .args(options)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());

@@ -167,6 +167,83 @@ fn udp_replies_and_peer_names_show_the_cluster_ip() -> Result<()> {
     Ok(())
 }
 
+/// Connected UDP sockets the socket LB sent to a backend that then left
+/// the Service are closed within a sync (the resolver's next call fails and
+/// its new socket gets a live backend), for IPv4 sockets and for the JVM's
+/// IPv6 sockets on mapped addresses alike; a socket connected to the pod's
+/// own address is left alone. Without the closing, both would talk to the
+/// departed backend for as long as they live.
+#[test]
+fn connected_udp_sockets_on_a_departed_backend_are_closed_and_reconnect_to_a_live_one() -> Result<()>
+{
+    let sb = sandbox(2)?;
+    let mut agent = start(&sb, &[1, 2])?;
+    let vip = format!("{VIP}:53");
+    let mut v4 = sb.hold_udp(&vip)?;
+    ensure!(v4.peer() == vip, "peer reads as the VIP: {}", v4.peer());
+    let gone = v4.ping()?;
+    // A JVM-shaped socket on the same backend (each connect picks anew).
+    let mut v6 = None;
+    for _ in 0..30 {
+        let mut c = sb.hold_udp(&mapped(VIP, 53))?;
+        if c.ping()? == gone {
+            v6 = Some(c);
+            break;
+        }
+    }
+    let mut v6 = v6.context("no IPv6 socket landed on the first one's backend in 30 tries")?;
+    let gone_idx = sb
+        .backend_names()
+        .iter()
+        .position(|n| *n == gone)
+        .context("backend name")?
+        + 1;
+    let mut direct = sb.hold_udp(&format!("{}:5353", sb.backend_ip(gone_idx)))?;
+    for c in [&mut v4, &mut v6, &mut direct] {
+        ensure!(c.ping()? == gone, "a connected socket stays on its backend");
+    }
+    let rest: Vec<usize> = (1..=2).filter(|i| *i != gone_idx).collect();
+    sb.write_manifest("web.yaml", &web(&sb, &rest))?;
+    agent.wait_for_backends(VIP, 53, "UDP", &addrs(&sb, &rest, 5353), WAIT)?;
+    let t0 = Instant::now();
+    for (what, c) in [("IPv4", &mut v4), ("IPv6 (mapped)", &mut v6)] {
+        let moved = moves_off(c, &gone, WAIT)?;
+        eprintln!("{what} socket: {moved}");
+    }
+    eprintln!("both moved {:?} after the maps changed", t0.elapsed());
+    ensure!(
+        direct.ping()? == gone,
+        "a socket to the pod's own address is not ours to close"
+    );
+    let log = agent.log_tail(200);
+    ensure!(
+        log.contains("closed connected UDP sockets whose backend left their Service"),
+        "the agent says what it closed: {log}"
+    );
+    Ok(())
+}
+
+/// Pings `c` until it answers from a backend other than `gone`; the
+/// answers before must be `gone`'s or one error (the closed socket).
+fn moves_off(c: &mut bpfproxy_tests::HoldConn, gone: &str, within: Duration) -> Result<String> {
+    let t0 = Instant::now();
+    let mut errors = Vec::new();
+    while t0.elapsed() < within {
+        match c.ping() {
+            Ok(a) if a == gone => std::thread::sleep(Duration::from_millis(50)),
+            Ok(a) => {
+                ensure!(errors.len() <= 1, "more than the one close: {errors:?}");
+                return Ok(format!(
+                    "closed ({errors:?}), now on {a} after {:?}",
+                    t0.elapsed()
+                ));
+            }
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    anyhow::bail!("still on {gone} after {within:?} (errors {errors:?})")
+}
+
 #[test]
 fn scaling_is_seen_within_a_second_while_open_connections_survive() -> Result<()> {
     let sb = sandbox(3)?;

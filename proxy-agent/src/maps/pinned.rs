@@ -79,6 +79,41 @@ where
     Ok(())
 }
 
+/// The entries of the hash map or LRU `map`, reading at most `limit`
+/// keys: an LRU churning under the walk restarts the kernel's key
+/// iteration, and this bound ends the walk anyway.
+pub(crate) fn bounded_read<K, V>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+    limit: usize,
+) -> Result<BTreeMap<K, V>, MapsError>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod,
+{
+    let mut out = BTreeMap::new();
+    for item in map.iter().take(limit) {
+        match item {
+            Ok((k, v)) => {
+                out.insert(k, v);
+            }
+            // Deleted by the kernel between two steps of the walk.
+            Err(MapError::KeyNotFound) => continue,
+            Err(source) => return Err(MapsError::Read { map: name, source }),
+        }
+    }
+    Ok(out)
+}
+
+/// Twice the capacity of the map pinned as `name` in `dir`: the bound of
+/// one walk ([`names::CONNTRACK_MAX`] twice if the pin cannot be read).
+pub(crate) fn walk_limit(dir: &Path, name: &str) -> usize {
+    let capacity = aya::maps::MapInfo::from_pin(dir.join(name))
+        .map(|i| i.max_entries())
+        .unwrap_or(names::CONNTRACK_MAX);
+    capacity as usize * 2
+}
+
 /// The LPM trie key of a source range.
 fn range_key(r: &SourceRangeEntry) -> Key<SourceRange> {
     // Bounded by the model: a prefix length is at most 32.

@@ -9,7 +9,7 @@
 //!   probe udp --to IP:PORT --count N [--timeout-ms T]
 //!   probe udp-connected --to IP:PORT [--timeout-ms T]
 //!   probe tcp-connect-time --to IP:PORT [--timeout-ms T]
-//!   probe hold --to IP:PORT [--timeout-ms T]
+//!   probe hold --to IP:PORT [--timeout-ms T] [--udp]
 //!   probe loop --to IP:PORT --interval-ms I --duration-ms D [--timeout-ms T]
 //!
 //! `--to` may also be `[::ffff:a.b.c.d]:PORT`: the client then uses an
@@ -671,9 +671,12 @@ fn tcp_connect_time(args: &[String]) -> Res<u8> {
 /// One connection; `CONNECTED <peer> <local>` first, then for every stdin
 /// line one `ping\n` exchange, printing the answer or `ERR <e>`.
 fn hold(args: &[String]) -> Res<u8> {
-    let o = Opts::parse(args, &["to", "timeout-ms"], &[])?;
+    let o = Opts::parse(args, &["to", "timeout-ms"], &["udp"])?;
     let to = o.addr("to")?;
     let timeout = o.timeout()?;
+    if o.flags.contains("udp") {
+        return hold_udp(to, timeout);
+    }
     let mut out = io::stdout().lock();
     let s = match TcpStream::connect_timeout(&to, timeout) {
         Ok(s) => s,
@@ -683,22 +686,15 @@ fn hold(args: &[String]) -> Res<u8> {
             return Ok(1);
         }
     };
-    let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let local = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let _ = writeln!(out, "CONNECTED {peer} {local}");
-    let _ = out.flush();
+    connected(&mut out, s.peer_addr(), s.local_addr())?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     let mut writer = s.try_clone().map_err(|e| e.to_string())?;
     let mut reader = io::BufReader::new(s);
-    let stdin = io::stdin();
-    for (n, line) in stdin.lock().lines().enumerate() {
-        if line.is_err() || n as u64 >= MAX_COUNT {
-            break;
-        }
-        let answer = writer
+    ping_loop(&mut out, || {
+        writer
             .write_all(b"ping\n")
             .map_err(|e| format!("write: {e}"))
             .and_then(|()| {
@@ -708,8 +704,64 @@ fn hold(args: &[String]) -> Res<u8> {
                     Ok(_) => Ok(l.trim_end().to_string()),
                     Err(e) => Err(format!("read: {e}")),
                 }
-            });
-        match answer {
+            })
+    })
+}
+
+/// `hold --udp`: one connected UDP socket, as a resolver keeps one. A
+/// failed ping prints `ERR …` and the socket is replaced by a new one,
+/// connected to the same address, as a resolver would after an error.
+fn hold_udp(to: SocketAddr, timeout: Duration) -> Res<u8> {
+    let connect = || -> io::Result<UdpSocket> {
+        let s = UdpSocket::bind((any_addr(to), 0))?;
+        s.connect(to)?;
+        s.set_read_timeout(Some(timeout))?;
+        Ok(s)
+    };
+    let mut out = io::stdout().lock();
+    let mut s = match connect() {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(out, "ERR connect: {e}");
+            let _ = out.flush();
+            return Ok(1);
+        }
+    };
+    connected(&mut out, s.peer_addr(), s.local_addr())?;
+    ping_loop(&mut out, || {
+        let mut buf = [0u8; 2048];
+        let answer = s
+            .send(b"ping")
+            .map_err(|e| format!("send: {e}"))
+            .and_then(|_| s.recv(&mut buf).map_err(|e| format!("recv: {e}")))
+            .map(|n| String::from_utf8_lossy(&buf[..n]).trim().to_string());
+        if answer.is_err() {
+            s = connect().map_err(|e| format!("reconnect: {e}"))?;
+        }
+        answer
+    })
+}
+
+fn connected(
+    out: &mut impl Write,
+    peer: io::Result<SocketAddr>,
+    local: io::Result<SocketAddr>,
+) -> Res<()> {
+    let peer = peer.map(|a| a.to_string()).unwrap_or_default();
+    let local = local.map(|a| a.to_string()).unwrap_or_default();
+    writeln!(out, "CONNECTED {peer} {local}")
+        .and_then(|()| out.flush())
+        .map_err(|e| e.to_string())
+}
+
+/// Answers each stdin line with one ping's answer, or `ERR …`.
+fn ping_loop(out: &mut impl Write, mut ping: impl FnMut() -> Res<String>) -> Res<u8> {
+    let stdin = io::stdin();
+    for (n, line) in stdin.lock().lines().enumerate() {
+        if line.is_err() || n as u64 >= MAX_COUNT {
+            break;
+        }
+        match ping() {
             Ok(a) => writeln!(out, "{a}"),
             Err(e) => writeln!(out, "ERR {e}"),
         }
