@@ -114,8 +114,20 @@ pub fn run(bpffs: &Path, cgroup: Option<&Path>, sizes: &MapSizes) -> Report {
     checks.push(tc_attach(version));
     checks.push(btf(Path::new("/sys/kernel/btf/vmlinux").exists()));
     checks.push(memlock(version, memlock_limit(), memcg_max(), sizes));
+    checks.push(socket_destroy(crate::sock_diag::probe_destroy()));
     checks.extend(programs(bpffs, &features));
     Report { checks }
+}
+
+/// Closing connected UDP sockets whose backend left (sock_diag
+/// SOCK_DESTROY, CONFIG_INET_DIAG_DESTROY): without it they stay on the
+/// departed backend until their application reconnects.
+fn socket_destroy(probe: Result<(), String>) -> Check {
+    let name = "UDP socket destroy";
+    match probe {
+        Ok(()) => check(name, Status::Ok, "sock_diag closes connected UDP sockets whose backend left"),
+        Err(e) => check(name, Status::Degraded, format!("connected UDP sockets stay on a departed backend until their application reconnects ({e})")),
+    }
 }
 
 fn kernel_version(v: Option<KernelVersion>) -> Check {

@@ -201,6 +201,47 @@ fn request(family: u8, socket_id: SocketId) -> InetRequest {
     }
 }
 
+/// Whether this kernel can close a connected UDP socket through sock_diag:
+/// closes one of its own (on loopback, in the calling thread's namespace;
+/// a UDP connect() sends nothing) and checks that the socket saw it.
+pub fn probe_destroy() -> Result<(), String> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    sock.connect("127.0.0.1:9")
+        .map_err(|e| format!("connect: {e}"))?;
+    let cookie = socket_cookie(&sock).map_err(|e| format!("SO_COOKIE: {e}"))?;
+    let mut diag = Diag::open().map_err(|e| e.to_string())?;
+    let found = diag.connected_udp(AF_INET).map_err(|e| e.to_string())?;
+    let ours = found
+        .iter()
+        .find(|s| s.cookie() == cookie)
+        .ok_or("the kernel did not list our own connected UDP socket")?;
+    diag.destroy(ours).map_err(|e| e.to_string())?;
+    match sock.take_error() {
+        Ok(Some(e)) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
+        other => Err(format!("the socket did not see its closing: {other:?}")),
+    }
+}
+
+/// The socket's cookie (SO_COOKIE): what `bpf_get_socket_cookie` returns.
+fn socket_cookie(sock: &impl std::os::fd::AsRawFd) -> io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
 /// The socket id of a dump request (which matches every socket).
 fn any_socket(family: u8) -> SocketId {
     if family == AF_INET6 {
