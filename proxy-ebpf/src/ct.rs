@@ -187,7 +187,7 @@ fn settle_partner(k: &CtKey, v: &CtValue) -> bool {
 }
 
 /// The entry the other direction of a flow holds, rebuilt from its FORWARD
-/// entry (`ct::create` writes the same).
+/// entry; `create` makes the reply entry with it too.
 #[inline(always)]
 fn partner_value(k: &CtKey, v: &CtValue) -> CtValue {
     let snat = v.flags & ct_flags::SNAT != 0;
@@ -282,31 +282,28 @@ pub fn create(pkt: &Packet, flow: &NewFlow) -> Result<CtValue, u32> {
         last_seen_s: now,
     };
     let be = &flow.backend;
+    let fwd_key = key(pkt, ct_dir::FORWARD);
     let mut fwd = entry(be.addr_be, be.port_be);
+    // The reply entry is the forward one's partner, as a move to the
+    // confirmed table rebuilds it: the same function makes both.
     let reply_key = match flow.snat_addr_be {
         None => {
             let k = reply_key(pkt, be);
-            insert(k, &entry(pkt.daddr_be, pkt.dport_be))?;
+            insert(k, &partner_value(&fwd_key, &fwd))?;
             k
         }
         Some(snat_addr_be) => {
-            // The reply's destination goes back to the client, its source
-            // to the frontend the client addressed.
-            let mut back = entry(pkt.saddr_be, pkt.sport_be);
-            back.flags = ct_flags::REDIRECT;
-            back.nat_addr_be = pkt.daddr_be;
-            back.nat_port_be = pkt.dport_be;
+            fwd.flags = ct_flags::SNAT | ct_flags::REDIRECT;
+            fwd.nat_addr_be = snat_addr_be;
+            let back = partner_value(&fwd_key, &fwd);
             let port_be = match reserve_snat_port(pkt, be, snat_addr_be, &back) {
                 0 => return Err(counters::ERR_SNAT_PORT),
                 port_be => port_be as u16,
             };
-            fwd.flags = ct_flags::SNAT | ct_flags::REDIRECT;
-            fwd.nat_addr_be = snat_addr_be;
             fwd.nat_port_be = port_be;
             reply_snat_key(pkt, be, snat_addr_be, port_be)
         }
     };
-    let fwd_key = key(pkt, ct_dir::FORWARD);
     // A closed flow's tuple reused: its confirmed entry must not shadow
     // the new one.
     let _ = CONNTRACK.remove(fwd_key);
