@@ -9,7 +9,7 @@ use tracing::info;
 
 use crate::{
     bpffs,
-    cli::RunArgs,
+    cli::{RunArgs, ServicesArgs},
     ct_sweeper, healthcheck, kernel, loader, map_stats,
     maps::pinned::PinnedMaps,
     metrics::Metrics,
@@ -48,11 +48,11 @@ fn start(args: &RunArgs) -> anyhow::Result<Started> {
         Some(c) => c.clone(),
         None => cgroup2_root()?,
     };
-    let node = node_name(args);
+    let node = node_name(&args.services);
     bpffs::check_bpffs(&args.pins.bpffs)?;
     let pin_dir = loader::pin_dir(&args.pins.bpffs);
     let lock = bpffs::lock_pins(&pin_dir)?;
-    info!(node = %node, cgroup = %cgroup.display(), bpffs = %args.pins.bpffs.display(), source = ?args.source, "starting bpfproxy");
+    info!(node = %node, cgroup = %cgroup.display(), bpffs = %args.pins.bpffs.display(), source = ?args.services.source, "starting bpfproxy");
 
     let devices = Devices::from_flag(&args.devices).map_err(anyhow::Error::msg)?;
     raise_memlock();
@@ -78,7 +78,7 @@ fn start(args: &RunArgs) -> anyhow::Result<Started> {
     );
     node_watch.refresh()?;
     let maps = PinnedMaps::open(&pin_dir).context("opening the pinned maps")?;
-    let syncer = Syncer::new(maps, metrics.clone(), model_config(args, &node))
+    let syncer = Syncer::new(maps, metrics.clone(), model_config(&args.services, &node))
         .context("reading the pinned maps")?;
     Ok(Started {
         node,
@@ -94,7 +94,7 @@ async fn serve(args: RunArgs, s: Started) -> anyhow::Result<()> {
     let mut tasks = Supervisor::new();
     serve_http(&args, &s.metrics, &mut tasks)?;
     let (tx, rx) = watch::channel(None);
-    let source = source_task(&args, s.node, s.metrics.clone(), tx).await?;
+    let source = source_task(&args.services, s.node, s.metrics.clone(), tx).await?;
     tasks.spawn("source", source);
     let (hc_tx, hc_rx) = watch::channel(Default::default());
     tasks.spawn(
@@ -135,8 +135,8 @@ type Task = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// The watch of Services and EndpointSlices: the manifest directory, or
 /// the API server (connected to here, so a bad kubeconfig fails start-up).
-async fn source_task(
-    args: &RunArgs,
+pub(crate) async fn source_task(
+    args: &ServicesArgs,
     node: String,
     metrics: Arc<Metrics>,
     tx: watch::Sender<Option<Snapshot>>,
@@ -157,7 +157,7 @@ async fn source_task(
     })
 }
 
-fn node_name(args: &RunArgs) -> String {
+pub(crate) fn node_name(args: &ServicesArgs) -> String {
     args.node_name
         .clone()
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
@@ -176,7 +176,7 @@ fn features(args: &RunArgs) -> kernel::Features {
     features
 }
 
-fn model_config(args: &RunArgs, node: &str) -> ModelConfig {
+pub(crate) fn model_config(args: &ServicesArgs, node: &str) -> ModelConfig {
     ModelConfig {
         node: NodeContext {
             name: node.to_string(),

@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use tracing::error;
 
 use crate::{
-    agent, bpffs::check_bpffs, dump, loader, maps::sizes::MapSizes, model::Budget, node_addrs,
-    preflight, snat_ports::SnatPorts,
+    agent, bpffs::check_bpffs, drift, dump, loader, maps::sizes::MapSizes, model::Budget,
+    node_addrs, preflight, snat_ports::SnatPorts,
 };
 
 /// bpfproxy: an eBPF replacement for kube-proxy.
@@ -75,10 +75,24 @@ pub struct DumpArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Compute the desired state again, as the agent would (from
+    /// `--source` or the API server, with the same flags as `run`), and
+    /// compare it with the maps: print every difference and exit 1 when
+    /// there is one.
+    #[arg(long)]
+    pub check: bool,
+    /// With --check: how long to wait for the source's first complete view.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub check_timeout: Duration,
+    #[command(flatten)]
+    pub services: ServicesArgs,
 }
 
-#[derive(clap::Args, Debug)]
-pub struct RunArgs {
+/// Where Services and EndpointSlices come from and how they become the
+/// desired state: shared by `run` and `dump --check`, so the check builds
+/// exactly what the agent would.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServicesArgs {
     /// Directory of Kubernetes YAML (Services, EndpointSlices), re-read on
     /// change: the embedded default that needs no cluster. Without it,
     /// bpfproxy watches the API server.
@@ -92,6 +106,28 @@ pub struct RunArgs {
     /// first: in a DaemonSet, give the real address).
     #[arg(long)]
     pub master: Option<String>,
+    /// This node's name (default: $NODE_NAME, else the hostname).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Services labelled service.kubernetes.io/service-proxy-name=<this>
+    /// are handled; those naming any other proxy are left alone.
+    #[arg(long)]
+    pub service_proxy_name: Option<String>,
+    /// Frontends one Service may have (ports × its addresses + NodePorts);
+    /// a Service with more is skipped whole, logged and counted
+    /// (`bpfproxy_skipped_objects_total{reason="over_budget"}`), so one
+    /// tenant's object cannot use up what every other Service needs.
+    #[arg(long, default_value_t = Budget::default().frontends_per_service)]
+    pub max_frontends_per_service: usize,
+    /// Backend slots one Service may have (its frontends × endpoints).
+    #[arg(long, default_value_t = Budget::default().backends_per_service)]
+    pub max_backends_per_service: usize,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub services: ServicesArgs,
     /// cgroup v2 directory the socket programs attach to (default: the root
     /// of the cgroup2 mount, i.e. every process on the node).
     #[arg(long)]
@@ -126,13 +162,6 @@ pub struct RunArgs {
     /// range (32768-60999).
     #[arg(long, default_value_t = SnatPorts::default())]
     pub snat_port_range: SnatPorts,
-    /// This node's name (default: $NODE_NAME, else the hostname).
-    #[arg(long, env = "NODE_NAME")]
-    pub node_name: Option<String>,
-    /// Services labelled service.kubernetes.io/service-proxy-name=<this>
-    /// are handled; those naming any other proxy are left alone.
-    #[arg(long)]
-    pub service_proxy_name: Option<String>,
     /// Where /metrics, /healthz and /proxyMode are served; empty disables.
     /// Loopback by default, as kube-proxy binds it (the DaemonSet opens it
     /// to Prometheus with 0.0.0.0:10249).
@@ -147,15 +176,6 @@ pub struct RunArgs {
     /// Full resync period: re-read the maps and repair drift.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub sync_period: Duration,
-    /// Frontends one Service may have (ports × its addresses + NodePorts);
-    /// a Service with more is skipped whole, logged and counted
-    /// (`bpfproxy_skipped_objects_total{reason="over_budget"}`), so one
-    /// tenant's object cannot use up what every other Service needs.
-    #[arg(long, default_value_t = Budget::default().frontends_per_service)]
-    pub max_frontends_per_service: usize,
-    /// Backend slots one Service may have (its frontends × endpoints).
-    #[arg(long, default_value_t = Budget::default().backends_per_service)]
-    pub max_backends_per_service: usize,
     /// Load the socket programs as for a kernel without bpf_set_retval
     /// (before 5.18), as the agent does there by itself: for testing that
     /// variant on a newer kernel.
@@ -176,6 +196,7 @@ pub fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => agent::run(*args),
+        Command::Dump(args) if args.check => return check_cmd(&args),
         Command::Dump(args) => dump_cmd(&args),
         Command::Cleanup(args) => cleanup(&args.bpffs),
         Command::Preflight(args) => return preflight_cmd(&args),
@@ -224,6 +245,35 @@ fn dump_cmd(args: &DumpArgs) -> anyhow::Result<()> {
     match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
+    }
+}
+
+/// `dump --check`: exit 0 when the maps hold what the agent would write,
+/// 1 when they differ (each difference printed), 2 when the check could
+/// not run.
+fn check_cmd(args: &DumpArgs) -> ExitCode {
+    let found = match drift::check_pinned(&args.pins.bpffs, &args.services, args.check_timeout) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("bpfproxy: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = if args.json {
+        format!(
+            "{}\n",
+            serde_json::to_string_pretty(&found).unwrap_or_default()
+        )
+    } else if found.is_empty() {
+        "no drift: the maps hold what the agent would write\n".to_string()
+    } else {
+        found.iter().map(|d| format!("drift: {d}\n")).collect()
+    };
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+    if found.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -8,6 +8,7 @@ pub mod bpffs;
 pub mod cli;
 pub mod ct_sweeper;
 pub mod datapath;
+pub mod drift;
 pub mod dump;
 pub mod health;
 pub mod healthcheck;

@@ -11,7 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     ct_sweeper::{Live, LivePairs},
-    datapath::{apply, fit, plan, render, DumpView, Ids, LeftOut, MapState},
+    datapath::{apply, fit, plan, render, DumpView, Fitted, Ids, LeftOut, MapState},
     maps::sizes,
     maps::{LbMaps, MapsError},
     metrics::{unix_now, MapLabels, Metrics, PolicyLabels, ReasonLabels, SkipLabels},
@@ -129,21 +129,13 @@ impl<M: LbMaps> Syncer<M> {
     /// repairs drift (someone else wrote the maps, a write was lost).
     pub fn sync(&mut self, snap: &Snapshot, full: bool) -> Result<SyncOutcome, MapsError> {
         self.observe_node(snap.node.as_deref());
-        let mut built = build_desired_state(
-            snap.services.iter().map(|s| s.as_ref()),
-            snap.slices.iter().map(|s| s.as_ref()),
-            &self.config,
-        );
-        let rendered = render(&built.state, &mut self.ids);
-        for fe in &rendered.dropped {
-            warn!(frontend = %fe, "no free id for frontend or backend; left out");
-        }
         let actual = match self.written.take() {
             Some(written) if !full => written,
             _ => self.maps.read_all()?,
         };
         let capacity = self.maps.capacity();
-        let fitted = fit(rendered.state, &actual, &capacity);
+        let Desired { mut built, fitted } =
+            desired_maps(snap, &self.config, &mut self.ids, &actual, &capacity);
         let room_skips: Vec<Skip> = fitted
             .left_out
             .iter()
@@ -214,12 +206,7 @@ impl<M: LbMaps> Syncer<M> {
     /// Zone for topology hints and eligibility for `/healthz`.
     fn observe_node(&mut self, node: Option<&Node>) {
         let Some(node) = node else { return };
-        self.config.node.zone = node
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(ZONE_LABEL))
-            .cloned();
+        self.config.node.zone = node_zone(node);
         let deleting = node.metadata.deletion_timestamp.is_some()
             || node
                 .spec
@@ -399,4 +386,42 @@ fn live_backends(state: &MapState) -> Live {
         }
     }
     live
+}
+
+/// The zone label of this node (topology hints).
+pub fn node_zone(node: &Node) -> Option<String> {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(ZONE_LABEL))
+        .cloned()
+}
+
+/// What the maps should hold, and how it came about.
+pub struct Desired {
+    pub built: BuildOutput,
+    pub fitted: Fitted,
+}
+
+/// What the maps should hold for `snap`, given what they hold now
+/// (`actual`): the model built, rendered with `ids` and fitted into
+/// `capacity`. The sync writes the difference; `dump --check` prints it.
+pub fn desired_maps(
+    snap: &Snapshot,
+    config: &ModelConfig,
+    ids: &mut Ids,
+    actual: &MapState,
+    capacity: &sizes::MapSizes,
+) -> Desired {
+    let built = build_desired_state(
+        snap.services.iter().map(|s| s.as_ref()),
+        snap.slices.iter().map(|s| s.as_ref()),
+        config,
+    );
+    let rendered = render(&built.state, ids);
+    for fe in &rendered.dropped {
+        warn!(frontend = %fe, "no free id for frontend or backend; left out");
+    }
+    let fitted = fit(rendered.state, actual, capacity);
+    Desired { built, fitted }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use proxy_agent::{
     datapath::Op,
+    drift,
     maps::{FakeMaps, FaultyMaps},
     metrics::Metrics,
     model::ModelConfig,
@@ -95,4 +96,41 @@ fn a_full_map_leaves_the_proxy_healthy_and_any_other_failure_does_not() {
     let outcome = s.sync(&snap, true).expect("sync");
     assert!(outcome.failed > 0 && outcome.full == 0, "{outcome:?}");
     assert!(!outcome.healthy(), "a write error is a real failure");
+}
+
+/// `dump --check` finds exactly the entry someone changed behind the
+/// agent's back, names it, and finds nothing once a resync repaired it.
+#[test]
+fn the_drift_check_names_a_corrupted_entry_and_is_clean_after_the_repair() {
+    let snap = common::snapshot(YAML);
+    let mut s = Syncer::new(
+        FakeMaps::new(1024),
+        Arc::new(Metrics::new()),
+        ModelConfig::default(),
+    )
+    .expect("syncer");
+    s.sync(&snap, false).expect("sync");
+    let clean = drift::check(&snap, ModelConfig::default(), s.maps()).expect("check");
+    assert!(clean.is_empty(), "{clean:?}");
+    let (id, be) = s
+        .maps()
+        .state
+        .backends
+        .iter()
+        .next()
+        .map(|(k, v)| (*k, *v))
+        .expect("a backend");
+    let mut bad = be;
+    bad.port_be = 9999u16.to_be();
+    s.maps_mut().state.backends.insert(id, bad);
+    let found = drift::check(&snap, ModelConfig::default(), s.maps()).expect("check");
+    let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter().any(|t| t.contains(&format!("{}:9999", be.ip()))
+            && t.contains(&format!("{}:{}", be.ip(), be.port()))),
+        "the corrupted backend is named with both values: {text:#?}"
+    );
+    s.sync(&snap, true).expect("resync");
+    let repaired = drift::check(&snap, ModelConfig::default(), s.maps()).expect("check");
+    assert!(repaired.is_empty(), "{repaired:?}");
 }

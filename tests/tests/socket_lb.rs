@@ -861,3 +861,80 @@ fn a_jvm_with_default_settings_sees_udp_replies_come_from_the_cluster_ip() -> Re
     }
     Ok(())
 }
+
+/// `bpfproxy dump --check ARGS` (with the sandbox's source and node
+/// name): its exit code and output.
+fn dump_check(sb: &Sandbox) -> Result<(i32, String)> {
+    let out = std::process::Command::new(paths::bpfproxy_bin()?)
+        .arg("dump")
+        .arg("--check")
+        .arg("--bpffs")
+        .arg(sb.bpffs())
+        .arg("--source")
+        .arg(sb.source_dir())
+        .args(["--node-name", "bpfpt-node"])
+        .output()
+        .context("running bpfproxy dump --check")?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Ok((out.status.code().unwrap_or(-1), text))
+}
+
+/// A map entry changed behind the agent's back: `dump --check` names it
+/// and exits 1, the agent's periodic resync repairs it, and the check
+/// passes again.
+#[test]
+fn dump_check_names_a_corrupted_entry_until_the_resync_repairs_it() -> Result<()> {
+    use proxy_agent::{
+        datapath::Op,
+        loader::pin_dir,
+        maps::{pinned::PinnedMaps, LbMaps},
+    };
+    let sb = sandbox(2)?;
+    sb.write_manifest("web.yaml", &web(&sb, &[1, 2]))?;
+    let mut cfg = sb.agent_config()?;
+    cfg.extra_args.push("--sync-period=3s".into());
+    let mut agent = Agent::start(cfg)?;
+    agent.wait_for_backends(VIP, 80, "TCP", &addrs(&sb, &[1, 2], 8080), WAIT)?;
+    let (code, text) = dump_check(&sb)?;
+    ensure!(
+        code == 0 && text.contains("no drift"),
+        "exit {code}: {text}"
+    );
+
+    let mut maps = PinnedMaps::open(&pin_dir(sb.bpffs()))?;
+    let target = sb.backend_ip(1);
+    let (id, good) = maps
+        .read_all()?
+        .backends
+        .into_iter()
+        .find(|(_, b)| b.ip().to_string() == target && b.port() == 8080)
+        .context("backend 1's entry")?;
+    let mut bad = good;
+    bad.port_be = 9999u16.to_be();
+    maps.apply(&Op::UpsertBackend(id, bad))?;
+    let (code, text) = dump_check(&sb)?;
+    eprintln!("{text}");
+    ensure!(code == 1, "drift exits 1, not {code}: {text}");
+    ensure!(
+        text.contains(&format!("backend {id}"))
+            && text.contains(&format!("{target}:9999"))
+            && text.contains(&format!("{target}:8080")),
+        "the corrupted entry is named with both values: {text}"
+    );
+
+    // The agent's full resync (every 3 s here) writes it back.
+    let t0 = Instant::now();
+    loop {
+        let (code, text) = dump_check(&sb)?;
+        if code == 0 {
+            eprintln!("repaired within {:?}", t0.elapsed());
+            break;
+        }
+        ensure!(t0.elapsed() < WAIT, "still drifting after {WAIT:?}: {text}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let r = sb.probe_tcp(&format!("{VIP}:80"), 20)?;
+    ensure!(r.ok == 20, "{r:?}");
+    Ok(())
+}
