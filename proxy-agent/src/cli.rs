@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tracing::error;
 
 use crate::{
-    agent, bpffs::check_bpffs, drift, dump, loader, maps::sizes::MapSizes, model::Budget,
+    agent, bpffs::check_bpffs, drift, dump, explain, loader, maps::sizes::MapSizes, model::Budget,
     node_addrs, preflight, snat_ports::SnatPorts,
 };
 
@@ -35,6 +35,39 @@ pub enum Command {
     /// works, what is degraded and why. Exit 0 when bpfproxy can run, 1
     /// when something it needs is missing (2 for degraded with --strict).
     Preflight(PreflightArgs),
+    /// Walk the kernel's decision for one connection, from the pinned maps:
+    /// the frontend it matches (or why none), the filters, source ranges,
+    /// session affinity, the candidate backends and an existing conntrack
+    /// flow. Exit 0 when a frontend matched, 1 when none did, 2 on errors.
+    Explain(ExplainArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// The client: IP, or IP:PORT to find its existing flow.
+    #[arg(long)]
+    pub src: Option<String>,
+    /// The destination: IP:PORT[/PROTO] (TCP by default).
+    #[arg(long)]
+    pub dst: String,
+    /// Explain a packet arriving from outside the node (the TC programs:
+    /// NodePorts, externalIPs, LB IPs, conntrack, source ranges, affinity by
+    /// client address). Default: a process on this node or in a pod here
+    /// connecting (the socket programs: ClusterIPs too, affinity by netns).
+    #[arg(long)]
+    pub from_outside: bool,
+    /// Socket view: the client's network namespace (/proc/PID/ns/net,
+    /// /run/netns/NAME), whose cookie keys its session affinity.
+    #[arg(long, conflicts_with_all = ["netns_cookie", "from_outside"])]
+    pub netns: Option<PathBuf>,
+    /// Socket view: the client's network namespace cookie.
+    #[arg(long, conflicts_with = "from_outside")]
+    pub netns_cookie: Option<u64>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -167,6 +200,12 @@ pub struct RunArgs {
     /// to Prometheus with 0.0.0.0:10249).
     #[arg(long, default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: String,
+    /// Per-backend series of the per-Service traffic counters
+    /// (`bpfproxy_service_backend_connections_total{backend=…}`), at most
+    /// this many; 0 (the default) exports per Service port only, whose
+    /// cardinality the Services bound.
+    #[arg(long, default_value_t = 0)]
+    pub service_metrics_backends: usize,
     /// Where /healthz and /livez (kube-proxy's JSON) are served; empty disables.
     #[arg(long, default_value = "0.0.0.0:10256")]
     pub healthz_bind_address: String,
@@ -200,6 +239,7 @@ pub fn main() -> ExitCode {
         Command::Dump(args) => dump_cmd(&args),
         Command::Cleanup(args) => cleanup(&args.bpffs),
         Command::Preflight(args) => return preflight_cmd(&args),
+        Command::Explain(args) => return explain_cmd(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -275,6 +315,61 @@ fn check_cmd(args: &DumpArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// `explain`: exit 0 when a frontend matched, 1 when none did, 2 when the
+/// question or the maps could not be read.
+fn explain_cmd(args: &ExplainArgs) -> ExitCode {
+    let answer = explain_query(args).and_then(|q| {
+        let snap = explain::snapshot::read(&args.pins.bpffs).with_context(|| {
+            format!(
+                "reading the maps pinned under {}",
+                args.pins.bpffs.display()
+            )
+        })?;
+        Ok(explain::explain(&q, &snap))
+    });
+    let ex = match answer {
+        Ok(ex) => ex,
+        Err(e) => {
+            eprintln!("bpfproxy: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = if args.json {
+        format!(
+            "{}\n",
+            serde_json::to_string_pretty(&ex).unwrap_or_default()
+        )
+    } else {
+        ex.to_string()
+    };
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+    ExitCode::from(if ex.frontend.is_some() { 0 } else { 1 })
+}
+
+fn explain_query(args: &ExplainArgs) -> anyhow::Result<explain::Query> {
+    let src = args.src.as_deref().map(explain::parse_src).transpose();
+    let (dst, dport, proto) = explain::parse_dst(&args.dst).map_err(anyhow::Error::msg)?;
+    let netns_cookie = match &args.netns {
+        Some(path) => Some(
+            explain::netns::cookie(path)
+                .with_context(|| format!("the cookie of network namespace {}", path.display()))?,
+        ),
+        None => args.netns_cookie,
+    };
+    Ok(explain::Query {
+        view: if args.from_outside {
+            explain::View::FromOutside
+        } else {
+            explain::View::Socket
+        },
+        src: src.map_err(anyhow::Error::msg)?,
+        dst,
+        dport,
+        proto,
+        netns_cookie,
+    })
 }
 
 fn cleanup(bpffs: &Path) -> anyhow::Result<()> {

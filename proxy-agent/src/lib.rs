@@ -10,6 +10,7 @@ pub mod ct_sweeper;
 pub mod datapath;
 pub mod drift;
 pub mod dump;
+pub mod explain;
 pub mod health;
 pub mod healthcheck;
 pub mod kernel;
