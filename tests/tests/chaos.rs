@@ -348,6 +348,32 @@ fn entry_counter(w: &World, name: &str) -> Result<u64> {
     Ok(d["counters"][name].as_u64().unwrap_or(0))
 }
 
+/// Node 3's `Udp: NoPorts`: datagrams its own stack got for a port no
+/// socket holds. Every UDP request through its NodePort is DNATed and
+/// SNATed, so the only ones are backend replies that came back
+/// untranslated (their conntrack entry gone): what a failed UDP NodePort
+/// request looks like from the node.
+fn entry_udp_no_ports(w: &World) -> Result<u64> {
+    let snmp =
+        w.sb.node(ENTRY)
+            .ns
+            .run(&["cat", "/proc/net/snmp"], Duration::from_secs(10))?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next(), udp.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        anyhow::bail!("no Udp lines in /proc/net/snmp:\n{snmp}");
+    };
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "NoPorts")
+        .context("no NoPorts column")?;
+    let v = values
+        .split_whitespace()
+        .nth(at)
+        .context("no NoPorts value")?;
+    Ok(v.parse()?)
+}
+
 /// A spoofed SYN flood of twice the confirmed conntrack table against node
 /// 3's TCP NodePort, from the external client's namespace; returns how
 /// many SYNs were sent.
@@ -436,6 +462,8 @@ fn request_loops_lose_nothing_through_agent_kills_an_api_server_restart_churn_an
             t.sent, t.ok, t.failed, t.slowest, t.by_backend
         );
     }
+    let no_ports = entry_udp_no_ports(&w)?;
+    eprintln!("chaos: node {ENTRY} got {no_ports} untranslated UDP replies (Udp NoPorts)");
     let flood_size = outcome?;
     eprintln!(
         "chaos: {} agent restarts (SIGKILL), {} API server restarts ({OUTAGE:?} down), {} endpoint changes, a flood of {flood_size} spoofed SYNs (conntrack {CONNTRACK}/{CONNTRACK_NEW}); chaos took {chaos_took:?}, the whole test {:?}",
