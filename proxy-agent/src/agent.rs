@@ -15,7 +15,7 @@ use crate::{
     metrics::Metrics,
     model::{Budget, ModelConfig, NodeContext},
     node_watch::{Devices, NodeWatch},
-    server, snat_ports,
+    server, service_stats, snat_ports,
     source::{kube as kube_source, watch_dir, Snapshot},
     stale_udp,
     supervise::Supervisor,
@@ -68,7 +68,14 @@ fn start(args: &RunArgs) -> anyhow::Result<Started> {
     .context("loading and attaching the kernel programs")?;
     loaded.keep_lock(lock);
     info!(?attached, sizes = ?loaded.sizes(), "socket programs ready");
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    metrics
+        .registry
+        .register_collector(Box::new(service_stats::ServiceTraffic {
+            pin_dir: pin_dir.clone(),
+            max_backends: args.service_metrics_backends,
+        }));
+    let metrics = Arc::new(metrics);
     let mut node_watch = NodeWatch::new(
         loaded,
         pin_dir.clone(),

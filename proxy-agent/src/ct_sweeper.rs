@@ -23,6 +23,7 @@ use crate::{
     datapath::ct_gc::{self, CtExpiry, CtTimeouts},
     maps::{pinned, MapsError},
     metrics::{Metrics, ReasonLabels},
+    service_stats,
 };
 
 /// How often a pass runs when nothing changes: a tenth of the shortest
@@ -158,6 +159,10 @@ pub async fn run(
         let done = tokio::task::spawn_blocking(move || {
             let mut tables = PinnedCt::open(&dir)?;
             let now = ct_gc::monotonic_now_s();
+            // The per-backend traffic counters of departed pairs go too.
+            if let Err(e) = service_stats::prune_backends(&dir, &live_now.pairs) {
+                warn!(error = %e, "pruning per-backend counters failed; retrying next pass");
+            }
             pass(&mut tables, &live_now.pairs, now, &CtTimeouts::default())
         })
         .await?;

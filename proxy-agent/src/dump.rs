@@ -6,7 +6,7 @@ use crate::{
     datapath::{ct_gc::monotonic_now_s, flows, DeviceView, DumpView},
     loader::pin_dir,
     maps::{pinned::PinnedMaps, LbMaps, MapsError},
-    node_addrs, node_links,
+    node_addrs, node_links, service_stats,
 };
 
 pub fn read(bpffs: &Path) -> Result<DumpView, MapsError> {
@@ -14,6 +14,13 @@ pub fn read(bpffs: &Path) -> Result<DumpView, MapsError> {
     let maps = PinnedMaps::open(&dir)?;
     let mut view = DumpView::from_state(&maps.read_all()?);
     view.counters = maps.read_counters()?;
+    let ids = view.frontends.iter().map(|fe| fe.rev_nat_id).collect();
+    let stats = service_stats::read(&dir, &ids)?;
+    for fe in &mut view.frontends {
+        if let Some(s) = stats.get(&fe.rev_nat_id) {
+            fe.traffic = service_stats::named(s);
+        }
+    }
     view.node_addresses = node_addrs::read(&dir)?
         .iter()
         .map(|a| a.to_string())

@@ -24,6 +24,7 @@ pub mod node_links;
 pub mod node_watch;
 pub mod preflight;
 pub mod server;
+pub mod service_stats;
 pub mod snat_ports;
 pub mod sock_diag;
 pub mod source;

@@ -428,3 +428,52 @@ pub mod node_flags {
     /// NodePorts answer on this address.
     pub const NODEPORT: u32 = 1 << 0;
 }
+
+/// Per-frontend traffic counters: indices into [`ServiceStats::counts`].
+pub mod svc_stat {
+    /// Socket-LB translations: connect(), and sendmsg() of unconnected UDP.
+    pub const SOCK_CONNECTIONS: usize = 0;
+    /// New flows of the TC programs (traffic from outside the node).
+    pub const TC_FLOWS: usize = 1;
+    /// Refused at once for want of endpoints (ECONNREFUSED, RST, ICMP).
+    pub const REFUSED: usize = 2;
+    /// Dropped: a Local traffic policy without local endpoints.
+    pub const DROPPED_NO_ENDPOINTS: usize = 3;
+    /// Dropped: the client is outside `loadBalancerSourceRanges`.
+    pub const DROPPED_SOURCE_RANGE: usize = 4;
+    /// Packets and bytes the TC ingress program translated for the flows.
+    pub const TC_PACKETS: usize = 5;
+    pub const TC_BYTES: usize = 6;
+    pub const MAX: usize = 8;
+    /// Names for metrics and dump, by index (empty: unused).
+    pub const NAMES: [&str; MAX] = [
+        "sock_connections",
+        "tc_flows",
+        "refused",
+        "dropped_no_endpoints",
+        "dropped_source_range",
+        "tc_packets",
+        "tc_bytes",
+        "",
+    ];
+}
+
+/// Value of the per-frontend counter array, indexed by revNAT id. Shared
+/// by all CPUs (atomic adds): a per-CPU copy of 65,536 frontends would
+/// cost megabytes per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    pub counts: [u64; svc_stat::MAX],
+}
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 64);
+
+/// Key of the per-backend connection counters: one per (frontend,
+/// backend) pair, the pairs the frontends' slots hold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendStatKey {
+    pub rev_nat_id: u32,
+    pub backend_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<BackendStatKey>() == 8);

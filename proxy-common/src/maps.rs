@@ -25,9 +25,14 @@ pub const CT_NEW: &str = "bpfp_ctnew_v1";
 pub const NODE_ADDRS: &str = "bpfp_node_v1";
 pub const DEVICES: &str = "bpfp_dev_v1";
 pub const SOURCE_RANGES: &str = "bpfp_lbsrc_v1";
+/// Traffic counters per frontend, an array indexed by revNAT id.
+pub const SERVICE_STATS: &str = "bpfp_svcst_v1";
+/// New connections per (frontend, backend) pair, written by the programs;
+/// the agent removes the pairs the frontends no longer hold.
+pub const BACKEND_STATS: &str = "bpfp_best_v1";
 
 /// Every map the agent owns, for loops over all of them (pin checks, dump).
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 14] = [
     SERVICES,
     BACKENDS,
     REV_NAT,
@@ -40,6 +45,8 @@ pub const ALL: [&str; 12] = [
     NODE_ADDRS,
     DEVICES,
     SOURCE_RANGES,
+    SERVICE_STATS,
+    BACKEND_STATS,
 ];
 
 pub const SERVICES_MAX: u32 = 65_536;
@@ -54,3 +61,7 @@ pub const CT_NEW_MAX: u32 = 65_536;
 pub const NODE_ADDRS_MAX: u32 = 256;
 pub const DEVICES_MAX: u32 = 256;
 pub const SOURCE_RANGES_MAX: u32 = 16_384;
+/// Every revNAT id (they are u16): the size is the layout.
+pub const SERVICE_STATS_MAX: u32 = 65_536;
+/// One per backend slot, as the service map.
+pub const BACKEND_STATS_MAX: u32 = SERVICES_MAX;

@@ -2,14 +2,16 @@
 use core::net::Ipv4Addr;
 
 use crate::{
-    AffinityKey, AffinityValue, BackendValue, CtKey, CtValue, DeviceValue, NodeAddrValue,
-    RevNatValue, ServiceKey, ServiceName, ServiceValue, SockRevNatKey, SockRevNatValue,
-    SourceRange, BACKEND_STATE_ACTIVE, SERVICE_NAME_LEN,
+    AffinityKey, AffinityValue, BackendStatKey, BackendValue, CtKey, CtValue, DeviceValue,
+    NodeAddrValue, RevNatValue, ServiceKey, ServiceName, ServiceStats, ServiceValue, SockRevNatKey,
+    SockRevNatValue, SourceRange, BACKEND_STATE_ACTIVE, SERVICE_NAME_LEN,
 };
 
 // SAFETY: all of these are `#[repr(C)]`, `Copy`, and have no implicit padding
 // (every padding byte is an explicit field), so any bit pattern is valid.
 unsafe impl aya::Pod for ServiceKey {}
+unsafe impl aya::Pod for ServiceStats {}
+unsafe impl aya::Pod for BackendStatKey {}
 unsafe impl aya::Pod for ServiceValue {}
 unsafe impl aya::Pod for BackendValue {}
 unsafe impl aya::Pod for RevNatValue {}

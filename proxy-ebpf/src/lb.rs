@@ -14,9 +14,10 @@ pub enum Lookup {
     /// Not a frontend: leave the socket alone.
     NotAService,
     /// A frontend without endpoints: refuse.
-    NoEndpoints,
+    NoEndpoints { rev_nat_id: u16 },
     /// A frontend and the backend picked for this connection.
     Backend {
+        backend_id: u32,
         backend: BackendValue,
         master: ServiceValue,
     },
@@ -56,10 +57,16 @@ pub fn select(
         }
     }
     if master.count == 0 {
-        return Ok(Lookup::NoEndpoints);
+        return Ok(Lookup::NoEndpoints {
+            rev_nat_id: master.rev_nat_id,
+        });
     }
-    let (_, backend) = pick_in(key, &master, client)?;
-    Ok(Lookup::Backend { backend, master })
+    let (backend_id, backend) = pick_in(key, &master, client)?;
+    Ok(Lookup::Backend {
+        backend_id,
+        backend,
+        master,
+    })
 }
 
 /// A backend for a new connection of `client` to the frontend `master`

@@ -11,6 +11,11 @@
 //! goes through untouched and a per-reason counter is bumped.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The BPF target has no atomic compare-and-swap, so core's AtomicU64 has
+// no fetch_add there; the intrinsic gives the kernel's atomic add (see
+// `stats`). The crate is built with the nightly toolchain anyway.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod counters;
@@ -38,6 +43,8 @@ mod refuse;
 mod route;
 #[cfg(target_arch = "bpf")]
 mod sock;
+#[cfg(target_arch = "bpf")]
+mod stats;
 #[cfg(target_arch = "bpf")]
 mod tc;
 

@@ -2,12 +2,12 @@
 //! the programs left attached while no agent runs share the same state.
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, HashMap, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    counters, maps as names, AffinityKey, AffinityValue, BackendValue, CtKey, CtValue, DeviceValue,
-    NodeAddrValue, RevNatValue, ServiceKey, ServiceName, ServiceValue, SockRevNatKey,
-    SockRevNatValue, SourceRange,
+    counters, maps as names, AffinityKey, AffinityValue, BackendStatKey, BackendValue, CtKey,
+    CtValue, DeviceValue, NodeAddrValue, RevNatValue, ServiceKey, ServiceName, ServiceStats,
+    ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange,
 };
 
 #[map(name = "bpfp_svc_v1")]
@@ -61,3 +61,12 @@ pub static DEVICES: HashMap<u32, DeviceValue> = HashMap::pinned(names::DEVICES_M
 /// may open connections to the frontends flagged `SOURCE_RANGES`.
 #[map(name = "bpfp_lbsrc_v1")]
 pub static SOURCE_RANGES: LpmTrie<SourceRange, u8> = LpmTrie::pinned(names::SOURCE_RANGES_MAX, 0);
+
+/// Traffic counters per frontend (see `stats`).
+#[map(name = "bpfp_svcst_v1")]
+pub static SERVICE_STATS: Array<ServiceStats> = Array::pinned(names::SERVICE_STATS_MAX, 0);
+
+/// New connections per (frontend, backend) pair (see `stats`).
+#[map(name = "bpfp_best_v1")]
+pub static BACKEND_STATS: HashMap<BackendStatKey, u64> =
+    HashMap::pinned(names::BACKEND_STATS_MAX, 0);

@@ -11,12 +11,13 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext, Global,
 };
-use proxy_common::{counters, node_flags, SockRevNatKey, SockRevNatValue};
+use proxy_common::{counters, node_flags, svc_stat, SockRevNatKey, SockRevNatValue};
 
 use crate::{
     counters::bump,
     lb::{select, Lookup},
     maps::{NODE_ADDRS, SOCK_REV_NAT},
+    stats,
 };
 
 /// Whether the kernel has `bpf_set_retval` (5.18+). The agent probes the
@@ -200,11 +201,18 @@ fn forward(ctx: &SockAddrContext, addr_be: u32, port_be: u16, proto: u8) -> Forw
     }
     match lookup {
         Ok(Lookup::NotAService) => Forward::Pass,
-        Ok(Lookup::NoEndpoints) => {
+        Ok(Lookup::NoEndpoints { rev_nat_id }) => {
             bump(counters::REJECTED_NO_ENDPOINTS);
+            stats::service(rev_nat_id, svc_stat::REFUSED, 1);
             Forward::Refuse
         }
-        Ok(Lookup::Backend { backend, master }) => {
+        Ok(Lookup::Backend {
+            backend_id,
+            backend,
+            master,
+        }) => {
+            stats::service(master.rev_nat_id, svc_stat::SOCK_CONNECTIONS, 1);
+            stats::backend(master.rev_nat_id, backend_id);
             // SAFETY: helper valid for sock_addr programs.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             let key = SockRevNatKey {

@@ -30,7 +30,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use proxy_common::{
-    counters, ct_dir, ct_flags, node_flags, svc_flags, CtValue, ServiceKey, ServiceValue,
+    counters, ct_dir, ct_flags, node_flags, svc_flags, svc_stat, CtValue, ServiceKey, ServiceValue,
     SourceRange, AFFINITY_CLIENT_IP, BACKEND_FLAG_LOCAL,
 };
 
@@ -44,6 +44,7 @@ use crate::{
     parse::{parse, Packet, Parsed, ETH_HLEN},
     refuse,
     route::{self, Hop, Miss},
+    stats,
 };
 
 const PASS: i32 = TC_ACT_OK;
@@ -297,6 +298,7 @@ fn try_ingress(ctx: &TcContext, may_settle: bool) -> Result<i32, u32> {
     ct::touch(entry, &pkt);
     // SAFETY: as above; copied out at once.
     let e = unsafe { *entry };
+    count_packet(ctx, e.rev_nat_id);
     if e.flags & ct_flags::REDIRECT == 0 {
         return Ok(rewritten(nat::dnat(ctx, &pkt, e.addr_be, e.port_be)));
     }
@@ -310,6 +312,7 @@ fn reply_snat(ctx: &TcContext, pkt: &Packet, entry: *mut CtValue) -> i32 {
     ct::touch(entry, pkt);
     // SAFETY: valid for this run (see ct::touch); copied out at once.
     let e = unsafe { *entry };
+    count_packet(ctx, e.rev_nat_id);
     if e.flags & ct_flags::REDIRECT == 0 {
         // A flow of an earlier version: the destination here, the source
         // at the egress of the client-facing device (REPLY entry).
@@ -392,6 +395,7 @@ fn try_new_flow(ctx: &TcContext, pkt: &Packet) -> Result<i32, u32> {
     };
     if master.flags & svc_flags::SOURCE_RANGES != 0 && !source_allowed(&master, pkt.saddr_be) {
         bump(counters::TC_DROP_SOURCE_RANGE);
+        stats::service(master.rev_nat_id, svc_stat::DROPPED_SOURCE_RANGE, 1);
         return Ok(DROP);
     }
     if master.count == 0 {
@@ -413,7 +417,7 @@ fn try_new_flow(ctx: &TcContext, pkt: &Packet) -> Result<i32, u32> {
         // The stack forwards it; replies pass this node's client-facing
         // device, whose egress gives them the frontend back.
         let fwd = ct::create(pkt, &flow)?;
-        bump(counters::TC_NEW_FLOW);
+        count_new_flow(ctx, &flow);
         return Ok(rewritten(nat::dnat(ctx, pkt, fwd.addr_be, fwd.port_be)));
     }
     // Routed first: the SNAT source is the egress device's address.
@@ -430,8 +434,24 @@ fn try_new_flow(ctx: &TcContext, pkt: &Packet) -> Result<i32, u32> {
     }
     flow.snat_addr_be = Some(snat_addr_be);
     let fwd = ct::create(pkt, &flow)?;
-    bump(counters::TC_NEW_FLOW);
+    count_new_flow(ctx, &flow);
     Ok(translate_and_redirect(ctx, pkt, &fwd, &hop))
+}
+
+/// A new flow: the node-wide counter, its frontend's and its backend's.
+#[inline(always)]
+fn count_new_flow(ctx: &TcContext, flow: &NewFlow) {
+    bump(counters::TC_NEW_FLOW);
+    stats::service(flow.rev_nat_id, svc_stat::TC_FLOWS, 1);
+    stats::backend(flow.rev_nat_id, flow.backend_id);
+    count_packet(ctx, flow.rev_nat_id);
+}
+
+/// One packet of a flow of frontend `rev_nat_id`, and its bytes.
+#[inline(always)]
+fn count_packet(ctx: &TcContext, rev_nat_id: u16) {
+    stats::service(rev_nat_id, svc_stat::TC_PACKETS, 1);
+    stats::service(rev_nat_id, svc_stat::TC_BYTES, u64::from(ctx.len()));
 }
 
 /// Whether `saddr_be` is inside the frontend's `loadBalancerSourceRanges`
@@ -459,8 +479,10 @@ fn source_allowed(master: &ServiceValue, saddr_be: u32) -> bool {
 fn no_endpoints(ctx: &TcContext, pkt: &Packet, svc_addr_be: u32, master: &ServiceValue) -> i32 {
     if master.flags & svc_flags::REJECT == 0 {
         bump(counters::TC_DROP_NO_ENDPOINTS);
+        stats::service(master.rev_nat_id, svc_stat::DROPPED_NO_ENDPOINTS, 1);
         return DROP;
     }
+    stats::service(master.rev_nat_id, svc_stat::REFUSED, 1);
     if svc_addr_be == 0 {
         bump(counters::TC_REJECT_NO_ENDPOINTS);
         return PASS;

@@ -938,3 +938,81 @@ fn dump_check_names_a_corrupted_entry_until_the_resync_repairs_it() -> Result<()
     ensure!(r.ok == 20, "{r:?}");
     Ok(())
 }
+
+/// The agent's /metrics, from inside the client namespace it listens in.
+fn metrics_text(sb: &Sandbox) -> Result<String> {
+    let url = "http://127.0.0.1:10249/metrics";
+    let t0 = Instant::now();
+    loop {
+        match sb.client(&["curl", "-sS", "--max-time", "5", url]) {
+            Ok(text) if text.contains("# EOF") => return Ok(text),
+            _ if t0.elapsed() < WAIT => std::thread::sleep(Duration::from_millis(200)),
+            other => return other.context("scraping /metrics"),
+        }
+    }
+}
+
+/// The value of the series whose line starts with `prefix` (name and
+/// labels up to where the test cares), summed over matching lines.
+fn series_sum(text: &str, name: &str, labels: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// N connections through a Service show as N in /metrics for that Service
+/// port, split over its backends; a Service without endpoints counts its
+/// refusals; `dump` shows the same numbers beside each frontend.
+#[test]
+fn per_service_traffic_counters_count_connections_per_backend_and_refusals() -> Result<()> {
+    let sb = sandbox(2)?;
+    let mut docs = web(&sb, &[1, 2]);
+    docs.push_str("---\n");
+    docs.push_str(&manifest::service(
+        "default/empty",
+        "10.96.0.30",
+        &[("http", 80, 8080, "TCP")],
+    ));
+    sb.write_manifest("web.yaml", &docs)?;
+    let mut cfg = sb.agent_config()?;
+    cfg.extra_args.push("--service-metrics-backends=100".into());
+    let mut agent = Agent::start(cfg)?;
+    agent.wait_for_backends(VIP, 80, "TCP", &addrs(&sb, &[1, 2], 8080), WAIT)?;
+    let r = sb.probe_tcp(&format!("{VIP}:80"), 50)?;
+    ensure!(r.ok == 50, "{r:?}");
+    let refused = sb.probe_tcp("10.96.0.30:80", 3)?;
+    ensure!(refused.failed == 3, "{refused:?}");
+
+    let text = metrics_text(&sb)?;
+    let web = ["namespace=\"default\"", "service=\"web\"", "port=\"http\""];
+    let socket = [&web[..], &["datapath=\"socket\""]].concat();
+    let n = series_sum(&text, "bpfproxy_service_connections_total", &socket);
+    ensure!(n == 50, "50 connections counted as {n}:\n{text}");
+    let mut per_backend = Vec::new();
+    for i in [1, 2] {
+        let be = format!("backend=\"{}:8080\"", sb.backend_ip(i));
+        let labels = [&web[..], &[be.as_str()]].concat();
+        let c = series_sum(&text, "bpfproxy_service_backend_connections_total", &labels);
+        per_backend.push((c, r.count(&format!("backend-{i}"))));
+    }
+    eprintln!("per backend (counted, seen by the client): {per_backend:?}");
+    ensure!(
+        per_backend
+            .iter()
+            .all(|(counted, seen)| counted == seen && *counted > 0),
+        "per-backend counts match where the connections went: {per_backend:?}"
+    );
+    let empty = ["service=\"empty\"", "port=\"http\""];
+    let refusals = series_sum(&text, "bpfproxy_service_refused_total", &empty);
+    ensure!(refusals == 3, "3 refusals counted as {refusals}:\n{text}");
+    let none = series_sum(&text, "bpfproxy_service_refused_total", &web);
+    ensure!(none == 0, "web refused nothing, counted {none}");
+
+    let dump = agent.dump_text()?;
+    ensure!(
+        dump.contains("sock_connections=50") && dump.contains("refused=3"),
+        "dump shows the counters beside each frontend:\n{dump}"
+    );
+    Ok(())
+}

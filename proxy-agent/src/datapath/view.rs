@@ -64,6 +64,13 @@ pub struct FrontendView {
     /// Problems a reader of the maps should know about (missing slots...).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// The frontend's traffic counters by name, zeros left out (filled by
+    /// `bpfproxy dump` from the kernel's counters).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub traffic: std::collections::BTreeMap<String, u64>,
+    /// Its revNAT id, for joining the counters.
+    #[serde(skip)]
+    pub rev_nat_id: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -114,6 +121,8 @@ impl DumpView {
                 backends,
                 source_ranges: source_ranges_of(state, key.scope, master),
                 problems,
+                traffic: Default::default(),
+                rev_nat_id: master.rev_nat_id,
             });
         }
         frontends.sort();
@@ -240,6 +249,11 @@ impl fmt::Display for DumpView {
             }
             if !fe.source_ranges.is_empty() {
                 writeln!(f, "    only from: {}", fe.source_ranges.join(", "))?;
+            }
+            if !fe.traffic.is_empty() {
+                let counts: Vec<String> =
+                    fe.traffic.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                writeln!(f, "    traffic: {}", counts.join(" "))?;
             }
             for p in &fe.problems {
                 writeln!(f, "    ! {p}")?;

@@ -7,11 +7,11 @@ use std::{
 
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
-    HashMap, Map, MapData, MapError, PerCpuArray,
+    Array, HashMap, Map, MapData, MapError, PerCpuArray,
 };
 use proxy_common::{
     counters, maps as names, AffinityKey, AffinityValue, BackendValue, RevNatValue, ServiceKey,
-    ServiceName, ServiceValue, SourceRange,
+    ServiceName, ServiceStats, ServiceValue, SourceRange,
 };
 
 use super::{
@@ -31,6 +31,9 @@ pub struct PinnedMaps {
     counters: PerCpuArray<MapData, u64>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     source_ranges: LpmTrie<MapData, SourceRange, u8>,
+    /// Traffic counters by frontend id: zeroed when the id is freed, so a
+    /// later frontend with the id starts from zero.
+    service_stats: Array<MapData, ServiceStats>,
     /// The kernel's sizes of these maps.
     sizes: MapSizes,
 }
@@ -151,6 +154,7 @@ impl PinnedMaps {
             counters: open(dir, names::COUNTERS)?,
             affinity: open(dir, names::AFFINITY)?,
             source_ranges: open(dir, names::SOURCE_RANGES)?,
+            service_stats: open(dir, names::SERVICE_STATS)?,
         })
     }
 
@@ -265,7 +269,15 @@ impl LbMaps for PinnedMaps {
             Op::UpsertName(id, n) => self.names.insert(id, ServiceName::new(n), 0),
             Op::DeleteService(k) => return remove(&mut self.services, k, name),
             Op::DeleteBackend(id) => return remove(&mut self.backends, id, name),
-            Op::DeleteRevNat(id) => return remove(&mut self.rev_nat, id, name),
+            Op::DeleteRevNat(id) => {
+                self.service_stats
+                    .set(*id, ServiceStats::default(), 0)
+                    .map_err(|source| MapsError::Write {
+                        map: names::SERVICE_STATS,
+                        source,
+                    })?;
+                return remove(&mut self.rev_nat, id, name);
+            }
             Op::DeleteName(id) => return remove(&mut self.names, id, name),
             Op::UpsertSourceRange(r) => self.source_ranges.insert(&range_key(r), 1, 0),
             Op::DeleteSourceRange(r) => {

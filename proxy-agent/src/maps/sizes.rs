@@ -87,6 +87,8 @@ pub fn entry_bytes(map: &str) -> usize {
         names::NODE_ADDRS => 4 + size_of::<NodeAddrValue>(),
         names::DEVICES => 4 + size_of::<DeviceValue>(),
         names::SOURCE_RANGES => size_of::<SourceRange>() + 4 + 1,
+        names::SERVICE_STATS => 4 + size_of::<ServiceStats>(),
+        names::BACKEND_STATS => size_of::<BackendStatKey>() + 8,
         _ => 0,
     }
 }
@@ -94,7 +96,7 @@ pub fn entry_bytes(map: &str) -> usize {
 /// The flag that sets a map's size, for messages.
 pub fn flag_of(map: &str) -> Option<&'static str> {
     Some(match map {
-        names::SERVICES => "--map-size-services",
+        names::SERVICES | names::BACKEND_STATS => "--map-size-services",
         names::BACKENDS => "--map-size-backends",
         names::REV_NAT | names::SERVICE_NAMES => "--map-size-rev-nat",
         names::SOCK_REV_NAT => "--map-size-sock-rev-nat",
@@ -110,10 +112,12 @@ pub fn flag_of(map: &str) -> Option<&'static str> {
 
 impl MapSizes {
     /// Every sized map with its size (the names map shares the revNAT
-    /// size: both are keyed by frontend id).
-    pub fn by_map(&self) -> [(&'static str, u32); 11] {
+    /// size: both are keyed by frontend id; the per-backend counters the
+    /// service map's: one per backend slot).
+    pub fn by_map(&self) -> [(&'static str, u32); 12] {
         [
             (names::SERVICES, self.services),
+            (names::BACKEND_STATS, self.services),
             (names::BACKENDS, self.backends),
             (names::REV_NAT, self.rev_nat),
             (names::SERVICE_NAMES, self.rev_nat),
