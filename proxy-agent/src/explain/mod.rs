@@ -61,8 +61,12 @@ pub fn explain(q: &Query, snap: &Snapshot) -> Explanation {
     }
     // Conntrack comes first in the TC programs: a known flow keeps its
     // backend even when its frontend changed or is gone.
-    if let Some(v) = verdict::existing_flow(&ex) {
-        ex.verdict = v;
+    // Only a client port names one flow; without it the question is about
+    // a new connection, and the flows are shown beside it.
+    if q.src.is_some_and(|(_, port)| port.is_some()) {
+        if let Some(v) = verdict::existing_flow(&ex) {
+            ex.verdict = v;
+        }
     }
     add_notes(&mut ex, q);
     ex

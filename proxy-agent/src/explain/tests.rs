@@ -322,3 +322,38 @@ fn json_has_the_same_steps() {
     assert_eq!(v["candidates"][1]["weight"], 1);
     assert_eq!(v["verdict"]["action"], "translate");
 }
+
+#[test]
+fn without_a_client_port_the_flows_are_shown_but_a_new_connection_is_explained() {
+    let mut s = snapshot();
+    for port in [40000, 40001] {
+        let k = CtKey::new(CLIENT, port, LB, 80, proto::TCP, ct_dir::FORWARD);
+        let v = CtValue {
+            addr_be: u32::from_ne_bytes(be(2).octets()),
+            port_be: 8080u16.to_be(),
+            flags: 0,
+            tcp_state: ct_state::CLOSING,
+            nat_addr_be: 0,
+            nat_port_be: 0,
+            rev_nat_id: 3,
+            backend_id: 2,
+            last_seen_s: NOW,
+        };
+        s.conntrack.insert(k, v);
+    }
+    let ex = explain(&query(View::FromOutside, Some((CLIENT, None)), LB, 80), &s);
+    assert_eq!(ex.existing_flows.len(), 2);
+    assert_eq!(
+        ex.verdict.backend, None,
+        "a new connection is picked at random"
+    );
+    let ex = explain(
+        &query(View::FromOutside, Some((CLIENT, Some(40001))), LB, 80),
+        &s,
+    );
+    assert!(
+        ex.verdict.because.contains("closing: a new SYN"),
+        "{:?}",
+        ex.verdict
+    );
+}

@@ -3,13 +3,21 @@ use std::fmt;
 
 use super::report::{AffinityEntry, AffinityStep, ExistingFlow, Explanation, RangeCheck};
 
+/// At most this many flows in the text walk: a client without a port may
+/// have hundreds, mostly closing ones waiting out their timeout.
+const TEXT_FLOWS: usize = 10;
+
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let client = self.client.as_deref().unwrap_or("any client");
         writeln!(f, "connection: {client} → {}", self.destination)?;
         writeln!(f, "view: {}", self.view)?;
-        for flow in &self.existing_flows {
+        for flow in self.existing_flows.iter().take(TEXT_FLOWS) {
             writeln!(f, "existing flow: {}", flow_line(flow))?;
+        }
+        if self.existing_flows.len() > TEXT_FLOWS {
+            let more = self.existing_flows.len() - TEXT_FLOWS;
+            writeln!(f, "existing flows: … {more} more (--json lists them all)")?;
         }
         if let Some(nm) = &self.no_match {
             writeln!(f, "frontend: none matched ({})", nm.reason)?;

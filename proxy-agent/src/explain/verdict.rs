@@ -18,8 +18,8 @@ fn verdict(action: &'static str, backend: Option<String>, because: String) -> Ve
     }
 }
 
-/// A packet of a known flow follows its entry (one flow: the client's port
-/// was given, or it has only one).
+/// A packet of a known flow follows its entry (the one flow of the client
+/// port the question names).
 pub(super) fn existing_flow(ex: &Explanation) -> Option<Verdict> {
     let [flow] = ex.existing_flows.as_slice() else {
         return None;
