@@ -14,7 +14,14 @@
 //!   10k Services in the maps. Needs root (it loads BPF programs into a
 //!   private bpffs and runs them with BPF_PROG_TEST_RUN; it sends no
 //!   packets and attaches nothing).
+//! - `kube-proxy-backends`: kube-proxy's iptables-legacy, iptables-nft and
+//!   nftables rulesets for N Services (full load, one-Service update) next
+//!   to bpfproxy's cold sync and one-change latency, the agent's memory, and
+//!   connect() latency to the last Service through each vs. the socket LB
+//!   vs. direct, with a chart. Needs root (fresh network namespaces, a
+//!   sandbox with the agent in a child cgroup, an API server on loopback).
 mod datapath;
+mod kube_proxy;
 mod objects;
 mod pipeline;
 mod report;
@@ -57,6 +64,30 @@ enum Bench {
         #[arg(long, default_value_t = 20_000)]
         repeat: u32,
     },
+    KubeProxyBackends {
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000")]
+        services: Vec<usize>,
+        /// Service counts that also run a real agent on a real API server.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        api_services: Vec<usize>,
+        /// Full loads per backend and count, each in a fresh namespace.
+        #[arg(long, default_value_t = 3)]
+        full_rounds: usize,
+        /// One-Service updates per backend and count.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// connect() samples per variant.
+        #[arg(long, default_value_t = 1000)]
+        samples: usize,
+    },
+    /// Helper run inside a test namespace: times `count` connect() calls.
+    #[command(hide = true)]
+    ConnectLoop {
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,5 +105,19 @@ fn main() -> anyhow::Result<()> {
             batch,
             repeat,
         }),
+        Bench::KubeProxyBackends {
+            services,
+            api_services,
+            full_rounds,
+            rounds,
+            samples,
+        } => kube_proxy::run(&kube_proxy::Options {
+            services,
+            full_rounds,
+            rounds,
+            samples,
+            api_services,
+        }),
+        Bench::ConnectLoop { to, count } => kube_proxy::connect_loop(&to, count),
     }
 }

@@ -66,12 +66,18 @@ pub fn write(name: &str, title: &str, body: &str) -> anyhow::Result<()> {
     let _ = writeln!(text, "machine: {} cores; {}\n", cores(), kernel());
     text.push_str(body);
     print!("{text}");
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir)?;
+    let dir = dir()?;
     let path = dir.join(format!("{name}.md"));
     std::fs::write(&path, &text)?;
     println!("\nreport written to {}", path.display());
     Ok(())
+}
+
+/// `target/bench/`, created if missing.
+pub fn dir() -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 fn cores() -> usize {

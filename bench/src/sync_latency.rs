@@ -130,6 +130,48 @@ impl Subject {
     }
 }
 
+/// One agent (`--min-sync-period 0s`) on an API server holding `n`
+/// Services: its cold start and single-change latencies.
+pub struct Single {
+    /// Agent start → the last Service in the maps.
+    pub cold: Duration,
+    /// EndpointSlice change accepted → in the maps, one per round.
+    pub changes: Vec<Duration>,
+    /// The agent's pid while it runs (for its memory).
+    pub rss: crate::kube_proxy::rss::Rss,
+}
+
+/// [`Single`] for `n` Services and `rounds` changes.
+pub fn single(n: usize, rounds: usize) -> Result<Single> {
+    bpfproxy_tests::require_root()?;
+    let api = ApiServer::start(&[], &[])?;
+    let cluster = Cluster::connect(&api.kubeconfig())?;
+    cluster
+        .apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n")
+        .ok();
+    for i in 0..n {
+        cluster.apply_yaml(&objects::service_yaml(i))?;
+        cluster.apply_yaml(&objects::slice_yaml(i, 0))?;
+    }
+    let t = Instant::now();
+    let mut subject = [Subject::start(VARIANTS[0], &api, n)?];
+    let cold = t.elapsed();
+    let mut changes = Vec::new();
+    for r in 0..rounds {
+        let i = (r * 7919 + 13) % n;
+        let t0 = Instant::now();
+        cluster.apply_yaml(&objects::slice_yaml(i, r + 1))?;
+        let took = wait_all(&mut subject, &[(i, r + 1)], t0, Duration::from_secs(60))?;
+        changes.extend(took);
+    }
+    let pid = subject[0].agent.pid().context("the agent has no pid")?;
+    Ok(Single {
+        cold,
+        changes,
+        rss: crate::kube_proxy::rss::Rss::of(pid)?,
+    })
+}
+
 pub fn run(sizes: &[usize], rounds: usize) -> Result<()> {
     bpfproxy_tests::require_root()?;
     let mut body = String::new();

@@ -16,6 +16,10 @@ pub const PACKAGES: &[&str] = &[
     "conntrack",  // conntrack table inspection
     "ethtool",    // veth offload settings
     "tcpdump",    // debugging test traffic
+    // The kube-proxy-backends bench loads kube-proxy's nftables ruleset
+    // with `nft`, and draws its chart's text with DejaVu Sans.
+    "nftables",
+    "fonts-dejavu-core",
     // `wg`: the WireGuard shape of the multi-node sandbox (its kernel
     // module exists on the kernel matrix's Debian kernels).
     "wireguard-tools",

@@ -14,6 +14,9 @@ pub struct Args {
     /// Changes measured per count (pipeline, sync-latency).
     #[arg(long, default_value_t = 20)]
     rounds: usize,
+    /// Service counts of the kube-proxy-backends comparison.
+    #[arg(long, default_value = "1000,10000,50000")]
+    kube_proxy_services: String,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -29,6 +32,9 @@ pub fn run(args: &Args) -> Result<()> {
         "proxy-agent",
         "-p",
         "bpfproxy-bench",
+        // `probe`: the listener and clients of kube-proxy-backends' sandbox.
+        "-p",
+        "bpfproxy-tests",
     ]))?;
     sh::run(Command::new("bash").arg(root.join("tests/apiserver/build.sh")))?;
     let bin = workspace::target_dir()?.join("release");
@@ -43,5 +49,21 @@ pub fn run(args: &Args) -> Result<()> {
     // Its own defaults: per-packet cost with 10 vs 10k Services, and rounds
     // of packet batches rather than single changes.
     sh::run(Command::new(bin.join("bpfproxy-bench")).arg("tc-datapath"))?;
+    // kube-proxy's rulesets next to bpfproxy; its API-server agents run
+    // only for the counts of the sync-latency bench (more objects take too
+    // long to create one by one).
+    sh::run(
+        Command::new(bin.join("bpfproxy-bench"))
+            .args([
+                "kube-proxy-backends",
+                "--services",
+                &args.kube_proxy_services,
+                "--api-services",
+                &args.services,
+                "--rounds",
+                &rounds,
+            ])
+            .env("BPFPROXY_BIN", bin.join("bpfproxy")),
+    )?;
     Ok(())
 }

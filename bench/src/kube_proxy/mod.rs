@@ -1,0 +1,87 @@
+//! `kube-proxy-backends`: kube-proxy's rulesets for N Services next to
+//! bpfproxy. For each N it loads kube-proxy-shaped iptables-legacy,
+//! iptables-nft and nftables rulesets (full load, then one-Service partial
+//! updates) in fresh network namespaces, takes bpfproxy's cold sync and
+//! one-change latency (pipeline on fake maps; a real agent on a real API
+//! server for the smaller N), the agent's memory, and connect() latency to
+//! the last Service through each ruleset vs. the socket LB vs. direct.
+mod chart;
+mod connect;
+mod iptables;
+mod model;
+mod nft;
+mod restore;
+pub mod rss;
+mod summary;
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+pub use connect::connect_loop;
+
+use crate::{pipeline, sync_latency};
+
+pub struct Options {
+    pub services: Vec<usize>,
+    /// Fresh-namespace full loads per backend and N.
+    pub full_rounds: usize,
+    /// One-Service updates per backend and N (also bpfproxy's changes).
+    pub rounds: usize,
+    /// connect() samples per variant.
+    pub samples: usize,
+    /// The Service counts that also run a real agent on a real API server.
+    pub api_services: Vec<usize>,
+}
+
+/// Everything measured for one Service count.
+pub struct Size {
+    pub n: usize,
+    pub loads: Vec<(restore::Backend, restore::LoadTimes)>,
+    pub pipeline: pipeline::Costs,
+    pub api: Option<sync_latency::Single>,
+    pub connect: connect::Connect,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    bpfproxy_tests::require_root()?;
+    let mut sizes = Vec::new();
+    for &n in &opts.services {
+        anyhow::ensure!(n >= 1, "at least one Service");
+        sizes.push(measure(opts, n)?);
+    }
+    summary::write(opts, &sizes)
+}
+
+fn measure(opts: &Options, n: usize) -> Result<Size> {
+    let mut loads = Vec::new();
+    for b in restore::Backend::ALL {
+        let t = std::time::Instant::now();
+        let times = restore::measure(b, n, opts.full_rounds, opts.rounds)?;
+        eprintln!(
+            "{n} Services, {}: {:.1} s",
+            b.label(),
+            t.elapsed().as_secs_f64()
+        );
+        loads.push((b, times));
+    }
+    let pipeline = pipeline::measure(n, opts.rounds)?;
+    let api = if opts.api_services.contains(&n) {
+        Some(sync_latency::single(n, opts.rounds)?)
+    } else {
+        None
+    };
+    eprintln!("{n} Services: connect() latency");
+    let connect = connect::measure(n, opts.samples)?;
+    Ok(Size {
+        n,
+        loads,
+        pipeline,
+        api,
+        connect,
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    crate::report::ms(d)
+}
