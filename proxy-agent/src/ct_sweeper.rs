@@ -38,6 +38,9 @@ pub struct Live {
     pub pairs: BTreeSet<(u32, u32)>,
     /// (revNAT id, backend address, backend port) of every frontend slot.
     pub endpoints: BTreeSet<(u32, Ipv4Addr, u16)>,
+    /// revNAT ids of the frontends that are not UDP: their sockets are
+    /// none of the connected UDP sockets' business.
+    pub not_udp: BTreeSet<u32>,
 }
 
 /// What the sync publishes; None until the first sync (before it, every

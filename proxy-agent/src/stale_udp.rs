@@ -47,7 +47,9 @@ use crate::{
 pub type Translation = (u64, Ipv4Addr, u16);
 
 /// The socket LB's translations whose backend no longer serves the
-/// frontend they were made for.
+/// frontend they were made for. Those of frontends known not to be UDP
+/// are left out: most Services are TCP, and a change to them then costs
+/// no visit of the node's namespaces.
 pub fn stale_translations(
     entries: &BTreeMap<SockRevNatKey, SockRevNatValue>,
     live: &Live,
@@ -55,9 +57,8 @@ pub fn stale_translations(
     entries
         .iter()
         .filter(|(k, v)| {
-            !live
-                .endpoints
-                .contains(&(u32::from(v.rev_nat_id), k.ip(), k.port()))
+            let rev = u32::from(v.rev_nat_id);
+            !live.not_udp.contains(&rev) && !live.endpoints.contains(&(rev, k.ip(), k.port()))
         })
         .map(|(k, _)| (k.cookie, k.ip(), k.port()))
         .collect()
@@ -315,6 +316,15 @@ mod tests {
         ];
         let closed: Vec<_> = to_close(&found, &stale).collect();
         assert_eq!(closed, vec![&found[0]]);
+    }
+
+    #[test]
+    fn translations_of_tcp_frontends_are_never_stale_for_the_udp_closer() {
+        let entries = BTreeMap::from([(key(1, [10, 244, 1, 5], 80), value(9))]);
+        let mut live = Live::default();
+        assert_eq!(stale_translations(&entries, &live).len(), 1);
+        live.not_udp.insert(9);
+        assert!(stale_translations(&entries, &live).is_empty());
     }
 
     #[test]

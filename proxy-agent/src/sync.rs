@@ -378,6 +378,11 @@ pub async fn run<M: LbMaps>(
 /// Which backends the frontend slots of `state` hold, by id and by address.
 fn live_backends(state: &MapState) -> Live {
     let mut live = Live::default();
+    for (k, v) in state.masters() {
+        if k.proto != proxy_common::proto::UDP {
+            live.not_udp.insert(u32::from(v.rev_nat_id));
+        }
+    }
     for v in state.services.values().filter(|v| v.backend_id != 0) {
         let rev = u32::from(v.rev_nat_id);
         live.pairs.insert((rev, v.backend_id));
