@@ -275,13 +275,21 @@ fn dump_cmd(args: &DumpArgs) -> anyhow::Result<()> {
             args.pins.bpffs.display()
         )
     })?;
-    let text = if args.json {
-        format!("{}\n", serde_json::to_string_pretty(&view)?)
+    print_out(args.json, &view, || view.to_string())
+}
+
+/// Prints `value` as JSON or as `text()`. A closed pipe (`bpfproxy dump |
+/// head`) is not an error (print! would panic on it).
+fn print_out<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    let text = if json {
+        format!("{}\n", serde_json::to_string_pretty(value)?)
     } else {
-        view.to_string()
+        text()
     };
-    // `bpfproxy dump | head` closes the pipe early: that is not an error
-    // (print! would panic on it).
     match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
@@ -299,17 +307,17 @@ fn check_cmd(args: &DumpArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let text = if args.json {
-        format!(
-            "{}\n",
-            serde_json::to_string_pretty(&found).unwrap_or_default()
-        )
-    } else if found.is_empty() {
-        "no drift: the maps hold what the agent would write\n".to_string()
-    } else {
-        found.iter().map(|d| format!("drift: {d}\n")).collect()
-    };
-    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+    let printed = print_out(args.json, &found, || {
+        if found.is_empty() {
+            "no drift: the maps hold what the agent would write\n".to_string()
+        } else {
+            found.iter().map(|d| format!("drift: {d}\n")).collect()
+        }
+    });
+    if let Err(e) = printed {
+        eprintln!("bpfproxy: {e:#}");
+        return ExitCode::from(2);
+    }
     if found.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -336,15 +344,10 @@ fn explain_cmd(args: &ExplainArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let text = if args.json {
-        format!(
-            "{}\n",
-            serde_json::to_string_pretty(&ex).unwrap_or_default()
-        )
-    } else {
-        ex.to_string()
-    };
-    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+    if let Err(e) = print_out(args.json, &ex, || ex.to_string()) {
+        eprintln!("bpfproxy: {e:#}");
+        return ExitCode::from(2);
+    }
     ExitCode::from(if ex.frontend.is_some() { 0 } else { 1 })
 }
 

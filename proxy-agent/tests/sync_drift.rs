@@ -16,15 +16,20 @@ use proxy_agent::{
 
 const YAML: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: ns}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s-1, namespace: ns, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\nports: [{port: 80}]\nendpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2]}]\n";
 
-#[test]
-fn a_full_resync_repairs_drift_that_change_driven_syncs_do_not_read() {
-    let snap = common::snapshot(YAML);
-    let mut s = Syncer::new(
+/// A syncer over fake maps with room for 1024 entries each.
+fn fake_syncer() -> Syncer<FakeMaps> {
+    Syncer::new(
         FakeMaps::new(1024),
         Arc::new(Metrics::new()),
         ModelConfig::default(),
     )
-    .expect("syncer");
+    .expect("syncer")
+}
+
+#[test]
+fn a_full_resync_repairs_drift_that_change_driven_syncs_do_not_read() {
+    let snap = common::snapshot(YAML);
+    let mut s = fake_syncer();
     assert!(s.sync(&snap, false).expect("sync").ops > 0);
     let good = s.maps().state.clone();
     // Someone deletes a backend behind our back.
@@ -103,12 +108,7 @@ fn a_full_map_leaves_the_proxy_healthy_and_any_other_failure_does_not() {
 #[test]
 fn the_drift_check_names_a_corrupted_entry_and_is_clean_after_the_repair() {
     let snap = common::snapshot(YAML);
-    let mut s = Syncer::new(
-        FakeMaps::new(1024),
-        Arc::new(Metrics::new()),
-        ModelConfig::default(),
-    )
-    .expect("syncer");
+    let mut s = fake_syncer();
     s.sync(&snap, false).expect("sync");
     let clean = drift::check(&snap, ModelConfig::default(), s.maps()).expect("check");
     assert!(clean.is_empty(), "{clean:?}");

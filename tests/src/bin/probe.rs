@@ -680,11 +680,7 @@ fn hold(args: &[String]) -> Res<u8> {
     let mut out = io::stdout().lock();
     let s = match TcpStream::connect_timeout(&to, timeout) {
         Ok(s) => s,
-        Err(e) => {
-            let _ = writeln!(out, "ERR connect: {e}");
-            let _ = out.flush();
-            return Ok(1);
-        }
+        Err(e) => return connect_failed(&mut out, &e),
     };
     connected(&mut out, s.peer_addr(), s.local_addr())?;
     s.set_read_timeout(Some(timeout))
@@ -721,11 +717,7 @@ fn hold_udp(to: SocketAddr, timeout: Duration) -> Res<u8> {
     let mut out = io::stdout().lock();
     let mut s = match connect() {
         Ok(s) => s,
-        Err(e) => {
-            let _ = writeln!(out, "ERR connect: {e}");
-            let _ = out.flush();
-            return Ok(1);
-        }
+        Err(e) => return connect_failed(&mut out, &e),
     };
     connected(&mut out, s.peer_addr(), s.local_addr())?;
     ping_loop(&mut out, || {
@@ -740,6 +732,13 @@ fn hold_udp(to: SocketAddr, timeout: Duration) -> Res<u8> {
         }
         answer
     })
+}
+
+/// `hold` could not connect: says so, exits 1.
+fn connect_failed(out: &mut impl Write, e: &io::Error) -> Res<u8> {
+    let _ = writeln!(out, "ERR connect: {e}");
+    let _ = out.flush();
+    Ok(1)
 }
 
 fn connected(
