@@ -62,7 +62,7 @@ fn start(args: &RunArgs) -> anyhow::Result<Started> {
         &cgroup,
         args.tc_attach,
         &features(args),
-        &args.map_sizes,
+        &args.map_sizes.for_this_machine(),
         args.snat_port_range,
     )
     .context("loading and attaching the kernel programs")?;

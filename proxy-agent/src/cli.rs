@@ -257,7 +257,8 @@ fn preflight_cmd(args: &PreflightArgs) -> ExitCode {
             error!(error = %format!("{e:#}"), "mounting the bpffs");
         }
     }
-    let report = preflight::run(&args.pins.bpffs, args.cgroup.as_deref(), &args.map_sizes);
+    let sizes = args.map_sizes.for_this_machine();
+    let report = preflight::run(&args.pins.bpffs, args.cgroup.as_deref(), &sizes);
     let text = if args.json {
         serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
     } else {

@@ -159,6 +159,59 @@ impl MapSizes {
     }
 }
 
+/// Free entries the kernel's LRU hash keeps per CPU and evicts to refill
+/// at once (its LOCAL_FREE_TARGET).
+const LRU_BATCH_PER_CPU: u32 = 128;
+
+/// The smallest LRU map that does not evict in bulk: each CPU takes up to
+/// [`LRU_BATCH_PER_CPU`] entries' room at a time, evicting as many when
+/// the map is full, so a map not several times that per CPU drops young
+/// entries (a UDP flow's reply entry before the reply) even without load.
+pub fn lru_floor(cpus: u32) -> u32 {
+    cpus.max(1).saturating_mul(4 * LRU_BATCH_PER_CPU)
+}
+
+/// One LRU size raised to the floor: (map, flag's size, size used).
+pub type Raised = (&'static str, u32, u32);
+
+impl MapSizes {
+    /// Raises the LRU maps (socket revNAT, affinity, both conntrack
+    /// tables) to [`lru_floor`] for `cpus` CPUs; says which it raised.
+    pub fn with_lru_floor(mut self, cpus: u32) -> (Self, Vec<Raised>) {
+        let floor = lru_floor(cpus);
+        let mut raised = Vec::new();
+        for (map, n) in [
+            (names::SOCK_REV_NAT, &mut self.sock_rev_nat),
+            (names::AFFINITY, &mut self.affinity),
+            (names::CONNTRACK, &mut self.conntrack),
+            (names::CT_NEW, &mut self.conntrack_new),
+        ] {
+            if *n < floor {
+                raised.push((map, *n, floor));
+                *n = floor;
+            }
+        }
+        (self, raised)
+    }
+
+    /// [`MapSizes::with_lru_floor`] for this machine's possible CPUs (what
+    /// the kernel's per-CPU LRU lists are sized by), each raise logged.
+    pub fn for_this_machine(self) -> Self {
+        let cpus = aya::util::nr_cpus().map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
+        let (sizes, raised) = self.with_lru_floor(cpus);
+        for (map, from, to) in raised {
+            tracing::warn!(
+                map,
+                from,
+                to,
+                cpus,
+                "LRU map too small for this many CPUs (the kernel evicts up to 128 entries per CPU at once): raised"
+            );
+        }
+        sizes
+    }
+}
+
 /// A map whose pinned size differs from the configured one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SizeMismatch {
@@ -223,6 +276,26 @@ pub fn effective(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn small_lru_maps_are_raised_to_four_refill_batches_per_cpu() {
+        let flags = MapSizes {
+            conntrack_new: 256,
+            affinity: 100_000,
+            ..MapSizes::default()
+        };
+        let (sizes, raised) = flags.with_lru_floor(2);
+        assert_eq!(lru_floor(2), 1024);
+        assert_eq!(sizes.conntrack_new, 1024);
+        assert_eq!(sizes.affinity, 100_000, "above the floor: as given");
+        assert_eq!(raised, vec![(names::CT_NEW, 256, 1024)]);
+        // 64 CPUs: the default new-flow table is still above the floor.
+        let (big, raised) = MapSizes::default().with_lru_floor(64);
+        assert!(raised.is_empty(), "{raised:?}");
+        assert_eq!(big, MapSizes::default());
+        assert_eq!(lru_floor(0), 512, "an unreadable CPU count counts as one");
+    }
+
     use super::*;
 
     #[test]
