@@ -1412,6 +1412,22 @@ fn udp_requests_through_a_node_with_a_tiny_new_flow_table_all_get_replies() -> R
         "{} of {sent} replies lost: {lost:?}",
         lost.len()
     );
+    // Node 3's per-Service counters saw it all: each query and its reply
+    // (from a backend on another node, SNATed) pass its TC ingress; each
+    // query is a new flow unless its socket drew a source port a
+    // still-remembered flow had.
+    let dump = agents[2].dump_json()?;
+    let fe = bpfproxy_tests::agent::frontend(&dump, "0.0.0.0", 30053, "UDP")
+        .context("node 3's NodePort frontend")?;
+    let count = |k: &str| fe["traffic"][k].as_u64().unwrap_or(0);
+    println!("node 3 counted {}", fe["traffic"]);
+    ensure!(
+        count("tc_packets") == 2 * sent
+            && count("tc_flows") <= sent
+            && count("tc_flows") >= sent * 9 / 10,
+        "{sent} queries, counted {}",
+        fe["traffic"]
+    );
     Ok(())
 }
 
