@@ -45,12 +45,18 @@ pub struct Size {
 
 pub fn run(opts: &Options) -> Result<()> {
     bpfproxy_tests::require_root()?;
+    // Ctrl-C stops the harness' waits, and its guards remove the
+    // namespaces, cgroups and agents on the way out.
+    bpfproxy_tests::interrupt::install()?;
     let mut sizes = Vec::new();
     for &n in &opts.services {
         anyhow::ensure!(n >= 1, "at least one Service");
         sizes.push(measure(opts, n)?);
+        // After every count, so a long run that is stopped keeps its
+        // results so far.
+        summary::write(opts, &sizes)?;
     }
-    summary::write(opts, &sizes)
+    Ok(())
 }
 
 fn measure(opts: &Options, n: usize) -> Result<Size> {

@@ -15,6 +15,11 @@ use super::{iptables, model::SvcPort, nft};
 /// The longest one load may take before the bench gives up on it.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Rounds stop early (after the first full load, after three updates) once
+/// they have taken this long: the slowest tools take minutes per load at
+/// 50k Services, and the report shows how many rounds ran.
+const ROUNDS_BUDGET: Duration = Duration::from_secs(180);
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Backend {
     IptablesLegacy,
@@ -168,7 +173,12 @@ pub fn measure(
         ..Default::default()
     };
     let mut ns = None;
-    for _ in 0..full_rounds.max(1) {
+    let start = Instant::now();
+    for r in 0..full_rounds.max(1) {
+        bpfproxy_tests::interrupt::check()?;
+        if r > 0 && start.elapsed() > ROUNDS_BUDGET {
+            break;
+        }
         // The previous namespace goes first: one loaded table at a time.
         drop(ns.take());
         let fresh = Netns::new("kp-load")?;
@@ -179,7 +189,12 @@ pub fn measure(
     let ns = ns.context("no namespace")?;
     let mut versions = vec![0usize; n];
     let mut last = None;
+    let start = Instant::now();
     for r in 0..partial_rounds {
+        bpfproxy_tests::interrupt::check()?;
+        if r >= 3 && start.elapsed() > ROUNDS_BUDGET {
+            break;
+        }
         let i = (r * 7919 + 13) % n;
         versions[i] += 1;
         let new = SvcPort::synthetic(i, versions[i]);

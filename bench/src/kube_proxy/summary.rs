@@ -32,6 +32,7 @@ fn row(n: usize, what: &str, lines: String, full: &[Duration], update: &[Duratio
     let mut r = vec![n.to_string(), what.to_string(), lines];
     r.extend(cells(full, 1.0));
     r.extend(cells(update, 1.0));
+    r.push(format!("{}/{}", full.len(), update.len()));
     r
 }
 
@@ -44,6 +45,7 @@ fn load_table(sizes: &[Size]) -> String {
         "full p99 ms",
         "1-Service update p50 ms",
         "p99 ms",
+        "rounds",
     ]
     .map(String::from)
     .to_vec();
@@ -182,8 +184,9 @@ fn method(opts: &Options) -> String {
          kube-proxy's layout (iptables: KUBE-SERVICES → KUBE-SVC-… → KUBE-SEP-… in the nat table; nftables: \
          the `kube-proxy` table with the `service-ips` verdict map, a chain per Service with `numgen random` \
          and a DNAT chain per endpoint) and loaded with the real tools in fresh network namespaces: \
-         full load = {} loads of the whole ruleset, each into a new namespace; 1-Service update = {} single \
-         endpoint changes on top. bpfproxy: the sync pipeline on fake maps (cold full sync, one sync per \
+         full load = up to {} loads of the whole ruleset, each into a new namespace; 1-Service update = up to {} \
+         single endpoint changes on top (fewer once a backend's rounds took 3 minutes: see `rounds`, \
+         full/updates). bpfproxy: the sync pipeline on fake maps (cold full sync, one sync per \
          change), a real agent on a real API server for {:?} Services (agent start → last Service in the \
          kernel maps; EndpointSlice change accepted → in the maps), and a real agent on a manifest \
          directory for every count (start → last Service in the maps). connect(): {} samples per column.\n",
