@@ -79,6 +79,10 @@ enum Bench {
         /// connect() samples per variant.
         #[arg(long, default_value_t = 1000)]
         samples: usize,
+        /// Seconds one ruleset load may take (a slower one is reported as
+        /// timed out).
+        #[arg(long, default_value_t = 300)]
+        load_timeout: u64,
     },
     /// Helper run inside a test namespace: times `count` connect() calls.
     #[command(hide = true)]
@@ -111,12 +115,14 @@ fn main() -> anyhow::Result<()> {
             full_rounds,
             rounds,
             samples,
+            load_timeout,
         } => kube_proxy::run(&kube_proxy::Options {
             services,
             full_rounds,
             rounds,
             samples,
             api_services,
+            load_timeout: std::time::Duration::from_secs(load_timeout),
         }),
         Bench::ConnectLoop { to, count } => kube_proxy::connect_loop(&to, count),
     }

@@ -32,6 +32,9 @@ pub struct Options {
     pub samples: usize,
     /// The Service counts that also run a real agent on a real API server.
     pub api_services: Vec<usize>,
+    /// The longest one ruleset load may take; a slower backend is reported
+    /// as such and left out at that count.
+    pub load_timeout: Duration,
 }
 
 /// Everything measured for one Service count.
@@ -63,7 +66,12 @@ fn measure(opts: &Options, n: usize) -> Result<Size> {
     let mut loads = Vec::new();
     for b in restore::Backend::ALL {
         let t = std::time::Instant::now();
-        let times = restore::measure(b, n, opts.full_rounds, opts.rounds)?;
+        let rounds = restore::Rounds {
+            full: opts.full_rounds,
+            partial: opts.rounds,
+            timeout: opts.load_timeout,
+        };
+        let times = restore::measure(b, n, rounds)?;
         eprintln!(
             "{n} Services, {}: {:.1} s",
             b.label(),
@@ -78,7 +86,12 @@ fn measure(opts: &Options, n: usize) -> Result<Size> {
         None
     };
     eprintln!("{n} Services: connect() latency");
-    let connect = connect::measure(n, opts.samples)?;
+    let skip: Vec<restore::Backend> = loads
+        .iter()
+        .filter(|(_, t)| t.timed_out)
+        .map(|(b, _)| *b)
+        .collect();
+    let connect = connect::measure(n, opts.samples, &skip, opts.load_timeout)?;
     Ok(Size {
         n,
         loads,

@@ -12,9 +12,6 @@ use bpfproxy_tests::{process, Netns};
 
 use super::{iptables, model::SvcPort, nft};
 
-/// The longest one load may take before the bench gives up on it.
-const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
-
 /// Rounds stop early (after the first full load, after three updates) once
 /// they have taken this long: the slowest tools take minutes per load at
 /// 50k Services, and the report shows how many rounds ran.
@@ -89,19 +86,26 @@ impl Backend {
     }
 
     /// Writes `text` to a file and loads it in `ns`; returns how long the
-    /// tool took from start to exit.
-    pub fn load(self, ns: &Netns, text: &str, partial: bool) -> Result<Duration> {
+    /// tool took from start to exit, `None` if it took longer than
+    /// `timeout` (then it was killed).
+    pub fn load(
+        self,
+        ns: &Netns,
+        text: &str,
+        partial: bool,
+        timeout: Duration,
+    ) -> Result<Option<Duration>> {
         let file = RuleFile::new(text)?;
         let mut c = self.command(ns, &file.0, partial)?;
         let shown = process::describe(&c);
-        timed(&mut c).with_context(|| format!("`{shown}` in {}", ns.name()))
+        timed(&mut c, timeout).with_context(|| format!("`{shown}` in {}", ns.name()))
     }
 }
 
-/// Runs `cmd` to its end (at most [`LOAD_TIMEOUT`]) and times it; fails on
-/// a non-zero exit with its stderr. The wait blocks in a thread, so the time
-/// is not rounded up to a polling interval.
-fn timed(cmd: &mut Command) -> Result<Duration> {
+/// Runs `cmd` to its end and times it (`None`: killed after `timeout`);
+/// fails on a non-zero exit with its stderr. The wait blocks in a thread, so
+/// the time is not rounded up to a polling interval.
+fn timed(cmd: &mut Command, timeout: Duration) -> Result<Option<Duration>> {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -114,11 +118,13 @@ fn timed(cmd: &mut Command) -> Result<Duration> {
         let out = child.wait_with_output();
         let _ = tx.send((start.elapsed(), out));
     });
-    let (took, out) = match rx.recv_timeout(LOAD_TIMEOUT) {
+    let (took, out) = match rx.recv_timeout(timeout) {
         Ok(done) => done,
         Err(_) => {
             process::signal_pid(pid, libc::SIGKILL);
-            bail!("did not finish within {LOAD_TIMEOUT:?} (killed)");
+            // Reaped by the waiting thread.
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+            return Ok(None);
         }
     };
     let out = out.context("waiting")?;
@@ -129,7 +135,7 @@ fn timed(cmd: &mut Command) -> Result<Duration> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(took)
+    Ok(Some(took))
 }
 
 /// A ruleset written to a temporary file, removed on drop.
@@ -149,6 +155,14 @@ impl Drop for RuleFile {
     }
 }
 
+/// How many loads, and how long one may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Rounds {
+    pub full: usize,
+    pub partial: usize,
+    pub timeout: Duration,
+}
+
 /// Times for one backend and Service count.
 #[derive(Debug, Default, Clone)]
 pub struct LoadTimes {
@@ -156,16 +170,18 @@ pub struct LoadTimes {
     pub partial: Vec<Duration>,
     /// Lines of the full load's input (rules, chains, elements).
     pub lines: usize,
+    /// A full load took longer than the timeout (so no updates either).
+    pub timed_out: bool,
 }
 
 /// `full_rounds` loads of the whole ruleset, each into a fresh namespace,
 /// then `partial_rounds` one-Service updates on top of the last one.
-pub fn measure(
-    b: Backend,
-    n: usize,
-    full_rounds: usize,
-    partial_rounds: usize,
-) -> Result<LoadTimes> {
+pub fn measure(b: Backend, n: usize, rounds: Rounds) -> Result<LoadTimes> {
+    let Rounds {
+        full: full_rounds,
+        partial: partial_rounds,
+        timeout,
+    } = rounds;
     let mut svcs = super::model::cluster(n);
     let text = b.full_text(&svcs);
     let mut out = LoadTimes {
@@ -182,7 +198,11 @@ pub fn measure(
         // The previous namespace goes first: one loaded table at a time.
         drop(ns.take());
         let fresh = Netns::new("kp-load")?;
-        out.full.push(b.load(&fresh, &text, false)?);
+        let Some(took) = b.load(&fresh, &text, false, timeout)? else {
+            out.timed_out = true;
+            return Ok(out);
+        };
+        out.full.push(took);
         ns = Some(fresh);
     }
     drop(text);
@@ -200,7 +220,9 @@ pub fn measure(
         let new = SvcPort::synthetic(i, versions[i]);
         let old = std::mem::replace(&mut svcs[i], new.clone());
         let text = b.partial_text(&svcs, &old, &new);
-        out.partial.push(b.load(&ns, &text, true)?);
+        let took = b.load(&ns, &text, true, timeout)?;
+        out.partial
+            .push(took.context("a one-Service update timed out")?);
         last = Some(new);
     }
     if let Some(s) = last {
@@ -228,7 +250,12 @@ mod tests {
         bpfproxy_tests::require_root()
             .context("this test loads rulesets into a fresh network namespace")?;
         for b in Backend::ALL {
-            let t = measure(b, 20, 1, 2).with_context(|| b.label())?;
+            let rounds = Rounds {
+                full: 1,
+                partial: 2,
+                timeout: Duration::from_secs(60),
+            };
+            let t = measure(b, 20, rounds).with_context(|| b.label())?;
             assert_eq!((t.full.len(), t.partial.len()), (1, 2));
         }
         Ok(())

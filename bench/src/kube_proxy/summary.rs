@@ -36,7 +36,7 @@ fn row(n: usize, what: &str, lines: String, full: &[Duration], update: &[Duratio
     r
 }
 
-fn load_table(sizes: &[Size]) -> String {
+fn load_table(opts: &Options, sizes: &[Size]) -> String {
     let header: Vec<String> = [
         "Services",
         "backend",
@@ -52,13 +52,11 @@ fn load_table(sizes: &[Size]) -> String {
     let mut rows = Vec::new();
     for s in sizes {
         for (b, t) in &s.loads {
-            rows.push(row(
-                s.n,
-                b.label(),
-                t.lines.to_string(),
-                &t.full,
-                &t.partial,
-            ));
+            let mut r = row(s.n, b.label(), t.lines.to_string(), &t.full, &t.partial);
+            if t.timed_out {
+                r[3] = format!("> {} s", opts.load_timeout.as_secs());
+            }
+            rows.push(r);
         }
         let p = &s.pipeline;
         rows.push(row(
@@ -152,7 +150,7 @@ pub fn write(opts: &Options, sizes: &[Size]) -> Result<()> {
     let _ = writeln!(
         body,
         "## Full load and one-Service update\n\n{}",
-        load_table(sizes)
+        load_table(opts, sizes)
     );
     let _ = writeln!(body, "{}\n", LOAD_NOTES);
     let _ = writeln!(
@@ -198,7 +196,8 @@ const LOAD_NOTES: &str = "The iptables update is kube-proxy's partial sync (`ipt
 kube-proxy rewrites the top-level chains, KUBE-SERVICES with a rule for every Service, on every sync, and of \
 the per-Service chains only the changed Service's (departed endpoints' chains are deleted). The nftables \
 update is one transaction touching only the changed Service's chains. For bpfproxy the update is one \
-EndpointSlice change; the pipeline row is its CPU cost alone, the API-server row the whole path through \
+EndpointSlice change; `> T s`: a full load took longer than the timeout and was killed (no updates, no \
+connect() column for it at that count); the pipeline row is its CPU cost alone, the API-server row the whole path through \
 watch, sync and map writes. Counts without an API-server row ran no API server (creating that many objects \
 one by one through a test API server takes too long here); their one-change cost is the pipeline row.";
 
