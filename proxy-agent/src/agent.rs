@@ -38,7 +38,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(args, started))
+    let result = rt.block_on(serve(args, started));
+    // Blocking work still in flight (a conntrack walk, a visit of the
+    // node's namespaces) is best effort: it must not hold up the exit the
+    // DaemonSet waits for.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// Everything before the first sync: the pins and their lock, the

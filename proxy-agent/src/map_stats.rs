@@ -4,8 +4,9 @@
 //! The maps the agent writes from its own state (frontends, backends,
 //! revNAT, names, source ranges) are counted by the sync from what it
 //! wrote. The others have no mirror in the agent: conntrack, affinity and
-//! socket revNAT, which the kernel fills per connection; the node-address
-//! and device maps the node watch rewrites; the counter array. Their keys
+//! socket revNAT and the per-backend traffic counters, which the kernel
+//! fills per connection; the node-address and device maps the node watch
+//! rewrites; the counter arrays. Their keys
 //! are walked here, every [`REFRESH_EVERY`] on the blocking pool, never on
 //! the sync path. A walk visits at most max_entries keys (a map cannot hold
 //! more, so a map churning under the walk cannot keep it going); under
@@ -29,7 +30,8 @@ use crate::metrics::Metrics;
 pub const REFRESH_EVERY: Duration = Duration::from_secs(15);
 
 /// The maps whose keys are walked.
-const WALKED: [&str; 6] = [
+const WALKED: [&str; 7] = [
+    names::BACKEND_STATS,
     names::SOCK_REV_NAT,
     names::AFFINITY,
     names::CONNTRACK,
@@ -63,7 +65,7 @@ pub fn read(dir: &Path) -> (Vec<MapStat>, Vec<(&'static str, io::Error)>) {
 fn read_one(dir: &Path, map: &'static str) -> io::Result<MapStat> {
     let info = MapInfo::from_pin(dir.join(map)).map_err(io::Error::other)?;
     let capacity = info.max_entries();
-    let entries = if map == names::COUNTERS {
+    let entries = if map == names::COUNTERS || map == names::SERVICE_STATS {
         // An array always holds all its entries.
         Some(u64::from(capacity))
     } else if WALKED.contains(&map) {

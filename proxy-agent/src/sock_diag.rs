@@ -93,6 +93,7 @@ impl Diag {
         let mut sock = Socket::new(NETLINK_SOCK_DIAG).map_err(io)?;
         sock.bind_auto().map_err(io)?;
         sock.connect(&SocketAddr::new(0, 0)).map_err(io)?;
+        set_receive_timeout(&sock, RECEIVE_TIMEOUT).map_err(io)?;
         Ok(Self { sock, seq: 0 })
     }
 
@@ -240,6 +241,30 @@ fn socket_cookie(sock: &impl std::os::fd::AsRawFd) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(cookie)
+}
+
+/// The kernel answers at once; a pass must never wait on it for ever.
+const RECEIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn set_receive_timeout(sock: &Socket, t: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(t.subsec_micros() as i32),
+    };
+    // SAFETY: setsockopt reads `size_of::<timeval>()` bytes from `tv`.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(sock),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The socket id of a dump request (which matches every socket).
