@@ -257,14 +257,15 @@ fn scaling_is_seen_within_a_second_while_open_connections_survive() -> Result<()
         .context("held connection's backend")?
         + 1;
     let rest: Vec<usize> = (1..=3).filter(|i| *i != pinned_idx).collect();
+    let bound = Duration::from_secs(1) + observing_cost(&agent)?;
 
     // Scale down: remove the held connection's backend.
     let t0 = Instant::now();
     sb.write_manifest("web.yaml", &web(&sb, &rest))?;
     agent.wait_for_backends(VIP, 80, "TCP", &addrs(&sb, &rest, 8080), WAIT)?;
     let seen = t0.elapsed();
-    eprintln!("scale-down in the maps after {seen:?}");
-    ensure!(seen < Duration::from_secs(1), "scale-down took {seen:?}");
+    eprintln!("scale-down in the maps after {seen:?} (bound {bound:?})");
+    ensure!(seen < bound, "scale-down took {seen:?}");
     let r = sb.probe_tcp(&format!("{VIP}:80"), 60)?;
     ensure!(
         r.ok == 60 && r.count(&pinned) == 0,
@@ -277,8 +278,8 @@ fn scaling_is_seen_within_a_second_while_open_connections_survive() -> Result<()
     sb.write_manifest("web.yaml", &web(&sb, &[1, 2, 3]))?;
     agent.wait_for_backends(VIP, 80, "TCP", &addrs(&sb, &[1, 2, 3], 8080), WAIT)?;
     let seen = t0.elapsed();
-    eprintln!("scale-up in the maps after {seen:?}");
-    ensure!(seen < Duration::from_secs(1), "scale-up took {seen:?}");
+    eprintln!("scale-up in the maps after {seen:?} (bound {bound:?})");
+    ensure!(seen < bound, "scale-up took {seen:?}");
     let r = sb.probe_tcp(&format!("{VIP}:80"), 90)?;
     ensure!(
         r.ok == 90 && r.count(&pinned) > 0,
@@ -286,6 +287,21 @@ fn scaling_is_seen_within_a_second_while_open_connections_survive() -> Result<()
     );
     ensure!(held.ping()? == pinned);
     Ok(())
+}
+
+/// How late the test itself may see a change the agent made at once: a
+/// `bpfproxy dump` that started just before it, the poll's 50 ms pause and
+/// the dump that shows it. The bound is on the agent, not on the observer:
+/// under the kernel matrix's software CPU on a busy machine one dump takes
+/// a good part of a second.
+fn observing_cost(agent: &Agent) -> Result<Duration> {
+    let mut slowest = Duration::ZERO;
+    for _ in 0..3 {
+        let t = Instant::now();
+        agent.dump_json()?;
+        slowest = slowest.max(t.elapsed());
+    }
+    Ok(2 * slowest + Duration::from_millis(50))
 }
 
 /// The errno a connect() to a Service without endpoints gets: kernels
