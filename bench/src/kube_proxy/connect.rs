@@ -116,7 +116,9 @@ fn start_agent(sb: &Sandbox, svcs: &[SvcPort]) -> Result<(Agent, Duration)> {
     let last = svcs.last().context("no Services")?;
     let want = *last.endpoints.first().context("no endpoints")?.ip();
     let t = Instant::now();
-    let mut agent = sb.start_agent()?;
+    let mut cfg = sb.agent_config()?;
+    cfg.extra_args.extend(map_sizes(svcs));
+    let mut agent = Agent::start(cfg)?;
     let key = |slot| ServiceKey::new(last.vip, last.port, proto::TCP, slot);
     while t.elapsed() < Duration::from_secs(600) {
         if let Ok(maps) = PinnedMaps::open(&pin_dir(sb.bpffs())) {
@@ -129,9 +131,23 @@ fn start_agent(sb: &Sandbox, svcs: &[SvcPort]) -> Result<(Agent, Duration)> {
             }
         }
         agent.check_alive()?;
+        bpfproxy_tests::interrupt::check()?;
         std::thread::sleep(Duration::from_millis(1));
     }
     bail!("the last Service did not reach the maps within 600 s")
+}
+
+/// Map sizes that hold every Service: the defaults (64k frontend entries,
+/// a Service with two endpoints takes three) stop short of 50k Services.
+fn map_sizes(svcs: &[SvcPort]) -> Vec<String> {
+    let frontends: usize = svcs.iter().map(|s| 1 + s.endpoints.len()).sum();
+    let backends: usize = svcs.iter().map(|s| s.endpoints.len()).sum();
+    let size = |n: usize| n.max(65_536).next_power_of_two();
+    vec![
+        format!("--map-size-services={}", size(frontends)),
+        format!("--map-size-backends={}", size(backends)),
+        format!("--map-size-rev-nat={}", size(svcs.len())),
+    ]
 }
 
 /// `samples` connect() times to `to` from the client namespace (in the
