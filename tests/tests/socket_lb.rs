@@ -215,11 +215,19 @@ fn connected_udp_sockets_on_a_departed_backend_are_closed_and_reconnect_to_a_liv
         direct.ping()? == gone,
         "a socket to the pod's own address is not ours to close"
     );
-    let log = agent.log_tail(200);
-    ensure!(
-        log.contains("closed connected UDP sockets whose backend left their Service"),
-        "the agent says what it closed: {log}"
-    );
+    // It says so once its pass over the namespaces ends, which may be
+    // after the sockets moved (seconds under the kernel matrix's software
+    // CPU).
+    let said = "closed connected UDP sockets whose backend left their Service";
+    let t0 = Instant::now();
+    while !agent.log_tail(200).contains(said) {
+        ensure!(
+            t0.elapsed() < WAIT,
+            "the agent says what it closed: {}",
+            agent.log_tail(200)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(())
 }
 
