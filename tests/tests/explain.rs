@@ -457,29 +457,18 @@ fn existing_flows_and_affinity_from_outside_match_where_connections_went() -> Re
         .next()
         .and_then(|n| ip_of(n))
         .context("a pod answered")?;
-    let (code, text) = explain_text(
-        &bpffs,
-        &[
-            "--from-outside",
-            "--src",
-            multinode::CLIENT_IP,
-            "--dst",
-            &sticky_np,
-        ],
-    )?;
+    let args = [
+        "--from-outside",
+        "--src",
+        multinode::CLIENT_IP,
+        "--dst",
+        &sticky_np,
+    ];
+    let (code, text) = explain_text(&bpffs, &args)?;
     ensure!(code == 0, "exit {code}");
     let want = format!("client {} pinned to backend {went}", multinode::CLIENT_IP);
     ensure!(text.contains(&want), "{text}");
-    let (_, v) = explain(
-        &bpffs,
-        &[
-            "--from-outside",
-            "--src",
-            multinode::CLIENT_IP,
-            "--dst",
-            &sticky_np,
-        ],
-    )?;
+    let (_, v) = explain(&bpffs, &args)?;
     ensure!(v["affinity"]["entry"]["backend"] == went.as_str(), "{v}");
     ensure!(
         v["verdict"]["backend"] == went.as_str(),
