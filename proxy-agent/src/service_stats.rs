@@ -176,14 +176,9 @@ impl ServiceTraffic {
         let (pairs, backends) = if self.max_backends == 0 {
             Default::default()
         } else {
-            let pairs: HashMap<MapData, BackendStatKey, u64> =
-                pinned::open(dir, names::BACKEND_STATS)?;
-            let limit = pinned::walk_limit(dir, names::BACKEND_STATS);
-            let be: HashMap<MapData, u32, BackendValue> = pinned::open(dir, names::BACKENDS)?;
-            let be_limit = pinned::walk_limit(dir, names::BACKENDS);
             (
-                pinned::bounded_read(&pairs, names::BACKEND_STATS, limit)?,
-                pinned::bounded_read(&be, names::BACKENDS, be_limit)?,
+                pinned::read_pinned_bounded(dir, names::BACKEND_STATS)?,
+                pinned::read_pinned_bounded(dir, names::BACKENDS)?,
             )
         };
         Ok(scrape(

@@ -31,7 +31,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, MapData};
 use proxy_common::{maps as names, SockRevNatKey, SockRevNatValue};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -125,10 +124,8 @@ pub fn namespaces(proc_dir: &Path) -> Vec<PathBuf> {
 /// sockets in every namespace on a thread of its own (setns changes only
 /// the calling thread's namespace, and that thread ends with the pass).
 pub fn pass(pin_dir: &Path, proc_dir: &Path, live: &Live) -> anyhow::Result<Outcome> {
-    let map: HashMap<MapData, SockRevNatKey, SockRevNatValue> =
-        pinned::open(pin_dir, names::SOCK_REV_NAT)?;
-    let limit = pinned::walk_limit(pin_dir, names::SOCK_REV_NAT);
-    let entries = pinned::bounded_read(&map, names::SOCK_REV_NAT, limit)?;
+    let entries: BTreeMap<SockRevNatKey, SockRevNatValue> =
+        pinned::read_pinned_bounded(pin_dir, names::SOCK_REV_NAT)?;
     let stale = stale_translations(&entries, live);
     if stale.is_empty() {
         return Ok(Outcome::default());

@@ -108,6 +108,20 @@ where
     Ok(out)
 }
 
+/// The entries of the hash map or LRU pinned as `name` in `dir`, the walk
+/// bounded by [`walk_limit`].
+pub(crate) fn read_pinned_bounded<K, V>(
+    dir: &Path,
+    name: &'static str,
+) -> Result<BTreeMap<K, V>, MapsError>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod,
+{
+    let map: HashMap<MapData, K, V> = open(dir, name)?;
+    bounded_read(&map, name, walk_limit(dir, name))
+}
+
 /// Twice the capacity of the map pinned as `name` in `dir`: the bound of
 /// one walk ([`names::CONNTRACK_MAX`] twice if the pin cannot be read).
 pub(crate) fn walk_limit(dir: &Path, name: &str) -> usize {
