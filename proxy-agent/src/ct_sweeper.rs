@@ -32,7 +32,7 @@ pub const PERIOD: Duration = Duration::from_secs(12);
 
 /// Which backends the frontends hold after a sync, for the cleanups that
 /// run beside it (this one, and the closing of connected UDP sockets).
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Live {
     /// (revNAT id, backend id) of every frontend slot.
     pub pairs: BTreeSet<(u32, u32)>,

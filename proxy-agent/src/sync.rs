@@ -11,13 +11,21 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     ct_sweeper::{Live, LivePairs},
-    datapath::{apply, fit, plan, render, DumpView, Fitted, Ids, LeftOut, MapState},
+    datapath::{
+        apply, fit, plan, render_frontends, ApplyReport, BackendUsers, DumpView, Fitted, Ids,
+        LeftOut, MapState,
+    },
     maps::sizes,
     maps::{LbMaps, MapsError},
     metrics::{unix_now, MapLabels, Metrics, PolicyLabels, ReasonLabels, SkipLabels},
-    model::{build_desired_state, BuildOutput, HealthCheck, ModelConfig, Skip, SkipReason},
+    model::{BuildOutput, HealthCheck, Model, ModelConfig, Skip, SkipReason},
     source::Snapshot,
 };
+
+mod changes;
+mod incremental;
+
+use changes::{Changes, Objects};
 
 /// How long to wait before retrying after a sync that left work undone.
 const RETRY: Duration = Duration::from_secs(1);
@@ -69,6 +77,12 @@ pub struct Syncer<M: LbMaps> {
     ids: Ids,
     metrics: Arc<Metrics>,
     config: ModelConfig,
+    /// The objects of the last snapshot, to find what changed.
+    objects: Objects,
+    /// Every Service's build, kept so a change rebuilds its Service alone.
+    model: Model,
+    /// Source-level skips of the last snapshot (unreadable documents).
+    source_skips: Vec<Skip>,
     /// Skips already reported, so each is logged and counted once, not on
     /// every sync.
     reported: BTreeSet<Skip>,
@@ -77,11 +91,24 @@ pub struct Syncer<M: LbMaps> {
     /// What the maps hold after the last complete sync. Reading 10k
     /// Services back from the kernel costs more than computing them, so
     /// only full resyncs (and the sync after a failure) read the maps.
-    written: Option<MapState>,
+    written: Option<Written>,
     /// healthCheckNodePorts of the last build, for their servers.
     health_checks: BTreeMap<u16, HealthCheck>,
     /// The (revNAT id, backend id) pairs written, for the conntrack sweeper.
     live_pairs: watch::Sender<LivePairs>,
+}
+
+/// What the maps hold after a complete sync.
+#[derive(Debug)]
+struct Written {
+    state: MapState,
+    /// Who uses each backend of `state`.
+    users: BackendUsers,
+    /// Which backends the frontends of `state` hold.
+    live: Live,
+    /// Everything desired is in the maps (nothing left out for want of
+    /// room or ids): a change can then be written alone.
+    whole: bool,
 }
 
 impl<M: LbMaps> Syncer<M> {
@@ -95,6 +122,9 @@ impl<M: LbMaps> Syncer<M> {
             ids,
             metrics,
             config,
+            objects: Objects::default(),
+            model: Model::default(),
+            source_skips: Vec::new(),
             reported: BTreeSet::new(),
             trigger_times: BTreeMap::new(),
             written: None,
@@ -127,15 +157,37 @@ impl<M: LbMaps> Syncer<M> {
     /// complete snapshot: pruning on a partial view would delete Services.
     /// `full` re-reads the maps instead of trusting the last write, which
     /// repairs drift (someone else wrote the maps, a write was lost).
+    /// Otherwise, when only some Services changed since the last complete
+    /// sync, only those are rebuilt and written.
     pub fn sync(&mut self, snap: &Snapshot, full: bool) -> Result<SyncOutcome, MapsError> {
-        self.observe_node(snap.node.as_deref());
+        let config_changed = self.observe_node(snap.node.as_deref());
+        let changes = self.objects.update(snap);
+        if !full && !config_changed && snap.skips == self.source_skips {
+            if let Changes::Services(dirty) = &changes {
+                if let Some(outcome) = self.sync_changes(dirty) {
+                    return Ok(outcome);
+                }
+            }
+        }
+        self.source_skips.clone_from(&snap.skips);
+        self.sync_all(snap, full)
+    }
+
+    /// Rebuilds everything and writes the difference to what the maps hold.
+    fn sync_all(&mut self, snap: &Snapshot, full: bool) -> Result<SyncOutcome, MapsError> {
         let actual = match self.written.take() {
-            Some(written) if !full => written,
+            Some(written) if !full => written.state,
             _ => self.maps.read_all()?,
         };
         let capacity = self.maps.capacity();
-        let Desired { mut built, fitted } =
-            desired_maps(snap, &self.config, &mut self.ids, &actual, &capacity);
+        let Desired {
+            mut built,
+            fitted,
+            users,
+            dropped,
+            model,
+        } = desired_maps(snap, &self.config, &mut self.ids, &actual, &capacity);
+        self.model = model;
         let room_skips: Vec<Skip> = fitted
             .left_out
             .iter()
@@ -145,17 +197,10 @@ impl<M: LbMaps> Syncer<M> {
         let ops = plan(&fitted.state, &actual);
         drop(actual);
         let report = apply(&ops, &mut self.maps);
-        for (op, e) in &report.failed {
-            error!(op = ?op, error = %e, "map write failed; other Services are unaffected, retrying later");
-            self.metrics
-                .map_write_errors
-                .get_or_create(&MapLabels {
-                    map: op.map_name().to_string(),
-                })
-                .inc();
-        }
-        self.prune_flows(&fitted.state);
-        self.record_state(&built, &fitted.state);
+        self.report_failures(&report);
+        let live = live_backends(&fitted.state);
+        self.publish_live(&live, true);
+        self.record_state(&fitted.state);
         self.health_checks = std::mem::take(&mut built.health_checks);
         if report.ok() {
             self.observe_programming_latency(&built);
@@ -165,34 +210,45 @@ impl<M: LbMaps> Syncer<M> {
         }
         // After a partial failure the maps are somewhere in between: read
         // them next time.
-        self.written = report.ok().then_some(fitted.state);
-        Ok(SyncOutcome {
-            ops: ops.len(),
-            failed: report.failed.len(),
-            held_back: report.held_back,
-            full: report
-                .failed
-                .iter()
-                .filter(|(_, e)| matches!(e, MapsError::Full { .. }))
-                .count(),
-            left_out: fitted.left_out.len(),
-            retry_for_room: fitted.retry,
-        })
+        let whole = fitted.left_out.is_empty() && dropped == 0;
+        let outcome = outcome(ops.len(), &report, &fitted);
+        self.written = report.ok().then(|| Written {
+            state: fitted.state,
+            users,
+            live,
+            whole,
+        });
+        Ok(outcome)
     }
 
-    /// Session affinity and conntrack must not outlive a backend's
-    /// membership in its frontend (beyond what kube-proxy allows): affinity
-    /// entries the maps no longer pair go here, conntrack entries in the
-    /// sweeper (`ct_sweeper`), which gets the pairs.
-    fn prune_flows(&mut self, state: &MapState) {
-        let live = Arc::new(live_backends(state));
+    fn report_failures(&self, report: &ApplyReport) {
+        for (op, e) in &report.failed {
+            error!(op = ?op, error = %e, "map write failed; other Services are unaffected, retrying later");
+            self.metrics
+                .map_write_errors
+                .get_or_create(&MapLabels {
+                    map: op.map_name().to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// Publishes which backends the frontends hold (for the conntrack
+    /// sweeper and the UDP socket closer) and, when some pair may have
+    /// gone (`pruned`), removes the session-affinity entries of pairs the
+    /// maps no longer hold: affinity must not outlive a backend's
+    /// membership in its frontend (conntrack is the sweeper's).
+    fn publish_live(&mut self, live: &Live, pruned: bool) {
         self.live_pairs.send_if_modified(|cur| {
-            if cur.as_ref() == Some(&live) {
+            if cur.as_deref() == Some(live) {
                 return false;
             }
-            *cur = Some(live.clone());
+            *cur = Some(Arc::new(live.clone()));
             true
         });
+        if !pruned {
+            return;
+        }
         match self
             .maps
             .prune_affinity(&|rev, be| live.pairs.contains(&(rev, be)))
@@ -203,10 +259,13 @@ impl<M: LbMaps> Syncer<M> {
         }
     }
 
-    /// Zone for topology hints and eligibility for `/healthz`.
-    fn observe_node(&mut self, node: Option<&Node>) {
-        let Some(node) = node else { return };
-        self.config.node.zone = node_zone(node);
+    /// Zone for topology hints and eligibility for `/healthz`; whether the
+    /// zone changed (every Service's topology filter with it).
+    fn observe_node(&mut self, node: Option<&Node>) -> bool {
+        let Some(node) = node else { return false };
+        let zone = node_zone(node);
+        let changed = self.config.node.zone != zone;
+        self.config.node.zone = zone;
         let deleting = node.metadata.deletion_timestamp.is_some()
             || node
                 .spec
@@ -214,9 +273,10 @@ impl<M: LbMaps> Syncer<M> {
                 .and_then(|s| s.taints.as_ref())
                 .is_some_and(|t| t.iter().any(|t| t.key == TO_BE_DELETED_TAINT));
         self.metrics.health.set_node_eligible(!deleting);
+        changed
     }
 
-    fn record_state(&self, built: &BuildOutput, state: &MapState) {
+    fn record_state(&self, state: &MapState) {
         let m = &self.metrics;
         use proxy_common::maps as names;
         for (map, n) in [
@@ -228,10 +288,8 @@ impl<M: LbMaps> Syncer<M> {
         ] {
             m.set_map_gauge(&m.map_entries, map, n as u64);
         }
-        for (policy, n) in [
-            ("internal", built.no_local_endpoints_internal),
-            ("external", built.no_local_endpoints_external),
-        ] {
+        let (internal, external) = self.model.no_local_endpoints();
+        for (policy, n) in [("internal", internal), ("external", external)] {
             m.no_local_endpoints
                 .get_or_create(&PolicyLabels {
                     traffic_policy: policy.to_string(),
@@ -249,34 +307,57 @@ impl<M: LbMaps> Syncer<M> {
     /// controller's trigger time to the moment the change is in the maps,
     /// once per new trigger time.
     fn observe_programming_latency(&mut self, built: &BuildOutput) {
-        let now = jiff::Timestamp::now();
         for (svc, t) in &built.trigger_times {
-            if self.trigger_times.get(svc) == Some(t) {
-                continue;
-            }
-            if let Ok(ts) = t.parse::<jiff::Timestamp>() {
-                let secs = (now - ts).total(jiff::Unit::Second).unwrap_or(0.0);
-                if secs >= 0.0 {
-                    self.metrics.network_programming_duration.observe(secs);
-                }
+            if self.trigger_times.get(svc) != Some(t) {
+                self.observe_trigger(t);
             }
         }
         self.trigger_times = built.trigger_times.clone();
     }
 
+    fn observe_trigger(&self, t: &str) {
+        let now = jiff::Timestamp::now();
+        if let Ok(ts) = t.parse::<jiff::Timestamp>() {
+            let secs = (now - ts).total(jiff::Unit::Second).unwrap_or(0.0);
+            if secs >= 0.0 {
+                self.metrics.network_programming_duration.observe(secs);
+            }
+        }
+    }
+
     fn report_skips<'a>(&mut self, skips: impl Iterator<Item = &'a Skip>) {
         let now: BTreeSet<Skip> = skips.cloned().collect();
         for s in now.difference(&self.reported) {
-            warn!(kind = s.kind, object = %s.object, reason = %s.reason, detail = %s.detail, "{s}");
-            self.metrics
-                .skipped_objects
-                .get_or_create(&SkipLabels {
-                    kind: s.kind.to_string(),
-                    reason: s.reason.as_str().to_string(),
-                })
-                .inc();
+            self.report_skip(s);
         }
         self.reported = now;
+    }
+
+    fn report_skip(&self, s: &Skip) {
+        warn!(kind = s.kind, object = %s.object, reason = %s.reason, detail = %s.detail, "{s}");
+        self.metrics
+            .skipped_objects
+            .get_or_create(&SkipLabels {
+                kind: s.kind.to_string(),
+                reason: s.reason.as_str().to_string(),
+            })
+            .inc();
+    }
+}
+
+/// What a sync did, from its writes' report and what did not fit.
+fn outcome(ops: usize, report: &ApplyReport, fitted: &Fitted) -> SyncOutcome {
+    SyncOutcome {
+        ops,
+        failed: report.failed.len(),
+        held_back: report.held_back,
+        full: report
+            .failed
+            .iter()
+            .filter(|(_, e)| matches!(e, MapsError::Full { .. }))
+            .count(),
+        left_out: fitted.left_out.len(),
+        retry_for_room: fitted.retry,
     }
 }
 
@@ -406,6 +487,12 @@ pub fn node_zone(node: &Node) -> Option<String> {
 pub struct Desired {
     pub built: BuildOutput,
     pub fitted: Fitted,
+    /// Who uses each backend the render asked for.
+    pub users: BackendUsers,
+    /// Frontends left out for want of ids.
+    pub dropped: usize,
+    /// Every Service's build.
+    pub model: Model,
 }
 
 /// What the maps should hold for `snap`, given what they hold now
@@ -418,15 +505,22 @@ pub fn desired_maps(
     actual: &MapState,
     capacity: &sizes::MapSizes,
 ) -> Desired {
-    let built = build_desired_state(
+    let model = Model::build(
         snap.services.iter().map(|s| s.as_ref()),
         snap.slices.iter().map(|s| s.as_ref()),
         config,
     );
-    let rendered = render(&built.state, ids);
+    let built = model.output();
+    let rendered = render_frontends(model.frontends(), ids);
     for fe in &rendered.dropped {
         warn!(frontend = %fe, "no free id for frontend or backend; left out");
     }
     let fitted = fit(rendered.state, actual, capacity);
-    Desired { built, fitted }
+    Desired {
+        built,
+        fitted,
+        users: rendered.users,
+        dropped: rendered.dropped.len(),
+        model,
+    }
 }

@@ -985,7 +985,9 @@ fn metrics_text(sb: &Sandbox) -> Result<String> {
     let url = "http://127.0.0.1:10249/metrics";
     let t0 = Instant::now();
     loop {
-        match sb.client(&["curl", "-sS", "--max-time", "5", url]) {
+        // A scrape reads every map's pins: under TCG on a loaded machine
+        // one took longer than 5 s.
+        match sb.client(&["curl", "-sS", "--max-time", "20", url]) {
             Ok(text) if text.contains("# EOF") => return Ok(text),
             _ if t0.elapsed() < WAIT => std::thread::sleep(Duration::from_millis(200)),
             other => return other.context("scraping /metrics"),

@@ -6,12 +6,24 @@
 //! only moves forward, wrapping around, gives both.
 use std::collections::{BTreeMap, BTreeSet};
 
+use proxy_common::BackendValue;
+
 use crate::model::{Endpoint, Frontend, Protocol};
 
 use super::MapState;
 
 /// A backend is one address+port+protocol, shared by every frontend using it.
 pub type BackendIdent = (Endpoint, Protocol);
+
+/// The identity of the backend a map value describes.
+pub fn backend_ident(be: &BackendValue) -> Option<BackendIdent> {
+    let protocol = Protocol::from_number(be.proto)?;
+    let ep = Endpoint {
+        ip: be.ip().into(),
+        port: be.port(),
+    };
+    Some((ep, protocol))
+}
 
 #[derive(Clone, Debug)]
 pub struct Ids {
@@ -33,12 +45,8 @@ impl Ids {
             frontends: IdSpace::new(u16::MAX as u32),
         };
         for (id, be) in &state.backends {
-            if let Some(protocol) = Protocol::from_number(be.proto) {
-                let ep = Endpoint {
-                    ip: be.ip().into(),
-                    port: be.port(),
-                };
-                ids.backends.insert((ep, protocol), *id);
+            if let Some(ident) = backend_ident(be) {
+                ids.backends.insert(ident, *id);
             }
         }
         for (key, value) in state.masters() {
@@ -65,11 +73,21 @@ impl Ids {
     /// Forgets ids not in use, so they can be reused once the cursor wraps.
     pub fn retain(
         &mut self,
-        backend_used: impl Fn(&BackendIdent) -> bool,
+        backend_used: impl Fn(u32) -> bool,
         frontend_used: impl Fn(&Frontend) -> bool,
     ) {
-        self.backends.retain(backend_used);
-        self.frontends.retain(frontend_used);
+        self.backends.retain(|_, id| backend_used(id));
+        self.frontends.retain(|fe, _| frontend_used(fe));
+    }
+
+    /// Forgets the id of a frontend no longer programmed.
+    pub fn forget_frontend(&mut self, fe: &Frontend) {
+        self.frontends.forget(fe);
+    }
+
+    /// Forgets the id of a backend no frontend uses.
+    pub fn forget_backend(&mut self, ident: &BackendIdent) {
+        self.backends.forget(ident);
     }
 }
 
@@ -123,10 +141,16 @@ impl<K: Ord + Clone> IdSpace<K> {
         Some(id)
     }
 
-    fn retain(&mut self, keep: impl Fn(&K) -> bool) {
+    fn forget(&mut self, key: &K) {
+        if let Some(id) = self.by_key.remove(key) {
+            self.used.remove(&id);
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&K, u32) -> bool) {
         let used = &mut self.used;
         self.by_key.retain(|k, id| {
-            let kept = keep(k);
+            let kept = keep(k, *id);
             if !kept {
                 used.remove(id);
             }
@@ -144,7 +168,7 @@ mod tests {
         let mut s: IdSpace<&str> = IdSpace::new(3);
         assert_eq!(s.get_or_alloc("a"), Some(1));
         assert_eq!(s.get_or_alloc("b"), Some(2));
-        s.retain(|k| *k != "a");
+        s.retain(|k, _| *k != "a");
         assert_eq!(s.get_or_alloc("c"), Some(3));
         assert_eq!(s.get_or_alloc("d"), Some(1), "wraps to the freed id");
         assert_eq!(s.get_or_alloc("e"), None, "all ids in use");

@@ -1,12 +1,12 @@
 //! DesiredState → MapState: the map contents that implement it.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
 };
 
 use proxy_common::{svc_flags, BackendValue, RevNatValue, ServiceKey, ServiceValue};
 
-use super::{ids::BackendIdent, Ids, MapState, SourceRangeEntry};
+use super::{Ids, MapState, SourceRangeEntry};
 use crate::model::{DesiredState, Endpoint, Frontend, FrontendKind, FrontendState, Protocol};
 
 #[derive(Debug, Default)]
@@ -14,110 +14,212 @@ pub struct RenderOutput {
     pub state: MapState,
     /// Frontends left out because an id space was exhausted.
     pub dropped: Vec<Frontend>,
+    /// Who uses each backend of `state`.
+    pub users: BackendUsers,
+}
+
+/// Everything one frontend puts in the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub rev_nat_id: u32,
+    /// The node's view, and for eTP=Local external frontends the view of
+    /// in-cluster clients, under the same revNAT id: both lead to the same
+    /// frontend address, and session affinity per client spans them.
+    pub views: Vec<View>,
+    pub rev_nat: RevNatValue,
+    pub name: String,
+    pub ranges: Vec<SourceRangeEntry>,
+}
+
+/// One view of a frontend: its master entry and the backend of each slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    pub key: ServiceKey,
+    pub master: ServiceValue,
+    pub slots: Vec<Slot>,
+}
+
+/// The backend of one slot, and whether this frontend sees it on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub backend_id: u32,
+    /// The backend's value without the local flag.
+    pub base: BackendValue,
+    pub local: bool,
+}
+
+/// How many frontend views use each backend, and how many of them see it
+/// on this node: a backend is written while any view uses it, flagged
+/// local when any view sees it so (Services naming one pod agree).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendUsers(BTreeMap<u32, Users>);
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Users {
+    all: u32,
+    local: u32,
+}
+
+impl BackendUsers {
+    fn add(&mut self, slot: &Slot) {
+        let u = self.0.entry(slot.backend_id).or_default();
+        u.all += 1;
+        u.local += u32::from(slot.local);
+    }
+
+    fn remove(&mut self, slot: &Slot) {
+        if let Some(u) = self.0.get_mut(&slot.backend_id) {
+            u.all = u.all.saturating_sub(1);
+            u.local = u.local.saturating_sub(u32::from(slot.local));
+            if u.all == 0 {
+                self.0.remove(&slot.backend_id);
+            }
+        }
+    }
+
+    /// `base` as the backend map should hold it, None when unused.
+    pub fn value(&self, id: u32, base: BackendValue) -> Option<BackendValue> {
+        let u = self.0.get(&id)?;
+        Some(if u.local > 0 { base.local() } else { base })
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Piece {
+    /// Adds the piece to `state`, and its backends' users to `users`.
+    pub fn put(&self, state: &mut MapState, users: &mut BackendUsers) {
+        self.put_entries(state);
+        for slot in self.slots() {
+            users.add(slot);
+            if let Some(v) = users.value(slot.backend_id, slot.base) {
+                state.backends.insert(slot.backend_id, v);
+            }
+        }
+    }
+
+    /// Takes the piece's backends' users out of `users`.
+    pub fn release(&self, users: &mut BackendUsers) {
+        for slot in self.slots() {
+            users.remove(slot);
+        }
+    }
+
+    /// Every map entry of the piece but the backends.
+    pub fn put_entries(&self, state: &mut MapState) {
+        for view in &self.views {
+            for (i, slot) in view.slots.iter().enumerate() {
+                state.services.insert(
+                    view.key.with_slot(i as u16 + 1),
+                    ServiceValue::slot(&view.master, slot.backend_id),
+                );
+            }
+            state.services.insert(view.key, view.master);
+        }
+        state.rev_nat.insert(self.rev_nat_id, self.rev_nat);
+        state.names.insert(self.rev_nat_id, self.name.clone());
+        state.source_ranges.extend(self.ranges.iter().copied());
+    }
+
+    pub fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.views.iter().flat_map(|v| &v.slots)
+    }
 }
 
 /// Renders `desired` with stable ids from `ids` (which learns new ones and
 /// forgets unused ones).
 pub fn render(desired: &DesiredState, ids: &mut Ids) -> RenderOutput {
+    render_frontends(desired.frontends.iter(), ids)
+}
+
+/// Renders `frontends` (in frontend order) with stable ids from `ids`,
+/// which then forgets the ids none of them uses.
+pub fn render_frontends<'a>(
+    frontends: impl Iterator<Item = (&'a Frontend, &'a FrontendState)>,
+    ids: &mut Ids,
+) -> RenderOutput {
     let mut out = RenderOutput::default();
-    let mut used_backends: BTreeSet<BackendIdent> = BTreeSet::new();
-    let programmed = desired
-        .frontends
-        .iter()
-        .filter_map(|(fe, fs)| programmable(fe).map(|ip| (ip, fe, fs)));
-    for (vip, fe, fs) in programmed {
-        let Some(rev_nat_id) = ids.frontend(*fe) else {
-            out.dropped.push(*fe);
+    let mut kept: BTreeSet<Frontend> = BTreeSet::new();
+    for (fe, fs) in frontends {
+        if programmable(fe).is_none() {
             continue;
-        };
-        // The node's view, and for eTP=Local external frontends the view
-        // of in-cluster clients, under the same revNAT id: both lead to the
-        // same frontend address, and session affinity per client spans them.
-        let master_key = ServiceKey::new(vip, fe.port, fe.protocol.number(), 0);
-        let mut views = vec![(master_key, &fs.endpoints, flags(fs))];
-        if let Some(in_cluster) = &fs.in_cluster {
-            views.push((
-                master_key.in_cluster(),
-                in_cluster,
-                flags(fs) & svc_flags::REJECT,
-            ));
         }
-        let Some(backends) = views
-            .iter()
-            .map(|(_, eps, _)| backend_ids(ids, fe.protocol, eps))
-            .collect::<Option<Vec<_>>>()
-        else {
-            out.dropped.push(*fe);
-            continue;
-        };
-        for ((key, _, flags), backend_ids) in views.iter().zip(&backends) {
-            let master = ServiceValue::master(0, rev_nat_id, *flags, fs.affinity_timeout_s);
-            write_view(&mut out.state, *key, master, fs, backend_ids);
-            used_backends.extend(backend_ids.iter().map(|(_, ep)| (*ep, fe.protocol)));
+        kept.insert(*fe);
+        match render_frontend(fe, fs, ids) {
+            Some(piece) => piece.put(&mut out.state, &mut out.users),
+            None => out.dropped.push(*fe),
         }
-        out.state
-            .source_ranges
-            .extend(fs.source_ranges.iter().map(|c| SourceRangeEntry {
-                rev_nat_id: rev_nat_id as u32,
-                net: c.network(),
-                len: c.prefix(),
-            }));
-        out.state
-            .rev_nat
-            .insert(rev_nat_id as u32, RevNatValue::new(vip, fe.port));
-        out.state
-            .names
-            .insert(rev_nat_id as u32, fs.name.to_string());
     }
-    ids.retain(
-        |ident: &BackendIdent| used_backends.contains(ident),
-        |fe| desired.frontends.contains_key(fe) && programmable(fe).is_some(),
-    );
+    let users = &out.users;
+    ids.retain(|id| users.0.contains_key(&id), |fe| kept.contains(fe));
     out
 }
 
-/// Backend ids of the IPv4 `endpoints`; None when the id space is full.
-fn backend_ids(
+/// What the IPv4 frontend `fe` puts in the maps, None when it is not
+/// IPv4 or an id space is full.
+pub fn render_frontend(fe: &Frontend, fs: &FrontendState, ids: &mut Ids) -> Option<Piece> {
+    let vip = programmable(fe)?;
+    let rev_nat_id = ids.frontend(*fe)?;
+    let master_key = ServiceKey::new(vip, fe.port, fe.protocol.number(), 0);
+    let mut views = vec![(master_key, &fs.endpoints, flags(fs))];
+    if let Some(in_cluster) = &fs.in_cluster {
+        views.push((
+            master_key.in_cluster(),
+            in_cluster,
+            flags(fs) & svc_flags::REJECT,
+        ));
+    }
+    let mut out = Vec::with_capacity(views.len());
+    for (key, endpoints, flags) in views {
+        let slots = slots(ids, fe.protocol, endpoints, &fs.node_local)?;
+        // Bounded by MAX_ENDPOINTS_PER_FRONTEND in the model.
+        let count = u16::try_from(slots.len()).unwrap_or(u16::MAX);
+        let master = ServiceValue {
+            count,
+            ..ServiceValue::master(0, rev_nat_id, flags, fs.affinity_timeout_s)
+        };
+        out.push(View { key, master, slots });
+    }
+    Some(Piece {
+        rev_nat_id: u32::from(rev_nat_id),
+        views: out,
+        rev_nat: RevNatValue::new(vip, fe.port),
+        name: fs.name.to_string(),
+        ranges: fs
+            .source_ranges
+            .iter()
+            .map(|c| SourceRangeEntry {
+                rev_nat_id: u32::from(rev_nat_id),
+                net: c.network(),
+                len: c.prefix(),
+            })
+            .collect(),
+    })
+}
+
+/// The slots of the IPv4 `endpoints`; None when the id space is full.
+fn slots(
     ids: &mut Ids,
     protocol: Protocol,
     endpoints: &BTreeSet<Endpoint>,
-) -> Option<Vec<(u32, Endpoint)>> {
-    endpoints
-        .iter()
-        .filter(|ep| ep.ip.is_ipv4())
-        .map(|ep| ids.backend((*ep, protocol)).map(|id| (id, *ep)))
-        .collect()
-}
-
-/// One view of a frontend: its backends, its slots and the master entry
-/// (`master` with the count filled in) under `master_key`'s scope.
-fn write_view(
-    state: &mut MapState,
-    master_key: ServiceKey,
-    master: ServiceValue,
-    fs: &FrontendState,
-    backend_ids: &[(u32, Endpoint)],
-) {
-    let proto = master_key.proto;
-    for (id, ep) in backend_ids {
-        if let IpAddr::V4(ip) = ep.ip {
-            let mut value = BackendValue::new(ip, ep.port, proto);
-            if fs.node_local.contains(ep) {
-                value = value.local();
-            }
-            state.backends.insert(*id, value);
-        }
+    node_local: &BTreeSet<Endpoint>,
+) -> Option<Vec<Slot>> {
+    let mut out = Vec::with_capacity(endpoints.len());
+    for ep in endpoints.iter().take(u16::MAX as usize) {
+        let IpAddr::V4(ip) = ep.ip else { continue };
+        out.push(Slot {
+            backend_id: ids.backend((*ep, protocol))?,
+            base: BackendValue::new(ip, ep.port, protocol.number()),
+            local: node_local.contains(ep),
+        });
     }
-    // Bounded by MAX_ENDPOINTS_PER_FRONTEND in the model.
-    let count = u16::try_from(backend_ids.len()).unwrap_or(u16::MAX);
-    let master = ServiceValue { count, ..master };
-    for (i, (id, _)) in backend_ids.iter().take(count as usize).enumerate() {
-        state.services.insert(
-            master_key.with_slot(i as u16 + 1),
-            ServiceValue::slot(&master, *id),
-        );
-    }
-    state.services.insert(master_key, master);
+    Some(out)
 }
 
 /// Every IPv4 frontend: ClusterIPs for the socket programs, the external

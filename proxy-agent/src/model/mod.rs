@@ -2,14 +2,17 @@
 //! Services and EndpointSlices with kube-proxy's semantics. Pure functions
 //! only; nothing here knows about BPF.
 mod build;
+mod claims;
 mod endpoints;
 mod service;
 mod skip;
 mod slices;
 mod types;
 
-pub use build::{build_desired_state, BuildOutput, HealthCheck};
+pub use build::{build_desired_state, build_service, BuildOutput, HealthCheck, ServiceBuild};
+pub use claims::{build_one, service_ref, Model, ServiceRef};
 pub use skip::{Skip, SkipReason};
+pub use slices::slice_service;
 pub use types::{
     Budget, DesiredState, Endpoint, Frontend, FrontendKind, FrontendState, ModelConfig,
     NodeContext, Protocol, ServicePortName,

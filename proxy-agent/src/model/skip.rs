@@ -30,6 +30,9 @@ pub enum SkipReason {
     MissingServiceNameLabel,
     /// Another Service already claimed the same address, port and protocol.
     DuplicateFrontend,
+    /// A second object of the same kind, namespace and name (two manifest
+    /// files defining one Service): the first is used.
+    DuplicateObject,
     /// More endpoints than one frontend can hold; the rest are left out.
     TooManyEndpoints,
     /// More frontends or backend slots than one Service may take
@@ -56,6 +59,7 @@ impl SkipReason {
             SkipReason::InvalidEndpointAddress => "invalid_endpoint_address",
             SkipReason::MissingServiceNameLabel => "missing_service_name_label",
             SkipReason::DuplicateFrontend => "duplicate_frontend",
+            SkipReason::DuplicateObject => "duplicate_object",
             SkipReason::TooManyEndpoints => "too_many_endpoints",
             SkipReason::OverBudget => "over_budget",
             SkipReason::MapFull => "map_full",

@@ -41,6 +41,14 @@ pub struct UsableSlice {
     pub trigger_time: Option<String>,
 }
 
+/// `(namespace, Service name)` of the Service `slice` belongs to, if it
+/// is named and labelled.
+pub fn slice_service(slice: &EndpointSlice) -> Option<(String, String)> {
+    let (namespace, _) = super::namespaced_name(&slice.metadata)?;
+    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((namespace.to_string(), service.clone()))
+}
+
 /// Validates EndpointSlices and groups them by (namespace, service name).
 pub fn usable_slices<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,

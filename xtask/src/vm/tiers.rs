@@ -69,11 +69,7 @@ impl Tier {
 
     fn fixed_args(self) -> &'static str {
         match self {
-            // The per-Service counters test scrapes /metrics, which once
-            // did not answer within 60 s in the 7.2 VM on a busy machine
-            // (cause not found; it passes on the host and on 6.1): it runs
-            // in the host tier only until that is understood.
-            Tier::SocketLb => "--test-threads 2 --skip jvm --skip per_service_traffic",
+            Tier::SocketLb => "--test-threads 2 --skip jvm",
             Tier::Nodeport => "",
             Tier::Image => "--test-threads 1",
             _ => "--test-threads 2",

@@ -1,0 +1,256 @@
+//! The desired state assembled from per-Service parts: every Service's
+//! [`ServiceBuild`] and, per frontend, the Services that claim it. A change
+//! to one Service replaces that Service's build alone
+//! ([`Model::replace`]) and names the frontends whose owner may have
+//! changed, so the sync after it costs what the Service costs, not what
+//! the cluster costs.
+//!
+//! Conflicts resolve as kube-proxy orders Services, by namespace/name:
+//! the first ClusterIP claim of an address wins (a tenant's externalIP must
+//! not capture someone else's ClusterIP, the CVE-2020-8554 shape), else the
+//! first claim.
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use super::{
+    build::{build_service, BuildOutput, HealthCheck, ServiceBuild},
+    namespaced_name,
+    skip::{skip, SkipReason},
+    slices::{slice_service, usable_slices},
+    Frontend, FrontendKind, FrontendState, ModelConfig, Skip,
+};
+
+/// `(namespace, name)` of a Service (a missing namespace is `default`).
+pub type ServiceRef = (String, String);
+
+/// One claim on a frontend: the Service and the index of the frontend in
+/// its claims (a Service may claim one address twice).
+type Claim = (ServiceRef, usize);
+
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    builds: BTreeMap<ServiceRef, ServiceBuild>,
+    /// Frontend → its claims in claim order.
+    claims: BTreeMap<Frontend, BTreeSet<Claim>>,
+    /// Skips of objects no Service owns: unnamed objects, slices without a
+    /// Service label, a second object of the same namespace/name.
+    orphan_skips: Vec<Skip>,
+    /// The Services with a healthCheckNodePort.
+    health: BTreeSet<ServiceRef>,
+    /// Sums of the builds' `no_local_endpoints_{internal,external}`.
+    no_local: [usize; 2],
+}
+
+/// `(namespace, name)` of `svc`.
+pub fn service_ref(svc: &Service) -> Option<ServiceRef> {
+    namespaced_name(&svc.metadata).map(|(ns, n)| (ns.to_string(), n.to_string()))
+}
+
+/// What `svc` asks for given its own (unvalidated) slices: the slices'
+/// own skips go with the Service.
+pub fn build_one(svc: &Service, slices: &[&EndpointSlice], config: &ModelConfig) -> ServiceBuild {
+    let mut skips = Vec::new();
+    let usable = usable_slices(slices.iter().copied(), &mut skips);
+    let own = usable.into_values().flatten().collect::<Vec<_>>();
+    let mut build = build_service(svc, &own, config);
+    build.skips.extend(skips);
+    build
+}
+
+impl Model {
+    /// Every Service of the snapshot built. Services are taken by
+    /// namespace/name; a second object with the same one is skipped.
+    pub fn build<'a>(
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        config: &ModelConfig,
+    ) -> Self {
+        let mut model = Model::default();
+        let mut by_service: BTreeMap<ServiceRef, Vec<&EndpointSlice>> = BTreeMap::new();
+        let mut orphans = Vec::new();
+        for slice in slices {
+            match slice_service(slice) {
+                Some(owner) => by_service.entry(owner).or_default().push(slice),
+                None => orphans.push(slice),
+            }
+        }
+        // Only their skips: they cannot be any Service's.
+        usable_slices(orphans, &mut model.orphan_skips);
+        for svc in services {
+            let Some(key) = service_ref(svc) else {
+                model
+                    .orphan_skips
+                    .push(skip("Service", "<unnamed>", SkipReason::MissingName, ""));
+                continue;
+            };
+            if model.builds.contains_key(&key) {
+                let obj = format!("{}/{}", key.0, key.1);
+                let why = "a second Service object with this namespace/name";
+                model
+                    .orphan_skips
+                    .push(skip("Service", &obj, SkipReason::DuplicateObject, why));
+                continue;
+            }
+            let own = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let build = build_one(svc, own, config);
+            model.replace(&key, Some(build));
+        }
+        model
+    }
+
+    /// Puts `build` (None: the Service is gone) in place of `key`'s;
+    /// returns the previous build.
+    pub fn replace(
+        &mut self,
+        key: &ServiceRef,
+        build: Option<ServiceBuild>,
+    ) -> Option<ServiceBuild> {
+        let old = self.builds.remove(key);
+        if let Some(b) = &old {
+            self.no_local[0] -= b.no_local_endpoints_internal;
+            self.no_local[1] -= b.no_local_endpoints_external;
+        }
+        for (i, (fe, _)) in old.iter().flat_map(|b| b.claims.iter().enumerate()) {
+            if let Some(set) = self.claims.get_mut(fe) {
+                set.remove(&(key.clone(), i));
+                if set.is_empty() {
+                    self.claims.remove(fe);
+                }
+            }
+        }
+        self.health.remove(key);
+        if let Some(build) = build {
+            for (i, (fe, _)) in build.claims.iter().enumerate() {
+                self.claims.entry(*fe).or_default().insert((key.clone(), i));
+            }
+            self.no_local[0] += build.no_local_endpoints_internal;
+            self.no_local[1] += build.no_local_endpoints_external;
+            if !build.health_checks.is_empty() {
+                self.health.insert(key.clone());
+            }
+            self.builds.insert(key.clone(), build);
+        }
+        old
+    }
+
+    /// Service ports with a Local traffic policy and endpoints but none on
+    /// this node: (internal, external).
+    pub fn no_local_endpoints(&self) -> (usize, usize) {
+        (self.no_local[0], self.no_local[1])
+    }
+
+    /// Whether `key`'s build has a healthCheckNodePort.
+    pub fn has_health_check(&self, key: &ServiceRef) -> bool {
+        self.health.contains(key)
+    }
+
+    pub fn get(&self, key: &ServiceRef) -> Option<&ServiceBuild> {
+        self.builds.get(key)
+    }
+
+    fn state_of(&self, (owner, i): &Claim) -> Option<&FrontendState> {
+        self.builds.get(owner)?.claims.get(*i).map(|(_, s)| s)
+    }
+
+    /// The claim that owns `fe`: the first ClusterIP claim, else the first.
+    fn winning_claim(&self, fe: &Frontend) -> Option<&Claim> {
+        let set = self.claims.get(fe)?;
+        let cluster_ip = |c: &&Claim| {
+            self.state_of(c)
+                .is_some_and(|s| s.kind == FrontendKind::ClusterIp)
+        };
+        set.iter().find(cluster_ip).or_else(|| set.iter().next())
+    }
+
+    /// What `fe` is programmed with: its owner's state.
+    pub fn winner(&self, fe: &Frontend) -> Option<&FrontendState> {
+        self.state_of(self.winning_claim(fe)?)
+    }
+
+    /// Every frontend with its owner's state.
+    pub fn frontends(&self) -> impl Iterator<Item = (&Frontend, &FrontendState)> {
+        self.claims
+            .keys()
+            .filter_map(|fe| Some((fe, self.winner(fe)?)))
+    }
+
+    /// How many Services the model holds.
+    pub fn len(&self) -> usize {
+        self.builds.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.builds.is_empty()
+    }
+
+    /// The skips of the claims on `fe` that lost it.
+    pub fn duplicate_skips(&self, fe: &Frontend) -> Vec<Skip> {
+        let (Some(set), Some(win)) = (self.claims.get(fe), self.winning_claim(fe)) else {
+            return Vec::new();
+        };
+        let Some(owner) = self.state_of(win) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for claim in set.iter().filter(|c| *c != win) {
+            let Some(loser) = self.state_of(claim) else {
+                continue;
+            };
+            let pre_empted =
+                owner.kind == FrontendKind::ClusterIp && loser.kind.is_external() && claim < win;
+            let detail = if pre_empted {
+                format!("{fe} is {}'s ClusterIP", owner.name)
+            } else {
+                format!("{fe} already belongs to {}", owner.name)
+            };
+            let obj = format!("{}/{}", claim.0 .0, claim.0 .1);
+            out.push(skip(
+                "Service",
+                &obj,
+                SkipReason::DuplicateFrontend,
+                &detail,
+            ));
+        }
+        out
+    }
+
+    /// The healthCheckNodePorts: the first Service (by namespace/name) of
+    /// a port names it, with the most local endpoints any of them has.
+    pub fn health_checks(&self) -> BTreeMap<u16, HealthCheck> {
+        let mut out: BTreeMap<u16, HealthCheck> = BTreeMap::new();
+        let builds = self.health.iter().filter_map(|k| self.builds.get(k));
+        for (port, hc) in builds.flat_map(|b| &b.health_checks) {
+            let e = out.entry(*port).or_insert_with(|| hc.clone());
+            e.local_endpoints = e.local_endpoints.max(hc.local_endpoints);
+        }
+        out
+    }
+
+    /// Everything at once, as the full sync wants it.
+    pub fn output(&self) -> BuildOutput {
+        let mut out = BuildOutput {
+            skips: self.orphan_skips.clone(),
+            health_checks: self.health_checks(),
+            no_local_endpoints_internal: self.no_local[0],
+            no_local_endpoints_external: self.no_local[1],
+            ..BuildOutput::default()
+        };
+        for ((ns, name), b) in &self.builds {
+            out.skips.extend(b.skips.iter().cloned());
+            if let Some(t) = &b.trigger_time {
+                out.trigger_times.insert(format!("{ns}/{name}"), t.clone());
+            }
+        }
+        for (fe, set) in &self.claims {
+            if set.len() > 1 {
+                out.skips.extend(self.duplicate_skips(fe));
+            }
+            if let Some(state) = self.winner(fe) {
+                out.state.frontends.insert(*fe, state.clone());
+            }
+        }
+        out.skips.sort();
+        out
+    }
+}

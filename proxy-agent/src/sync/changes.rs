@@ -1,0 +1,253 @@
+//! Which Services changed between two snapshots.
+//!
+//! Sources hand out shared objects (`Arc`s): the API-server source its
+//! reflector's cached objects, which keep their allocation until the object
+//! changes. So an object whose pointer was in the last snapshot is the same
+//! object, and finding what changed costs one pointer lookup per object,
+//! not a comparison. An EndpointSlice's change is its Service's change.
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use crate::model::{service_ref, slice_service, ServiceRef};
+
+use super::Snapshot;
+
+/// What changed since the last snapshot.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// These Services, or their slices.
+    Services(BTreeSet<ServiceRef>),
+    /// Something no one Service owns (an unnamed object, a slice without
+    /// its Service label, two objects with one name): only a full rebuild
+    /// says what it means.
+    Everything,
+}
+
+/// One object of the last snapshot.
+#[derive(Debug)]
+struct Seen<K> {
+    obj: Arc<K>,
+    owner: Option<ServiceRef>,
+    /// The update that last saw it.
+    epoch: u64,
+}
+
+/// The objects of the last snapshot, by pointer and by Service.
+#[derive(Debug, Default)]
+pub struct Objects {
+    epoch: u64,
+    services: HashMap<usize, Seen<Service>>,
+    slices: HashMap<usize, Seen<EndpointSlice>>,
+    by_service: HashMap<ServiceRef, Arc<Service>>,
+    slices_of: HashMap<ServiceRef, Vec<Arc<EndpointSlice>>>,
+}
+
+fn ptr<K>(obj: &Arc<K>) -> usize {
+    Arc::as_ptr(obj) as usize
+}
+
+impl Objects {
+    /// Takes in `snap` and says what changed since the last one.
+    pub fn update(&mut self, snap: &Snapshot) -> Changes {
+        self.epoch += 1;
+        let mut dirty = BTreeSet::new();
+        let mut unowned = false;
+        for svc in &snap.services {
+            if let Some(owner) = self.see_service(svc) {
+                unowned |= owner.is_none();
+                dirty.extend(owner);
+            }
+        }
+        for slice in &snap.slices {
+            if let Some(owner) = self.see_slice(slice) {
+                unowned |= owner.is_none();
+                dirty.extend(owner);
+            }
+        }
+        self.sweep(&mut dirty);
+        // Two objects of one name: which one counts is the full build's
+        // business.
+        if unowned || self.by_service.len() != self.services.len() {
+            return Changes::Everything;
+        }
+        Changes::Services(dirty)
+    }
+
+    /// Marks `svc` seen; for a new object, its owner (None: unnamed).
+    fn see_service(&mut self, svc: &Arc<Service>) -> Option<Option<ServiceRef>> {
+        let epoch = self.epoch;
+        if let Some(seen) = self.services.get_mut(&ptr(svc)) {
+            seen.epoch = epoch;
+            return None;
+        }
+        let owner = service_ref(svc);
+        if let Some(key) = &owner {
+            self.by_service.insert(key.clone(), svc.clone());
+        }
+        let seen = Seen {
+            obj: svc.clone(),
+            owner: owner.clone(),
+            epoch,
+        };
+        self.services.insert(ptr(svc), seen);
+        Some(owner)
+    }
+
+    /// Marks `slice` seen; for a new object, its Service (None: unowned).
+    fn see_slice(&mut self, slice: &Arc<EndpointSlice>) -> Option<Option<ServiceRef>> {
+        let epoch = self.epoch;
+        if let Some(seen) = self.slices.get_mut(&ptr(slice)) {
+            seen.epoch = epoch;
+            return None;
+        }
+        let owner = slice_service(slice);
+        if let Some(key) = &owner {
+            self.slices_of
+                .entry(key.clone())
+                .or_default()
+                .push(slice.clone());
+        }
+        let seen = Seen {
+            obj: slice.clone(),
+            owner: owner.clone(),
+            epoch,
+        };
+        self.slices.insert(ptr(slice), seen);
+        Some(owner)
+    }
+
+    /// Drops the objects this update did not see; their Services changed.
+    fn sweep(&mut self, dirty: &mut BTreeSet<ServiceRef>) {
+        let epoch = self.epoch;
+        let by_service = &mut self.by_service;
+        self.services.retain(|_, seen| {
+            if seen.epoch == epoch {
+                return true;
+            }
+            if let Some(key) = &seen.owner {
+                // Replaced objects left their successor in place.
+                if by_service
+                    .get(key)
+                    .is_some_and(|s| Arc::ptr_eq(s, &seen.obj))
+                {
+                    by_service.remove(key);
+                }
+                dirty.insert(key.clone());
+            }
+            false
+        });
+        let slices_of = &mut self.slices_of;
+        self.slices.retain(|_, seen| {
+            if seen.epoch == epoch {
+                return true;
+            }
+            if let Some(key) = &seen.owner {
+                if let Some(list) = slices_of.get_mut(key) {
+                    list.retain(|s| !Arc::ptr_eq(s, &seen.obj));
+                    if list.is_empty() {
+                        slices_of.remove(key);
+                    }
+                }
+                dirty.insert(key.clone());
+            }
+            false
+        });
+    }
+
+    /// The Service `key` as the last snapshot had it.
+    pub fn service(&self, key: &ServiceRef) -> Option<&Arc<Service>> {
+        self.by_service.get(key)
+    }
+
+    /// The slices that name `key` as their Service.
+    pub fn slices_of(&self, key: &ServiceRef) -> Vec<&EndpointSlice> {
+        self.slices_of
+            .get(key)
+            .map(|l| l.iter().map(|s| s.as_ref()).collect())
+            .unwrap_or_default()
+    }
+
+    /// How many Services the last snapshot had.
+    pub fn service_count(&self) -> usize {
+        self.by_service.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn svc(name: &str) -> Arc<Service> {
+        Arc::new(Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    fn slice(name: &str, service: Option<&str>) -> Arc<EndpointSlice> {
+        Arc::new(EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                labels: service
+                    .map(|s| [("kubernetes.io/service-name".to_string(), s.to_string())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: Vec::new(),
+            ports: None,
+        })
+    }
+
+    fn keys(names: &[&str]) -> Changes {
+        Changes::Services(names.iter().map(|n| ("ns".into(), n.to_string())).collect())
+    }
+
+    #[test]
+    fn only_new_replaced_and_gone_objects_count_as_changes() {
+        let (a, b, sa) = (svc("a"), svc("b"), slice("a-1", Some("a")));
+        let mut objects = Objects::default();
+        let mut snap = Snapshot {
+            services: vec![a.clone(), b.clone()],
+            slices: vec![sa.clone()],
+            ..Snapshot::default()
+        };
+        assert_eq!(objects.update(&snap), keys(&["a", "b"]));
+        assert_eq!(objects.update(&snap), keys(&[]), "same objects");
+        // b replaced by a new version, a's slice gone.
+        snap.services = vec![a.clone(), svc("b")];
+        snap.slices.clear();
+        assert_eq!(objects.update(&snap), keys(&["a", "b"]));
+        assert!(objects.slices_of(&("ns".into(), "a".into())).is_empty());
+        assert!(objects.service(&("ns".into(), "b".into())).is_some());
+        snap.services = vec![a];
+        assert_eq!(objects.update(&snap), keys(&["b"]), "b deleted");
+        assert!(objects.service(&("ns".into(), "b".into())).is_none());
+        assert_eq!(objects.service_count(), 1);
+    }
+
+    #[test]
+    fn unowned_objects_and_duplicate_names_ask_for_everything() {
+        let mut objects = Objects::default();
+        let snap = Snapshot {
+            services: vec![svc("a")],
+            slices: vec![slice("x", None)],
+            ..Snapshot::default()
+        };
+        assert_eq!(objects.update(&snap), Changes::Everything);
+        let snap = Snapshot {
+            services: vec![svc("a"), svc("a")],
+            ..Snapshot::default()
+        };
+        assert_eq!(objects.update(&snap), Changes::Everything);
+    }
+}
