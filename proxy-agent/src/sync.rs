@@ -55,6 +55,8 @@ pub struct SyncOutcome {
     pub left_out: usize,
     /// Some of `left_out` may fit once this sync's deletions are done.
     pub retry_for_room: bool,
+    /// Only the changed Services were rebuilt and written.
+    pub incremental: bool,
 }
 
 impl SyncOutcome {
@@ -358,6 +360,7 @@ fn outcome(ops: usize, report: &ApplyReport, fitted: &Fitted) -> SyncOutcome {
             .count(),
         left_out: fitted.left_out.len(),
         retry_for_room: fitted.retry,
+        incremental: false,
     }
 }
 

@@ -53,7 +53,10 @@ impl<M: LbMaps> Syncer<M> {
             return None;
         }
         if dirty.is_empty() {
-            return Some(SyncOutcome::default());
+            return Some(SyncOutcome {
+                incremental: true,
+                ..SyncOutcome::default()
+            });
         }
         if too_many(dirty.len(), self.objects.service_count()) {
             return None;
@@ -81,7 +84,10 @@ impl<M: LbMaps> Syncer<M> {
         if change.health {
             self.health_checks = self.model.health_checks();
         }
-        Some(outcome(ops.len(), &report, &Fitted::default()))
+        Some(SyncOutcome {
+            incremental: true,
+            ..outcome(ops.len(), &report, &Fitted::default())
+        })
     }
 
     /// Rebuilds the Services `dirty` into the model.
