@@ -106,8 +106,6 @@ struct Written {
     state: MapState,
     /// Who uses each backend of `state`.
     users: BackendUsers,
-    /// Which backends the frontends of `state` hold.
-    live: Live,
     /// Everything desired is in the maps (nothing left out for want of
     /// room or ids): a change can then be written alone.
     whole: bool,
@@ -200,8 +198,7 @@ impl<M: LbMaps> Syncer<M> {
         drop(actual);
         let report = apply(&ops, &mut self.maps);
         self.report_failures(&report);
-        let live = live_backends(&fitted.state);
-        self.publish_live(&live, true);
+        self.publish_live(live_backends(&fitted.state));
         self.record_state(&fitted.state);
         self.health_checks = std::mem::take(&mut built.health_checks);
         if report.ok() {
@@ -214,10 +211,9 @@ impl<M: LbMaps> Syncer<M> {
         // them next time.
         let whole = fitted.left_out.is_empty() && dropped == 0;
         let outcome = outcome(ops.len(), &report, &fitted);
-        self.written = report.ok().then(|| Written {
+        self.written = report.ok().then_some(Written {
             state: fitted.state,
             users,
-            live,
             whole,
         });
         Ok(outcome)
@@ -236,21 +232,23 @@ impl<M: LbMaps> Syncer<M> {
     }
 
     /// Publishes which backends the frontends hold (for the conntrack
-    /// sweeper and the UDP socket closer) and, when some pair may have
-    /// gone (`pruned`), removes the session-affinity entries of pairs the
-    /// maps no longer hold: affinity must not outlive a backend's
-    /// membership in its frontend (conntrack is the sweeper's).
-    fn publish_live(&mut self, live: &Live, pruned: bool) {
+    /// sweeper and the UDP socket closer) and prunes affinity.
+    fn publish_live(&mut self, live: Live) {
         self.live_pairs.send_if_modified(|cur| {
-            if cur.as_deref() == Some(live) {
+            if cur.as_deref() == Some(&live) {
                 return false;
             }
-            *cur = Some(Arc::new(live.clone()));
+            *cur = Some(Arc::new(live));
             true
         });
-        if !pruned {
-            return;
-        }
+        self.prune_affinity();
+    }
+
+    /// Session-affinity entries must not outlive a backend's membership
+    /// in its frontend: those of pairs the maps no longer hold go
+    /// (conntrack's go in the sweeper).
+    fn prune_affinity(&mut self) {
+        let live = self.live_pairs.borrow().clone().unwrap_or_default();
         match self
             .maps
             .prune_affinity(&|rev, be| live.pairs.contains(&(rev, be)))

@@ -134,3 +134,72 @@ fn a_new_service_that_fits_once_a_deleted_one_is_gone_is_programmed_by_the_retry
     assert!(!v.contains("10.96.0.1:"), "{v}");
     check_invariant(&s.maps().state).expect("invariant");
 }
+
+/// The flags the README gives for 50k Services and 250k endpoints.
+const LARGE_SERVICES: u32 = 393_216;
+const LARGE_BACKENDS: u32 = 262_144;
+
+/// kubernetes#135639's scale: 50k Services with 5 endpoints each (250k
+/// endpoints), a NodePort on every fifth, fit in maps sized with the flags
+/// the README documents (`--map-size-services 393216
+/// --map-size-backends 262144`), nothing left out; a change to one of them
+/// afterwards is written alone.
+#[test]
+fn fifty_thousand_services_with_a_quarter_million_endpoints_fit_the_documented_sizes() {
+    use serde_json::json;
+    let n = 50_000u32;
+    let ip = |i: u32, net: u32| format!("10.{}.{}.{}", net + i / 65_536, (i / 256) % 256, i % 256);
+    let mut snap = proxy_agent::source::Snapshot::default();
+    for i in 0..n {
+        let mut port = json!({"port": 80, "targetPort": 8080});
+        let mut kind = "ClusterIP";
+        if i % 5 == 0 {
+            // 10k NodePorts take a wider --service-node-port-range.
+            port["nodePort"] = json!(20_000 + i / 5);
+            kind = "NodePort";
+        }
+        let svc = json!({
+            "metadata": {"name": format!("s{i}"), "namespace": "ns"},
+            "spec": {"type": kind, "clusterIP": ip(i, 96), "ports": [port]},
+        });
+        let eps: Vec<_> = (0..5)
+            .map(|e| json!({"addresses": [ip(i * 5 + e, 128)]}))
+            .collect();
+        let slice = json!({
+            "metadata": {"name": format!("s{i}-1"), "namespace": "ns",
+                         "labels": {"kubernetes.io/service-name": format!("s{i}")}},
+            "addressType": "IPv4",
+            "ports": [{"port": 8080}],
+            "endpoints": eps,
+        });
+        snap.services
+            .push(Arc::new(serde_json::from_value(svc).expect("service")));
+        snap.slices
+            .push(Arc::new(serde_json::from_value(slice).expect("slice")));
+    }
+    let mut maps = FakeMaps::new(LARGE_SERVICES);
+    maps.backend_capacity = LARGE_BACKENDS;
+    let mut s =
+        Syncer::new(maps, Arc::new(Metrics::new()), ModelConfig::default()).expect("syncer");
+    let out = s.sync(&snap, true).expect("sync");
+    assert!(out.complete() && out.left_out == 0, "{out:?}");
+    let state = &s.maps().state;
+    let frontends = state.masters().count();
+    assert_eq!(frontends, 60_000, "one per ClusterIP and per NodePort");
+    assert_eq!(state.backends.len(), 250_000);
+    assert!(state.services.len() <= LARGE_SERVICES as usize);
+
+    // One endpoint of one Service changes: written alone.
+    let slice = json!({
+        "metadata": {"name": "s7-1", "namespace": "ns",
+                     "labels": {"kubernetes.io/service-name": "s7"}},
+        "addressType": "IPv4",
+        "ports": [{"port": 8080}],
+        "endpoints": [{"addresses": ["10.200.0.1"]}],
+    });
+    snap.slices[7] = Arc::new(serde_json::from_value(slice).expect("slice"));
+    let out = s.sync(&snap, false).expect("sync");
+    assert!(out.incremental && out.complete(), "{out:?}");
+    // One backend in, five out, the master's count and the slots.
+    assert!(out.ops <= 12, "{out:?}");
+}

@@ -5,6 +5,12 @@
 //! changes. So an object whose pointer was in the last snapshot is the same
 //! object, and finding what changed costs one pointer lookup per object,
 //! not a comparison. An EndpointSlice's change is its Service's change.
+//!
+//! Cheaper still: a cache replaces a changed object in place, so from one
+//! snapshot to the next the lists keep their order and only the changed
+//! positions differ. When the lengths agree, comparing the lists position
+//! by position finds the changes without a single lookup; anything else
+//! (objects added or deleted) takes a lookup per object.
 use std::{
     collections::{BTreeSet, HashMap},
     sync::Arc,
@@ -44,6 +50,8 @@ pub struct Objects {
     slices: HashMap<usize, Seen<EndpointSlice>>,
     by_service: HashMap<ServiceRef, Arc<Service>>,
     slices_of: HashMap<ServiceRef, Vec<Arc<EndpointSlice>>>,
+    /// The pointers of the last snapshot's lists, in their order.
+    order: (Vec<usize>, Vec<usize>),
 }
 
 fn ptr<K>(obj: &Arc<K>) -> usize {
@@ -53,6 +61,63 @@ fn ptr<K>(obj: &Arc<K>) -> usize {
 impl Objects {
     /// Takes in `snap` and says what changed since the last one.
     pub fn update(&mut self, snap: &Snapshot) -> Changes {
+        let order = (
+            snap.services.iter().map(ptr).collect::<Vec<_>>(),
+            snap.slices.iter().map(ptr).collect::<Vec<_>>(),
+        );
+        let same_shape = order.0.len() == self.order.0.len()
+            && order.1.len() == self.order.1.len()
+            && !self.services.is_empty();
+        let changes = if same_shape {
+            self.update_in_place(snap, &order)
+        } else {
+            self.update_by_lookup(snap)
+        };
+        self.order = order;
+        changes
+    }
+
+    /// [`Self::update`] when both lists kept their lengths: the positions
+    /// whose pointer differs hold the changes. The objects they held go
+    /// first, so an object that only moved is taken out and put back.
+    fn update_in_place(&mut self, snap: &Snapshot, order: &(Vec<usize>, Vec<usize>)) -> Changes {
+        let mut dirty = BTreeSet::new();
+        let moved = |old: &[usize], new: &[usize]| -> Vec<usize> {
+            (0..new.len()).filter(|i| old[*i] != new[*i]).collect()
+        };
+        let services = moved(&self.order.0, &order.0);
+        let slices = moved(&self.order.1, &order.1);
+        for i in &services {
+            self.forget_service(self.order.0[*i], &mut dirty);
+        }
+        for i in &slices {
+            self.forget_slice(self.order.1[*i], &mut dirty);
+        }
+        let mut unowned = false;
+        for i in services {
+            let owner = self.see_service(&snap.services[i]).flatten();
+            unowned |= owner.is_none();
+            dirty.extend(owner);
+        }
+        for i in slices {
+            let owner = self.see_slice(&snap.slices[i]).flatten();
+            unowned |= owner.is_none();
+            dirty.extend(owner);
+        }
+        self.verdict(unowned, dirty)
+    }
+
+    fn verdict(&self, unowned: bool, dirty: BTreeSet<ServiceRef>) -> Changes {
+        // Two objects of one name: which one counts is the full build's
+        // business.
+        if unowned || self.by_service.len() != self.services.len() {
+            return Changes::Everything;
+        }
+        Changes::Services(dirty)
+    }
+
+    /// [`Self::update`] by one lookup per object.
+    fn update_by_lookup(&mut self, snap: &Snapshot) -> Changes {
         self.epoch += 1;
         let mut dirty = BTreeSet::new();
         let mut unowned = false;
@@ -69,12 +134,7 @@ impl Objects {
             }
         }
         self.sweep(&mut dirty);
-        // Two objects of one name: which one counts is the full build's
-        // business.
-        if unowned || self.by_service.len() != self.services.len() {
-            return Changes::Everything;
-        }
-        Changes::Services(dirty)
+        self.verdict(unowned, dirty)
     }
 
     /// Marks `svc` seen; for a new object, its owner (None: unnamed).
@@ -123,39 +183,58 @@ impl Objects {
     /// Drops the objects this update did not see; their Services changed.
     fn sweep(&mut self, dirty: &mut BTreeSet<ServiceRef>) {
         let epoch = self.epoch;
-        let by_service = &mut self.by_service;
-        self.services.retain(|_, seen| {
-            if seen.epoch == epoch {
-                return true;
+        let stale_services: Vec<usize> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.epoch != epoch)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stale_services {
+            self.forget_service(p, dirty);
+        }
+        let stale_slices: Vec<usize> = self
+            .slices
+            .iter()
+            .filter(|(_, s)| s.epoch != epoch)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stale_slices {
+            self.forget_slice(p, dirty);
+        }
+    }
+
+    /// Drops the Service object at `p`; its Service changed.
+    fn forget_service(&mut self, p: usize, dirty: &mut BTreeSet<ServiceRef>) {
+        let Some(seen) = self.services.remove(&p) else {
+            return;
+        };
+        if let Some(key) = seen.owner {
+            // A replaced object left its successor in place.
+            if self
+                .by_service
+                .get(&key)
+                .is_some_and(|s| Arc::ptr_eq(s, &seen.obj))
+            {
+                self.by_service.remove(&key);
             }
-            if let Some(key) = &seen.owner {
-                // Replaced objects left their successor in place.
-                if by_service
-                    .get(key)
-                    .is_some_and(|s| Arc::ptr_eq(s, &seen.obj))
-                {
-                    by_service.remove(key);
+            dirty.insert(key);
+        }
+    }
+
+    /// Drops the slice object at `p`; its Service changed.
+    fn forget_slice(&mut self, p: usize, dirty: &mut BTreeSet<ServiceRef>) {
+        let Some(seen) = self.slices.remove(&p) else {
+            return;
+        };
+        if let Some(key) = seen.owner {
+            if let Some(list) = self.slices_of.get_mut(&key) {
+                list.retain(|s| !Arc::ptr_eq(s, &seen.obj));
+                if list.is_empty() {
+                    self.slices_of.remove(&key);
                 }
-                dirty.insert(key.clone());
             }
-            false
-        });
-        let slices_of = &mut self.slices_of;
-        self.slices.retain(|_, seen| {
-            if seen.epoch == epoch {
-                return true;
-            }
-            if let Some(key) = &seen.owner {
-                if let Some(list) = slices_of.get_mut(key) {
-                    list.retain(|s| !Arc::ptr_eq(s, &seen.obj));
-                    if list.is_empty() {
-                        slices_of.remove(key);
-                    }
-                }
-                dirty.insert(key.clone());
-            }
-            false
-        });
+            dirty.insert(key);
+        }
     }
 
     /// The Service `key` as the last snapshot had it.
@@ -233,6 +312,30 @@ mod tests {
         assert_eq!(objects.update(&snap), keys(&["b"]), "b deleted");
         assert!(objects.service(&("ns".into(), "b".into())).is_none());
         assert_eq!(objects.service_count(), 1);
+    }
+
+    #[test]
+    fn lists_of_the_same_length_are_compared_in_place_even_when_reordered() {
+        let (a, b, c) = (svc("a"), svc("b"), svc("c"));
+        let mut objects = Objects::default();
+        let mut snap = Snapshot {
+            services: vec![a.clone(), b.clone(), c.clone()],
+            ..Snapshot::default()
+        };
+        objects.update(&snap);
+        // a and c swap places, b is replaced: only b changed, but the moved
+        // ones are taken out and put back (counted as changed, harmlessly).
+        snap.services = vec![c.clone(), svc("b"), a.clone()];
+        assert_eq!(objects.update(&snap), keys(&["a", "b", "c"]));
+        assert_eq!(objects.service_count(), 3);
+        snap.services = vec![c, svc("b2"), a];
+        assert_eq!(
+            objects.update(&snap),
+            keys(&["b", "b2"]),
+            "b replaced by b2"
+        );
+        assert!(objects.service(&("ns".into(), "b".into())).is_none());
+        assert_eq!(objects.update(&snap), keys(&[]));
     }
 
     #[test]

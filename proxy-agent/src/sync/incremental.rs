@@ -4,7 +4,7 @@
 //! alone (an id space or a map full, too many Services changed, maps that
 //! do not hold the whole desired state) it leaves to the full sync, which
 //! reaches the same maps (a property test checks that).
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc};
 
 use tracing::debug;
 
@@ -168,8 +168,16 @@ impl<M: LbMaps> Syncer<M> {
     /// pairs, the ids no one uses any more.
     fn commit(&mut self, written: &mut Written, d: &Delta, pieces: &Pieces) {
         d.commit(&mut written.state);
-        let removed = update_live(&mut written.live, pieces);
-        self.publish_live(&written.live, removed);
+        // Changed in place: the sweepers clone the Arc only while they
+        // use it, so this costs the change, not a copy of every pair.
+        let mut removed = false;
+        self.live_pairs.send_modify(|cur| {
+            let live = Arc::make_mut(cur.get_or_insert_with(Default::default));
+            removed = update_live(live, pieces);
+        });
+        if removed {
+            self.prune_affinity();
+        }
         for fe in &pieces.gone {
             self.ids.forget_frontend(fe);
         }
