@@ -32,6 +32,11 @@ pub fn service_yaml(i: usize) -> String {
     )
 }
 
+/// How the event clock names version `version` of Service `i`'s slice.
+pub fn slice_key(i: usize, version: usize) -> String {
+    bpfproxy_tests::event_clock::key(&format!("svc-{i}-1"), &endpoint(i, version).to_string())
+}
+
 pub fn slice_yaml(i: usize, version: usize) -> String {
     let a = endpoint(i, version).to_string();
     let b = endpoint(i, version + 1).to_string();

@@ -8,7 +8,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use bpfproxy_tests::{
-    apiserver::ApiServer, cluster::Cluster, Agent, AgentConfig, PrivateBpffs, TestCgroup,
+    apiserver::ApiServer, cluster::Cluster, event_clock::EventClock, Agent, AgentConfig,
+    PrivateBpffs, TestCgroup,
 };
 use proxy_agent::{loader::pin_dir, maps::pinned::PinnedMaps};
 use proxy_common::{proto, ServiceKey};
@@ -135,8 +136,10 @@ impl Subject {
 pub struct Single {
     /// Agent start → the last Service in the maps.
     pub cold: Duration,
-    /// EndpointSlice change accepted → in the maps, one per round.
+    /// EndpointSlice change sent → in the maps, one per round.
     pub changes: Vec<Duration>,
+    /// The API server's watch event → in the maps, one per round.
+    pub from_event: Vec<Duration>,
     /// The agent's pid while it runs (for its memory).
     pub rss: crate::kube_proxy::rss::Rss,
 }
@@ -156,20 +159,41 @@ pub fn single(n: usize, rounds: usize) -> Result<Single> {
     let t = Instant::now();
     let mut subject = [Subject::start(VARIANTS[0], &api, n)?];
     let cold = t.elapsed();
-    let mut changes = Vec::new();
+    let clock = EventClock::start(&api.kubeconfig(), "bench")?;
+    let (mut changes, mut from_event) = (Vec::new(), Vec::new());
     for r in 0..rounds {
         let i = (r * 7919 + 13) % n;
         let t0 = Instant::now();
         cluster.apply_yaml(&objects::slice_yaml(i, r + 1))?;
         let took = wait_all(&mut subject, &[(i, r + 1)], t0, Duration::from_secs(60))?;
+        from_event.extend(since_event(&clock, i, r + 1, t0, &took)?);
         changes.extend(took);
     }
     let pid = subject[0].agent.pid().context("the agent has no pid")?;
     Ok(Single {
         cold,
         changes,
+        from_event,
         rss: crate::kube_proxy::rss::Rss::of(pid)?,
     })
+}
+
+/// The times from the watch event of Service `i`'s `version` to each
+/// agent's map, given the times `took` from `t0`.
+fn since_event(
+    clock: &EventClock,
+    i: usize,
+    version: usize,
+    t0: Instant,
+    took: &[Duration],
+) -> Result<Vec<Duration>> {
+    let event = clock
+        .seen(&objects::slice_key(i, version), Duration::from_secs(10))
+        .context("the watch never saw the change")?;
+    Ok(took
+        .iter()
+        .map(|d| (t0 + *d).saturating_duration_since(event))
+        .collect())
 }
 
 pub fn run(sizes: &[usize], rounds: usize) -> Result<()> {
@@ -206,23 +230,31 @@ pub fn run(sizes: &[usize], rounds: usize) -> Result<()> {
             initial.as_secs_f64()
         );
 
+        let clock = EventClock::start(&api.kubeconfig(), "bench")?;
         let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); subjects.len()];
+        let mut from_event: Vec<Vec<Duration>> = vec![Vec::new(); subjects.len()];
         for r in 0..rounds {
             let i = (r * 7919 + 13) % n;
             let version = r + 1;
             let t0 = Instant::now();
             cluster.apply_yaml(&objects::slice_yaml(i, version))?;
             let took = wait_all(&mut subjects, &[(i, version)], t0, Duration::from_secs(60))?;
+            let since = since_event(&clock, i, version, t0, &took)?;
+            for (out, d) in from_event.iter_mut().zip(since) {
+                out.push(d);
+            }
             for (out, d) in samples.iter_mut().zip(took) {
                 out.push(d);
             }
         }
-        for (s, out) in subjects.iter().zip(samples.iter_mut()) {
+        for (k, s) in subjects.iter().enumerate() {
             let _ = writeln!(
                 body,
-                "- single change, min-sync-period {:>5}: {}",
+                "- single change, min-sync-period {:>5}: sent → map {}\n  {:>39} watch event → map {}",
                 s.name,
-                report::summary(out)
+                report::summary(&mut samples[k]),
+                "",
+                report::summary(&mut from_event[k])
             );
         }
 

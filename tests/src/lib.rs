@@ -18,6 +18,7 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod cluster;
 pub mod container;
+pub mod event_clock;
 pub mod flood;
 pub mod forward;
 pub mod interrupt;

@@ -69,10 +69,17 @@ fn load_table(opts: &Options, sizes: &[Size]) -> String {
         if let Some(a) = &s.api {
             rows.push(row(
                 s.n,
-                "bpfproxy agent, API server",
+                "bpfproxy agent, API server (write sent → map)",
                 "—".into(),
                 &[a.cold],
                 &a.changes,
+            ));
+            rows.push(row(
+                s.n,
+                "bpfproxy agent, API server (watch event → map)",
+                "—".into(),
+                &[a.cold],
+                &a.from_event,
             ));
         }
         let cold = [s.connect.agent_cold];
@@ -260,8 +267,8 @@ fn panels(sizes: &[Size]) -> Vec<chart::Panel> {
         Some(ms(s.connect.agent_cold))
     }));
     update.push(series("bpfproxy pipeline", &|s| p50(&s.pipeline.cached)));
-    update.push(series("bpfproxy agent (API server)", &|s| {
-        p50(&s.api.as_ref()?.changes)
+    update.push(series("bpfproxy agent (API server event)", &|s| {
+        p50(&s.api.as_ref()?.from_event)
     }));
     conn.push(series("bpfproxy agent: socket LB", &|s| {
         p50(&s.connect.socket_lb).map(|v| v * 1000.0)
