@@ -14,6 +14,13 @@ use kube::{
 };
 use serde::Deserialize;
 
+/// A client for the cluster `kubeconfig` names.
+pub async fn client(kubeconfig: &Path) -> Result<Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
 pub struct Cluster {
     rt: tokio::runtime::Runtime,
     client: Client,
@@ -27,11 +34,7 @@ impl Cluster {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let client = rt.block_on(async {
-            let kc = Kubeconfig::read_from(kubeconfig)?;
-            let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-            anyhow::Ok(Client::try_from(config)?)
-        })?;
+        let client = rt.block_on(client(kubeconfig))?;
         Ok(Self { rt, client })
     }
 

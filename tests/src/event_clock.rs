@@ -15,9 +15,8 @@ use anyhow::Result;
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::{
-    config::{KubeConfigOptions, Kubeconfig},
     runtime::{watcher, WatchStreamExt},
-    Api, Client, Config,
+    Api,
 };
 
 type Seen = Arc<Mutex<HashMap<String, Instant>>>;
@@ -43,11 +42,7 @@ impl EventClock {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let client = rt.block_on(async {
-            let kc = Kubeconfig::read_from(kubeconfig)?;
-            let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-            anyhow::Ok(Client::try_from(config)?)
-        })?;
+        let client = rt.block_on(crate::cluster::client(kubeconfig))?;
         let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
         let record = seen.clone();
         let thread = std::thread::spawn(move || {
