@@ -58,35 +58,44 @@ fn ptr<K>(obj: &Arc<K>) -> usize {
     Arc::as_ptr(obj) as usize
 }
 
+/// The positions where `now` holds another object than `before` did.
+fn moved_positions<K>(before: &[usize], now: &[Arc<K>]) -> Vec<usize> {
+    before
+        .iter()
+        .zip(now)
+        .enumerate()
+        .filter(|(_, (b, n))| **b != ptr(n))
+        .map(|(i, _)| i)
+        .collect()
+}
+
 impl Objects {
     /// Takes in `snap` and says what changed since the last one.
     pub fn update(&mut self, snap: &Snapshot) -> Changes {
-        let order = (
-            snap.services.iter().map(ptr).collect::<Vec<_>>(),
-            snap.slices.iter().map(ptr).collect::<Vec<_>>(),
-        );
-        let same_shape = order.0.len() == self.order.0.len()
-            && order.1.len() == self.order.1.len()
+        let same_shape = snap.services.len() == self.order.0.len()
+            && snap.slices.len() == self.order.1.len()
             && !self.services.is_empty();
-        let changes = if same_shape {
-            self.update_in_place(snap, &order)
-        } else {
-            self.update_by_lookup(snap)
-        };
-        self.order = order;
+        if same_shape {
+            return self.update_in_place(snap);
+        }
+        let changes = self.update_by_lookup(snap);
+        self.order = (
+            snap.services.iter().map(ptr).collect(),
+            snap.slices.iter().map(ptr).collect(),
+        );
         changes
     }
 
     /// [`Self::update`] when both lists kept their lengths: the positions
     /// whose pointer differs hold the changes. The objects they held go
     /// first, so an object that only moved is taken out and put back.
-    fn update_in_place(&mut self, snap: &Snapshot, order: &(Vec<usize>, Vec<usize>)) -> Changes {
+    /// Nothing here allocates in proportion to the cluster (a large
+    /// allocation right after a full sync's frees makes the allocator
+    /// consolidate its whole heap).
+    fn update_in_place(&mut self, snap: &Snapshot) -> Changes {
+        let services = moved_positions(&self.order.0, &snap.services);
+        let slices = moved_positions(&self.order.1, &snap.slices);
         let mut dirty = BTreeSet::new();
-        let moved = |old: &[usize], new: &[usize]| -> Vec<usize> {
-            (0..new.len()).filter(|i| old[*i] != new[*i]).collect()
-        };
-        let services = moved(&self.order.0, &order.0);
-        let slices = moved(&self.order.1, &order.1);
         for i in &services {
             self.forget_service(self.order.0[*i], &mut dirty);
         }
@@ -95,11 +104,13 @@ impl Objects {
         }
         let mut unowned = false;
         for i in services {
+            self.order.0[i] = ptr(&snap.services[i]);
             let owner = self.see_service(&snap.services[i]).flatten();
             unowned |= owner.is_none();
             dirty.extend(owner);
         }
         for i in slices {
+            self.order.1[i] = ptr(&snap.slices[i]);
             let owner = self.see_slice(&snap.slices[i]).flatten();
             unowned |= owner.is_none();
             dirty.extend(owner);
