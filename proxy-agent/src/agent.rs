@@ -118,7 +118,8 @@ async fn serve(args: RunArgs, s: Started) -> anyhow::Result<()> {
         period: args.sync_period,
     };
     let live_pairs = s.syncer.live_pairs();
-    tasks.spawn_forever("sync", sync::run(s.syncer, rx, config, hc_tx));
+    let node_addrs = s.node_watch.addresses();
+    tasks.spawn_forever("sync", sync::run(s.syncer, rx, node_addrs, config, hc_tx));
     tasks.spawn(
         "conntrack-sweeper",
         ct_sweeper::run(s.pin_dir.clone(), s.metrics.clone(), live_pairs.clone()),

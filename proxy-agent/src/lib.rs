@@ -23,6 +23,7 @@ pub mod node_addrs;
 pub mod node_links;
 pub mod node_watch;
 pub mod preflight;
+pub mod runner;
 pub mod server;
 pub mod service_stats;
 pub mod snat_ports;

@@ -98,6 +98,33 @@ pub fn entries(selected: &[Ipv4Addr]) -> BTreeMap<u32, NodeAddrValue> {
     out
 }
 
+/// What the node-address map holds: this node's addresses (network byte
+/// order) and the SNAT address under key 0, as [`entries`] makes them.
+pub type NodeAddrEntries = BTreeMap<u32, NodeAddrValue>;
+
+/// One write to the node-address map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeAddrOp {
+    Upsert(u32, NodeAddrValue),
+    Delete(u32),
+}
+
+/// The writes that make a map holding `actual` hold `want`: only the
+/// entries that differ, new and changed ones first and stale ones last, so
+/// an address that stays never stops answering NodePorts, and key 0 (the
+/// SNAT address) is replaced in one write rather than deleted first.
+pub fn plan(want: &NodeAddrEntries, actual: &NodeAddrEntries) -> Vec<NodeAddrOp> {
+    let upserts = want
+        .iter()
+        .filter(|(k, v)| actual.get(k) != Some(v))
+        .map(|(k, v)| NodeAddrOp::Upsert(*k, *v));
+    let deletes = actual
+        .keys()
+        .filter(|k| !want.contains_key(k))
+        .map(|k| NodeAddrOp::Delete(*k));
+    upserts.chain(deletes).collect()
+}
+
 /// One IPv4 address of one interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InterfaceAddr {
@@ -188,7 +215,9 @@ pub fn reply_devices(ifaddrs: &[InterfaceAddr], serving: &[String]) -> Vec<Strin
 }
 
 /// Makes the pinned node-address map in `pin_dir` hold exactly `want`
-/// (a NodePort never stops answering on an address that stays).
+/// (a NodePort never stops answering on an address that stays). The agent
+/// writes this map from its sync loop only; this is for test harnesses and
+/// benchmarks that run the programs without an agent.
 pub fn program(pin_dir: &Path, want: &BTreeMap<u32, NodeAddrValue>) -> Result<(), MapsError> {
     crate::maps::pinned::sync_hash(pin_dir, names::NODE_ADDRS, want)
 }
@@ -294,5 +323,26 @@ mod tests {
         assert_eq!(e[&k].snat_ip(), Ipv4Addr::new(10, 0, 1, 1));
         assert_eq!(e[&k].flags, node_flags::NODEPORT);
         assert!(entries(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_plan_writes_only_differences_and_deletes_last() {
+        let a = Ipv4Addr::new(10, 0, 0, 1);
+        let b = Ipv4Addr::new(10, 0, 1, 1);
+        let c = Ipv4Addr::new(10, 0, 2, 1);
+        let before = entries(&[a, b]);
+        assert!(plan(&before, &before).is_empty(), "no change, no write");
+        let after = entries(&[c, b]);
+        let ops = plan(&after, &before);
+        let key = |ip: Ipv4Addr| u32::from_ne_bytes(ip.octets());
+        assert_eq!(
+            ops,
+            [
+                NodeAddrOp::Upsert(0, NodeAddrValue::new(c, 0)),
+                NodeAddrOp::Upsert(key(c), NodeAddrValue::new(c, node_flags::NODEPORT)),
+                NodeAddrOp::Delete(key(a)),
+            ],
+            "b stays untouched; the SNAT entry is replaced in place"
+        );
     }
 }

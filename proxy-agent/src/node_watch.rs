@@ -3,18 +3,20 @@
 //! the devices the TC programs sit on. Addresses come and go on real nodes
 //! (DHCP renewals, a Wi-Fi link coming up on a Raspberry Pi, a VIP moved by
 //! keepalived), so they are re-read every [`REFRESH_EVERY`]; reading them
-//! costs one `getifaddrs`, and the maps and links change only on a
-//! difference.
+//! costs one `getifaddrs`, and the device map and links change only on a
+//! difference. The node-address map is not written here: the addresses are
+//! published to the sync loop, its one writer (`sync::run`).
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use proxy_common::DeviceValue;
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::{
     loader::{Loaded, TcDevices},
     metrics::Metrics,
-    node_addrs::{self, InterfaceAddr, Ipv4Cidr},
+    node_addrs::{self, InterfaceAddr, Ipv4Cidr, NodeAddrEntries},
     node_links::{self, Link},
 };
 
@@ -56,8 +58,9 @@ pub struct NodeWatch {
     pin_dir: PathBuf,
     filter: Vec<Ipv4Cidr>,
     devices: Devices,
-    /// The addresses last written to the node-address map.
-    programmed: Option<Vec<Ipv4Addr>>,
+    /// The node-address map entries the interfaces ask for (none until
+    /// they were first read), for the sync loop to write.
+    addrs: watch::Sender<Option<NodeAddrEntries>>,
     /// What was last written to the device map.
     programmed_links: Option<BTreeMap<u32, DeviceValue>>,
     /// The last refresh error, logged once rather than every period.
@@ -80,7 +83,7 @@ impl NodeWatch {
             pin_dir,
             filter,
             devices,
-            programmed: None,
+            addrs: watch::Sender::new(None),
             programmed_links: None,
             last_error: None,
             repin_error: None,
@@ -88,18 +91,18 @@ impl NodeWatch {
         }
     }
 
-    /// Re-reads the interfaces; rewrites the node-address and device maps
-    /// and moves the TC programs where something changed.
+    /// The node-address map entries, as the interfaces last read ask for.
+    pub fn addresses(&self) -> watch::Receiver<Option<NodeAddrEntries>> {
+        self.addrs.subscribe()
+    }
+
+    /// Re-reads the interfaces; publishes the addresses, rewrites the
+    /// device map and moves the TC programs where something changed.
     pub fn refresh(&mut self) -> anyhow::Result<()> {
         let ifaddrs = node_addrs::interface_addrs().context("listing the node's addresses")?;
         let addrs: Vec<Ipv4Addr> = ifaddrs.iter().map(|i| i.addr).collect();
         let selected = node_addrs::select(&addrs, &self.filter);
-        if self.programmed.as_ref() != Some(&selected) {
-            node_addrs::program(&self.pin_dir, &node_addrs::entries(&selected))
-                .context("writing the node-address map")?;
-            info!(addresses = ?selected, "NodePorts answer on these addresses");
-            self.programmed = Some(selected.clone());
-        }
+        self.publish(&selected);
         let links = node_links::read_links(&ifaddrs);
         let entries = node_links::entries(&ifaddrs, &links);
         if self.programmed_links.as_ref() != Some(&entries) {
@@ -140,6 +143,22 @@ impl NodeWatch {
             })
             .await
             .context("refreshing the node's addresses and devices")?;
+        }
+    }
+
+    /// Hands the entries for `selected` to the sync loop, waking it only
+    /// when they changed.
+    fn publish(&self, selected: &[Ipv4Addr]) {
+        let want = node_addrs::entries(selected);
+        let changed = self.addrs.send_if_modified(|cur| {
+            if cur.as_ref() == Some(&want) {
+                return false;
+            }
+            *cur = Some(want.clone());
+            true
+        });
+        if changed {
+            info!(addresses = ?selected, "NodePorts answer on these addresses");
         }
     }
 

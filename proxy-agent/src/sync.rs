@@ -2,12 +2,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use k8s_openapi::api::core::v1::Node;
 use tokio::sync::watch;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
 use crate::{
     ct_sweeper::{Live, LivePairs},
@@ -17,18 +17,21 @@ use crate::{
     },
     maps::sizes,
     maps::{LbMaps, MapsError},
-    metrics::{unix_now, MapLabels, Metrics, PolicyLabels, ReasonLabels, SkipLabels},
+    metrics::{MapLabels, Metrics, PolicyLabels, ReasonLabels, SkipLabels},
     model::{BuildOutput, HealthCheck, Model, ModelConfig, Skip, SkipReason},
+    node_addrs::NodeAddrEntries,
     source::Snapshot,
 };
 
 mod changes;
+mod driver;
 mod incremental;
+mod node;
 
 use changes::{Changes, Objects};
+pub use driver::run;
+pub use node::NodeAddrOutcome;
 
-/// How long to wait before retrying after a sync that left work undone.
-const RETRY: Duration = Duration::from_secs(1);
 /// The Node label that places it in a zone (topology hints).
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Taint the cluster autoscaler puts on a node it is about to delete.
@@ -98,6 +101,8 @@ pub struct Syncer<M: LbMaps> {
     health_checks: BTreeMap<u16, HealthCheck>,
     /// The (revNAT id, backend id) pairs written, for the conntrack sweeper.
     live_pairs: watch::Sender<LivePairs>,
+    /// What the node-address map holds after the last complete write.
+    node_written: Option<NodeAddrEntries>,
 }
 
 /// What the maps hold after a complete sync.
@@ -130,6 +135,7 @@ impl<M: LbMaps> Syncer<M> {
             written: None,
             health_checks: BTreeMap::new(),
             live_pairs: watch::Sender::new(None),
+            node_written: None,
         })
     }
 
@@ -380,80 +386,6 @@ fn room_skip(l: &LeftOut, capacity: &sizes::MapSizes) -> Skip {
             "frontend {} does not fit map {} ({size} entries, {flag}); {what}",
             l.frontend, l.map
         ),
-    }
-}
-
-/// Runs syncs until the snapshot channel closes. Nothing is written before
-/// the source's first complete snapshot (restart safety). Between changes, a
-/// sync every `period` re-reads the maps and repairs drift.
-pub async fn run<M: LbMaps>(
-    mut syncer: Syncer<M>,
-    mut rx: watch::Receiver<Option<Snapshot>>,
-    config: SyncConfig,
-    health_checks: watch::Sender<BTreeMap<u16, HealthCheck>>,
-) {
-    let mut first = true;
-    let mut retry = false;
-    loop {
-        let wait = if retry { RETRY } else { config.period };
-        let changed = tokio::select! {
-            changed = rx.changed() => {
-                if changed.is_err() { return }
-                true
-            }
-            _ = tokio::time::sleep(wait) => false,
-        };
-        let Some(snap) = rx.borrow_and_update().clone() else {
-            continue; // not synced yet
-        };
-        let started = SystemTime::now();
-        let clock = std::time::Instant::now();
-        // Timer-driven syncs re-read the maps (drift repair); change-driven
-        // ones trust the last complete write.
-        match syncer.sync(&snap, !changed) {
-            Ok(outcome) => {
-                let secs = clock.elapsed().as_secs_f64();
-                let m = &syncer.metrics;
-                m.sync_duration.observe(secs);
-                m.last_sync_timestamp.set(unix_now());
-                m.changes_applied();
-                if outcome.healthy() {
-                    m.health.updated(started, SystemTime::now());
-                }
-                // Writes without a change to the objects mean the maps had
-                // drifted (someone edited them, or a write was lost).
-                if !changed && !retry && !first && outcome.ops > 0 {
-                    warn!(
-                        ops = outcome.ops,
-                        "periodic resync repaired drift in the maps"
-                    );
-                    m.drift_repairs.inc_by(outcome.ops as u64);
-                }
-                health_checks.send_if_modified(|hc| {
-                    let changed = hc != syncer.health_checks();
-                    if changed {
-                        hc.clone_from(syncer.health_checks());
-                    }
-                    changed
-                });
-                retry = !outcome.complete();
-                if first || outcome.ops > 0 {
-                    info!(
-                        ops = outcome.ops,
-                        failed = outcome.failed,
-                        held_back = outcome.held_back,
-                        ms = secs * 1000.0,
-                        "synced"
-                    );
-                }
-                first = false;
-            }
-            Err(e) => {
-                error!(error = %e, "sync failed; retrying");
-                retry = true;
-            }
-        }
-        tokio::time::sleep(config.min_interval).await;
     }
 }
 

@@ -12,6 +12,7 @@ use proxy_agent::{
     model::{
         DesiredState, Endpoint, Frontend, FrontendKind, FrontendState, Protocol, ServicePortName,
     },
+    node_addrs::{NodeAddrEntries, NodeAddrOp},
 };
 
 /// Fake maps that check the invariant after every write.
@@ -30,6 +31,12 @@ impl<M: LbMaps> LbMaps for Checking<M> {
             self.violations.push(format!("after {op:?}: {v}"));
         }
         r
+    }
+    fn read_node_addrs(&self) -> Result<NodeAddrEntries, MapsError> {
+        self.inner.read_node_addrs()
+    }
+    fn apply_node_addr(&mut self, op: &NodeAddrOp) -> Result<(), MapsError> {
+        self.inner.apply_node_addr(op)
     }
 }
 

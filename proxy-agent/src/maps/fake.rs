@@ -2,11 +2,16 @@
 //! and a faulty one that fails chosen writes.
 
 use super::{sizes::MapSizes, LbMaps, MapsError};
-use crate::datapath::{MapState, Op};
+use crate::{
+    datapath::{MapState, Op},
+    node_addrs::{NodeAddrEntries, NodeAddrOp},
+};
 
 #[derive(Clone, Debug)]
 pub struct FakeMaps {
     pub state: MapState,
+    /// The node-address map.
+    pub node_addrs: NodeAddrEntries,
     /// Max entries per map, as the kernel would enforce.
     pub capacity: u32,
     /// Max entries of the backend map alone (to fill just that one).
@@ -17,6 +22,7 @@ impl FakeMaps {
     pub fn new(capacity: u32) -> Self {
         Self {
             state: MapState::default(),
+            node_addrs: NodeAddrEntries::new(),
             capacity,
             backend_capacity: capacity,
         }
@@ -75,6 +81,30 @@ impl LbMaps for FakeMaps {
         op.apply_to(&mut self.state);
         Ok(())
     }
+
+    fn read_node_addrs(&self) -> Result<NodeAddrEntries, MapsError> {
+        Ok(self.node_addrs.clone())
+    }
+
+    /// Refuses a new key beyond `capacity`, as the kernel would.
+    fn apply_node_addr(&mut self, op: &NodeAddrOp) -> Result<(), MapsError> {
+        match op {
+            NodeAddrOp::Upsert(k, v) => {
+                let full = self.node_addrs.len() >= self.capacity as usize;
+                if full && !self.node_addrs.contains_key(k) {
+                    return Err(MapsError::Full {
+                        map: proxy_common::maps::NODE_ADDRS,
+                        capacity: self.capacity,
+                    });
+                }
+                self.node_addrs.insert(*k, *v);
+            }
+            NodeAddrOp::Delete(k) => {
+                self.node_addrs.remove(k);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Fails every op for which `fail(index, op)` is true (index counts all ops
@@ -113,5 +143,13 @@ impl<F: FnMut(usize, &Op) -> bool> LbMaps for FaultyMaps<F> {
             });
         }
         self.inner.apply(op)
+    }
+
+    fn read_node_addrs(&self) -> Result<NodeAddrEntries, MapsError> {
+        self.inner.read_node_addrs()
+    }
+
+    fn apply_node_addr(&mut self, op: &NodeAddrOp) -> Result<(), MapsError> {
+        self.inner.apply_node_addr(op)
     }
 }

@@ -7,7 +7,10 @@ pub mod sizes;
 
 pub use fake::{FakeMaps, FaultyMaps};
 
-use crate::datapath::{MapState, Op};
+use crate::{
+    datapath::{MapState, Op},
+    node_addrs::{NodeAddrEntries, NodeAddrOp},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -41,6 +44,12 @@ pub trait LbMaps {
     fn read_all(&self) -> Result<MapState, MapsError>;
     /// One write. Deleting a missing key is success (idempotence).
     fn apply(&mut self, op: &Op) -> Result<(), MapsError>;
+    /// What the node-address map holds (NodePort destinations, SNAT
+    /// sources): kept apart from [`MapState`], as the node's interfaces,
+    /// not the Services, decide it.
+    fn read_node_addrs(&self) -> Result<NodeAddrEntries, MapsError>;
+    /// One write to the node-address map. Deleting a missing key is success.
+    fn apply_node_addr(&mut self, op: &NodeAddrOp) -> Result<(), MapsError>;
     /// Deletes session-affinity entries whose (revNAT id, backend id) pair
     /// `keep` rejects: the backend left that frontend. Returns how many.
     fn prune_affinity(&mut self, keep: &dyn Fn(u32, u32) -> bool) -> Result<usize, MapsError> {

@@ -10,15 +10,18 @@ use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuArray,
 };
 use proxy_common::{
-    counters, maps as names, AffinityKey, AffinityValue, BackendValue, RevNatValue, ServiceKey,
-    ServiceName, ServiceStats, ServiceValue, SourceRange,
+    counters, maps as names, AffinityKey, AffinityValue, BackendValue, NodeAddrValue, RevNatValue,
+    ServiceKey, ServiceName, ServiceStats, ServiceValue, SourceRange,
 };
 
 use super::{
     sizes::{self, MapSizes},
     LbMaps, MapsError,
 };
-use crate::datapath::{MapState, Op, SourceRangeEntry};
+use crate::{
+    datapath::{MapState, Op, SourceRangeEntry},
+    node_addrs::{NodeAddrEntries, NodeAddrOp},
+};
 
 /// errno of a full hash map on update.
 const E2BIG: i32 = 7;
@@ -34,6 +37,8 @@ pub struct PinnedMaps {
     /// Traffic counters by frontend id: zeroed when the id is freed, so a
     /// later frontend with the id starts from zero.
     service_stats: Array<MapData, ServiceStats>,
+    /// This node's addresses: where NodePorts answer, what SNAT uses.
+    node_addrs: HashMap<MapData, u32, NodeAddrValue>,
     /// The kernel's sizes of these maps.
     sizes: MapSizes,
 }
@@ -55,8 +60,8 @@ pub(crate) fn open<T: TryFrom<Map, Error = MapError>>(
 
 /// Makes the pinned hash map `name` in `dir` hold exactly `want`: new and
 /// changed entries first, then stale ones removed, so a reader never misses
-/// an entry that stays (the node-address and device maps, small maps the
-/// node watch rewrites whole).
+/// an entry that stays (the device map, a small map the node watch rewrites
+/// whole, and test harnesses).
 pub(crate) fn sync_hash<K, V>(
     dir: &Path,
     name: &'static str,
@@ -169,6 +174,7 @@ impl PinnedMaps {
             affinity: open(dir, names::AFFINITY)?,
             source_ranges: open(dir, names::SOURCE_RANGES)?,
             service_stats: open(dir, names::SERVICE_STATS)?,
+            node_addrs: open(dir, names::NODE_ADDRS)?,
         })
     }
 
@@ -250,6 +256,21 @@ impl LbMaps for PinnedMaps {
                 .collect(),
             source_ranges: self.read_source_ranges()?,
         })
+    }
+
+    fn read_node_addrs(&self) -> Result<NodeAddrEntries, MapsError> {
+        read(&self.node_addrs, names::NODE_ADDRS)
+    }
+
+    fn apply_node_addr(&mut self, op: &NodeAddrOp) -> Result<(), MapsError> {
+        let name = names::NODE_ADDRS;
+        match op {
+            NodeAddrOp::Upsert(k, v) => self
+                .node_addrs
+                .insert(k, v, 0)
+                .map_err(|e| write_err(name, e, &self.sizes)),
+            NodeAddrOp::Delete(k) => remove(&mut self.node_addrs, k, name),
+        }
     }
 
     fn prune_affinity(&mut self, keep: &dyn Fn(u32, u32) -> bool) -> Result<usize, MapsError> {
