@@ -40,7 +40,8 @@ const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 /// Sync settings (from the command line).
 #[derive(Clone, Copy, Debug)]
 pub struct SyncConfig {
-    /// Minimum time between two syncs: bursts of changes coalesce into one.
+    /// Minimum time from the end of one sync to the start of the next:
+    /// bursts of changes coalesce into one.
     pub min_interval: Duration,
     /// Full resync period: re-reads the maps and repairs any drift.
     pub period: Duration,

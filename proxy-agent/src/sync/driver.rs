@@ -152,6 +152,7 @@ impl<M: LbMaps> Once<'_, M> {
                 node_addr_ops = node.ops,
                 failed = outcome.failed + node.failed,
                 held_back = outcome.held_back,
+                incremental = outcome.incremental,
                 ms = took.as_secs_f64() * 1000.0,
                 "synced"
             );
