@@ -1,8 +1,10 @@
 //! bpfproxy: an eBPF replacement for kube-proxy.
 //!
-//! The flow (see DESIGN.md): source → [`model::build_desired_state`] →
-//! [`datapath::render`] → [`datapath::plan`] → [`datapath::apply`] through
-//! [`maps::LbMaps`] → the kernel programs. Everything before `apply` is pure.
+//! The flow: source → [`model::Model`] (every Service's build, conflicts
+//! resolved) → [`datapath::render`] → [`datapath::plan`] →
+//! [`datapath::apply`] through [`maps::LbMaps`] → the kernel programs.
+//! Everything before `apply` is pure. A change to some Services goes the
+//! same way for those Services alone (`sync`'s incremental path).
 pub mod agent;
 pub mod bpffs;
 pub mod cli;

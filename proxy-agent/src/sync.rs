@@ -444,7 +444,7 @@ pub fn desired_maps(
         snap.slices.iter().map(|s| s.as_ref()),
         config,
     );
-    let built = model.output();
+    let built = model.summary();
     let rendered = render_frontends(model.frontends(), ids);
     for fe in &rendered.dropped {
         warn!(frontend = %fe, "no free id for frontend or backend; left out");

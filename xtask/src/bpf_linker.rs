@@ -1,5 +1,5 @@
 //! bpf-linker 0.13.0, linked against the libLLVM that the nightly toolchain
-//! ships (Debian's LLVM is too old). See shared/ENVIRONMENT.md.
+//! ships (Debian's LLVM is too old).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -227,8 +227,19 @@ impl Model {
         out
     }
 
-    /// Everything at once, as the full sync wants it.
+    /// Everything at once, the desired state included.
     pub fn output(&self) -> BuildOutput {
+        let mut out = self.summary();
+        out.state.frontends = self
+            .frontends()
+            .map(|(fe, state)| (*fe, state.clone()))
+            .collect();
+        out
+    }
+
+    /// Everything but the desired state (which [`Model::frontends`] lends
+    /// without copying): skips, trigger times, health checks, counts.
+    pub fn summary(&self) -> BuildOutput {
         let mut out = BuildOutput {
             skips: self.orphan_skips.clone(),
             health_checks: self.health_checks(),
@@ -245,9 +256,6 @@ impl Model {
         for (fe, set) in &self.claims {
             if set.len() > 1 {
                 out.skips.extend(self.duplicate_skips(fe));
-            }
-            if let Some(state) = self.winner(fe) {
-                out.state.frontends.insert(*fe, state.clone());
             }
         }
         out.skips.sort();
