@@ -134,3 +134,40 @@ fn the_drift_check_names_a_corrupted_entry_and_is_clean_after_the_repair() {
     let repaired = drift::check(&snap, ModelConfig::default(), s.maps()).expect("check");
     assert!(repaired.is_empty(), "{repaired:?}");
 }
+
+/// The network programming latency is observed once per new trigger time:
+/// once by the incremental sync that writes the change, not again by the
+/// full resync after it.
+#[test]
+fn a_trigger_time_is_observed_once_whichever_sync_writes_it() {
+    let trigger = "endpoints.kubernetes.io/last-change-trigger-time";
+    let with_trigger = |t: &str| {
+        YAML.replace(
+            "labels: {kubernetes.io/service-name: s}}",
+            &format!(
+                "labels: {{kubernetes.io/service-name: s}}, annotations: {{{trigger}: '{t}'}}}}"
+            ),
+        )
+    };
+    let metrics = Arc::new(Metrics::new());
+    let mut s =
+        Syncer::new(FakeMaps::new(1024), metrics.clone(), ModelConfig::default()).expect("syncer");
+    let count = |m: &Metrics| {
+        m.encode()
+            .lines()
+            .find(|l| l.starts_with("kubeproxy_network_programming_duration_seconds_count"))
+            .and_then(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let first = common::snapshot(&with_trigger("2026-01-01T00:00:00Z"));
+    s.sync(&first, true).expect("sync");
+    assert_eq!(count(&metrics), 1);
+    // The slice changes (same Service object, new slice object).
+    let mut second = first.clone();
+    second.slices = common::snapshot(&with_trigger("2026-01-01T00:00:01Z")).slices;
+    let out = s.sync(&second, false).expect("sync");
+    assert!(out.incremental, "{out:?}");
+    assert_eq!(count(&metrics), 2, "the change's trigger time");
+    s.sync(&second, true).expect("full resync");
+    assert_eq!(count(&metrics), 2, "not observed again by the full resync");
+}

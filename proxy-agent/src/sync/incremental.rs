@@ -26,8 +26,8 @@ struct ModelChange {
     frontends: Vec<(Frontend, Option<FrontendState>, Option<FrontendState>)>,
     skips_before: Vec<Skip>,
     skips_after: Vec<Skip>,
-    /// New trigger times of the changed Services.
-    triggers: Vec<(String, String)>,
+    /// The changed Services' trigger times that changed (None: gone).
+    triggers: Vec<(String, Option<String>)>,
     /// Whether a changed Service has or had a healthCheckNodePort.
     health: bool,
 }
@@ -74,9 +74,7 @@ impl<M: LbMaps> Syncer<M> {
         self.report_failures(&report);
         self.report_change_skips(&change);
         if report.ok() {
-            for (_, t) in &change.triggers {
-                self.observe_trigger(t);
-            }
+            self.observe_triggers(&change.triggers);
             self.commit(&mut written, &d, &pieces);
             self.record_state(&written.state);
             self.written = Some(written);
@@ -119,14 +117,15 @@ impl<M: LbMaps> Syncer<M> {
         }
         for (key, build) in builds {
             let new_trigger = build.as_ref().and_then(|b| b.trigger_time.clone());
-            if let Some(old) = self.model.replace(&key, build) {
-                change.skips_before.extend(old.skips);
-                if old.trigger_time == new_trigger {
-                    continue;
-                }
-            }
-            if let Some(t) = new_trigger {
-                change.triggers.push((format!("{}/{}", key.0, key.1), t));
+            let old = self.model.replace(&key, build);
+            let old_trigger = old.as_ref().and_then(|b| b.trigger_time.clone());
+            change
+                .skips_before
+                .extend(old.into_iter().flat_map(|b| b.skips));
+            if old_trigger != new_trigger {
+                change
+                    .triggers
+                    .push((format!("{}/{}", key.0, key.1), new_trigger));
             }
         }
         for key in dirty {
@@ -184,6 +183,22 @@ impl<M: LbMaps> Syncer<M> {
         for (_, base) in &d.unused_backends {
             if let Some(ident) = backend_ident(base) {
                 self.ids.forget_backend(&ident);
+            }
+        }
+    }
+
+    /// The network programming latency of the changed Services' new
+    /// trigger times, remembered as the full sync remembers them.
+    fn observe_triggers(&mut self, triggers: &[(String, Option<String>)]) {
+        for (svc, t) in triggers {
+            match t {
+                Some(t) => {
+                    self.observe_trigger(t);
+                    self.trigger_times.insert(svc.clone(), t.clone());
+                }
+                None => {
+                    self.trigger_times.remove(svc);
+                }
             }
         }
     }
