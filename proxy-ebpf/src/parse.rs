@@ -47,6 +47,20 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// A placeholder to parse into.
+    pub const EMPTY: Packet = Packet {
+        l4_off: 0,
+        l4_len: 0,
+        proto: 0,
+        tcp_flags: 0,
+        ttl_proto_be: 0,
+        df: false,
+        saddr_be: 0,
+        daddr_be: 0,
+        sport_be: 0,
+        dport_be: 0,
+    };
+
     pub fn sport_off(&self) -> u32 {
         self.l4_off
     }
