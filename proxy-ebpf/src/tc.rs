@@ -23,6 +23,8 @@
 //! The one exception is a rewrite that fails halfway: that packet is
 //! dropped, since sending it with mixed addresses or a wrong checksum is
 //! worse.
+use core::mem::MaybeUninit;
+
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -72,10 +74,12 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
     }
     // Parsed once here, in a call of its own, for every step below (a new
     // flow's packet used to be parsed twice, a settling one three times).
-    let mut pkt = Packet::EMPTY;
-    if !parse_into(&ctx, &mut pkt) {
+    let mut slot = MaybeUninit::<Packet>::uninit();
+    if !parse_into(&ctx, &mut slot) {
         return PASS;
     }
+    // SAFETY: parse_into wrote the packet when it returned true.
+    let pkt = unsafe { slot.assume_init() };
     let mut verdict = ingress_flow(&ctx, &pkt, true);
     if verdict == SETTLE {
         if let Some(dropped) = settle_flow(&pkt) {
@@ -92,13 +96,14 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
 /// Offset of the protocol byte inside the IPv4 header.
 const IP_PROTO_OFF: u32 = 9;
 
-/// Parses the packet into `pkt`; false (counted) for what passes untouched.
-/// Not inlined: the parser's buffers stay out of the entry's frame.
+/// Parses the packet into `slot` (written only when true); false (counted)
+/// for what passes untouched. Not inlined: the parser's buffers stay out
+/// of the entry's frame. The slot is not zeroed first: that took a call.
 #[inline(never)]
-fn parse_into(ctx: &TcContext, pkt: &mut Packet) -> bool {
+fn parse_into(ctx: &TcContext, slot: &mut MaybeUninit<Packet>) -> bool {
     match parse_or_pass(ctx) {
         Some(p) => {
-            *pkt = p;
+            slot.write(p);
             true
         }
         None => false,
@@ -364,18 +369,16 @@ fn forward(ctx: &TcContext, pkt: &Packet, e: &CtValue) -> i32 {
 /// Rewrites both ends of `pkt` as `e` says and sends it out by `hop`.
 #[inline(always)]
 fn translate_and_redirect(ctx: &TcContext, pkt: &Packet, e: &CtValue, hop: &Hop) -> i32 {
-    let rewrite = nat::dnat(ctx, pkt, e.addr_be, e.port_be)
-        .and_then(|()| nat::snat(ctx, pkt, e.nat_addr_be, e.nat_port_be))
-        .and_then(|()| route::decrement_ttl(ctx, pkt));
-    match rewrite {
-        Ok(true) => {
+    if !route::ttl_left(pkt) {
+        // The TTL runs out here: a router drops the packet.
+        bump(counters::TC_DROP_NO_ROUTE);
+        return DROP;
+    }
+    let to = (e.addr_be, e.port_be);
+    match nat::forwarded(ctx, pkt, to, (e.nat_addr_be, e.nat_port_be)) {
+        Ok(()) => {
             bump(counters::TC_TRANSLATED);
             route::redirect(hop)
-        }
-        Ok(false) => {
-            // The TTL ran out: a router drops the packet.
-            bump(counters::TC_DROP_NO_ROUTE);
-            DROP
         }
         Err(_) => {
             bump(counters::ERR_REWRITE);
