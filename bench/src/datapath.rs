@@ -14,10 +14,11 @@ use aya::{
 use bpfproxy_tests::{prog_test_run, PrivateBpffs};
 use proxy_agent::{
     loader,
-    maps::{pinned::PinnedMaps, LbMaps},
+    maps::{pinned::PinnedMaps, sizes::MapSizes, LbMaps},
     metrics::Metrics,
     model::ModelConfig,
     node_addrs, node_links,
+    snat_ports::SnatPorts,
     source::Snapshot,
     sync::Syncer,
 };
@@ -48,11 +49,20 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the object into a fresh private bpffs named after `suffix`.
-    pub fn load(suffix: &str) -> Result<Self> {
+    /// Loads the object into a fresh private bpffs named after `suffix`:
+    /// the agent's own, or `object` (another build, see `--baseline`).
+    pub fn load(suffix: &str, object: Option<&[u8]>) -> Result<Self> {
         let bpffs = PrivateBpffs::new(suffix)?;
-        let ebpf = loader::load_tc_unattached(bpffs.path())
-            .context("loading the agent's eBPF object and its TC programs")?;
+        let ebpf = match object {
+            None => loader::load_tc_unattached(bpffs.path()),
+            Some(obj) => loader::load_tc_unattached_object(
+                obj,
+                bpffs.path(),
+                &MapSizes::default(),
+                SnatPorts::default(),
+            ),
+        }
+        .context("loading the eBPF object and its TC programs")?;
         Ok(Self { ebpf, bpffs })
     }
 
@@ -103,17 +113,39 @@ impl Datapath {
             .with_context(|| format!("BPF_PROG_TEST_RUN of {}", prog.name()))
     }
 
-    /// The conntrack entry under `key`, if any.
+    /// The conntrack entry under `key`, if any: in the new-flow table
+    /// (where a SYN's entries stay until the flow is confirmed) or the
+    /// confirmed one.
     pub fn conntrack(&self, key: &CtKey) -> Result<Option<CtValue>> {
+        for name in [names::CT_NEW, names::CONNTRACK] {
+            let map = self
+                .ebpf
+                .map(name)
+                .with_context(|| format!("map {name} missing"))?;
+            let ct: HashMap<&MapData, CtKey, CtValue> = HashMap::try_from(map)?;
+            match ct.get(key, 0) {
+                Ok(v) => return Ok(Some(v)),
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("reading map {name}")),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes the entries under `keys` from the new-flow table, as the
+    /// agent's sweeper does once a flow expires (absent ones are skipped).
+    pub fn forget(&mut self, keys: &[CtKey]) -> Result<()> {
         let map = self
             .ebpf
-            .map(names::CONNTRACK)
-            .context("conntrack map missing")?;
-        let ct: HashMap<&MapData, CtKey, CtValue> = HashMap::try_from(map)?;
-        match ct.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e).context("reading the conntrack map"),
+            .map_mut(names::CT_NEW)
+            .context("new-flow conntrack map missing")?;
+        let mut ct: HashMap<&mut MapData, CtKey, CtValue> = HashMap::try_from(map)?;
+        for key in keys {
+            match ct.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("removing a new-flow entry"),
+            }
         }
+        Ok(())
     }
 }

@@ -63,6 +63,10 @@ enum Bench {
         /// Runs per sample of the repeat-timed foreign packet.
         #[arg(long, default_value_t = 20_000)]
         repeat: u32,
+        /// Another build of the eBPF object (the file aya-build writes,
+        /// e.g. from before a change) to measure next to this one.
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
     },
     KubeProxyBackends {
         #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000")]
@@ -103,11 +107,13 @@ fn main() -> anyhow::Result<()> {
             rounds,
             batch,
             repeat,
+            baseline,
         } => tc_datapath::run(&tc_datapath::Options {
             services,
             rounds,
             batch,
             repeat,
+            baseline,
         }),
         Bench::KubeProxyBackends {
             services,

@@ -2,7 +2,7 @@
 //! packets each program sees, a check that each class really takes the
 //! path it is named after (a bench that silently measured the wrong path
 //! would still print plausible numbers), and the timing of one batch.
-use std::net::Ipv4Addr;
+use std::{collections::VecDeque, net::Ipv4Addr};
 
 use anyhow::{bail, ensure, Context, Result};
 use bpfproxy_tests::packet::{view, Spec, TCP, TCP_ACK, TCP_SYN};
@@ -26,10 +26,14 @@ const TARGET_PORT: u16 = 8080;
 const ESTABLISHED_PORT: u16 = 2000;
 /// Client ports of new flows: one fresh port per flow, all above this.
 const NEW_FLOW_PORTS: u16 = 10_000;
-/// New flows one datapath may be asked for: each takes a client port and
-/// two conntrack entries; this keeps the LRU conntrack map (262,144
-/// entries) well below full, so nothing is evicted.
+/// New flows one datapath may be asked for: each takes a client port.
 pub const MAX_NEW_FLOWS: usize = 40_000;
+/// New flows whose entries stay in the new-flow table; older ones are
+/// removed, as the agent's sweeper ends flows. A steady state: a few
+/// hundred flows per backend hold SNAT ports (the default range has 4,536
+/// per backend, and a SYN-only run never confirms a flow), so the port
+/// search sees a realistic occupancy instead of an ever fuller range.
+const LIVE_NEW_FLOWS: usize = 1_000;
 /// A typical small data segment.
 const PAYLOAD: [u8; 64] = [0x5a; 64];
 const TC_ACT_OK: u32 = 0;
@@ -80,6 +84,8 @@ type Pair = [Vec<u8>; 2];
 /// A datapath holding `services` Services and one established flow.
 pub struct Subject {
     pub services: usize,
+    /// Measures the `--baseline` object rather than the agent's own.
+    pub baseline: bool,
     /// Frontends and entries of the service map, as the kernel holds them.
     pub frontends: usize,
     pub entries: usize,
@@ -90,15 +96,18 @@ pub struct Subject {
     /// The established flow's backend and SNAT source, for the checks.
     backend: (Ipv4Addr, u16),
     new_flows: u16,
+    /// The entries of the live new flows, oldest first.
+    live: VecDeque<[CtKey; 2]>,
 }
 
 impl Subject {
     /// `services` Services in the maps: `services - 1` ClusterIP ones and
     /// the NodePort Service the packets go to. `index` tells the
     /// datapaths of one run apart.
-    pub fn new(index: usize, services: usize) -> Result<Self> {
+    /// `object`: another build to load instead of the agent's own.
+    pub fn new(index: usize, services: usize, object: Option<&[u8]>) -> Result<Self> {
         ensure!(services >= 1, "the NodePort Service counts: at least 1");
-        let dp = Datapath::load(&format!("tcb{index}-{services}"))?;
+        let dp = Datapath::load(&format!("tcb{index}-{services}"), object)?;
         let mut snap = objects::snapshot(services - 1)?;
         let (svc, slice) = objects::nodeport_yaml(NODE_PORT, TARGET_PORT, &BACKENDS);
         objects::push(&mut snap, &svc, &slice)?;
@@ -131,6 +140,7 @@ impl Subject {
         let reply_out = dp.run(Prog::Ingress, &reply_in)?.1;
         let s = Subject {
             services,
+            baseline: object.is_some(),
             frontends,
             entries,
             dp,
@@ -142,6 +152,7 @@ impl Subject {
             reply: [reply_in, reply_out],
             backend,
             new_flows: 0,
+            live: VecDeque::new(),
         };
         s.check()?;
         Ok(s)
@@ -216,12 +227,11 @@ impl Subject {
     /// New flows: single runs, each SYN from a client port no flow used
     /// before, which is what a real new flow is (a 5-tuple conntrack has
     /// not seen). The kernel's repeat loop cannot change the port between
-    /// runs, and deleting the flow's entries between runs instead would
-    /// mean spelling out here the conntrack keys the datapath creates (a
-    /// copy of `proxy-ebpf/src/ct.rs` to keep in step). The egress packet
-    /// is the SYN as ingress translated it, from the SNAT address to the
-    /// backend its new conntrack entry names; a missing entry fails the
-    /// bench.
+    /// runs. The egress packet is the SYN as ingress translated it, from
+    /// the SNAT address to the backend its new conntrack entry names; a
+    /// missing entry fails the bench. Afterwards the oldest live flow's
+    /// entries (the forward one and its partner, as `CtKey::partner` names
+    /// it) go, untimed (see [`LIVE_NEW_FLOWS`]).
     fn new_flows(&mut self, batch: usize) -> Result<[f64; 2]> {
         let mut sum = [0u64; 2];
         for _ in 0..batch {
@@ -234,8 +244,25 @@ impl Subject {
             };
             let fwd = Spec::tcp(entry.nat_addr(), entry.addr(), TCP_SYN).build();
             sum[1] += u64::from(self.dp.time(Prog::Egress, &fwd, 1)?);
+            let reply = key
+                .partner(&entry)
+                .context("a new flow's entry names no reply entry")?;
+            self.live.push_back([key, reply]);
+            if self.live.len() > LIVE_NEW_FLOWS {
+                if let Some(old) = self.live.pop_front() {
+                    self.dp.forget(&old)?;
+                }
+            }
         }
         Ok(sum.map(|s| s as f64 / batch.max(1) as f64))
+    }
+
+    /// The column name of this datapath in the report.
+    pub fn label(&self) -> String {
+        match self.baseline {
+            false => format!("{} Svc", self.services),
+            true => format!("{} Svc base", self.services),
+        }
     }
 
     fn next_port(&mut self) -> Result<u16> {

@@ -30,6 +30,9 @@ pub struct Options {
     pub batch: usize,
     /// Runs per sample of [`Class::ForeignRepeat`].
     pub repeat: u32,
+    /// Another build of the eBPF object (e.g. the one before a change),
+    /// measured next to the agent's own for every Service count.
+    pub baseline: Option<std::path::PathBuf>,
 }
 
 /// Per-round samples (ns per packet) by class, subject and program.
@@ -52,11 +55,19 @@ pub fn run(opts: &Options) -> Result<()> {
     // The programs' route lookups see this namespace's routes, not the
     // host's (the backends are behind the node's NIC there).
     let _net = bpfproxy_tests::node_net::NodeNet::new("tcb")?;
-    let mut subjects = opts
-        .services
+    let baseline = match &opts.baseline {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+    let mut objects: Vec<Option<&[u8]>> = vec![None];
+    objects.extend(baseline.as_deref().map(Some));
+    let mut subjects = objects
         .iter()
+        .flat_map(|&obj| opts.services.iter().map(move |&n| (obj, n)))
         .enumerate()
-        .map(|(k, &n)| Subject::new(k, n))
+        .map(|(k, (obj, n))| Subject::new(k, n, obj))
         .collect::<Result<Vec<_>>>()?;
     let mut samples: Samples = vec![vec![Default::default(); subjects.len()]; Class::ALL.len()];
     for round in 0..=opts.rounds {
@@ -77,13 +88,27 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     for s in &subjects {
         s.check()
-            .with_context(|| format!("after the run, {} Services", s.services))?;
+            .with_context(|| format!("after the run, {}", s.label()))?;
     }
     report::write(
         "tc-datapath",
         "bpfproxy TC datapath: cost per packet",
         &body(opts, &subjects, &mut samples),
     )
+}
+
+/// The columns the report divides (numerator, denominator): with a
+/// baseline, each count's datapath by its baseline's; else the last count
+/// by the first (how the cost grows with Services).
+fn ratio_pairs(subjects: &[Subject]) -> Vec<(usize, usize)> {
+    let own = subjects.iter().filter(|s| !s.baseline).count();
+    if own < subjects.len() {
+        return (0..own).map(|k| (k, k + own)).collect();
+    }
+    match own {
+        0 | 1 => Vec::new(),
+        n => vec![(n - 1, 0)],
+    }
 }
 
 fn body(opts: &Options, subjects: &[Subject], samples: &mut Samples) -> String {
@@ -98,23 +123,36 @@ fn body(opts: &Options, subjects: &[Subject], samples: &mut Samples) -> String {
          SNAT, redirect); egress only sees them leave.\n",
         opts.rounds, opts.batch, opts.repeat
     );
+    if let Some(path) = &opts.baseline {
+        let _ = writeln!(
+            out,
+            "`base` columns: the object {} loaded instead of the agent's own, \
+             measured in the same rounds.\n",
+            path.display()
+        );
+    }
     for s in subjects {
         let _ = writeln!(
             out,
-            "- {} Services: {} frontends, {} service-map entries (read back from the kernel)",
-            s.services, s.frontends, s.entries
+            "- {}: {} frontends, {} service-map entries (read back from the kernel)",
+            s.label(),
+            s.frontends,
+            s.entries
         );
     }
     out.push('\n');
     let mut header = vec!["packet".to_string(), "program".to_string()];
     for s in subjects {
-        header.push(format!("{} Svc p50", s.services));
-        header.push(format!("{} Svc p90", s.services));
+        header.push(format!("{} p50", s.label()));
+        header.push(format!("{} p90", s.label()));
     }
-    // The last count against the first: how the cost grows with Services.
-    let ratio = subjects.len() >= 2;
-    if let (true, Some(first), Some(last)) = (ratio, subjects.first(), subjects.last()) {
-        header.push(format!("p50 {} / {}", last.services, first.services));
+    let pairs = ratio_pairs(subjects);
+    for &(a, b) in &pairs {
+        header.push(format!(
+            "p50 {} / {}",
+            subjects[a].label(),
+            subjects[b].label()
+        ));
     }
     let mut rows = Vec::new();
     for (c, class) in Class::ALL.into_iter().enumerate() {
@@ -129,8 +167,8 @@ fn body(opts: &Options, subjects: &[Subject], samples: &mut Samples) -> String {
                 row.push(format!("{p90:.0}"));
                 medians.push(p50);
             }
-            if let (true, Some(first), Some(last)) = (ratio, medians.first(), medians.last()) {
-                row.push(format!("{:.2}", last / first));
+            for &(a, b) in &pairs {
+                row.push(format!("{:.2}", medians[a] / medians[b]));
             }
             rows.push(row);
         }

@@ -254,6 +254,9 @@ pub struct NewFlow {
     pub rev_nat_id: u16,
     /// The node address to SNAT to, when the backend is on another node.
     pub snat_addr_be: Option<u32>,
+    /// A SYN on the tuple of a closed flow, whose confirmed entry may still
+    /// be there (else no entry was: the lookup just missed in both tables).
+    pub reused: bool,
 }
 
 /// Creates every entry of a new flow (in the new-flow table) and returns
@@ -306,7 +309,9 @@ pub fn create(pkt: &Packet, flow: &NewFlow) -> Result<CtValue, u32> {
     };
     // A closed flow's tuple reused: its confirmed entry must not shadow
     // the new one.
-    let _ = CONNTRACK.remove(fwd_key);
+    if flow.reused {
+        let _ = CONNTRACK.remove(fwd_key);
+    }
     if let Err(reason) = insert(fwd_key, &fwd) {
         let _ = CT_NEW.remove(reply_key);
         return Err(reason);

@@ -8,6 +8,8 @@ use aya_ebpf::programs::TcContext;
 use proxy_common::{icmp_error, proto};
 
 pub const ETH_HLEN: u32 = 14;
+/// Offset of the EtherType in the Ethernet header.
+const ETH_TYPE_OFF: usize = 12;
 const ETH_P_IP: u16 = 0x0800;
 /// Offsets inside the IPv4 header.
 pub const IP_CSUM_OFF: u32 = ETH_HLEN + 10;
@@ -82,17 +84,20 @@ pub enum Parsed {
 
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Parsed {
-    let Ok(ethertype) = ctx.load::<u16>(12) else {
-        return Parsed::Other;
+    // The EtherType and the fixed part of the IPv4 header in one helper
+    // call (each call costs more than the bytes it copies); indexing the
+    // array with constants has no bounds-check path.
+    let Ok(head) = ctx.load::<[u8; 22]>(ETH_TYPE_OFF) else {
+        return too_short(ctx);
     };
-    if ethertype != ETH_P_IP.to_be() {
+    if u16::from_ne_bytes([head[0], head[1]]) != ETH_P_IP.to_be() {
         return Parsed::Other;
     }
-    // The fixed part of the IPv4 header in one helper call; indexing the
-    // array with constants has no bounds-check path.
-    let Ok(ip) = ctx.load::<[u8; 20]>(ETH_HLEN as usize) else {
-        return Parsed::Malformed;
-    };
+    let ip = [
+        head[2], head[3], head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11],
+        head[12], head[13], head[14], head[15], head[16], head[17], head[18], head[19], head[20],
+        head[21],
+    ];
     if ip[0] >> 4 != 4 {
         return Parsed::Malformed;
     }
@@ -134,6 +139,15 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     }
 }
 
+/// A frame too short for an IPv4 header: not ours unless it says IPv4.
+#[inline(always)]
+fn too_short(ctx: &TcContext) -> Parsed {
+    match ctx.load::<u16>(ETH_TYPE_OFF) {
+        Ok(ethertype) if ethertype == ETH_P_IP.to_be() => Parsed::Malformed,
+        _ => Parsed::Other,
+    }
+}
+
 /// The TCP/UDP part of [`parse`]: `pkt` with its flags and ports, once the
 /// header is known to be complete.
 #[inline(always)]
@@ -147,7 +161,12 @@ fn transport(ctx: &TcContext, mut pkt: Packet) -> Parsed {
             return Parsed::Malformed;
         }
         pkt.tcp_flags = tcp[13];
-    } else if pkt.l4_len < UDP_HLEN {
+        // The ports lead the header just read.
+        pkt.sport_be = u16::from_ne_bytes([tcp[0], tcp[1]]);
+        pkt.dport_be = u16::from_ne_bytes([tcp[2], tcp[3]]);
+        return Parsed::Packet(pkt);
+    }
+    if pkt.l4_len < UDP_HLEN {
         return Parsed::Malformed;
     }
     let Ok(ports) = ctx.load::<[u8; 4]>(pkt.l4_off as usize) else {

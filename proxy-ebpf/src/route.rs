@@ -92,6 +92,13 @@ pub fn mtu(ifindex: u32) -> u32 {
     unsafe { DEVICES.get(ifindex) }.map_or(0, |d| d.mtu)
 }
 
+/// Whether a router may forward `pkt`: its TTL is above 1 (it lowers it
+/// by one).
+#[inline(always)]
+pub fn ttl_left(pkt: &Packet) -> bool {
+    pkt.ttl_proto_be.to_ne_bytes()[0] > 1
+}
+
 /// Lowers the TTL by one as a router does; false when it ran out (the
 /// packet must not be forwarded).
 #[inline(always)]

@@ -23,6 +23,8 @@
 //! The one exception is a rewrite that fails halfway: that packet is
 //! dropped, since sending it with mixed addresses or a wrong checksum is
 //! worse.
+use core::mem::MaybeUninit;
+
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -30,8 +32,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use proxy_common::{
-    counters, ct_dir, ct_flags, node_flags, svc_flags, svc_stat, CtValue, ServiceKey, ServiceValue,
-    SourceRange, AFFINITY_CLIENT_IP, BACKEND_FLAG_LOCAL,
+    counters, ct_dir, ct_flags, node_flags, proto, svc_flags, svc_stat, CtValue, ServiceKey,
+    ServiceValue, SourceRange, AFFINITY_CLIENT_IP, BACKEND_FLAG_LOCAL,
 };
 
 use crate::{
@@ -58,46 +60,76 @@ const DROP: i32 = TC_ACT_SHOT;
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
-    if icmp::maybe(&ctx, ETH_HLEN) {
+    // One read of the IP protocol answers both questions below.
+    let ip_proto = ctx
+        .load::<u8>((ETH_HLEN + IP_PROTO_OFF) as usize)
+        .unwrap_or(0);
+    if ip_proto == proto::ICMP {
         if let Some(verdict) = icmp::entry(&ctx, Side::Ingress) {
             return verdict;
         }
     }
-    if ipip::maybe(&ctx) {
+    if ip_proto == proto::IPIP {
         return ipip_reply(&ctx);
     }
-    let mut verdict = ingress_flow(&ctx, true);
+    // Parsed once here, in a call of its own, for every step below (a new
+    // flow's packet used to be parsed twice, a settling one three times).
+    let mut slot = MaybeUninit::<Packet>::uninit();
+    if !parse_into(&ctx, &mut slot) {
+        return PASS;
+    }
+    // SAFETY: parse_into wrote the packet when it returned true.
+    let pkt = unsafe { slot.assume_init() };
+    let mut verdict = ingress_flow(&ctx, &pkt, true);
     if verdict == SETTLE {
-        if let Some(dropped) = settle_flow(&ctx) {
+        if let Some(dropped) = settle_flow(&pkt) {
             return dropped;
         }
-        verdict = ingress_flow(&ctx, false);
+        verdict = ingress_flow(&ctx, &pkt, false);
     }
-    if verdict == NEW_FLOW {
-        return new_flow(&ctx);
+    if verdict == NEW_FLOW || verdict == REUSED_FLOW {
+        return new_flow(&ctx, &pkt, verdict == REUSED_FLOW);
     }
     verdict
 }
 
-/// What `ingress_flow` returns for a packet of no known flow, and for one
-/// whose flow must settle first (`ct::settle`). Each is done by a call of
-/// its own from the program's top, so their frames never stack on the
-/// translation's (5.10 allows 512 bytes for a whole call chain).
+/// Offset of the protocol byte inside the IPv4 header.
+const IP_PROTO_OFF: u32 = 9;
+
+/// Parses the packet into `slot` (written only when true); false (counted)
+/// for what passes untouched. Not inlined: the parser's buffers stay out
+/// of the entry's frame. The slot is not zeroed first: that took a call.
+#[inline(never)]
+fn parse_into(ctx: &TcContext, slot: &mut MaybeUninit<Packet>) -> bool {
+    match parse_or_pass(ctx) {
+        Some(p) => {
+            slot.write(p);
+            true
+        }
+        None => false,
+    }
+}
+
+/// What `ingress_flow` returns for a packet of no known flow, for a SYN
+/// reusing a closed flow's tuple, and for a packet whose flow must settle
+/// first (`ct::settle`). Each is done by a call of its own from the
+/// program's top, so their frames never stack on the translation's (5.10
+/// allows 512 bytes for a whole call chain).
 const NEW_FLOW: i32 = i32::MIN;
 const SETTLE: i32 = i32::MIN + 1;
+const REUSED_FLOW: i32 = i32::MIN + 2;
 
 /// Settles the flow of the packet (see `ct::settle`): None to go on and
 /// translate it, or the verdict for a flow whose SNAT port another flow
 /// holds now: ended (its entry goes, the packet is dropped) rather than
 /// mixed with the other.
 #[inline(never)]
-fn settle_flow(ctx: &TcContext) -> Option<i32> {
-    let pkt = parse_or_pass(ctx)?;
-    if ct::settle(&pkt) {
+fn settle_flow(pkt: &Packet) -> Option<i32> {
+    if ct::settle(pkt) {
         return None;
     }
     bump(counters::ERR_SNAT_LOST);
-    ct::forget_forward(&pkt);
+    ct::forget_forward(pkt);
     Some(DROP)
 }
 
@@ -126,8 +158,8 @@ fn ipip_reply(ctx: &TcContext) -> i32 {
 
 /// TCP and UDP at `tc_ingress`.
 #[inline(never)]
-fn ingress_flow(ctx: &TcContext, may_settle: bool) -> i32 {
-    match try_ingress(ctx, may_settle) {
+fn ingress_flow(ctx: &TcContext, pkt: &Packet, may_settle: bool) -> i32 {
+    match try_ingress(ctx, pkt, may_settle) {
         Ok(action) => action,
         Err(reason) => {
             bump(reason);
@@ -276,14 +308,17 @@ fn rewritten(result: Result<(), i64>) -> i32 {
 }
 
 #[inline(always)]
-fn try_ingress(ctx: &TcContext, may_settle: bool) -> Result<i32, u32> {
-    let Some(pkt) = parse_or_pass(ctx) else {
-        return Ok(PASS);
-    };
-    if let Some(entry) = ct::lookup(&pkt, ct_dir::REPLY_SNAT) {
-        return Ok(reply_snat(ctx, &pkt, entry));
+fn try_ingress(ctx: &TcContext, pkt: &Packet, may_settle: bool) -> Result<i32, u32> {
+    // A bare SYN is never a reply: the backend answers the client's SYN
+    // with a SYN-ACK, and opens nothing towards a SNAT port. A new
+    // connection's first packet skips the reply lookup (two cold probes,
+    // one per table, of what a new flow costs).
+    if !pkt.is_tcp_syn_only() {
+        if let Some(entry) = ct::lookup(pkt, ct_dir::REPLY_SNAT) {
+            return Ok(reply_snat(ctx, pkt, entry));
+        }
     }
-    let entry = match ct::lookup_forward(&pkt, may_settle) {
+    let entry = match ct::lookup_forward(pkt, may_settle) {
         None => return Ok(NEW_FLOW),
         Some(Forward::Settle) => return Ok(SETTLE),
         Some(Forward::Go(entry)) => entry,
@@ -293,16 +328,16 @@ fn try_ingress(ctx: &TcContext, may_settle: bool) -> Result<i32, u32> {
     // A SYN on a closed flow's 5-tuple is a new connection (port reuse):
     // it gets a fresh backend choice.
     if closed && pkt.is_tcp_syn_only() {
-        return Ok(NEW_FLOW);
+        return Ok(REUSED_FLOW);
     }
-    ct::touch(entry, &pkt);
+    ct::touch(entry, pkt);
     // SAFETY: as above; copied out at once.
     let e = unsafe { *entry };
     count_packet(ctx, e.rev_nat_id);
     if e.flags & ct_flags::REDIRECT == 0 {
-        return Ok(rewritten(nat::dnat(ctx, &pkt, e.addr_be, e.port_be)));
+        return Ok(rewritten(nat::dnat(ctx, pkt, e.addr_be, e.port_be)));
     }
-    Ok(forward(ctx, &pkt, &e))
+    Ok(forward(ctx, pkt, &e))
 }
 
 /// A reply of a SNATed flow (backend → this node): client and frontend
@@ -334,18 +369,16 @@ fn forward(ctx: &TcContext, pkt: &Packet, e: &CtValue) -> i32 {
 /// Rewrites both ends of `pkt` as `e` says and sends it out by `hop`.
 #[inline(always)]
 fn translate_and_redirect(ctx: &TcContext, pkt: &Packet, e: &CtValue, hop: &Hop) -> i32 {
-    let rewrite = nat::dnat(ctx, pkt, e.addr_be, e.port_be)
-        .and_then(|()| nat::snat(ctx, pkt, e.nat_addr_be, e.nat_port_be))
-        .and_then(|()| route::decrement_ttl(ctx, pkt));
-    match rewrite {
-        Ok(true) => {
+    if !route::ttl_left(pkt) {
+        // The TTL runs out here: a router drops the packet.
+        bump(counters::TC_DROP_NO_ROUTE);
+        return DROP;
+    }
+    let to = (e.addr_be, e.port_be);
+    match nat::forwarded(ctx, pkt, to, (e.nat_addr_be, e.nat_port_be)) {
+        Ok(()) => {
             bump(counters::TC_TRANSLATED);
             route::redirect(hop)
-        }
-        Ok(false) => {
-            // The TTL ran out: a router drops the packet.
-            bump(counters::TC_DROP_NO_ROUTE);
-            DROP
         }
         Err(_) => {
             bump(counters::ERR_REWRITE);
@@ -371,15 +404,14 @@ fn missed(ctx: &TcContext, pkt: &Packet, miss: Miss) -> i32 {
     }
 }
 
-/// The first packet of a flow to an external frontend (or not ours). Not
-/// inlined: its locals (the backend choice, the new entries, the route)
-/// stay out of the frame the established path's calls stack upon.
+/// The first packet of a flow to an external frontend (or not ours);
+/// `reused`: a SYN on the tuple of a closed flow, whose entries the new
+/// ones replace. Not inlined: its locals (the backend choice, the new
+/// entries, the route) stay out of the frame the established path's calls
+/// stack upon.
 #[inline(never)]
-fn new_flow(ctx: &TcContext) -> i32 {
-    let Some(pkt) = parse_or_pass(ctx) else {
-        return PASS;
-    };
-    match try_new_flow(ctx, &pkt) {
+fn new_flow(ctx: &TcContext, pkt: &Packet, reused: bool) -> i32 {
+    match try_new_flow(ctx, pkt, reused) {
         Ok(action) => action,
         Err(reason) => {
             bump(reason);
@@ -389,7 +421,7 @@ fn new_flow(ctx: &TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_new_flow(ctx: &TcContext, pkt: &Packet) -> Result<i32, u32> {
+fn try_new_flow(ctx: &TcContext, pkt: &Packet, reused: bool) -> Result<i32, u32> {
     let Some((svc_addr_be, master, default_snat_be)) = frontend(pkt) else {
         return Ok(PASS);
     };
@@ -411,6 +443,7 @@ fn try_new_flow(ctx: &TcContext, pkt: &Packet) -> Result<i32, u32> {
         backend,
         rev_nat_id: master.rev_nat_id,
         snat_addr_be: None,
+        reused,
     };
     let local = backend.state & BACKEND_FLAG_LOCAL != 0;
     if local || master.flags & svc_flags::ETP_LOCAL != 0 {

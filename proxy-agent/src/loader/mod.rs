@@ -187,6 +187,17 @@ fn load_object(
     sizes: &MapSizes,
     snat: SnatPorts,
 ) -> Result<Ebpf, LoadError> {
+    load_object_bytes(OBJECT, dir, kernel, sizes, snat)
+}
+
+/// [`load_object`] of another build of the object (`object`).
+fn load_object_bytes(
+    object: &[u8],
+    dir: &Path,
+    kernel: &Features,
+    sizes: &MapSizes,
+    snat: SnatPorts,
+) -> Result<Ebpf, LoadError> {
     let set_retval = u8::from(kernel.set_retval);
     let mut loader = EbpfLoader::new();
     loader
@@ -197,7 +208,7 @@ fn load_object(
     for (map, n) in sizes.by_map() {
         loader.map_max_entries(map, n);
     }
-    loader.load(OBJECT).map_err(|source| LoadError::Object {
+    loader.load(object).map_err(|source| LoadError::Object {
         pin_dir: dir.to_path_buf(),
         source: Box::new(source),
     })
@@ -248,12 +259,24 @@ pub fn load_tc_unattached_with(
     sizes: &MapSizes,
     snat: SnatPorts,
 ) -> Result<Ebpf, LoadError> {
+    load_tc_unattached_object(OBJECT, bpffs, sizes, snat)
+}
+
+/// [`load_tc_unattached_with`] for another build of the object: the TC
+/// benchmark measures an earlier build next to this one in the same run.
+/// Its maps must be laid out as this build's (the agent programs them).
+pub fn load_tc_unattached_object(
+    object: &[u8],
+    bpffs: &Path,
+    sizes: &MapSizes,
+    snat: SnatPorts,
+) -> Result<Ebpf, LoadError> {
     let dir = pin_dir(bpffs);
     fs::create_dir_all(&dir).map_err(|source| LoadError::PinDir {
         path: dir.clone(),
         source,
     })?;
-    let mut ebpf = load_object(&dir, &Features::default(), sizes, snat)?;
+    let mut ebpf = load_object_bytes(object, &dir, &Features::default(), sizes, snat)?;
     tc::load_programs(&mut ebpf)?;
     Ok(ebpf)
 }
