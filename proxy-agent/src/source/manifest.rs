@@ -5,7 +5,7 @@ use std::{fs, io, path::Path};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde::Deserialize;
 
-use super::Snapshot;
+use super::{strip, Snapshot};
 use crate::model::{Skip, SkipReason};
 
 /// Reads every manifest file directly in `dir` (not recursive; hidden and
@@ -64,12 +64,18 @@ fn add_object(where_: &str, value: serde_yaml::Value, snap: &mut Snapshot) {
         .unwrap_or("");
     match (api_version, kind) {
         ("v1", "Service") => match serde_yaml::from_value::<Service>(value) {
-            Ok(svc) => snap.services.push(svc.into()),
+            Ok(mut svc) => {
+                strip::service(&mut svc);
+                snap.services.push(svc.into())
+            }
             Err(e) => snap.skips.push(unparsable(where_, &e.to_string())),
         },
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             match serde_yaml::from_value::<EndpointSlice>(value) {
-                Ok(slice) => snap.slices.push(slice.into()),
+                Ok(mut slice) => {
+                    strip::endpoint_slice(&mut slice);
+                    snap.slices.push(slice.into())
+                }
                 Err(e) => snap.skips.push(unparsable(where_, &e.to_string())),
             }
         }
