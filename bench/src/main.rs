@@ -87,6 +87,11 @@ enum Bench {
         /// timed out).
         #[arg(long, default_value_t = 300)]
         load_timeout: u64,
+        /// Measure bpfproxy only: no kube-proxy ruleset is loaded (their
+        /// rows and columns stay empty). For quick runs of the agent's
+        /// numbers, e.g. its memory at 10k Services.
+        #[arg(long)]
+        bpfproxy_only: bool,
     },
     /// Helper run inside a test namespace: times `count` connect() calls.
     #[command(hide = true)]
@@ -122,6 +127,7 @@ fn main() -> anyhow::Result<()> {
             rounds,
             samples,
             load_timeout,
+            bpfproxy_only,
         } => kube_proxy::run(&kube_proxy::Options {
             services,
             full_rounds,
@@ -129,6 +135,7 @@ fn main() -> anyhow::Result<()> {
             samples,
             api_services,
             load_timeout: std::time::Duration::from_secs(load_timeout),
+            bpfproxy_only,
         }),
         Bench::ConnectLoop { to, count } => kube_proxy::connect_loop(&to, count),
     }

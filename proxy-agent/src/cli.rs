@@ -223,6 +223,8 @@ pub struct RunArgs {
 }
 
 pub fn main() -> ExitCode {
+    // Before any thread starts (the arena limit applies to new arenas).
+    let tuned = crate::malloc::tune();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -233,6 +235,7 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    tracing::debug!(tuned, "malloc settings");
     let result = match cli.command {
         Command::Run(args) => agent::run(*args),
         Command::Dump(args) if args.check => return check_cmd(&args),

@@ -17,6 +17,7 @@ pub mod health;
 pub mod healthcheck;
 pub mod kernel;
 pub mod loader;
+pub mod malloc;
 pub mod map_stats;
 pub mod maps;
 pub mod metrics;

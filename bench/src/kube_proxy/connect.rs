@@ -66,7 +66,9 @@ pub fn measure(n: usize, samples: usize, skip: &[Backend], timeout: Duration) ->
         } else {
             rules.push((b, Vec::new()));
         }
-        clear(&sb, b)?;
+        if !skip.contains(&b) {
+            clear(&sb, b)?;
+        }
     }
     let (agent, agent_cold) = start_agent(&sb, &svcs)?;
     let socket_lb = sample(&sb, true, &vip, samples)?;

@@ -35,6 +35,8 @@ pub struct Options {
     /// The longest one ruleset load may take; a slower backend is reported
     /// as such and left out at that count.
     pub load_timeout: Duration,
+    /// No kube-proxy rulesets: only bpfproxy's rows.
+    pub bpfproxy_only: bool,
 }
 
 /// Everything measured for one Service count.
@@ -64,7 +66,12 @@ pub fn run(opts: &Options) -> Result<()> {
 
 fn measure(opts: &Options, n: usize) -> Result<Size> {
     let mut loads = Vec::new();
-    for b in restore::Backend::ALL {
+    let backends: &[restore::Backend] = if opts.bpfproxy_only {
+        &[]
+    } else {
+        &restore::Backend::ALL
+    };
+    for &b in backends {
         let t = std::time::Instant::now();
         let rounds = restore::Rounds {
             full: opts.full_rounds,
@@ -86,10 +93,10 @@ fn measure(opts: &Options, n: usize) -> Result<Size> {
         None
     };
     eprintln!("{n} Services: connect() latency");
-    let skip: Vec<restore::Backend> = loads
-        .iter()
-        .filter(|(_, t)| t.timed_out)
-        .map(|(b, _)| *b)
+    // Backends not loaded at all (bpfproxy only) or too slow at this count.
+    let skip: Vec<restore::Backend> = restore::Backend::ALL
+        .into_iter()
+        .filter(|b| !loads.iter().any(|(l, t)| l == b && !t.timed_out))
         .collect();
     let connect = connect::measure(n, opts.samples, &skip, opts.load_timeout)?;
     Ok(Size {

@@ -196,7 +196,11 @@ fn method(opts: &Options) -> String {
          kernel maps; EndpointSlice change accepted → in the maps), and a real agent on a manifest \
          directory for every count (start → last Service in the maps). connect(): {} samples per column.\n",
         opts.full_rounds, opts.rounds, opts.api_services, opts.samples
-    )
+    ) + if opts.bpfproxy_only {
+        "\nThis run measured bpfproxy only (`--bpfproxy-only`): no kube-proxy ruleset was loaded.\n"
+    } else {
+        ""
+    }
 }
 
 const LOAD_NOTES: &str = "The iptables update is kube-proxy's partial sync (`iptables-restore --noflush`): \

@@ -19,7 +19,7 @@ use kube::{
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
-use super::Snapshot;
+use super::{strip, Snapshot};
 use crate::{metrics::Metrics, supervise::Supervisor};
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +102,7 @@ pub async fn run(
         Api::all(client.clone()),
         watcher::Config::default(),
         Kind::Service,
+        strip::service,
         &changed,
         &metrics,
     );
@@ -110,6 +111,7 @@ pub async fn run(
         Api::all(client.clone()),
         watcher::Config::default(),
         Kind::EndpointSlice,
+        strip::endpoint_slice,
         &changed,
         &metrics,
     );
@@ -118,6 +120,7 @@ pub async fn run(
         Api::all(client),
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
         Kind::Node,
+        strip::node,
         &changed,
         &metrics,
     );
@@ -173,6 +176,7 @@ fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
     kind: Kind,
+    strip: fn(&mut K),
     changed: &Arc<Notify>,
     metrics: &Arc<Metrics>,
 ) -> Store<K>
@@ -186,7 +190,13 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store::<K>();
-    let stream = reflector::reflector(writer, watcher(api, config).backoff(reconnect_backoff()));
+    // Stripped before the store copies them in: the store keeps only what
+    // the agent reads, and each full object is dropped once this event has
+    // been handled.
+    let events = watcher(api, config)
+        .backoff(reconnect_backoff())
+        .modify(strip);
+    let stream = reflector::reflector(writer, events);
     watches.spawn_forever(
         kind.watch_name(),
         drive(stream, kind, changed.clone(), metrics.clone()),

@@ -2,6 +2,7 @@
 //! ordinary Kubernetes YAML, the embedded default that needs no cluster.
 pub mod kube;
 pub mod manifest;
+pub mod strip;
 pub mod watch_dir;
 
 use std::sync::Arc;

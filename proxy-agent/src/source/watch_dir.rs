@@ -10,7 +10,10 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
-use super::{manifest::load_dir, Snapshot};
+use super::{
+    manifest::{fingerprint, load_dir_fingerprinted},
+    Snapshot,
+};
 use crate::metrics::Metrics;
 
 /// How long a burst of file events is allowed to settle before re-reading:
@@ -34,7 +37,7 @@ pub async fn run(
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
 
-    let mut last: Option<String> = None;
+    let mut last: Option<u64> = None;
     loop {
         if publish(&dir, &tx, &mut last).await {
             metrics.change_queued(None);
@@ -57,26 +60,54 @@ pub async fn run(
 
 /// Re-reads the directory and publishes when anything changed.
 /// Returns whether a new snapshot was published.
-async fn publish(
-    dir: &Path,
-    tx: &watch::Sender<Option<Snapshot>>,
-    last: &mut Option<String>,
-) -> bool {
+async fn publish(dir: &Path, tx: &watch::Sender<Option<Snapshot>>, last: &mut Option<u64>) -> bool {
     let dir2 = dir.to_path_buf();
-    let loaded = tokio::task::spawn_blocking(move || load_dir(&dir2)).await;
+    let seen = *last;
+    let loaded = tokio::task::spawn_blocking(move || reload(&dir2, seen)).await;
     match loaded {
-        Ok(Ok(snap)) => {
-            // Cheap change detection so the periodic poll doesn't wake the
-            // sync loop for nothing.
-            let fingerprint = format!("{:?}{:?}{:?}", snap.services, snap.slices, snap.skips);
-            if last.as_deref() != Some(fingerprint.as_str()) {
-                *last = Some(fingerprint);
-                tx.send_replace(Some(snap));
-                return true;
-            }
+        Ok(Ok(Some((fingerprint, snap)))) => {
+            *last = Some(fingerprint);
+            tx.send_replace(Some(snap));
+            return true;
         }
+        Ok(Ok(None)) => {}
         Ok(Err(e)) => warn!(dir = %dir.display(), error = %e, "cannot read manifest directory"),
         Err(e) => warn!(error = %e, "manifest reader task failed"),
     }
     false
+}
+
+/// The snapshot of `dir` and its fingerprint, or None if the files are
+/// still those fingerprinted `last`: the periodic poll then costs reading
+/// the files, not parsing them, and wakes nobody.
+fn reload(dir: &Path, last: Option<u64>) -> std::io::Result<Option<(u64, Snapshot)>> {
+    if last.is_some() && Some(fingerprint(dir)?) == last {
+        return Ok(None);
+    }
+    let (fingerprint, snap) = load_dir_fingerprinted(dir)?;
+    // Equal to `last` when the change came and went before the parse.
+    Ok((Some(fingerprint) != last).then_some((fingerprint, snap)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_unchanged_directory_is_not_parsed_again() {
+        let dir = std::env::temp_dir().join(format!("bpfproxy-watch-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(
+            dir.join("a.yaml"),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n",
+        )
+        .expect("write");
+        let (fp, snap) = super::reload(&dir, None)
+            .expect("read")
+            .expect("first read");
+        assert_eq!(snap.services.len(), 1);
+        assert!(super::reload(&dir, Some(fp)).expect("read").is_none());
+        std::fs::write(dir.join("b.yaml"), "").expect("write");
+        assert!(super::reload(&dir, Some(fp)).expect("read").is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
