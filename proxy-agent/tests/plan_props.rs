@@ -84,7 +84,7 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
                     FrontendState {
                         name,
                         kind,
-                        endpoints,
+                        endpoints: endpoints.into(),
                         affinity_timeout_s: 0,
                         policy_local: in_cluster.is_some(),
                         node_local: BTreeSet::new(),
@@ -98,7 +98,7 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
                                 .collect(),
                             _ => Vec::new(),
                         },
-                        in_cluster,
+                        in_cluster: in_cluster.map(Into::into),
                     },
                 )
             })
@@ -204,7 +204,7 @@ fn a_full_backend_map_holds_back_only_the_frontends_that_need_new_backends() {
                             name: format!("s{f}"),
                             port: String::new(),
                         },
-                        endpoints: eps.iter().map(|e| ep(*e)).collect::<BTreeSet<_>>(),
+                        endpoints: eps.iter().map(|e| ep(*e)).collect::<BTreeSet<_>>().into(),
                     },
                 )
             })

@@ -1,11 +1,14 @@
 //! A process' memory from `/proc/PID/status`.
 use anyhow::{Context, Result};
 
-/// Resident memory now and at its peak, in KiB.
+/// Resident memory now and at its peak, in KiB; `anon_kib` is the part
+/// that is the process' own (heap, stacks), the rest being file pages such
+/// as the binary's code, which every process running it shares.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Rss {
     pub rss_kib: u64,
     pub hwm_kib: u64,
+    pub anon_kib: u64,
 }
 
 impl Rss {
@@ -32,6 +35,7 @@ fn parse(status: &str) -> Rss {
     Rss {
         rss_kib: field("VmRSS:"),
         hwm_kib: field("VmHWM:"),
+        anon_kib: field("RssAnon:"),
     }
 }
 
@@ -39,7 +43,9 @@ fn parse(status: &str) -> Rss {
 mod tests {
     #[test]
     fn reads_vmrss_and_vmhwm() {
-        let r = super::parse("Name:\tbpfproxy\nVmHWM:\t   51200 kB\nVmRSS:\t   40960 kB\n");
-        assert_eq!((r.rss_kib, r.hwm_kib), (40960, 51200));
+        let r = super::parse(
+            "Name:\tbpfproxy\nVmHWM:\t   51200 kB\nVmRSS:\t   40960 kB\nRssAnon:\t   30720 kB\n",
+        );
+        assert_eq!((r.rss_kib, r.hwm_kib, r.anon_kib), (40960, 51200, 30720));
     }
 }

@@ -123,14 +123,16 @@ fn memory_table(sizes: &[Size]) -> String {
     let header: Vec<String> = [
         "Services",
         "agent (manifest dir) VmRSS MiB",
+        "RssAnon MiB",
         "VmHWM MiB",
         "agent (API server) VmRSS MiB",
+        "RssAnon MiB",
         "VmHWM MiB",
     ]
     .map(String::from)
     .to_vec();
-    let mib = |r: Option<Rss>, hwm: bool| match r {
-        Some(r) => format!("{:.1}", Rss::mib(if hwm { r.hwm_kib } else { r.rss_kib })),
+    let mib = |r: Option<Rss>, field: fn(&Rss) -> u64| match r {
+        Some(r) => format!("{:.1}", Rss::mib(field(&r))),
         None => "—".into(),
     };
     let rows: Vec<Vec<String>> = sizes
@@ -140,10 +142,12 @@ fn memory_table(sizes: &[Size]) -> String {
             let api = s.api.as_ref().map(|a| a.rss);
             vec![
                 s.n.to_string(),
-                mib(dir, false),
-                mib(dir, true),
-                mib(api, false),
-                mib(api, true),
+                mib(dir, |r| r.rss_kib),
+                mib(dir, |r| r.anon_kib),
+                mib(dir, |r| r.hwm_kib),
+                mib(api, |r| r.rss_kib),
+                mib(api, |r| r.anon_kib),
+                mib(api, |r| r.hwm_kib),
             ]
         })
         .collect();
@@ -220,7 +224,9 @@ bpfproxy agent's cgroup connect hook rewrites the address before any packet exis
 
 const MEMORY_NOTES: &str =
     "VmRSS once the agent has programmed every Service (manifest dir: after the \
-connect() samples; API server: after the single changes); VmHWM is its peak so far.";
+connect() samples; API server: after the single changes); RssAnon is the part of it that is the \
+agent's own (heap and stacks; the rest is file pages such as the binary's code, shared by every \
+process running it); VmHWM is its peak so far.";
 
 /// Series labels by their color in the chart.
 const COLORS: [&str; 6] = [

@@ -2,6 +2,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -129,6 +130,8 @@ pub fn build_service(
             build_port(&mut out, &info, port, ipv6, own_slices, config);
         }
     }
+    // The build is kept until the Service changes: no spare capacity.
+    out.claims.shrink_to_fit();
     out
 }
 
@@ -186,6 +189,9 @@ fn build_port(
             out.no_local_endpoints_external += 1;
         }
     }
+    // One copy of each endpoint set for all of the port's frontends.
+    let cluster = Arc::new(std::mem::take(&mut eps.cluster));
+    let local_set = Arc::new(std::mem::take(&mut eps.local));
     for (ip, number, kind) in frontends {
         let frontend = Frontend {
             ip,
@@ -199,13 +205,13 @@ fn build_port(
         } else {
             info.internal_local
         };
-        let endpoints = if local { &eps.local } else { &eps.cluster };
-        let node_local = endpoints.intersection(&eps.local).copied().collect();
-        let in_cluster = (local && kind.is_external()).then(|| eps.cluster.clone());
+        let endpoints = if local { &local_set } else { &cluster };
+        let node_local = endpoints.intersection(&local_set).copied().collect();
+        let in_cluster = (local && kind.is_external()).then(|| Arc::clone(&cluster));
         let state = FrontendState {
             name: spn.clone(),
             kind,
-            endpoints: endpoints.clone(),
+            endpoints: Arc::clone(endpoints),
             affinity_timeout_s: info.affinity_timeout_s,
             policy_local: local,
             node_local,

@@ -3,6 +3,7 @@ use std::{
     fmt,
     net::IpAddr,
     str::FromStr,
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -142,8 +143,10 @@ pub struct FrontendState {
     pub name: ServicePortName,
     pub kind: FrontendKind,
     /// Empty means "reject": the Service exists but has no usable endpoint
-    /// (for a `Local` policy: none on this node).
-    pub endpoints: BTreeSet<Endpoint>,
+    /// (for a `Local` policy: none on this node). Shared by the port's
+    /// frontends with the same policy (ClusterIP, NodePort, external IPs
+    /// usually hold one set between them).
+    pub endpoints: Arc<BTreeSet<Endpoint>>,
     /// sessionAffinity ClientIP timeout; 0 = no affinity.
     pub affinity_timeout_s: u32,
     /// The frontend's traffic policy is `Local` (internal for ClusterIPs,
@@ -163,7 +166,7 @@ pub struct FrontendState {
     /// traffic to external destinations pick it, whatever the
     /// internalTrafficPolicy). None for every other frontend: in-cluster
     /// clients use `endpoints` like everyone else.
-    pub in_cluster: Option<BTreeSet<Endpoint>>,
+    pub in_cluster: Option<Arc<BTreeSet<Endpoint>>>,
     /// loadBalancerSourceRanges, for LoadBalancer IP frontends only (empty:
     /// anyone may connect).
     pub source_ranges: Vec<crate::node_addrs::Ipv4Cidr>,
