@@ -45,6 +45,9 @@ pub struct Packet {
     /// Don't fragment: a packet too big for the next hop is answered with
     /// "fragmentation needed" instead of being fragmented.
     pub df: bool,
+    /// The IPv4 header checksum as the packet holds it (raw), so a rewrite
+    /// can write it together with the fields around it.
+    pub ip_csum_raw: u16,
     pub saddr_be: u32,
     pub daddr_be: u32,
     pub sport_be: u16,
@@ -129,6 +132,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         tcp_flags: 0,
         ttl_proto_be: u16::from_ne_bytes([ip[8], ip[9]]),
         df: frag_off & IP_DF != 0,
+        ip_csum_raw: u16::from_ne_bytes([ip[10], ip[11]]),
         saddr_be: u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
         daddr_be: u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
         sport_be: 0,
