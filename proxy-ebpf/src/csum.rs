@@ -58,16 +58,26 @@ pub fn change(sum: u32, from: u32, to: u32) -> u32 {
     add(add(sum, !from), to)
 }
 
-/// Applies precomputed checksum changes to a packet whose addresses
-/// changed by `addrs`, ports by `ports` and TTL by `ttl`: one helper call
-/// per kind of change instead of one per field (the helpers' by-difference
-/// form, size 0). Addresses go into the L4 checksum as pseudo-header, so
-/// the kernel keeps skb->csum and offloaded checksums right, as above.
+/// Applies precomputed checksum changes to the L4 checksum of a packet
+/// whose addresses changed by `addrs` and ports by `ports`: one helper
+/// call per kind of change instead of one per field (the helpers'
+/// by-difference form, size 0). Addresses go in as pseudo-header, so the
+/// kernel keeps skb->csum and offloaded checksums right, as above.
 #[inline(always)]
-pub fn changed(ctx: &TcContext, pkt: &Packet, addrs: u32, ports: u32, ttl: u32) -> Result<(), i64> {
+pub fn l4_changed(ctx: &TcContext, pkt: &Packet, addrs: u32, ports: u32) -> Result<(), i64> {
     let off = pkt.csum_off() as usize;
     let flags = l4_flags(pkt);
     ctx.l4_csum_replace(off, 0, u64::from(addrs), flags | BPF_F_PSEUDO_HDR as u64)?;
-    ctx.l4_csum_replace(off, 0, u64::from(ports), flags)?;
-    ctx.l3_csum_replace(IP_CSUM_OFF as usize, 0, u64::from(add(addrs, ttl)), 0)
+    ctx.l4_csum_replace(off, 0, u64::from(ports), flags)
+}
+
+/// The 16-bit checksum `old` (raw) after its fields changed by `diff`:
+/// what `bpf_l3_csum_replace` writes in its by-difference form (the
+/// kernel's `csum_replace_by_diff`), computed here so the caller can write
+/// it along with the changed fields in one store.
+#[inline(always)]
+pub fn replaced(old: u16, diff: u32) -> u16 {
+    let sum = add(diff, !u32::from(old));
+    let folded = (sum & 0xffff) + (sum >> 16);
+    !(((folded & 0xffff) + (folded >> 16)) as u16)
 }

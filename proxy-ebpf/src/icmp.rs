@@ -158,7 +158,7 @@ fn find_into(q: &Quote, dir: u8, plan: &mut Plan) -> bool {
 /// more for the ICMP one.
 #[inline(always)]
 pub fn maybe(ctx: &TcContext, ip_off: u32) -> bool {
-    ctx.load::<u8>((ip_off + IP_PROTO) as usize) == Ok(proto::ICMP)
+    crate::parse::read::<u8>(ctx, (ip_off + IP_PROTO) as usize) == Some(proto::ICMP)
 }
 
 /// What [`entry`] found out in [`prepare`] and [`apply`] acts on.

@@ -26,7 +26,7 @@ const IP_PROTO: u32 = 9;
 /// Whether the packet may be IPIP (one byte).
 #[inline(always)]
 pub fn maybe(ctx: &TcContext) -> bool {
-    ctx.load::<u8>((ETH_HLEN + IP_PROTO) as usize) == Ok(proto::IPIP)
+    crate::parse::read::<u8>(ctx, (ETH_HLEN + IP_PROTO) as usize) == Some(proto::IPIP)
 }
 
 /// Removes the outer IPv4 header of an IPIP packet whose inner packet is a

@@ -34,6 +34,7 @@ pub fn peek_at(ctx: &TcContext, off: u32) -> Option<Packet> {
         tcp_flags: 0,
         ttl_proto_be: 0,
         df: false,
+        ip_csum_raw: 0,
         saddr_be: u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
         daddr_be: u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
         sport_be: u16::from_ne_bytes([ip[20], ip[21]]),

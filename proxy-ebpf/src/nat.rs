@@ -37,8 +37,10 @@ pub fn snat(ctx: &TcContext, pkt: &Packet, addr_be: u32, port_be: u16) -> Result
 /// A packet the program forwards itself: destination `daddr_be:dport_be`,
 /// source `saddr_be:sport_be`, TTL lowered by one (the caller checked it
 /// is above 1). The checksum changes are summed here and applied once per
-/// kind, and each group of adjacent fields is written at once: six helper
-/// calls instead of twelve, on every packet of such a flow.
+/// kind, and each group of adjacent fields is written at once: the TTL,
+/// the IPv4 header checksum (computed here, see `csum::replaced`) and both
+/// addresses in one store, the ports in another. Four helper calls instead
+/// of twelve, on every packet of such a flow.
 #[inline(always)]
 pub fn forwarded(
     ctx: &TcContext,
@@ -62,11 +64,28 @@ pub fn forwarded(
     let [ttl, proto] = pkt.ttl_proto_be.to_ne_bytes();
     let lowered = u16::from_ne_bytes([ttl.wrapping_sub(1), proto]);
     let ttl_sum = csum::change(0, u32::from(pkt.ttl_proto_be), u32::from(lowered));
-    csum::changed(ctx, pkt, addrs, ports, ttl_sum)?;
-    ctx.store(IP_TTL_OFF as usize, &ttl.wrapping_sub(1), 0)?;
-    // Source then destination address: adjacent in the IPv4 header.
-    let addrs_raw = [saddr_be.to_ne_bytes(), daddr_be.to_ne_bytes()];
-    ctx.store(IP_SADDR_OFF as usize, &addrs_raw, 0)?;
+    csum::l4_changed(ctx, pkt, addrs, ports)?;
+    let ip_csum = csum::replaced(pkt.ip_csum_raw, csum::add(addrs, ttl_sum));
+    let [c0, c1] = ip_csum.to_ne_bytes();
+    let [s0, s1, s2, s3] = saddr_be.to_ne_bytes();
+    let [d0, d1, d2, d3] = daddr_be.to_ne_bytes();
+    // TTL, protocol (unchanged), checksum, source, destination: adjacent
+    // in the IPv4 header.
+    let head = [
+        ttl.wrapping_sub(1),
+        proto,
+        c0,
+        c1,
+        s0,
+        s1,
+        s2,
+        s3,
+        d0,
+        d1,
+        d2,
+        d3,
+    ];
+    ctx.store(IP_TTL_OFF as usize, &head, 0)?;
     ctx.store(pkt.sport_off() as usize, &pack(sport_be, dport_be), 0)
 }
 

@@ -1,9 +1,12 @@
 //! Ethernet/IPv4/TCP/UDP parsing for the TC programs.
 //!
-//! Every read goes through `bpf_skb_load_bytes`, which checks the offset
-//! against the packet's length itself: a truncated packet makes a load fail
-//! (and the packet pass untouched), never reads out of bounds, and works
-//! the same on linear and paged skbs.
+//! Headers at fixed offsets are read straight from the linear data when
+//! it holds them (nearly always), anything else through
+//! `bpf_skb_load_bytes`, which checks the offset against the packet's
+//! length itself and reads paged data too: a truncated packet makes a read
+//! fail (and the packet pass untouched), never reads out of bounds.
+use core::mem::size_of;
+
 use aya_ebpf::programs::TcContext;
 use proxy_common::{icmp_error, proto};
 
@@ -42,6 +45,9 @@ pub struct Packet {
     /// Don't fragment: a packet too big for the next hop is answered with
     /// "fragmentation needed" instead of being fragmented.
     pub df: bool,
+    /// The IPv4 header checksum as the packet holds it (raw), so a rewrite
+    /// can write it together with the fields around it.
+    pub ip_csum_raw: u16,
     pub saddr_be: u32,
     pub daddr_be: u32,
     pub sport_be: u16,
@@ -84,10 +90,9 @@ pub enum Parsed {
 
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Parsed {
-    // The EtherType and the fixed part of the IPv4 header in one helper
-    // call (each call costs more than the bytes it copies); indexing the
-    // array with constants has no bounds-check path.
-    let Ok(head) = ctx.load::<[u8; 22]>(ETH_TYPE_OFF) else {
+    // The EtherType and the fixed part of the IPv4 header in one read;
+    // indexing the array with constants has no bounds-check path.
+    let Some(head) = read::<[u8; 22]>(ctx, ETH_TYPE_OFF) else {
         return too_short(ctx);
     };
     if u16::from_ne_bytes([head[0], head[1]]) != ETH_P_IP.to_be() {
@@ -127,6 +132,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         tcp_flags: 0,
         ttl_proto_be: u16::from_ne_bytes([ip[8], ip[9]]),
         df: frag_off & IP_DF != 0,
+        ip_csum_raw: u16::from_ne_bytes([ip[10], ip[11]]),
         saddr_be: u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
         daddr_be: u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
         sport_be: 0,
@@ -153,7 +159,7 @@ fn too_short(ctx: &TcContext) -> Parsed {
 #[inline(always)]
 fn transport(ctx: &TcContext, mut pkt: Packet) -> Parsed {
     if pkt.proto == proto::TCP {
-        let Ok(tcp) = ctx.load::<[u8; 14]>(pkt.l4_off as usize) else {
+        let Some(tcp) = read_l4::<[u8; 14]>(ctx, pkt.l4_off) else {
             return Parsed::Malformed;
         };
         let doff = ((tcp[12] >> 4) as u32) * 4;
@@ -169,7 +175,7 @@ fn transport(ctx: &TcContext, mut pkt: Packet) -> Parsed {
     if pkt.l4_len < UDP_HLEN {
         return Parsed::Malformed;
     }
-    let Ok(ports) = ctx.load::<[u8; 4]>(pkt.l4_off as usize) else {
+    let Some(ports) = read_l4::<[u8; 4]>(ctx, pkt.l4_off) else {
         return Parsed::Malformed;
     };
     pkt.sport_be = u16::from_ne_bytes([ports[0], ports[1]]);
@@ -193,4 +199,33 @@ fn icmp(ctx: &TcContext, mut pkt: Packet) -> Parsed {
     // about an ICMP error): too big for the next hop means dropped.
     pkt.df = false;
     Parsed::IcmpError(pkt)
+}
+
+/// Offset of the TCP/UDP header behind an IPv4 header without options.
+const L4_OFF_PLAIN: u32 = ETH_HLEN + IP_MIN_HLEN;
+
+/// The `T` at `off` (a constant) of the packet: straight from the linear
+/// data when it holds those bytes (no helper call: the headers of nearly
+/// every packet are there), else through `bpf_skb_load_bytes`, which also
+/// reads paged data. None when the packet is shorter.
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    let start = ctx.data();
+    if start + off + size_of::<T>() <= ctx.data_end() {
+        // SAFETY: the bytes lie inside the linear data, checked just above
+        // (the verifier checks it too); unaligned read of plain bytes.
+        return Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
+    }
+    ctx.load::<T>(off).ok()
+}
+
+/// [`read`] of the transport header at `l4_off`: direct only behind an
+/// IPv4 header without options, whose offset is a constant the verifier
+/// checks simply; after options, through the helper.
+#[inline(always)]
+fn read_l4<T: Copy>(ctx: &TcContext, l4_off: u32) -> Option<T> {
+    if l4_off == L4_OFF_PLAIN {
+        return read::<T>(ctx, L4_OFF_PLAIN as usize);
+    }
+    ctx.load::<T>(l4_off as usize).ok()
 }

@@ -43,7 +43,7 @@ use crate::{
     ipip, l3, lb,
     maps::{NODE_ADDRS, SERVICES, SOURCE_RANGES},
     nat,
-    parse::{parse, Packet, Parsed, ETH_HLEN},
+    parse::{parse, read, Packet, Parsed, ETH_HLEN},
     refuse,
     route::{self, Hop, Miss},
     stats,
@@ -61,9 +61,7 @@ const DROP: i32 = TC_ACT_SHOT;
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
     // One read of the IP protocol answers both questions below.
-    let ip_proto = ctx
-        .load::<u8>((ETH_HLEN + IP_PROTO_OFF) as usize)
-        .unwrap_or(0);
+    let ip_proto = read::<u8>(&ctx, (ETH_HLEN + IP_PROTO_OFF) as usize).unwrap_or(0);
     if ip_proto == proto::ICMP {
         if let Some(verdict) = icmp::entry(&ctx, Side::Ingress) {
             return verdict;
