@@ -58,6 +58,36 @@ fn ptr<K>(obj: &Arc<K>) -> usize {
     Arc::as_ptr(obj) as usize
 }
 
+/// Marks `obj` seen by the update `epoch`. An object seen before: None.
+/// A new one is recorded with its owner (`owner_of`), which is returned.
+fn mark<K>(
+    seen: &mut HashMap<usize, Seen<K>>,
+    epoch: u64,
+    obj: &Arc<K>,
+    owner_of: impl FnOnce(&K) -> Option<ServiceRef>,
+) -> Option<Option<ServiceRef>> {
+    if let Some(s) = seen.get_mut(&ptr(obj)) {
+        s.epoch = epoch;
+        return None;
+    }
+    let owner = owner_of(obj);
+    let s = Seen {
+        obj: obj.clone(),
+        owner: owner.clone(),
+        epoch,
+    };
+    seen.insert(ptr(obj), s);
+    Some(owner)
+}
+
+/// The pointers of the objects the update `epoch` did not see.
+fn stale<K>(seen: &HashMap<usize, Seen<K>>, epoch: u64) -> Vec<usize> {
+    seen.iter()
+        .filter(|(_, s)| s.epoch != epoch)
+        .map(|(p, _)| *p)
+        .collect()
+}
+
 /// The positions where `now` holds another object than `before` did.
 fn moved_positions<K>(before: &[usize], now: &[Arc<K>]) -> Vec<usize> {
     before
@@ -150,66 +180,31 @@ impl Objects {
 
     /// Marks `svc` seen; for a new object, its owner (None: unnamed).
     fn see_service(&mut self, svc: &Arc<Service>) -> Option<Option<ServiceRef>> {
-        let epoch = self.epoch;
-        if let Some(seen) = self.services.get_mut(&ptr(svc)) {
-            seen.epoch = epoch;
-            return None;
-        }
-        let owner = service_ref(svc);
+        let owner = mark(&mut self.services, self.epoch, svc, service_ref)?;
         if let Some(key) = &owner {
             self.by_service.insert(key.clone(), svc.clone());
         }
-        let seen = Seen {
-            obj: svc.clone(),
-            owner: owner.clone(),
-            epoch,
-        };
-        self.services.insert(ptr(svc), seen);
         Some(owner)
     }
 
     /// Marks `slice` seen; for a new object, its Service (None: unowned).
     fn see_slice(&mut self, slice: &Arc<EndpointSlice>) -> Option<Option<ServiceRef>> {
-        let epoch = self.epoch;
-        if let Some(seen) = self.slices.get_mut(&ptr(slice)) {
-            seen.epoch = epoch;
-            return None;
-        }
-        let owner = slice_service(slice);
+        let owner = mark(&mut self.slices, self.epoch, slice, slice_service)?;
         if let Some(key) = &owner {
             self.slices_of
                 .entry(key.clone())
                 .or_default()
                 .push(slice.clone());
         }
-        let seen = Seen {
-            obj: slice.clone(),
-            owner: owner.clone(),
-            epoch,
-        };
-        self.slices.insert(ptr(slice), seen);
         Some(owner)
     }
 
     /// Drops the objects this update did not see; their Services changed.
     fn sweep(&mut self, dirty: &mut BTreeSet<ServiceRef>) {
-        let epoch = self.epoch;
-        let stale_services: Vec<usize> = self
-            .services
-            .iter()
-            .filter(|(_, s)| s.epoch != epoch)
-            .map(|(p, _)| *p)
-            .collect();
-        for p in stale_services {
+        for p in stale(&self.services, self.epoch) {
             self.forget_service(p, dirty);
         }
-        let stale_slices: Vec<usize> = self
-            .slices
-            .iter()
-            .filter(|(_, s)| s.epoch != epoch)
-            .map(|(p, _)| *p)
-            .collect();
-        for p in stale_slices {
+        for p in stale(&self.slices, self.epoch) {
             self.forget_slice(p, dirty);
         }
     }
