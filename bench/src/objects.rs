@@ -6,7 +6,10 @@ use std::{net::Ipv4Addr, sync::Arc};
 
 use bpfproxy_tests::manifest;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use proxy_agent::source::Snapshot;
+use proxy_agent::{
+    model::{ServiceObject, SliceObject},
+    source::Snapshot,
+};
 
 pub fn vip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 96, (i / 250 + 1) as u8, (i % 250 + 1) as u8)
@@ -61,9 +64,13 @@ pub fn snapshot(n: usize) -> anyhow::Result<Snapshot> {
 /// Adds one Service and its EndpointSlice to `snap`.
 pub fn push(snap: &mut Snapshot, service: &str, slice: &str) -> anyhow::Result<()> {
     snap.services
-        .push(Arc::new(serde_yaml::from_str::<Service>(service)?));
+        .push(Arc::new(ServiceObject::new(&serde_yaml::from_str::<
+            Service,
+        >(service)?)));
     snap.slices
-        .push(Arc::new(serde_yaml::from_str::<EndpointSlice>(slice)?));
+        .push(Arc::new(SliceObject::new(&serde_yaml::from_str::<
+            EndpointSlice,
+        >(slice)?)));
     Ok(())
 }
 

@@ -6,7 +6,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use proxy_agent::{maps::FakeMaps, metrics::Metrics, model::ModelConfig, sync::Syncer};
+use proxy_agent::{
+    maps::FakeMaps,
+    metrics::Metrics,
+    model::{ModelConfig, SliceObject},
+    sync::Syncer,
+};
 
 use crate::{objects, report};
 
@@ -36,7 +41,10 @@ pub fn measure(n: usize, rounds: usize) -> anyhow::Result<Costs> {
     let (mut cached, mut full) = (Vec::new(), Vec::new());
     for r in 0..rounds * 2 {
         let i = (r * 7919) % n;
-        snap.slices[i] = Arc::new(serde_yaml::from_str(&objects::slice_yaml(i, r + 1))?);
+        // Parsed as the sources parse an object they receive, before the
+        // sync runs.
+        let slice = serde_yaml::from_str(&objects::slice_yaml(i, r + 1))?;
+        snap.slices[i] = Arc::new(SliceObject::new(&slice));
         let reread = r % 2 == 1;
         let t = Instant::now();
         let out = syncer.sync(&snap, reread)?;

@@ -18,7 +18,7 @@ use proxy_agent::{
     datapath::MapState,
     maps::FakeMaps,
     metrics::Metrics,
-    model::{ModelConfig, NodeContext},
+    model::{ModelConfig, NodeContext, ServiceObject, SliceObject},
     source::Snapshot,
     sync::Syncer,
 };
@@ -175,22 +175,25 @@ fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
 /// The objects, each kept in its allocation until it changes.
 #[derive(Default)]
 struct Cluster {
-    services: BTreeMap<u8, Arc<Service>>,
-    slices: BTreeMap<(u8, u8), Arc<EndpointSlice>>,
+    services: BTreeMap<u8, Arc<ServiceObject>>,
+    slices: BTreeMap<(u8, u8), Arc<SliceObject>>,
 }
 
 impl Cluster {
     fn apply(&mut self, c: &Change) {
         match c {
             Change::Service(i, Some(s)) => {
-                self.services.insert(*i, Arc::new(service_object(*i, s)));
+                self.services
+                    .insert(*i, Arc::new(ServiceObject::new(&service_object(*i, s))));
             }
             Change::Service(i, None) => {
                 self.services.remove(i);
             }
             Change::Slice(i, k, Some(eps)) => {
-                self.slices
-                    .insert((*i, *k), Arc::new(slice_object(*i, *k, eps)));
+                self.slices.insert(
+                    (*i, *k),
+                    Arc::new(SliceObject::new(&slice_object(*i, *k, eps))),
+                );
             }
             Change::Slice(i, k, None) => {
                 self.slices.remove(&(*i, *k));

@@ -9,7 +9,7 @@ use proxy_agent::{
     datapath::{check_invariant, DumpView},
     maps::FakeMaps,
     metrics::Metrics,
-    model::ModelConfig,
+    model::{ModelConfig, ServiceObject, SliceObject},
     sync::Syncer,
 };
 
@@ -172,10 +172,12 @@ fn fifty_thousand_services_with_a_quarter_million_endpoints_fit_the_documented_s
             "ports": [{"port": 8080}],
             "endpoints": eps,
         });
-        snap.services
-            .push(Arc::new(serde_json::from_value(svc).expect("service")));
-        snap.slices
-            .push(Arc::new(serde_json::from_value(slice).expect("slice")));
+        snap.services.push(Arc::new(ServiceObject::new(
+            &serde_json::from_value(svc).expect("service"),
+        )));
+        snap.slices.push(Arc::new(SliceObject::new(
+            &serde_json::from_value(slice).expect("slice"),
+        )));
     }
     let mut maps = FakeMaps::new(LARGE_SERVICES);
     maps.backend_capacity = LARGE_BACKENDS;
@@ -197,7 +199,9 @@ fn fifty_thousand_services_with_a_quarter_million_endpoints_fit_the_documented_s
         "ports": [{"port": 8080}],
         "endpoints": [{"addresses": ["10.200.0.1"]}],
     });
-    snap.slices[7] = Arc::new(serde_json::from_value(slice).expect("slice"));
+    snap.slices[7] = Arc::new(SliceObject::new(
+        &serde_json::from_value(slice).expect("slice"),
+    ));
     let out = s.sync(&snap, false).expect("sync");
     assert!(out.incremental && out.complete(), "{out:?}");
     // One backend in, five out, the master's count and the slots.

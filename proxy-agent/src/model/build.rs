@@ -9,11 +9,12 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use super::{
     endpoints::categorize,
-    service::{parse_service, PortInfo, ServiceInfo},
+    objects::{service_objects, slice_objects, ServiceObject},
+    service::{PortInfo, ServiceInfo},
     skip::{skip, SkipReason},
     slices::UsableSlice,
     Budget, DesiredState, Frontend, FrontendKind, FrontendState, Model, ModelConfig,
-    ServicePortName, Skip,
+    ServicePortName, ServiceRef, Skip,
 };
 
 /// A frontend's slot index is a u16 and slot 0 is the master entry.
@@ -68,7 +69,7 @@ pub struct ServiceBuild {
 /// counts are upper bounds computed before anything is built (every
 /// address family, every slice endpoint), so a hostile object costs no more
 /// than counting it.
-fn over_budget(info: &ServiceInfo, slices: &[UsableSlice], budget: &Budget) -> Option<String> {
+fn over_budget(info: &ServiceInfo, slices: &[&UsableSlice], budget: &Budget) -> Option<String> {
     let ports = info.ports.len();
     let addresses = info.cluster_ips.len() + info.external_ips.len() + info.load_balancer_ips.len();
     let node_ports = info.ports.iter().filter(|p| p.node_port.is_some()).count();
@@ -91,21 +92,30 @@ fn over_budget(info: &ServiceInfo, slices: &[UsableSlice], budget: &Budget) -> O
     })
 }
 
-/// Computes what every Service needs on this node. Objects that cannot be
-/// used are left out with a [`Skip`]; they never affect other Services.
+/// Computes what every Service needs on this node from API objects.
+/// Objects that cannot be used are left out with a [`Skip`]; they never
+/// affect other Services.
 pub fn build_desired_state<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     config: &ModelConfig,
 ) -> BuildOutput {
-    Model::build(services, slices, config).output()
+    let (services, slices) = (service_objects(services), slice_objects(slices));
+    Model::build(
+        services.iter().map(AsRef::as_ref),
+        slices.iter().map(AsRef::as_ref),
+        config,
+    )
+    .output()
 }
 
-/// What `svc` asks of this node given its usable slices `own_slices`,
-/// before its frontends are weighed against other Services' claims.
+/// What the Service `key` (`svc`) asks of this node given its usable
+/// slices `own_slices`, before its frontends are weighed against other
+/// Services' claims.
 pub fn build_service(
-    svc: &Service,
-    own_slices: &[UsableSlice],
+    key: &ServiceRef,
+    svc: &ServiceObject,
+    own_slices: &[&UsableSlice],
     config: &ModelConfig,
 ) -> ServiceBuild {
     let mut out = ServiceBuild {
@@ -115,11 +125,13 @@ pub fn build_service(
             .max(),
         ..ServiceBuild::default()
     };
-    let Some(info) = parse_service(svc, config, &mut out.skips) else {
+    let (info, skips) = svc.parsed(config);
+    out.skips.extend_from_slice(skips);
+    let Some(info) = info else {
         return out;
     };
-    let obj = format!("{}/{}", info.namespace, info.name);
-    if let Some(why) = over_budget(&info, own_slices, &config.budget) {
+    if let Some(why) = over_budget(info, own_slices, &config.budget) {
+        let obj = format!("{}/{}", key.0, key.1);
         out.skips
             .push(skip("Service", &obj, SkipReason::OverBudget, &why));
         return out;
@@ -127,7 +139,7 @@ pub fn build_service(
     for port in &info.ports {
         // Each IP family has its own slices and frontends (dual-stack).
         for ipv6 in [false, true] {
-            build_port(&mut out, &info, port, ipv6, own_slices, config);
+            build_port(&mut out, (key, info), port, ipv6, own_slices, config);
         }
     }
     // The build is kept until the Service changes: no spare capacity.
@@ -138,10 +150,10 @@ pub fn build_service(
 /// The frontends of one port of one address family of a Service.
 fn build_port(
     out: &mut ServiceBuild,
-    info: &ServiceInfo,
+    (key, info): (&ServiceRef, &ServiceInfo),
     port: &PortInfo,
     ipv6: bool,
-    own_slices: &[UsableSlice],
+    own_slices: &[&UsableSlice],
     config: &ModelConfig,
 ) {
     let family = |ip: &&IpAddr| ip.is_ipv6() == ipv6;
@@ -149,8 +161,8 @@ fn build_port(
         return; // the Service does not have this family
     }
     let spn = ServicePortName {
-        namespace: info.namespace.to_string(),
-        name: info.name.to_string(),
+        namespace: key.0.clone(),
+        name: key.1.clone(),
         port: port.name.clone(),
     };
     let mut eps = categorize(own_slices, &port.name, port.protocol, ipv6, &config.node);
@@ -158,7 +170,7 @@ fn build_port(
         if set.len() > MAX_ENDPOINTS_PER_FRONTEND {
             out.skips.push(skip(
                 "Service",
-                &format!("{}/{}", info.namespace, info.name),
+                &format!("{}/{}", key.0, key.1),
                 SkipReason::TooManyEndpoints,
                 &format!("{} endpoints for port {:?}", set.len(), port.name),
             ));
@@ -175,8 +187,8 @@ fn build_port(
             .health_checks
             .entry(hc_port)
             .or_insert_with(|| HealthCheck {
-                namespace: info.namespace.to_string(),
-                name: info.name.to_string(),
+                namespace: key.0.clone(),
+                name: key.1.clone(),
                 local_endpoints: 0,
             });
         hc.local_endpoints = hc.local_endpoints.max(eps.local_ready);

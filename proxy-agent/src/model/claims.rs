@@ -9,15 +9,13 @@
 //! the first ClusterIP claim of an address wins (a tenant's externalIP must
 //! not capture someone else's ClusterIP, the CVE-2020-8554 shape), else the
 //! first claim.
-use std::collections::{BTreeMap, BTreeSet};
-
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{
     build::{build_service, BuildOutput, HealthCheck, ServiceBuild},
-    namespaced_name,
+    objects::{ServiceObject, SliceObject},
     skip::{skip, SkipReason},
-    slices::{slice_service, usable_slices},
+    slices::UsableSlice,
     Frontend, FrontendKind, FrontendState, ModelConfig, Skip,
 };
 
@@ -78,19 +76,19 @@ pub struct Model {
     no_local: [usize; 2],
 }
 
-/// `(namespace, name)` of `svc`.
-pub fn service_ref(svc: &Service) -> Option<ServiceRef> {
-    namespaced_name(&svc.metadata).map(|(ns, n)| (ns.to_string(), n.to_string()))
-}
-
-/// What `svc` asks for given its own (unvalidated) slices: the slices'
+/// What `svc` (named `key`) asks for given its own slices: the slices'
 /// own skips go with the Service.
-pub fn build_one(svc: &Service, slices: &[&EndpointSlice], config: &ModelConfig) -> ServiceBuild {
-    let mut skips = Vec::new();
-    let usable = usable_slices(slices.iter().copied(), &mut skips);
-    let own = usable.into_values().flatten().collect::<Vec<_>>();
-    let mut build = build_service(svc, &own, config);
-    build.skips.extend(skips);
+pub fn build_one(
+    key: &ServiceRef,
+    svc: &ServiceObject,
+    slices: &[&SliceObject],
+    config: &ModelConfig,
+) -> ServiceBuild {
+    let own: Vec<&UsableSlice> = slices.iter().filter_map(|s| s.usable()).collect();
+    let mut build = build_service(key, svc, &own, config);
+    for slice in slices {
+        build.skips.extend_from_slice(slice.skips());
+    }
     build
 }
 
@@ -98,29 +96,27 @@ impl Model {
     /// Every Service of the snapshot built. Services are taken by
     /// namespace/name; a second object with the same one is skipped.
     pub fn build<'a>(
-        services: impl IntoIterator<Item = &'a Service>,
-        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        services: impl IntoIterator<Item = &'a ServiceObject>,
+        slices: impl IntoIterator<Item = &'a SliceObject>,
         config: &ModelConfig,
     ) -> Self {
         let mut model = Model::default();
-        let mut by_service: BTreeMap<ServiceRef, Vec<&EndpointSlice>> = BTreeMap::new();
-        let mut orphans = Vec::new();
+        let mut by_service: HashMap<ServiceRef, Vec<&SliceObject>> = HashMap::new();
         for slice in slices {
-            match slice_service(slice) {
+            match slice.service() {
                 Some(owner) => by_service.entry(owner).or_default().push(slice),
-                None => orphans.push(slice),
+                // Only their skips: they cannot be any Service's.
+                None => model.orphan_skips.extend_from_slice(slice.skips()),
             }
         }
-        // Only their skips: they cannot be any Service's.
-        usable_slices(orphans, &mut model.orphan_skips);
         for svc in services {
-            let Some(key) = service_ref(svc) else {
+            let Some(key) = svc.key() else {
                 model
                     .orphan_skips
                     .push(skip("Service", "<unnamed>", SkipReason::MissingName, ""));
                 continue;
             };
-            if model.builds.contains_key(&key) {
+            if model.builds.contains_key(key) {
                 let obj = format!("{}/{}", key.0, key.1);
                 let why = "a second Service object with this namespace/name";
                 model
@@ -128,9 +124,9 @@ impl Model {
                     .push(skip("Service", &obj, SkipReason::DuplicateObject, why));
                 continue;
             }
-            let own = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
-            let build = build_one(svc, own, config);
-            model.replace(&key, Some(build));
+            let own = by_service.get(key).map(Vec::as_slice).unwrap_or_default();
+            let build = build_one(key, svc, own, config);
+            model.replace(key, Some(build));
         }
         model
     }

@@ -35,7 +35,7 @@ enum Topology {
 /// The endpoints of `port_name/protocol` across a Service's slices of one
 /// IP family, with the target port each slice gives them.
 pub fn categorize(
-    slices: &[UsableSlice],
+    slices: &[&UsableSlice],
     port_name: &str,
     protocol: Protocol,
     ipv6: bool,

@@ -4,15 +4,16 @@
 mod build;
 mod claims;
 mod endpoints;
+mod objects;
 mod service;
 mod skip;
 mod slices;
 mod types;
 
 pub use build::{build_desired_state, build_service, BuildOutput, HealthCheck, ServiceBuild};
-pub use claims::{build_one, service_ref, Model, ServiceRef};
+pub use claims::{build_one, Model, ServiceRef};
+pub use objects::{service_objects, slice_objects, ServiceObject, SliceObject};
 pub use skip::{Skip, SkipReason};
-pub use slices::slice_service;
 pub use types::{
     Budget, DesiredState, Endpoint, Frontend, FrontendKind, FrontendState, ModelConfig,
     NodeContext, Protocol, ServicePortName,

@@ -7,17 +7,15 @@ use crate::node_addrs::Ipv4Cidr;
 
 use super::{
     skip::{skip, SkipReason},
-    ModelConfig, Protocol, Skip,
+    Protocol, Skip,
 };
 
-/// Services carrying this label belong to the proxy it names; kube-proxy
-/// ignores them unless the name is its own.
-const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// kube-proxy's default ClientIP affinity timeout (3 hours).
 const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 /// The API server's upper bound for timeoutSeconds (1 day).
 const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
 
+#[derive(Clone, Debug)]
 pub struct PortInfo {
     pub name: String,
     pub protocol: Protocol,
@@ -25,9 +23,10 @@ pub struct PortInfo {
     pub node_port: Option<u16>,
 }
 
-pub struct ServiceInfo<'a> {
-    pub namespace: &'a str,
-    pub name: &'a str,
+/// What the proxy uses of a Service (its name is kept beside it, in
+/// [`super::ServiceObject`]).
+#[derive(Clone, Debug)]
+pub struct ServiceInfo {
     /// Both families of a dual-stack Service; IPv6 is modelled, and left
     /// out when rendering until the datapath has IPv6 programs.
     pub cluster_ips: Vec<IpAddr>,
@@ -45,29 +44,13 @@ pub struct ServiceInfo<'a> {
     pub health_check_node_port: Option<u16>,
 }
 
-/// The proxy-relevant view of `svc`, or None when it is not ours to handle
-/// (headless, ExternalName, another proxy's, no ClusterIP yet) or unusable
-/// (with a skip saying why).
-pub fn parse_service<'a>(
-    svc: &'a Service,
-    config: &ModelConfig,
-    skips: &mut Vec<Skip>,
-) -> Option<ServiceInfo<'a>> {
-    let Some((namespace, name)) = super::namespaced_name(&svc.metadata) else {
-        skips.push(skip("Service", "<unnamed>", SkipReason::MissingName, ""));
-        return None;
-    };
-    let obj = format!("{namespace}/{name}");
-    let proxy_name = svc
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL));
-    if proxy_name.is_some() && proxy_name != config.proxy_name.as_ref() {
-        return None;
-    }
+/// The proxy-relevant view of `svc` (named `obj` in skips), or None when
+/// there is nothing to program (headless, ExternalName, no ClusterIP yet)
+/// or it is unusable (with a skip saying why). Whose proxy the Service is
+/// for is the caller's question: it depends on the agent's settings.
+pub fn parse_service(svc: &Service, obj: &str, skips: &mut Vec<Skip>) -> Option<ServiceInfo> {
     let Some(spec) = &svc.spec else {
-        skips.push(skip("Service", &obj, SkipReason::MissingSpec, ""));
+        skips.push(skip("Service", obj, SkipReason::MissingSpec, ""));
         return None;
     };
     if spec.type_.as_deref() == Some("ExternalName") {
@@ -83,18 +66,18 @@ pub fn parse_service<'a>(
     if raw.is_empty() || raw.iter().any(|ip| ip.is_empty() || *ip == "None") {
         return None;
     }
-    let cluster_ips = parse_ips(raw, &obj, SkipReason::InvalidClusterIp, skips)?;
+    let cluster_ips = parse_ips(raw, obj, SkipReason::InvalidClusterIp, skips)?;
     // A bad external address costs only that address.
     let external_ips = external_addresses(
         spec.external_ips.iter().flatten().map(String::as_str),
-        &obj,
+        obj,
         SkipReason::InvalidExternalIp,
         skips,
     );
-    let load_balancer_ips = load_balancer_ips(svc, &obj, skips);
+    let load_balancer_ips = load_balancer_ips(svc, obj, skips);
     let source_ranges = source_ranges(
         spec.load_balancer_source_ranges.iter().flatten(),
-        &obj,
+        obj,
         skips,
     );
     let affinity_timeout_s = if spec.session_affinity.as_deref() == Some("ClientIP") {
@@ -113,7 +96,7 @@ pub fn parse_service<'a>(
         let port_name = sp.name.clone().unwrap_or_default();
         let Some((protocol, port)) = super::usable_port(
             "Service",
-            &obj,
+            obj,
             &port_name,
             sp.protocol.as_deref(),
             Some(sp.port),
@@ -133,9 +116,9 @@ pub fn parse_service<'a>(
             node_port,
         });
     }
+    // Kept as long as the Service is: no spare capacity.
+    ports.shrink_to_fit();
     Some(ServiceInfo {
-        namespace,
-        name,
         cluster_ips,
         external_ips,
         load_balancer_ips,
@@ -168,6 +151,7 @@ fn parse_ips<'r>(
             }
         }
     }
+    ips.shrink_to_fit();
     Some(ips)
 }
 

@@ -1,5 +1,5 @@
 //! EndpointSlices validated into the parts the proxy uses.
-use std::{collections::BTreeMap, net::IpAddr};
+use std::net::IpAddr;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -12,6 +12,7 @@ use super::{
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// One usable port of an EndpointSlice.
+#[derive(Clone, Debug)]
 pub struct SlicePort {
     pub name: String,
     pub protocol: Protocol,
@@ -19,6 +20,7 @@ pub struct SlicePort {
 }
 
 /// One endpoint with its conditions (API defaults applied) and topology.
+#[derive(Clone, Debug)]
 pub struct SliceEndpoint {
     pub ip: IpAddr,
     pub ready: bool,
@@ -31,6 +33,7 @@ pub struct SliceEndpoint {
 }
 
 /// The parts of an EndpointSlice the proxy uses.
+#[derive(Clone, Debug)]
 pub struct UsableSlice {
     /// IPv6 slices (addressType IPv6) serve IPv6 frontends only.
     pub ipv6: bool,
@@ -41,70 +44,44 @@ pub struct UsableSlice {
     pub trigger_time: Option<String>,
 }
 
-/// `(namespace, Service name)` of the Service `slice` belongs to, if it
-/// is named and labelled.
-pub fn slice_service(slice: &EndpointSlice) -> Option<(String, String)> {
-    let (namespace, _) = super::namespaced_name(&slice.metadata)?;
-    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some((namespace.to_string(), service.clone()))
+/// The Service label of `slice`, if it has one.
+pub fn service_label(slice: &EndpointSlice) -> Option<&str> {
+    let labels = slice.metadata.labels.as_ref()?;
+    labels.get(SERVICE_NAME_LABEL).map(String::as_str)
 }
 
-/// Validates EndpointSlices and groups them by (namespace, service name).
-pub fn usable_slices<'a>(
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    skips: &mut Vec<Skip>,
-) -> BTreeMap<(String, String), Vec<UsableSlice>> {
-    let mut by_service: BTreeMap<(String, String), Vec<UsableSlice>> = BTreeMap::new();
-    for slice in slices {
-        let Some((namespace, name)) = super::namespaced_name(&slice.metadata) else {
-            skips.push(skip(
-                "EndpointSlice",
-                "<unnamed>",
-                SkipReason::MissingName,
-                "",
-            ));
-            continue;
-        };
-        let obj = format!("{namespace}/{name}");
-        let Some(service) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            skips.push(skip(
-                "EndpointSlice",
-                &obj,
-                SkipReason::MissingServiceNameLabel,
-                "",
-            ));
-            continue;
-        };
-        // FQDN slices are ignored by kube-proxy too; not an error.
-        let ipv6 = match slice.address_type.as_str() {
-            "IPv4" => false,
-            "IPv6" => true,
-            _ => continue,
-        };
-        let ports = usable_ports(slice, &obj, skips);
-        let endpoints = usable_endpoints(slice, ipv6, &obj, skips);
-        let trigger_time = slice
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get("endpoints.kubernetes.io/last-change-trigger-time"))
-            .cloned();
-        by_service
-            .entry((namespace.to_string(), service.clone()))
-            .or_default()
-            .push(UsableSlice {
-                ipv6,
-                ports,
-                endpoints,
-                trigger_time,
-            });
+/// Validates the named EndpointSlice `slice` (`obj` in skips): None
+/// (with skips) when it has no Service label, None (silently) for FQDN
+/// slices, which kube-proxy ignores too.
+pub fn parse_slice(slice: &EndpointSlice, obj: &str, skips: &mut Vec<Skip>) -> Option<UsableSlice> {
+    if service_label(slice).is_none() {
+        skips.push(skip(
+            "EndpointSlice",
+            obj,
+            SkipReason::MissingServiceNameLabel,
+            "",
+        ));
+        return None;
     }
-    by_service
+    let ipv6 = match slice.address_type.as_str() {
+        "IPv4" => false,
+        "IPv6" => true,
+        _ => return None,
+    };
+    let ports = usable_ports(slice, obj, skips);
+    let endpoints = usable_endpoints(slice, ipv6, obj, skips);
+    let trigger_time = slice
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("endpoints.kubernetes.io/last-change-trigger-time"))
+        .cloned();
+    Some(UsableSlice {
+        ipv6,
+        ports,
+        endpoints,
+        trigger_time,
+    })
 }
 
 fn usable_ports(slice: &EndpointSlice, obj: &str, skips: &mut Vec<Skip>) -> Vec<SlicePort> {
@@ -127,6 +104,7 @@ fn usable_ports(slice: &EndpointSlice, obj: &str, skips: &mut Vec<Skip>) -> Vec<
             port,
         });
     }
+    ports.shrink_to_fit();
     ports
 }
 
@@ -136,7 +114,7 @@ fn usable_endpoints(
     obj: &str,
     skips: &mut Vec<Skip>,
 ) -> Vec<SliceEndpoint> {
-    let mut endpoints = Vec::new();
+    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for ep in &slice.endpoints {
         // All addresses of an endpoint are fungible; kube-proxy uses the
         // first.

@@ -3,7 +3,7 @@
 //! both been listed (nothing is programmed or pruned before that).
 use std::{path::Path, sync::Arc};
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
@@ -11,7 +11,7 @@ use k8s_openapi::api::{
 use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
-        reflector::{self, Store},
+        reflector::{self, Lookup, Store},
         watcher, WatchStreamExt,
     },
     Api, Client, Config,
@@ -20,7 +20,11 @@ use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use super::{strip, Snapshot};
-use crate::{metrics::Metrics, supervise::Supervisor};
+use crate::{
+    metrics::Metrics,
+    model::{ServiceObject, SliceObject},
+    supervise::Supervisor,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -97,30 +101,33 @@ pub async fn run(
     // The watches run as tasks of their own; one that ends would freeze
     // its store (and the maps) without a word, so that ends this task.
     let mut watches = Supervisor::new();
-    let services = spawn_reflector::<Service>(
+    let services = spawn_reflector(
         &mut watches,
-        Api::all(client.clone()),
+        Api::<Service>::all(client.clone()),
         watcher::Config::default(),
         Kind::Service,
-        strip::service,
+        |svc| ServiceObject::new(&svc),
         &changed,
         &metrics,
     );
-    let slices = spawn_reflector::<EndpointSlice>(
+    let slices = spawn_reflector(
         &mut watches,
-        Api::all(client.clone()),
+        Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default(),
         Kind::EndpointSlice,
-        strip::endpoint_slice,
+        |slice| SliceObject::new(&slice),
         &changed,
         &metrics,
     );
-    let node = spawn_reflector::<Node>(
+    let node = spawn_reflector(
         &mut watches,
-        Api::all(client),
+        Api::<Node>::all(client),
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
         Kind::Node,
-        strip::node,
+        |mut node| {
+            strip::node(&mut node);
+            node
+        },
         &changed,
         &metrics,
     );
@@ -170,16 +177,17 @@ fn reconnect_backoff() -> watcher::ExponentialBackoff {
         .into()
 }
 
-/// Starts a reflector task for `K` under `watches` and returns its store.
-fn spawn_reflector<K>(
+/// Starts a reflector task for `K` under `watches` and returns its store,
+/// which holds each object as `keep` turns it (parsed or stripped).
+fn spawn_reflector<K, R>(
     watches: &mut Supervisor,
     api: Api<K>,
     config: watcher::Config,
     kind: Kind,
-    strip: fn(&mut K),
+    keep: fn(K) -> R,
     changed: &Arc<Notify>,
     metrics: &Arc<Metrics>,
-) -> Store<K>
+) -> Store<R>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -188,20 +196,32 @@ where
         + Send
         + Sync
         + 'static,
+    R: Lookup<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store::<K>();
-    // Stripped before the store copies them in: the store keeps only what
-    // the agent reads, and each full object is dropped once this event has
-    // been handled.
+    let (reader, writer) = reflector::store::<R>();
+    // Turned before the store copies them in: the store keeps only what
+    // the agent reads, and each full object is dropped once its event has
+    // been turned.
     let events = watcher(api, config)
         .backoff(reconnect_backoff())
-        .modify(strip);
+        .map_ok(move |event| kept(event, keep));
     let stream = reflector::reflector(writer, events);
     watches.spawn_forever(
         kind.watch_name(),
         drive(stream, kind, changed.clone(), metrics.clone()),
     );
     reader
+}
+
+/// `event` with its object turned by `keep`.
+fn kept<K, R>(event: watcher::Event<K>, keep: fn(K) -> R) -> watcher::Event<R> {
+    match event {
+        watcher::Event::Apply(o) => watcher::Event::Apply(keep(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(keep(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(keep(o)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
 }
 
 async fn drive<K>(

@@ -10,8 +10,8 @@ use std::{
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde::Deserialize;
 
-use super::{strip, Snapshot};
-use crate::model::{Skip, SkipReason};
+use super::Snapshot;
+use crate::model::{ServiceObject, Skip, SkipReason, SliceObject};
 
 /// Reads every manifest file directly in `dir` (not recursive; hidden and
 /// editor temp files are ignored). Unreadable documents become skips; only
@@ -134,18 +134,12 @@ fn add_object(where_: &str, value: serde_yaml::Value, snap: &mut Snapshot) {
         .unwrap_or("");
     match (api_version, kind) {
         ("v1", "Service") => match serde_yaml::from_value::<Service>(value) {
-            Ok(mut svc) => {
-                strip::service(&mut svc);
-                snap.services.push(svc.into())
-            }
+            Ok(svc) => snap.services.push(ServiceObject::new(&svc).into()),
             Err(e) => snap.skips.push(unparsable(where_, &e.to_string())),
         },
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             match serde_yaml::from_value::<EndpointSlice>(value) {
-                Ok(mut slice) => {
-                    strip::endpoint_slice(&mut slice);
-                    snap.slices.push(slice.into())
-                }
+                Ok(slice) => snap.slices.push(SliceObject::new(&slice).into()),
                 Err(e) => snap.skips.push(unparsable(where_, &e.to_string())),
             }
         }
@@ -218,11 +212,10 @@ mod tests {
     }
 
     #[test]
-    fn manifest_objects_are_stripped() {
+    fn manifest_objects_are_kept_parsed() {
         let mut snap = Snapshot::default();
         parse_documents("t.yaml", SERVICE, &mut snap);
-        let meta = &snap.services[0].metadata;
-        assert_eq!(meta.name.as_deref(), Some("web"));
-        assert!(meta.managed_fields.is_none() && meta.annotations.is_none());
+        let key = snap.services[0].key();
+        assert_eq!(key, Some(&("default".to_string(), "web".to_string())));
     }
 }

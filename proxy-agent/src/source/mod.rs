@@ -1,5 +1,7 @@
-//! Where Services and EndpointSlices come from. Today: a directory of
-//! ordinary Kubernetes YAML, the embedded default that needs no cluster.
+//! Where Services and EndpointSlices come from: the API server's watches,
+//! or a directory of ordinary Kubernetes YAML (the embedded default that
+//! needs no cluster). Both keep objects parsed (`model::ServiceObject`),
+//! not as API structs.
 pub mod kube;
 pub mod manifest;
 pub mod strip;
@@ -7,20 +9,17 @@ pub mod watch_dir;
 
 use std::sync::Arc;
 
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::Node;
 
-use crate::model::Skip;
+use crate::model::{ServiceObject, Skip, SliceObject};
 
-/// A complete view of the objects a source holds at one moment.
+/// A complete view of the objects a source holds at one moment, parsed.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// Shared, because the API-server source hands out its cached objects
     /// without copying them.
-    pub services: Vec<Arc<Service>>,
-    pub slices: Vec<Arc<EndpointSlice>>,
+    pub services: Vec<Arc<ServiceObject>>,
+    pub slices: Vec<Arc<SliceObject>>,
     /// This node, when the source knows it (zone label, deletion).
     pub node: Option<Arc<Node>>,
     /// Documents that could not be read as objects.

@@ -16,9 +16,7 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-
-use crate::model::{service_ref, slice_service, ServiceRef};
+use crate::model::{ServiceObject, ServiceRef, SliceObject};
 
 use super::Snapshot;
 
@@ -46,10 +44,10 @@ struct Seen<K> {
 #[derive(Debug, Default)]
 pub struct Objects {
     epoch: u64,
-    services: HashMap<usize, Seen<Service>>,
-    slices: HashMap<usize, Seen<EndpointSlice>>,
-    by_service: HashMap<ServiceRef, Arc<Service>>,
-    slices_of: HashMap<ServiceRef, Vec<Arc<EndpointSlice>>>,
+    services: HashMap<usize, Seen<ServiceObject>>,
+    slices: HashMap<usize, Seen<SliceObject>>,
+    by_service: HashMap<ServiceRef, Arc<ServiceObject>>,
+    slices_of: HashMap<ServiceRef, Vec<Arc<SliceObject>>>,
     /// The pointers of the last snapshot's lists, in their order.
     order: (Vec<usize>, Vec<usize>),
 }
@@ -179,8 +177,8 @@ impl Objects {
     }
 
     /// Marks `svc` seen; for a new object, its owner (None: unnamed).
-    fn see_service(&mut self, svc: &Arc<Service>) -> Option<Option<ServiceRef>> {
-        let owner = mark(&mut self.services, self.epoch, svc, service_ref)?;
+    fn see_service(&mut self, svc: &Arc<ServiceObject>) -> Option<Option<ServiceRef>> {
+        let owner = mark(&mut self.services, self.epoch, svc, |s| s.key().cloned())?;
         if let Some(key) = &owner {
             self.by_service.insert(key.clone(), svc.clone());
         }
@@ -188,8 +186,8 @@ impl Objects {
     }
 
     /// Marks `slice` seen; for a new object, its Service (None: unowned).
-    fn see_slice(&mut self, slice: &Arc<EndpointSlice>) -> Option<Option<ServiceRef>> {
-        let owner = mark(&mut self.slices, self.epoch, slice, slice_service)?;
+    fn see_slice(&mut self, slice: &Arc<SliceObject>) -> Option<Option<ServiceRef>> {
+        let owner = mark(&mut self.slices, self.epoch, slice, SliceObject::service)?;
         if let Some(key) = &owner {
             self.slices_of
                 .entry(key.clone())
@@ -244,12 +242,12 @@ impl Objects {
     }
 
     /// The Service `key` as the last snapshot had it.
-    pub fn service(&self, key: &ServiceRef) -> Option<&Arc<Service>> {
+    pub fn service(&self, key: &ServiceRef) -> Option<&Arc<ServiceObject>> {
         self.by_service.get(key)
     }
 
     /// The slices that name `key` as their Service.
-    pub fn slices_of(&self, key: &ServiceRef) -> Vec<&EndpointSlice> {
+    pub fn slices_of(&self, key: &ServiceRef) -> Vec<&SliceObject> {
         self.slices_of
             .get(key)
             .map(|l| l.iter().map(|s| s.as_ref()).collect())
@@ -265,21 +263,24 @@ impl Objects {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::{
+        api::{core::v1::Service, discovery::v1::EndpointSlice},
+        apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    };
 
-    fn svc(name: &str) -> Arc<Service> {
-        Arc::new(Service {
+    fn svc(name: &str) -> Arc<ServiceObject> {
+        Arc::new(ServiceObject::new(&Service {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
                 ..Default::default()
             },
             ..Default::default()
-        })
+        }))
     }
 
-    fn slice(name: &str, service: Option<&str>) -> Arc<EndpointSlice> {
-        Arc::new(EndpointSlice {
+    fn slice(name: &str, service: Option<&str>) -> Arc<SliceObject> {
+        Arc::new(SliceObject::new(&EndpointSlice {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
@@ -290,7 +291,7 @@ mod tests {
             address_type: "IPv4".into(),
             endpoints: Vec::new(),
             ports: None,
-        })
+        }))
     }
 
     fn keys(names: &[&str]) -> Changes {

@@ -94,8 +94,8 @@ impl<M: LbMaps> Syncer<M> {
             .iter()
             .map(|key| {
                 let svc = self.objects.service(key);
-                let build =
-                    svc.map(|svc| build_one(svc, &self.objects.slices_of(key), &self.config));
+                let slices = self.objects.slices_of(key);
+                let build = svc.map(|svc| build_one(key, svc, &slices, &self.config));
                 (key.clone(), build)
             })
             .collect();

@@ -4,7 +4,7 @@
 use proxy_agent::{
     datapath::{apply, plan, render, DumpView, Ids, MapState},
     maps::FakeMaps,
-    model::{build_desired_state, BuildOutput, ModelConfig, NodeContext},
+    model::{BuildOutput, Model, ModelConfig, NodeContext},
     source::{manifest::parse_documents, Snapshot},
 };
 
@@ -32,11 +32,12 @@ pub fn build_on(yaml: &str, node: &str, zone: Option<&str>) -> BuildOutput {
 
 pub fn build_with(yaml: &str, config: &ModelConfig) -> BuildOutput {
     let snap = snapshot(yaml);
-    let mut out = build_desired_state(
+    let mut out = Model::build(
         snap.services.iter().map(|s| s.as_ref()),
         snap.slices.iter().map(|s| s.as_ref()),
         config,
-    );
+    )
+    .output();
     out.skips.extend(snap.skips);
     out.skips.sort();
     out
