@@ -43,6 +43,9 @@ enum Bench {
     Pipeline {
         #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
         services: Vec<usize>,
+        /// Cold full syncs per count, each by a fresh syncer.
+        #[arg(long, default_value_t = 5)]
+        cold_rounds: usize,
         #[arg(long, default_value_t = 50)]
         rounds: usize,
     },
@@ -105,7 +108,11 @@ enum Bench {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
-        Bench::Pipeline { services, rounds } => pipeline::run(&services, rounds),
+        Bench::Pipeline {
+            services,
+            cold_rounds,
+            rounds,
+        } => pipeline::run(&services, cold_rounds, rounds),
         Bench::SyncLatency { services, rounds } => sync_latency::run(&services, rounds),
         Bench::TcDatapath {
             services,

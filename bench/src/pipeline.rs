@@ -17,25 +17,37 @@ use crate::{objects, report};
 
 /// The pipeline's times for one Service count.
 pub struct Costs {
-    /// The first (cold) full sync of all Services.
-    pub first: Duration,
+    /// Cold full syncs of all Services, each by a fresh syncer into fresh
+    /// fake maps; the first in the process also grows the heap.
+    pub cold: Vec<Duration>,
     /// Change-driven syncs after one EndpointSlice change each.
     pub cached: Vec<Duration>,
     /// The same with a re-read of the maps (full resync).
     pub full: Vec<Duration>,
 }
 
-/// Cold sync of `n` Services, then `rounds` single changes of each kind.
-pub fn measure(n: usize, rounds: usize) -> anyhow::Result<Costs> {
-    let mut snap = objects::snapshot(n)?;
-    let mut syncer = Syncer::new(
+fn fresh_syncer() -> anyhow::Result<Syncer<FakeMaps>> {
+    Ok(Syncer::new(
         FakeMaps::new(1 << 20),
         Arc::new(Metrics::new()),
         ModelConfig::default(),
-    )?;
-    let t = Instant::now();
-    syncer.sync(&snap, true)?;
-    let first = t.elapsed();
+    )?)
+}
+
+/// `cold_rounds` cold syncs of `n` Services, then `rounds` single changes
+/// of each kind on the last syncer.
+pub fn measure(n: usize, cold_rounds: usize, rounds: usize) -> anyhow::Result<Costs> {
+    let mut snap = objects::snapshot(n)?;
+    let mut cold = Vec::new();
+    let mut syncer = fresh_syncer()?;
+    for r in 0..cold_rounds.max(1) {
+        if r > 0 {
+            syncer = fresh_syncer()?;
+        }
+        let t = Instant::now();
+        syncer.sync(&snap, true)?;
+        cold.push(t.elapsed());
+    }
     // Alternate change-driven syncs (trust the last write) and full
     // resyncs (re-read the maps) so both see the same conditions.
     let (mut cached, mut full) = (Vec::new(), Vec::new());
@@ -56,25 +68,24 @@ pub fn measure(n: usize, rounds: usize) -> anyhow::Result<Costs> {
             cached.push(took)
         }
     }
-    Ok(Costs {
-        first,
-        cached,
-        full,
-    })
+    Ok(Costs { cold, cached, full })
 }
 
-pub fn run(sizes: &[usize], rounds: usize) -> anyhow::Result<()> {
+pub fn run(sizes: &[usize], cold_rounds: usize, rounds: usize) -> anyhow::Result<()> {
     let mut body = String::new();
     let _ = writeln!(
         body,
-        "One sync after one EndpointSlice change (fake maps), {rounds} rounds:\n"
+        "{cold_rounds} cold full syncs (each by a fresh syncer into fresh fake maps; the first \
+         in the process also grows the heap), then one sync after one EndpointSlice change, \
+         {rounds} rounds:\n"
     );
     for &n in sizes {
-        let mut c = measure(n, rounds)?;
+        let mut c = measure(n, cold_rounds, rounds)?;
+        let first = report::ms(c.cold[0]);
         let _ = writeln!(
             body,
-            "- {n:>6} Services: first full sync {:8.2} ms\n    per change:           {}\n    per change + re-read: {}",
-            report::ms(c.first),
+            "- {n:>6} Services: first full sync {first:8.2} ms\n    cold full sync:       {}\n    per change:           {}\n    per change + re-read: {}",
+            report::summary(&mut c.cold),
             report::summary(&mut c.cached),
             report::summary(&mut c.full)
         );

@@ -458,7 +458,7 @@ fn a_cluster_ip_wins_over_another_services_external_ip_on_the_same_address() {
         protocol: Protocol::Tcp,
     };
     let owner = &out.state.frontends[&fe];
-    assert_eq!(owner.name.name, "z-victim");
+    assert_eq!(&*owner.name.name, "z-victim");
     assert_eq!(owner.kind, proxy_agent::model::FrontendKind::ClusterIp);
     let conflict: Vec<_> = out
         .skips
@@ -474,7 +474,7 @@ fn a_cluster_ip_wins_over_another_services_external_ip_on_the_same_address() {
     let yaml = named_svc("a-victim", "10.96.0.10", "")
         + &named_svc("z-hostile", "10.96.0.50", "  externalIPs: [10.96.0.10]\n");
     let out = common::build(&yaml);
-    assert_eq!(out.state.frontends[&fe].name.name, "a-victim");
+    assert_eq!(&*out.state.frontends[&fe].name.name, "a-victim");
 }
 
 #[test]
@@ -579,7 +579,7 @@ fn a_service_over_its_budget_is_skipped_whole_and_harms_no_other() {
         .state
         .frontends
         .values()
-        .map(|f| f.name.name.clone())
+        .map(|f| f.name.name.to_string())
         .collect();
     assert_eq!(owners, ["kube-dns".to_string()].into(), "kube-dns only");
     assert_eq!(out.state.frontends.len(), 3);

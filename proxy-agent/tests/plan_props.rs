@@ -72,7 +72,7 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
             .map(|(fe, (endpoints, in_cluster, ranges))| {
                 let name = ServicePortName {
                     namespace: "ns".into(),
-                    name: format!("svc-{}", fe.ip),
+                    name: format!("svc-{}", fe.ip).into(),
                     port: fe.port.to_string(),
                 };
                 let kind = match in_cluster {
@@ -201,7 +201,7 @@ fn a_full_backend_map_holds_back_only_the_frontends_that_need_new_backends() {
                         source_ranges: Vec::new(),
                         name: ServicePortName {
                             namespace: "ns".into(),
-                            name: format!("s{f}"),
+                            name: format!("s{f}").into(),
                             port: String::new(),
                         },
                         endpoints: eps.iter().map(|e| ep(*e)).collect::<BTreeSet<_>>().into(),

@@ -86,7 +86,7 @@ fn measure(opts: &Options, n: usize) -> Result<Size> {
         );
         loads.push((b, times));
     }
-    let pipeline = pipeline::measure(n, opts.rounds)?;
+    let pipeline = pipeline::measure(n, opts.full_rounds, opts.rounds)?;
     let api = if opts.api_services.contains(&n) {
         Some(sync_latency::single(n, opts.rounds)?)
     } else {

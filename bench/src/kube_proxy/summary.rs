@@ -63,7 +63,7 @@ fn load_table(opts: &Options, sizes: &[Size]) -> String {
             s.n,
             "bpfproxy pipeline (fake maps)",
             "—".into(),
-            &[p.first],
+            &p.cold,
             &p.cached,
         ));
         if let Some(a) = &s.api {
@@ -272,7 +272,9 @@ fn panels(sizes: &[Size]) -> Vec<chart::Panel> {
         };
         conn.push(series(b.label(), &at));
     }
-    full.push(series("bpfproxy pipeline", &|s| Some(ms(s.pipeline.first))));
+    full.push(series("bpfproxy pipeline", &|s| {
+        p50_p99(&s.pipeline.cold).map(|(p50, _)| ms(p50))
+    }));
     full.push(series("bpfproxy agent (manifest dir)", &|s| {
         Some(ms(s.connect.agent_cold))
     }));

@@ -145,19 +145,24 @@ pub fn render_frontends<'a>(
     ids: &mut Ids,
 ) -> RenderOutput {
     let mut out = RenderOutput::default();
-    let mut kept: BTreeSet<Frontend> = BTreeSet::new();
+    let mut kept: Vec<Frontend> = Vec::new();
     for (fe, fs) in frontends {
         if programmable(fe).is_none() {
             continue;
         }
-        kept.insert(*fe);
+        kept.push(*fe);
         match render_frontend(fe, fs, ids) {
             Some(piece) => piece.put(&mut out.state, &mut out.users),
             None => out.dropped.push(*fe),
         }
     }
+    // Already sorted when the frontends come in order (a linear pass).
+    kept.sort_unstable();
     let users = &out.users;
-    ids.retain(|id| users.0.contains_key(&id), |fe| kept.contains(fe));
+    ids.retain(
+        |id| users.0.contains_key(&id),
+        |fe| kept.binary_search(fe).is_ok(),
+    );
     out
 }
 
@@ -167,15 +172,15 @@ pub fn render_frontend(fe: &Frontend, fs: &FrontendState, ids: &mut Ids) -> Opti
     let vip = programmable(fe)?;
     let rev_nat_id = ids.frontend(*fe)?;
     let master_key = ServiceKey::new(vip, fe.port, fe.protocol.number(), 0);
-    let mut views = vec![(master_key, &fs.endpoints, flags(fs))];
-    if let Some(in_cluster) = &fs.in_cluster {
-        views.push((
+    let in_cluster = fs.in_cluster.as_ref().map(|in_cluster| {
+        (
             master_key.in_cluster(),
             in_cluster,
             flags(fs) & svc_flags::REJECT,
-        ));
-    }
-    let mut out = Vec::with_capacity(views.len());
+        )
+    });
+    let mut out = Vec::with_capacity(1 + usize::from(in_cluster.is_some()));
+    let views = std::iter::once((master_key, &fs.endpoints, flags(fs))).chain(in_cluster);
     for (key, endpoints, flags) in views {
         let slots = slots(ids, fe.protocol, endpoints, &fs.node_local)?;
         // Bounded by MAX_ENDPOINTS_PER_FRONTEND in the model.
@@ -190,7 +195,7 @@ pub fn render_frontend(fe: &Frontend, fs: &FrontendState, ids: &mut Ids) -> Opti
         rev_nat_id: u32::from(rev_nat_id),
         views: out,
         rev_nat: RevNatValue::new(vip, fe.port),
-        name: fs.name.to_string(),
+        name: fs.name.label(),
         ranges: fs
             .source_ranges
             .iter()

@@ -187,8 +187,8 @@ fn build_port(
             .health_checks
             .entry(hc_port)
             .or_insert_with(|| HealthCheck {
-                namespace: key.0.clone(),
-                name: key.1.clone(),
+                namespace: key.0.to_string(),
+                name: key.1.to_string(),
                 local_endpoints: 0,
             });
         hc.local_endpoints = hc.local_endpoints.max(eps.local_ready);

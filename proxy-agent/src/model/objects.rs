@@ -44,7 +44,7 @@ impl ServiceObject {
         let Some((namespace, name)) = namespaced_name(&svc.metadata) else {
             skips.push(skip("Service", "<unnamed>", SkipReason::MissingName, ""));
             return ServiceObject {
-                key: (namespace_of(&svc.metadata), String::new()),
+                key: (namespace_of(&svc.metadata).into(), "".into()),
                 proxy_name: None,
                 info: None,
                 skips,
@@ -59,7 +59,7 @@ impl ServiceObject {
             .and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL).cloned());
         skips.shrink_to_fit();
         ServiceObject {
-            key: (namespace.to_string(), name.to_string()),
+            key: (namespace.into(), name.into()),
             proxy_name,
             info,
             skips,
@@ -94,9 +94,9 @@ pub struct SliceObject {
     namespace: String,
     /// Empty for an unnamed object.
     name: String,
-    /// Its Service's name (the kubernetes.io/service-name label), for a
-    /// named slice.
-    service: Option<String>,
+    /// Its Service (the kubernetes.io/service-name label in the slice's
+    /// namespace), for a named slice.
+    service: Option<ServiceRef>,
     usable: Option<UsableSlice>,
     skips: Vec<Skip>,
 }
@@ -125,7 +125,7 @@ impl SliceObject {
         SliceObject {
             namespace: namespace.to_string(),
             name: name.to_string(),
-            service: service_label(slice).map(str::to_string),
+            service: service_label(slice).map(|s| (namespace.into(), s.into())),
             usable,
             skips,
         }
@@ -134,8 +134,7 @@ impl SliceObject {
     /// `(namespace, Service name)` of the Service the slice belongs to, if
     /// it is named and labelled.
     pub fn service(&self) -> Option<ServiceRef> {
-        let service = self.service.as_ref()?;
-        Some((self.namespace.clone(), service.clone()))
+        self.service.clone()
     }
 
     /// The slice's parts the proxy uses (None: unusable or FQDN).

@@ -64,18 +64,32 @@ impl fmt::Display for Protocol {
 /// (`namespace/name` when the port is unnamed).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServicePortName {
-    pub namespace: String,
-    pub name: String,
+    /// Shared with the Service's key (and the other ports' names).
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     pub port: String,
+}
+
+impl ServicePortName {
+    /// The name as text, like Display but without the formatter: a full
+    /// sync renders one per frontend.
+    pub fn label(&self) -> String {
+        let mut out =
+            String::with_capacity(self.namespace.len() + self.name.len() + self.port.len() + 2);
+        out.push_str(&self.namespace);
+        out.push('/');
+        out.push_str(&self.name);
+        if !self.port.is_empty() {
+            out.push(':');
+            out.push_str(&self.port);
+        }
+        out
+    }
 }
 
 impl fmt::Display for ServicePortName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)?;
-        if !self.port.is_empty() {
-            write!(f, ":{}", self.port)?;
-        }
-        Ok(())
+        f.write_str(&self.label())
     }
 }
 

@@ -216,6 +216,6 @@ mod tests {
         let mut snap = Snapshot::default();
         parse_documents("t.yaml", SERVICE, &mut snap);
         let key = snap.services[0].key();
-        assert_eq!(key, Some(&("default".to_string(), "web".to_string())));
+        assert_eq!(key, Some(&("default".into(), "web".into())));
     }
 }

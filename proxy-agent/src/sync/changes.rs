@@ -157,20 +157,29 @@ impl Objects {
 
     /// [`Self::update`] by one lookup per object.
     fn update_by_lookup(&mut self, snap: &Snapshot) -> Changes {
+        // The first snapshot changes everything: no need to list it.
+        let first = self.epoch == 0;
         self.epoch += 1;
         let mut dirty = BTreeSet::new();
         let mut unowned = false;
+        let mut note = |owner: Option<ServiceRef>| {
+            unowned |= owner.is_none();
+            if !first {
+                dirty.extend(owner);
+            }
+        };
         for svc in &snap.services {
             if let Some(owner) = self.see_service(svc) {
-                unowned |= owner.is_none();
-                dirty.extend(owner);
+                note(owner);
             }
         }
         for slice in &snap.slices {
             if let Some(owner) = self.see_slice(slice) {
-                unowned |= owner.is_none();
-                dirty.extend(owner);
+                note(owner);
             }
+        }
+        if first {
+            return Changes::Everything;
         }
         self.sweep(&mut dirty);
         self.verdict(unowned, dirty)
@@ -295,7 +304,7 @@ mod tests {
     }
 
     fn keys(names: &[&str]) -> Changes {
-        Changes::Services(names.iter().map(|n| ("ns".into(), n.to_string())).collect())
+        Changes::Services(names.iter().map(|n| ("ns".into(), (*n).into())).collect())
     }
 
     #[test]
@@ -307,7 +316,7 @@ mod tests {
             slices: vec![sa.clone()],
             ..Snapshot::default()
         };
-        assert_eq!(objects.update(&snap), keys(&["a", "b"]));
+        assert_eq!(objects.update(&snap), Changes::Everything, "the first");
         assert_eq!(objects.update(&snap), keys(&[]), "same objects");
         // b replaced by a new version, a's slice gone.
         snap.services = vec![a.clone(), svc("b")];
@@ -348,12 +357,16 @@ mod tests {
     #[test]
     fn unowned_objects_and_duplicate_names_ask_for_everything() {
         let mut objects = Objects::default();
-        let snap = Snapshot {
-            services: vec![svc("a")],
-            slices: vec![slice("x", None)],
+        let a = svc("a");
+        let mut snap = Snapshot {
+            services: vec![a.clone()],
             ..Snapshot::default()
         };
+        objects.update(&snap);
+        snap.slices = vec![slice("x", None)];
         assert_eq!(objects.update(&snap), Changes::Everything);
+        snap.slices.clear();
+        assert_eq!(objects.update(&snap), keys(&[]), "the unowned slice left");
         let snap = Snapshot {
             services: vec![svc("a"), svc("a")],
             ..Snapshot::default()

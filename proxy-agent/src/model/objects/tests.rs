@@ -190,7 +190,7 @@ fn real_objects_parse_into_what_the_model_programs() {
 fn objects_keep_their_names_for_the_sources_cache() {
     use kube::runtime::reflector::Lookup;
     let svc = ServiceObject::new(&parse(LB_SERVICE));
-    assert_eq!(svc.key(), Some(&("shop".to_string(), "web".to_string())));
+    assert_eq!(svc.key(), Some(&("shop".into(), "web".into())));
     assert_eq!(svc.to_object_ref(()).to_string(), "Service.v1./web.shop");
     let slice = SliceObject::new(&parse(SLICE));
     assert_eq!(slice.service(), Some(("shop".into(), "web".into())));
