@@ -75,7 +75,7 @@ enum Bench {
         #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000")]
         services: Vec<usize>,
         /// Service counts that also run a real agent on a real API server.
-        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000")]
         api_services: Vec<usize>,
         /// Full loads per backend and count, each in a fresh namespace.
         #[arg(long, default_value_t = 3)]

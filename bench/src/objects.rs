@@ -99,3 +99,41 @@ pub fn nodeport_yaml(node_port: u16, target_port: u16, backends: &[Ipv4Addr]) ->
     );
     (svc.to_yaml(), slice)
 }
+
+/// Agent flags for map sizes that hold `services` Services with
+/// `frontend_entries` service-map entries (a master and a slot per
+/// endpoint each) and `backends` backends: the defaults (64k service
+/// entries) stop short of 50k Services.
+pub fn map_size_args(services: usize, frontend_entries: usize, backends: usize) -> Vec<String> {
+    let size = |n: usize| n.max(65_536).next_power_of_two();
+    vec![
+        format!("--map-size-services={}", size(frontend_entries)),
+        format!("--map-size-backends={}", size(backends)),
+        format!("--map-size-rev-nat={}", size(services)),
+    ]
+}
+
+/// Creates the `n` bench Services and their EndpointSlices at `cluster`
+/// (several requests at a time); returns how long that took.
+pub fn create(
+    cluster: &bpfproxy_tests::cluster::Cluster,
+    n: usize,
+) -> anyhow::Result<std::time::Duration> {
+    cluster
+        .apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n")
+        .ok();
+    let t = std::time::Instant::now();
+    let services = (0..n)
+        .map(|i| serde_yaml::from_str::<Service>(&service_yaml(i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    cluster.apply_many(&services, PARALLEL_WRITES)?;
+    drop(services);
+    let slices = (0..n)
+        .map(|i| serde_yaml::from_str::<EndpointSlice>(&slice_yaml(i, 0)))
+        .collect::<Result<Vec<_>, _>>()?;
+    cluster.apply_many(&slices, PARALLEL_WRITES)?;
+    Ok(t.elapsed())
+}
+
+/// Writes in flight while creating the bench objects.
+const PARALLEL_WRITES: usize = 16;

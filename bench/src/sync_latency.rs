@@ -45,6 +45,9 @@ impl Subject {
         .for_api_server(&api.kubeconfig(), free()?, free()?);
         cfg.node_name = Some("bench-node".into());
         cfg.extra_args.push(format!("--min-sync-period={name}"));
+        // A master and two slots per Service.
+        cfg.extra_args
+            .extend(objects::map_size_args(n, 3 * n, 2 * n));
         let agent = Agent::start(cfg)?;
         let mut s = Subject {
             name,
@@ -149,13 +152,12 @@ pub fn single(n: usize, rounds: usize) -> Result<Single> {
     bpfproxy_tests::require_root()?;
     let api = ApiServer::start(&[], &[])?;
     let cluster = Cluster::connect(&api.kubeconfig())?;
-    cluster
-        .apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n")
-        .ok();
-    for i in 0..n {
-        cluster.apply_yaml(&objects::service_yaml(i))?;
-        cluster.apply_yaml(&objects::slice_yaml(i, 0))?;
-    }
+    let created = objects::create(&cluster, n)?;
+    eprintln!(
+        "{n} Services: {} objects created at the API server in {:.1} s",
+        2 * n,
+        created.as_secs_f64()
+    );
     let t = Instant::now();
     let mut subject = [Subject::start(VARIANTS[0], &api, n)?];
     let cold = t.elapsed();
@@ -207,15 +209,7 @@ pub fn run(sizes: &[usize], rounds: usize) -> Result<()> {
     for &n in sizes {
         let api = ApiServer::start(&[], &[])?;
         let cluster = Cluster::connect(&api.kubeconfig())?;
-        cluster
-            .apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n")
-            .ok();
-        let t = Instant::now();
-        for i in 0..n {
-            cluster.apply_yaml(&objects::service_yaml(i))?;
-            cluster.apply_yaml(&objects::slice_yaml(i, 0))?;
-        }
-        let created = t.elapsed();
+        let created = objects::create(&cluster, n)?;
         let t = Instant::now();
         let mut subjects = VARIANTS
             .iter()

@@ -49,9 +49,8 @@ pub fn run(args: &Args) -> Result<()> {
     // Its own defaults: per-packet cost with 10 vs 10k Services, and rounds
     // of packet batches rather than single changes.
     sh::run(Command::new(bin.join("bpfproxy-bench")).arg("tc-datapath"))?;
-    // kube-proxy's rulesets next to bpfproxy; its API-server agents run
-    // only for the counts of the sync-latency bench (more objects take too
-    // long to create one by one).
+    // kube-proxy's rulesets next to bpfproxy, with an agent on a real API
+    // server at every count.
     sh::run(
         Command::new(bin.join("bpfproxy-bench"))
             .args([
@@ -59,7 +58,7 @@ pub fn run(args: &Args) -> Result<()> {
                 "--services",
                 &args.kube_proxy_services,
                 "--api-services",
-                &args.services,
+                &args.kube_proxy_services,
                 "--rounds",
                 &rounds,
             ])

@@ -139,17 +139,11 @@ fn start_agent(sb: &Sandbox, svcs: &[SvcPort]) -> Result<(Agent, Duration)> {
     bail!("the last Service did not reach the maps within 600 s")
 }
 
-/// Map sizes that hold every Service: the defaults (64k frontend entries,
-/// a Service with two endpoints takes three) stop short of 50k Services.
+/// Map sizes that hold every Service.
 fn map_sizes(svcs: &[SvcPort]) -> Vec<String> {
     let frontends: usize = svcs.iter().map(|s| 1 + s.endpoints.len()).sum();
     let backends: usize = svcs.iter().map(|s| s.endpoints.len()).sum();
-    let size = |n: usize| n.max(65_536).next_power_of_two();
-    vec![
-        format!("--map-size-services={}", size(frontends)),
-        format!("--map-size-backends={}", size(backends)),
-        format!("--map-size-rev-nat={}", size(svcs.len())),
-    ]
+    crate::objects::map_size_args(svcs.len(), frontends, backends)
 }
 
 /// `samples` connect() times to `to` from the client namespace (in the

@@ -213,8 +213,8 @@ the per-Service chains only the changed Service's (departed endpoints' chains ar
 update is one transaction touching only the changed Service's chains. For bpfproxy the update is one \
 EndpointSlice change; `> T s`: a full load took longer than the timeout and was killed (no updates, no \
 connect() column for it at that count); the pipeline row is its CPU cost alone, the API-server row the whole path through \
-watch, sync and map writes. Counts without an API-server row ran no API server (creating that many objects \
-one by one through a test API server takes too long here); their one-change cost is the pipeline row.";
+watch, sync and map writes (the objects are created first, 16 writes at a time). Counts without an \
+API-server row ran no API server (`--api-services`); their one-change cost is the pipeline row.";
 
 const CONNECT_NOTES: &str = "Blocking connect() from a client namespace over a veth to a listener in a \
 second namespace: direct = to the backend's address with no rules; the kube-proxy columns = to the last \
