@@ -84,7 +84,7 @@ fn start(args: &RunArgs) -> anyhow::Result<Started> {
     let mut node_watch = NodeWatch::new(
         loaded,
         pin_dir.clone(),
-        args.nodeport_addresses.clone(),
+        args.services.nodeport_addresses.clone(),
         devices,
         metrics.clone(),
     );

@@ -155,6 +155,12 @@ pub struct ServicesArgs {
     /// Backend slots one Service may have (its frontends × endpoints).
     #[arg(long, default_value_t = Budget::default().backends_per_service)]
     pub max_backends_per_service: usize,
+    /// NodePorts answer only on node addresses inside these CIDRs,
+    /// comma-separated (kube-proxy's nodePortAddresses). Default: every
+    /// non-loopback IPv4 address of the node. Addresses are re-read every
+    /// 2 s.
+    #[arg(long, value_delimiter = ',')]
+    pub nodeport_addresses: Vec<node_addrs::Ipv4Cidr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -178,12 +184,6 @@ pub struct RunArgs {
     /// older path.
     #[arg(long, value_enum, default_value_t = loader::TcMode::Auto)]
     pub tc_attach: loader::TcMode,
-    /// NodePorts answer only on node addresses inside these CIDRs,
-    /// comma-separated (kube-proxy's nodePortAddresses). Default: every
-    /// non-loopback IPv4 address of the node. Addresses are re-read every
-    /// 2 s.
-    #[arg(long, value_delimiter = ',')]
-    pub nodeport_addresses: Vec<node_addrs::Ipv4Cidr>,
     #[command(flatten)]
     pub pins: PinArgs,
     #[command(flatten)]

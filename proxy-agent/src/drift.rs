@@ -3,10 +3,10 @@
 //! fitting into the maps' room) and compared with the pinned maps. Each
 //! difference is one write the agent's next full resync would make to
 //! repair it (`bpfproxy_drift_repairs_total` counts those).
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{net::Ipv4Addr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use proxy_common::{BackendValue, ServiceKey, ServiceValue};
+use proxy_common::{maps as names, node_flags, BackendValue, ServiceKey, ServiceValue};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -18,6 +18,7 @@ use crate::{
     maps::{pinned::PinnedMaps, LbMaps, MapsError},
     metrics::Metrics,
     model::{ModelConfig, Protocol},
+    node_addrs::{self, NodeAddrEntries, NodeAddrOp},
     source::Snapshot,
     sync::{desired_maps, node_zone},
 };
@@ -43,10 +44,13 @@ impl std::fmt::Display for Drift {
     }
 }
 
-/// The differences between `maps` and what `snap` asks for under `config`.
+/// The differences between `maps` and what `snap` asks for under
+/// `config`, and what the node's interfaces ask of the node-address map
+/// (`node_addrs`, the entries the agent's node watch would publish).
 pub fn check(
     snap: &Snapshot,
     mut config: ModelConfig,
+    node_addrs: &NodeAddrEntries,
     maps: &impl LbMaps,
 ) -> Result<Vec<Drift>, MapsError> {
     if let Some(node) = snap.node.as_deref() {
@@ -56,10 +60,54 @@ pub fn check(
     let mut ids = Ids::restore(&actual);
     let desired = desired_maps(snap, &config, &mut ids, &actual, &maps.capacity());
     let want = &desired.fitted.state;
-    Ok(plan(want, &actual)
+    let mut out: Vec<Drift> = plan(want, &actual)
         .iter()
         .map(|op| describe(op, want, &actual))
-        .collect())
+        .collect();
+    let actual_addrs = maps.read_node_addrs()?;
+    out.extend(
+        node_addrs::plan(node_addrs, &actual_addrs)
+            .iter()
+            .map(|op| describe_node_addr(op, node_addrs, &actual_addrs)),
+    );
+    Ok(out)
+}
+
+/// The node-address map entries this node's interfaces ask for now, as
+/// the agent's node watch computes them from `--nodeport-addresses`.
+fn node_addr_entries(args: &ServicesArgs) -> anyhow::Result<NodeAddrEntries> {
+    let ifaddrs = node_addrs::interface_addrs().context("listing the node's addresses")?;
+    let addrs: Vec<Ipv4Addr> = ifaddrs.iter().map(|i| i.addr).collect();
+    let selected = node_addrs::select(&addrs, &args.nodeport_addresses);
+    Ok(node_addrs::entries(&selected))
+}
+
+fn describe_node_addr(op: &NodeAddrOp, want: &NodeAddrEntries, actual: &NodeAddrEntries) -> Drift {
+    let key = match op {
+        NodeAddrOp::Upsert(k, _) | NodeAddrOp::Delete(k) => *k,
+    };
+    let value = |entries: &NodeAddrEntries| {
+        entries.get(&key).map_or_else(
+            || "nothing".to_string(),
+            |v| {
+                let nodeport = if v.flags & node_flags::NODEPORT != 0 {
+                    ", NodePorts"
+                } else {
+                    ""
+                };
+                format!(
+                    "SNAT to {}{nodeport}",
+                    Ipv4Addr::from(u32::from_be(v.snat_addr_be))
+                )
+            },
+        )
+    };
+    Drift {
+        map: names::NODE_ADDRS,
+        entry: Ipv4Addr::from(u32::from_be(key)).to_string(),
+        maps: value(actual),
+        desired: value(want),
+    }
 }
 
 /// `check` against the maps pinned under `bpffs`, with the objects the
@@ -76,7 +124,8 @@ pub fn check_pinned(
     let snap = rt.block_on(first_snapshot(args, node.clone(), wait))?;
     let maps = PinnedMaps::open(&pin_dir(bpffs))
         .with_context(|| format!("opening the maps pinned under {}", bpffs.display()))?;
-    Ok(check(&snap, model_config(args, &node), &maps)?)
+    let node_addrs = node_addr_entries(args)?;
+    Ok(check(&snap, model_config(args, &node), &node_addrs, &maps)?)
 }
 
 /// The first complete view of the source, as the agent's sync gets it.

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use proxy_agent::{
     datapath::Op,
     drift,
-    maps::{FakeMaps, FaultyMaps},
+    maps::{FakeMaps, FaultyMaps, LbMaps},
     metrics::Metrics,
     model::ModelConfig,
+    node_addrs::{self, NodeAddrOp},
     sync::Syncer,
 };
 
@@ -104,13 +105,19 @@ fn a_full_map_leaves_the_proxy_healthy_and_any_other_failure_does_not() {
 }
 
 /// `dump --check` finds exactly the entry someone changed behind the
-/// agent's back, names it, and finds nothing once a resync repaired it.
+/// agent's back, names it, and finds nothing once a resync repaired it;
+/// the node-address map the same.
 #[test]
 fn the_drift_check_names_a_corrupted_entry_and_is_clean_after_the_repair() {
     let snap = common::snapshot(YAML);
+    let addrs = node_addrs::entries(&["192.0.2.10".parse().expect("ip")]);
+    let check = |s: &Syncer<FakeMaps>| {
+        drift::check(&snap, ModelConfig::default(), &addrs, s.maps()).expect("check")
+    };
     let mut s = fake_syncer();
     s.sync(&snap, false).expect("sync");
-    let clean = drift::check(&snap, ModelConfig::default(), s.maps()).expect("check");
+    s.sync_node_addrs(&addrs, false).expect("node sync");
+    let clean = check(&s);
     assert!(clean.is_empty(), "{clean:?}");
     let (id, be) = s
         .maps()
@@ -123,15 +130,34 @@ fn the_drift_check_names_a_corrupted_entry_and_is_clean_after_the_repair() {
     let mut bad = be;
     bad.port_be = 9999u16.to_be();
     s.maps_mut().state.backends.insert(id, bad);
-    let found = drift::check(&snap, ModelConfig::default(), s.maps()).expect("check");
+    // And a node address the node does not have.
+    let stray = node_addrs::entries(&["198.51.100.7".parse().expect("ip")]);
+    for (k, v) in &stray {
+        s.maps_mut()
+            .apply_node_addr(&NodeAddrOp::Upsert(*k, *v))
+            .expect("write");
+    }
+    let found = check(&s);
     let text: Vec<String> = found.iter().map(ToString::to_string).collect();
     assert!(
         text.iter().any(|t| t.contains(&format!("{}:9999", be.ip()))
             && t.contains(&format!("{}:{}", be.ip(), be.port()))),
         "the corrupted backend is named with both values: {text:#?}"
     );
+    assert!(
+        text.iter().any(|t| t
+            .contains("198.51.100.7: maps hold SNAT to 198.51.100.7, NodePorts, desired nothing")),
+        "the stray node address is named: {text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t
+                .contains("0.0.0.0: maps hold SNAT to 198.51.100.7, desired SNAT to 192.0.2.10")),
+        "the overwritten SNAT address is named: {text:#?}"
+    );
     s.sync(&snap, true).expect("resync");
-    let repaired = drift::check(&snap, ModelConfig::default(), s.maps()).expect("check");
+    s.sync_node_addrs(&addrs, true).expect("node resync");
+    let repaired = check(&s);
     assert!(repaired.is_empty(), "{repaired:?}");
 }
 

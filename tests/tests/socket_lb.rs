@@ -889,9 +889,11 @@ fn a_jvm_with_default_settings_sees_udp_replies_come_from_the_cluster_ip() -> Re
 }
 
 /// `bpfproxy dump --check ARGS` (with the sandbox's source and node
-/// name): its exit code and output.
+/// name, in the agent's network namespace: the node addresses it checks
+/// are that namespace's): its exit code and output.
 fn dump_check(sb: &Sandbox) -> Result<(i32, String)> {
-    let out = std::process::Command::new(paths::bpfproxy_bin()?)
+    let out = sb
+        .client_command(paths::bpfproxy_bin()?)?
         .arg("dump")
         .arg("--check")
         .arg("--bpffs")
