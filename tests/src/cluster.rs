@@ -75,14 +75,7 @@ impl Cluster {
             + std::fmt::Debug,
         K::Scope: ApiScope,
     {
-        let meta = obj.meta();
-        let name = meta.name.clone().context("object without a name")?;
-        let api = self.api::<K>(meta.namespace.as_deref());
-        let pp = PatchParams::apply(MANAGER).force();
-        self.rt
-            .block_on(api.patch(&name, &pp, &Patch::Apply(obj)))
-            .with_context(|| format!("applying {name}"))?;
-        Ok(())
+        self.apply_many(std::slice::from_ref(obj), 1)
     }
 
     /// Server-side applies `objs`, up to `parallel` requests at a time
@@ -100,10 +93,11 @@ impl Cluster {
         let pp = PatchParams::apply(MANAGER).force();
         let writes = objs.iter().map(|obj| {
             let meta = obj.meta();
-            let name = meta.name.clone().unwrap_or_default();
+            let name = meta.name.clone();
             let api = self.api::<K>(meta.namespace.as_deref());
             let pp = &pp;
             async move {
+                let name = name.context("object without a name")?;
                 api.patch(&name, pp, &Patch::Apply(obj))
                     .await
                     .with_context(|| format!("applying {name}"))
