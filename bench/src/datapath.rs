@@ -13,6 +13,8 @@ use aya::{
 };
 use bpfproxy_tests::{prog_test_run, PrivateBpffs};
 use proxy_agent::{
+    ct_filter::PinnedFilter,
+    ct_sweeper::{self, PinnedCt},
     loader,
     maps::{pinned::PinnedMaps, sizes::MapSizes, LbMaps},
     metrics::Metrics,
@@ -87,6 +89,25 @@ impl Datapath {
         let services = syncer.maps().read_all()?.services;
         let frontends = services.keys().filter(|k| k.slot == 0).count();
         Ok((frontends, services.len()))
+    }
+
+    /// Rebuilds the conntrack filter as the agent's sweeper does on each
+    /// pass, so new flows see a trusted filter as on a node with an agent
+    /// running. False for an object without the filter (a `--baseline`
+    /// from before it), whose programs always probe.
+    pub fn rebuild_ct_filter(&self) -> Result<bool> {
+        let dir = loader::pin_dir(self.bpffs.path());
+        if !dir.join(names::CT_FILTER).exists() {
+            return Ok(false);
+        }
+        let tables = PinnedCt::open(&dir)?;
+        let filter = PinnedFilter::open(&dir)?;
+        ct_sweeper::rebuild_filter(&tables, &filter.filter())?;
+        anyhow::ensure!(
+            filter.filter().active().is_some(),
+            "the conntrack filter is still untrusted after a rebuild"
+        );
+        Ok(true)
     }
 
     fn fd(&self, prog: Prog) -> Result<&ProgramFd> {

@@ -138,6 +138,9 @@ impl Subject {
         // What the egress hook of the device they are redirected to sees.
         let est_out = dp.run(Prog::Ingress, &est_in)?.1;
         let reply_out = dp.run(Prog::Ingress, &reply_in)?.1;
+        // The agent's sweeper rebuilds the conntrack filter within a pass
+        // of its start; new flows are measured with it trusted.
+        dp.rebuild_ct_filter()?;
         let s = Subject {
             services,
             baseline: object.is_some(),

@@ -5,7 +5,8 @@
 //! once when those pairs change (a UDP flow to a departed backend goes
 //! within a pass, not a period). Each pass reads at most twice a table's
 //! capacity of keys: an LRU churning under the walk restarts the kernel's
-//! key iteration, and this bound ends it anyway.
+//! key iteration, and this bound ends it anyway. A pass also rebuilds the
+//! confirmed-table filter from its walk (see [`ct_filter`]).
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::{
+    ct_filter::{self, Filter, PinnedFilter},
     datapath::ct_gc::{self, CtExpiry, CtTimeouts},
     maps::{pinned, MapsError},
     metrics::{Metrics, ReasonLabels},
@@ -95,15 +97,23 @@ impl PinnedCt {
     /// flow being confirmed, shows its confirmed entry), and the keys that
     /// came from the new-flow table alone.
     pub fn read(&self) -> Result<(CtEntries, BTreeSet<CtKey>), MapsError> {
+        let (all, unconfirmed, _) = self.walk()?;
+        Ok((all, unconfirmed))
+    }
+
+    /// [`PinnedCt::read`], and whether the walk of the confirmed table
+    /// reached its end (what a filter rebuild needs).
+    fn walk(&self) -> Result<(CtEntries, BTreeSet<CtKey>, bool), MapsError> {
         let mut all = pinned::bounded_read(&self.new, names::CT_NEW, self.limits.1)?;
-        let confirmed = pinned::bounded_read(&self.confirmed, names::CONNTRACK, self.limits.0)?;
+        let (confirmed, complete) =
+            pinned::bounded_walk(&self.confirmed, names::CONNTRACK, self.limits.0)?;
         let unconfirmed = all
             .keys()
             .filter(|k| !confirmed.contains_key(k))
             .copied()
             .collect();
         all.extend(confirmed);
-        Ok((all, unconfirmed))
+        Ok((all, unconfirmed, complete))
     }
 }
 
@@ -128,8 +138,48 @@ pub fn pass(
     timeouts: &CtTimeouts,
 ) -> Result<BTreeMap<CtExpiry, usize>, MapsError> {
     let entries = tables.snapshot()?;
+    expire(tables, &entries, live, now_s, timeouts)
+}
+
+/// [`pass`] over the kernel's tables that also rebuilds the confirmed-table
+/// filter from the same walk (see [`ct_filter`]); a walk the bound cut
+/// leaves the filter as it was (still right, only less sharp).
+pub fn pass_with_filter(
+    tables: &mut PinnedCt,
+    filter: &Filter<'_>,
+    live: &BTreeSet<(u32, u32)>,
+    now_s: u32,
+    timeouts: &CtTimeouts,
+) -> Result<BTreeMap<CtExpiry, usize>, MapsError> {
+    let entries = rebuild_filter(tables, filter)?;
+    expire(tables, &entries, live, now_s, timeouts)
+}
+
+/// Rebuilds the filter's inactive generation from a walk of both tables
+/// and makes it the active one if the walk was complete; returns what the
+/// walk read.
+pub fn rebuild_filter(tables: &PinnedCt, filter: &Filter<'_>) -> Result<CtEntries, MapsError> {
+    let rebuild = filter.begin();
+    std::thread::sleep(ct_filter::IN_FLIGHT);
+    let (entries, _, complete) = tables.walk()?;
+    if complete {
+        filter.finish(rebuild, entries.keys());
+    } else {
+        debug!("conntrack walk cut by its bound; the filter keeps its generation");
+    }
+    Ok(entries)
+}
+
+/// Deletes what [`ct_gc::expired_flows`] names among `entries`.
+fn expire(
+    tables: &mut dyn CtTables,
+    entries: &CtEntries,
+    live: &BTreeSet<(u32, u32)>,
+    now_s: u32,
+    timeouts: &CtTimeouts,
+) -> Result<BTreeMap<CtExpiry, usize>, MapsError> {
     let mut done = BTreeMap::new();
-    for (k, why) in ct_gc::expired_flows(&entries, now_s, live, timeouts) {
+    for (k, why) in ct_gc::expired_flows(entries, now_s, live, timeouts) {
         tables.delete(&k)?;
         *done.entry(why).or_insert(0) += 1;
     }
@@ -166,7 +216,16 @@ pub async fn run(
             if let Err(e) = service_stats::prune_backends(&dir, &live_now.pairs) {
                 warn!(error = %e, "pruning per-backend counters failed; retrying next pass");
             }
-            pass(&mut tables, &live_now.pairs, now, &CtTimeouts::default())
+            let timeouts = CtTimeouts::default();
+            match PinnedFilter::open(&dir) {
+                Ok(f) => pass_with_filter(&mut tables, &f.filter(), &live_now.pairs, now, &timeouts),
+                Err(e) => {
+                    // The programs keep marking it: it stays right, only
+                    // fills up until a pass can rebuild it again.
+                    warn!(error = %e, "opening the conntrack filter failed; sweeping without rebuilding it");
+                    pass(&mut tables, &live_now.pairs, now, &timeouts)
+                }
+            }
         })
         .await?;
         match done {

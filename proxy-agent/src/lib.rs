@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod bpffs;
 pub mod cli;
+pub mod ct_filter;
 pub mod ct_sweeper;
 pub mod datapath;
 pub mod drift;

@@ -65,7 +65,7 @@ pub fn read(dir: &Path) -> (Vec<MapStat>, Vec<(&'static str, io::Error)>) {
 fn read_one(dir: &Path, map: &'static str) -> io::Result<MapStat> {
     let info = MapInfo::from_pin(dir.join(map)).map_err(io::Error::other)?;
     let capacity = info.max_entries();
-    let entries = if map == names::COUNTERS || map == names::SERVICE_STATS {
+    let entries = if [names::COUNTERS, names::SERVICE_STATS, names::CT_FILTER].contains(&map) {
         // An array always holds all its entries.
         Some(u64::from(capacity))
     } else if WALKED.contains(&map) {

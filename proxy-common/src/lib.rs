@@ -12,6 +12,7 @@
 #![no_std]
 
 pub mod counters;
+pub mod ct_filter;
 pub mod icmp_error;
 pub mod maps;
 pub mod refusal;

@@ -22,6 +22,9 @@ pub const CONNTRACK: &str = "bpfp_ct_v1";
 /// Conntrack of new flows until they are confirmed (then moved to
 /// CONNTRACK): a spoofed SYN flood churns this LRU only.
 pub const CT_NEW: &str = "bpfp_ctnew_v1";
+/// Which keys the confirmed table may hold (see `ct_filter`): a new
+/// flow's SYN skips the probes of that table where the filter says no.
+pub const CT_FILTER: &str = "bpfp_ctf_v1";
 pub const NODE_ADDRS: &str = "bpfp_node_v1";
 pub const DEVICES: &str = "bpfp_dev_v1";
 pub const SOURCE_RANGES: &str = "bpfp_lbsrc_v1";
@@ -32,7 +35,7 @@ pub const SERVICE_STATS: &str = "bpfp_svcst_v1";
 pub const BACKEND_STATS: &str = "bpfp_best_v1";
 
 /// Every map the agent owns, for loops over all of them (pin checks, dump).
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     SERVICES,
     BACKENDS,
     REV_NAT,
@@ -42,6 +45,7 @@ pub const ALL: [&str; 14] = [
     AFFINITY,
     CONNTRACK,
     CT_NEW,
+    CT_FILTER,
     NODE_ADDRS,
     DEVICES,
     SOURCE_RANGES,

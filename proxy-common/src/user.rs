@@ -10,6 +10,7 @@ use crate::{
 // SAFETY: all of these are `#[repr(C)]`, `Copy`, and have no implicit padding
 // (every padding byte is an explicit field), so any bit pattern is valid.
 unsafe impl aya::Pod for ServiceKey {}
+unsafe impl aya::Pod for crate::ct_filter::CtFilter {}
 unsafe impl aya::Pod for ServiceStats {}
 unsafe impl aya::Pod for BackendStatKey {}
 unsafe impl aya::Pod for ServiceValue {}

@@ -7,16 +7,23 @@
 //! flow is confirmed (the client's ACK after its SYN; a second packet of a
 //! UDP flow). A spoofed SYN flood never confirms, so it only churns
 //! `CT_NEW`'s LRU and established flows keep their entries.
+//!
+//! A new flow asks the confirmed table whether its tuple or its SNAT port
+//! is taken; `CT_FILTER` answers "certainly not" for most of them from a
+//! few cached kilobytes (see `proxy_common::ct_filter`). Every insert into
+//! the confirmed table goes through [`confirm`], which marks the filter.
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     Global,
 };
-use proxy_common::{counters, ct_dir, ct_flags, ct_state, proto, BackendValue, CtKey, CtValue};
+use proxy_common::{
+    counters, ct_dir, ct_filter, ct_flags, ct_state, proto, BackendValue, CtKey, CtValue,
+};
 
 use crate::{
     counters::bump,
-    maps::{CONNTRACK, CT_NEW},
+    maps::{CONNTRACK, CT_FILTER, CT_NEW},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -80,8 +87,15 @@ pub enum Forward {
 #[inline(always)]
 pub fn lookup_forward(pkt: &Packet, may_settle: bool) -> Option<Forward> {
     let k = key(pkt, ct_dir::FORWARD);
-    if let Some(e) = CONNTRACK.get_ptr_mut(k) {
-        return Some(confirmed(e, may_settle));
+    // A bare SYN's tuple is in the confirmed table only when a closed
+    // flow's tuple is reused: the filter rules that out for most SYNs.
+    // (A retransmitted SYN racing its flow's confirmation on another CPU
+    // may then start a flow anew; the confirmed entry shadows it.)
+    let maybe_confirmed = !pkt.is_tcp_syn_only() || may_be_confirmed(&k);
+    if maybe_confirmed {
+        if let Some(e) = CONNTRACK.get_ptr_mut(k) {
+            return Some(confirmed(e, may_settle));
+        }
     }
     if let Some(e) = CT_NEW.get_ptr_mut(k) {
         return Some(if confirms(pkt) && may_settle {
@@ -90,8 +104,55 @@ pub fn lookup_forward(pkt: &Packet, may_settle: bool) -> Option<Forward> {
             Forward::Go(e)
         });
     }
+    if !maybe_confirmed {
+        return None;
+    }
     // A flow confirmed meanwhile on another CPU (see `get`).
     CONNTRACK.get_ptr_mut(k).map(|e| confirmed(e, may_settle))
+}
+
+/// False when the confirmed table certainly does not hold `k` (its cell
+/// in the filter's active generation is clear); true when it may, or when
+/// no generation is trusted yet.
+#[inline(always)]
+fn may_be_confirmed(k: &CtKey) -> bool {
+    let Some(f) = CT_FILTER.get_ptr(0) else {
+        return true;
+    };
+    // SAFETY: an array value, valid memory for the whole run; a byte read
+    // racing the agent's writes sees either value, both safe (see
+    // `proxy_common::ct_filter`).
+    let state = unsafe { (*f).state };
+    let Some(gen) = ct_filter::CtFilter::active_gen(state) else {
+        return true;
+    };
+    // SAFETY: as above.
+    let cells = unsafe { &(*f).cells };
+    match cells.get(gen).and_then(|g| g.get(ct_filter::cell(k))) {
+        Some(&c) => c != 0,
+        None => true,
+    }
+}
+
+/// Marks `k` in both generations of the filter, then inserts it into the
+/// confirmed table. Marked first: a program that finds `k` gone from the
+/// new-flow table (moved here) and reads the filter after that sees the
+/// mark (the bucket locks between order them), and an agent rebuilding a
+/// generation it cleared meanwhile finds the entry in its walk, which
+/// waits until every program run in flight has ended.
+#[inline(always)]
+fn confirm(k: &CtKey, v: &CtValue, flags: u32) -> bool {
+    if let Some(f) = CT_FILTER.get_ptr_mut(0) {
+        let c = ct_filter::cell(k);
+        // SAFETY: as in `may_be_confirmed`; single byte stores.
+        let cells = unsafe { &mut (*f).cells };
+        for g in cells.iter_mut() {
+            if let Some(cell) = g.get_mut(c) {
+                *cell = 1;
+            }
+        }
+    }
+    CONNTRACK.insert(k, v, u64::from(flags)).is_ok()
 }
 
 /// What a confirmed flow's FORWARD entry `e` asks: once a second, settle.
@@ -128,7 +189,7 @@ pub fn settle(pkt: &Packet) -> bool {
         return false;
     }
     if new {
-        if CONNTRACK.insert(k, v, BPF_ANY as u64).is_ok() {
+        if confirm(&k, &v, BPF_ANY) {
             let _ = CT_NEW.remove(k);
             bump(counters::TC_CT_CONFIRMED);
         }
@@ -177,7 +238,7 @@ fn settle_partner(k: &CtKey, v: &CtValue) -> bool {
         Some(_) => return false,
         None => rebuilt,
     };
-    let moved = CONNTRACK.insert(pk, value, BPF_NOEXIST as u64).is_ok();
+    let moved = confirm(&pk, &value, BPF_NOEXIST);
     let _ = CT_NEW.remove(pk);
     // Two packets of one flow settling at once on two CPUs (the client's
     // ACK and its first data): the other may have moved the entry between
@@ -389,28 +450,35 @@ enum Claim {
     Failed,
 }
 
-/// One try of [`reserve_snat_port`] on the reply key `k`.
+/// One try of [`reserve_snat_port`] on the reply key `k`: our entry goes
+/// into the new-flow table first, then the confirmed table is asked. In
+/// that order, a flow being confirmed with this port on another CPU is
+/// either still in the new-flow table (the insert fails) or already
+/// marked in the filter and in the confirmed table.
 #[inline(always)]
 fn claim(k: &CtKey, value: &CtValue, pkt: &Packet) -> Claim {
     let theirs = |e: &CtValue| e.addr_be != pkt.saddr_be || e.port_be != pkt.sport_be;
-    // SAFETY: copied out at once.
-    if let Some(held) = unsafe { CONNTRACK.get(k) } {
-        return if theirs(held) {
-            Claim::Taken
-        } else {
-            Claim::Ours
-        };
+    if CT_NEW.insert(k, value, BPF_NOEXIST as u64).is_err() {
+        // SAFETY: copied out at once.
+        match unsafe { CT_NEW.get(k) }.copied() {
+            Some(old) if !theirs(&old) => {
+                if CT_NEW.insert(k, value, BPF_ANY as u64).is_err() {
+                    return Claim::Failed;
+                }
+            }
+            _ => return Claim::Taken,
+        }
     }
-    if CT_NEW.insert(k, value, BPF_NOEXIST as u64).is_ok() {
+    if !may_be_confirmed(k) {
         return Claim::Ours;
     }
     // SAFETY: copied out at once.
-    match unsafe { CT_NEW.get(k) }.copied() {
-        Some(old) if !theirs(&old) => match CT_NEW.insert(k, value, BPF_ANY as u64) {
-            Ok(()) => Claim::Ours,
-            Err(_) => Claim::Failed,
-        },
-        _ => Claim::Taken,
+    match unsafe { CONNTRACK.get(k) } {
+        Some(held) if theirs(held) => {
+            let _ = CT_NEW.remove(k);
+            Claim::Taken
+        }
+        _ => Claim::Ours,
     }
 }
 

@@ -1,13 +1,14 @@
 //! The maps, pinned by name so they outlive the agent: a restarted agent and
 //! the programs left attached while no agent runs share the same state.
+use aya_ebpf::bindings::BPF_F_MMAPABLE;
 use aya_ebpf::{
     macros::map,
     maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    counters, maps as names, AffinityKey, AffinityValue, BackendStatKey, BackendValue, CtKey,
-    CtValue, DeviceValue, NodeAddrValue, RevNatValue, ServiceKey, ServiceName, ServiceStats,
-    ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange,
+    counters, ct_filter::CtFilter, maps as names, AffinityKey, AffinityValue, BackendStatKey,
+    BackendValue, CtKey, CtValue, DeviceValue, NodeAddrValue, RevNatValue, ServiceKey, ServiceName,
+    ServiceStats, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange,
 };
 
 #[map(name = "bpfp_svc_v1")]
@@ -47,6 +48,11 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(names::CON
 /// Conntrack of new flows until confirmed: what a flood of new flows churns.
 #[map(name = "bpfp_ctnew_v1")]
 pub static CT_NEW: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(names::CT_NEW_MAX, 0);
+
+/// Which keys `CONNTRACK` may hold (see `proxy_common::ct_filter`); the
+/// agent rebuilds it through a memory mapping, cell by cell.
+#[map(name = "bpfp_ctf_v1")]
+pub static CT_FILTER: Array<CtFilter> = Array::pinned(1, BPF_F_MMAPABLE);
 
 /// This node's addresses that NodePorts answer on, and SNAT addresses.
 #[map(name = "bpfp_node_v1")]

@@ -60,6 +60,12 @@ pub enum LoadError {
         #[source]
         source: Box<aya::EbpfError>,
     },
+    #[error("mapping the conntrack filter {path}")]
+    CtFilter {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("program {name} missing from the eBPF object")]
     MissingProgram { name: &'static str },
     #[error("program {name}")]
@@ -149,6 +155,7 @@ pub fn load(
         source,
     })?;
     let mut ebpf = load_object(&dir, kernel, sizes, snat)?;
+    distrust_ct_filter(&dir)?;
     let sizes = effective_sizes(&dir, sizes);
     let cgroup_file = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.to_path_buf(),
@@ -173,6 +180,21 @@ pub fn load(
     };
     loaded.hold_links(SOCK_PROGRAMS.iter().map(|n| n.to_string()).collect(), false);
     Ok((loaded, done))
+}
+
+/// Before any program of ours attaches: the pinned conntrack filter may
+/// have been left by an agent before an older version ran, whose programs
+/// filled the confirmed table without marking it. Until the conntrack
+/// sweeper's first rebuild (after the programs are attached), the programs
+/// probe the confirmed table for every key.
+pub fn distrust_ct_filter(dir: &Path) -> Result<(), LoadError> {
+    let filter =
+        crate::ct_filter::PinnedFilter::open(dir).map_err(|source| LoadError::CtFilter {
+            path: dir.join(proxy_common::maps::CT_FILTER),
+            source,
+        })?;
+    filter.filter().invalidate();
+    Ok(())
 }
 
 /// The object with its maps pinned in (or reused from) `dir`. Maps are

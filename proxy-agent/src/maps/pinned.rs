@@ -99,8 +99,27 @@ where
     K: aya::Pod + Ord,
     V: aya::Pod,
 {
+    Ok(bounded_walk(map, name, limit)?.0)
+}
+
+/// [`bounded_read`], and whether the walk reached the end of the map
+/// (false when the bound cut it).
+pub(crate) fn bounded_walk<K, V>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+    limit: usize,
+) -> Result<(BTreeMap<K, V>, bool), MapsError>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod,
+{
     let mut out = BTreeMap::new();
-    for item in map.iter().take(limit) {
+    let mut steps = 0;
+    for item in map.iter() {
+        steps += 1;
+        if steps > limit {
+            return Ok((out, false));
+        }
         match item {
             Ok((k, v)) => {
                 out.insert(k, v);
@@ -110,7 +129,7 @@ where
             Err(source) => return Err(MapsError::Read { map: name, source }),
         }
     }
-    Ok(out)
+    Ok((out, true))
 }
 
 /// The entries of the hash map or LRU pinned as `name` in `dir`, the walk

@@ -17,7 +17,13 @@ use bpfproxy_tests::{
     node_net::{self, NodeNet},
     prog_test_run, require_root, PrivateBpffs,
 };
-use proxy_agent::{maps::sizes::MapSizes, node_links, snat_ports::SnatPorts};
+use proxy_agent::{
+    ct_filter::PinnedFilter,
+    ct_sweeper::{self, PinnedCt},
+    maps::sizes::MapSizes,
+    node_links,
+    snat_ports::SnatPorts,
+};
 use proxy_common::{
     maps as names, node_flags, svc_flags, BackendValue, CtKey, CtValue, NodeAddrValue, ServiceKey,
     ServiceValue, SourceRange,
@@ -73,6 +79,10 @@ impl Datapath {
         // The devices' SNAT addresses and MTUs, written by the agent's own
         // code from what this namespace holds.
         node_links::program_current(&bpffs.path().join(names::PIN_DIR))?;
+        // As on a node whose agent has run a conntrack sweep: the programs
+        // trust the confirmed-table filter (see `Datapath::ct_filter`).
+        let dir = bpffs.path().join(names::PIN_DIR);
+        ct_sweeper::rebuild_filter(&PinnedCt::open(&dir)?, &PinnedFilter::open(&dir)?.filter())?;
         Ok(Self {
             ebpf,
             next_backend_id: 1,
@@ -234,9 +244,24 @@ impl Datapath {
         m.get(key, 0).ok()
     }
 
+    /// The confirmed-table filter the programs read, as the agent maps it.
+    pub fn ct_filter(&self) -> PinnedFilter {
+        PinnedFilter::open(&self.bpffs.path().join(names::PIN_DIR)).expect("conntrack filter")
+    }
+
     /// Writes (or with None removes) the entry under `key` in `table`, as
-    /// the kernel's LRU eviction or another flow would.
+    /// the kernel's LRU eviction or another flow would (marking the
+    /// confirmed-table filter, as the programs do).
     pub fn set_ct(&mut self, table: &str, key: &CtKey, value: Option<CtValue>) {
+        if table == names::CONNTRACK && value.is_some() {
+            self.ct_filter().filter().mark(key);
+        }
+        self.set_ct_unmarked(table, key, value);
+    }
+
+    /// [`Datapath::set_ct`] without the filter's mark: what a version of
+    /// the programs from before the filter writes.
+    pub fn set_ct_unmarked(&mut self, table: &str, key: &CtKey, value: Option<CtValue>) {
         let mut m: HashMap<_, CtKey, CtValue> =
             HashMap::try_from(self.ebpf.map_mut(table).unwrap()).unwrap();
         match value {

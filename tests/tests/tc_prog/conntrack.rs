@@ -352,3 +352,81 @@ fn a_flow_confirmed_on_two_cpus_at_once_is_kept() -> Result<()> {
     assert_eq!(dp.counter(counters::ERR_SNAT_LOST), 0);
     Ok(())
 }
+
+/// The SNAT port a SYN from `client` gets.
+fn snat_port_of_syn(dp: &Datapath, client: (Ipv4Addr, u16)) -> Result<u16> {
+    let syn = Spec::tcp(client, (NODE, NODE_PORT), TCP_SYN).build();
+    let (rc, out) = dp.ingress(&syn);
+    ensure!(rc == TC_ACT_REDIRECT, "SYN of {client:?}: verdict {rc}");
+    Ok(view(&out)?.src.1)
+}
+
+#[test]
+fn a_confirmed_flows_snat_port_is_not_taken_by_a_new_flow_while_the_filter_is_trusted() -> Result<()>
+{
+    let mut dp = Datapath::with_node("tcsfilt")?;
+    ensure!(
+        dp.ct_filter().filter().active().is_some(),
+        "the datapath should start as after a sweep: filter trusted"
+    );
+    // Inside the SNAT range, so each client asks for its own port first.
+    let sport = SNAT_PORT_MIN + 11;
+    let (client, port, reply_key) = confirmed_flow(&mut dp, sport)?;
+    assert_eq!(port, sport);
+    assert!(dp.ct_filter().filter().may_hold(&reply_key));
+    let other = (Ipv4Addr::new(198, 51, 100, 8), sport);
+    let theirs = snat_port_of_syn(&dp, other)?;
+    assert_ne!(theirs, port, "a new flow took a confirmed flow's SNAT port");
+    assert_eq!(
+        dp.ct_in(names::CONNTRACK, &reply_key).map(|v| v.addr()),
+        Some(client),
+        "the confirmed flow keeps its reservation"
+    );
+    exchange(&dp, client, port)
+}
+
+#[test]
+fn an_older_versions_confirmed_flows_are_honoured_until_the_filter_is_rebuilt() -> Result<()> {
+    let mut dp = Datapath::with_node("tcsold")?;
+    nodeport_tcp(&mut dp, &[Be(REMOTE_POD, TARGET_PORT, false)]);
+    let port = SNAT_PORT_MIN + 21;
+    // A flow an older version confirmed (no filter mark), holding `port`.
+    let old_client = (Ipv4Addr::new(198, 51, 100, 50), 51000u16);
+    let reply_key = CtKey::new(REMOTE_POD, TARGET_PORT, NODE, port, TCP, ct_dir::REPLY_SNAT);
+    let value = proxy_common::CtValue {
+        addr_be: u32::from_ne_bytes(old_client.0.octets()),
+        port_be: old_client.1.to_be(),
+        flags: proxy_common::ct_flags::REDIRECT,
+        tcp_state: proxy_common::ct_state::ESTABLISHED,
+        nat_addr_be: u32::from_ne_bytes(NODE.octets()),
+        nat_port_be: NODE_PORT.to_be(),
+        rev_nat_id: 1,
+        backend_id: 1,
+        last_seen_s: 0,
+    };
+    dp.set_ct_unmarked(names::CONNTRACK, &reply_key, Some(value));
+    // Trusted but blind to it: the hazard a restarted agent must remove.
+    assert_eq!(snat_port_of_syn(&dp, (CLIENT, port))?, port);
+    dp.set_ct(names::CT_NEW, &reply_key, None);
+
+    let dir = dp.bpffs.path().join(names::PIN_DIR);
+    proxy_agent::loader::distrust_ct_filter(&dir)?;
+    assert_eq!(dp.ct_filter().filter().active(), None);
+    let second = (Ipv4Addr::new(198, 51, 100, 9), port);
+    assert_ne!(snat_port_of_syn(&dp, second)?, port);
+
+    // The sweeper's rebuild walks the table and finds the entry.
+    proxy_agent::ct_sweeper::rebuild_filter(
+        &proxy_agent::ct_sweeper::PinnedCt::open(&dir)?,
+        &dp.ct_filter().filter(),
+    )?;
+    assert!(dp.ct_filter().filter().active().is_some());
+    assert!(dp.ct_filter().filter().may_hold(&reply_key));
+    let third = (Ipv4Addr::new(198, 51, 100, 10), port);
+    assert_ne!(snat_port_of_syn(&dp, third)?, port);
+    assert_eq!(
+        dp.ct_in(names::CONNTRACK, &reply_key).map(|v| v.addr()),
+        Some(old_client)
+    );
+    Ok(())
+}
