@@ -62,6 +62,8 @@ pub const CONNTRACK_MAX: u32 = 262_144;
 /// Half-open flows (two entries each): 32k SYNs in flight, which a node's
 /// real clients rarely reach; a flood beyond it evicts only other new flows.
 pub const CT_NEW_MAX: u32 = 65_536;
+/// The map flags of `CT_NEW`: BPF_F_NO_COMMON_LRU, an LRU list per CPU.
+pub const CT_NEW_FLAGS: u32 = 1 << 1;
 pub const NODE_ADDRS_MAX: u32 = 256;
 pub const DEVICES_MAX: u32 = 256;
 pub const SOURCE_RANGES_MAX: u32 = 16_384;

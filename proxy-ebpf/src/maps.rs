@@ -46,8 +46,14 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(names::CONNTRACK_MAX, 0);
 
 /// Conntrack of new flows until confirmed: what a flood of new flows churns.
+/// Its LRU lists are per CPU (`CT_NEW_FLAGS`): two inserts per new
+/// flow then never wait for the shared list's lock or refill (a tenth of a
+/// SYN's cost), and a flood steered to one CPU churns only that CPU's
+/// share. A pin from before keeps its shared list (the layout is the
+/// same) until `bpfproxy cleanup`.
 #[map(name = "bpfp_ctnew_v1")]
-pub static CT_NEW: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(names::CT_NEW_MAX, 0);
+pub static CT_NEW: LruHashMap<CtKey, CtValue> =
+    LruHashMap::pinned(names::CT_NEW_MAX, names::CT_NEW_FLAGS);
 
 /// Which keys `CONNTRACK` may hold (see `proxy_common::ct_filter`); the
 /// agent rebuilds it through a memory mapping, cell by cell.

@@ -156,6 +156,7 @@ pub fn load(
     })?;
     let mut ebpf = load_object(&dir, kernel, sizes, snat)?;
     distrust_ct_filter(&dir)?;
+    note_shared_ct_new_lru(&dir);
     let sizes = effective_sizes(&dir, sizes);
     let cgroup_file = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.to_path_buf(),
@@ -195,6 +196,22 @@ pub fn distrust_ct_filter(dir: &Path) -> Result<(), LoadError> {
         })?;
     filter.filter().invalidate();
     Ok(())
+}
+
+/// The new-flow conntrack table pinned by a version from before its
+/// per-CPU LRU lists is kept (same layout, live entries); the log says how
+/// to get the faster one.
+fn note_shared_ct_new_lru(dir: &Path) {
+    let flags = aya::maps::MapInfo::from_pin(dir.join(proxy_common::maps::CT_NEW))
+        .map(|info| info.map_flags());
+    if let Ok(flags) = flags {
+        if flags & proxy_common::maps::CT_NEW_FLAGS == 0 {
+            info!(
+                map = proxy_common::maps::CT_NEW,
+                "new-flow conntrack table pinned by an earlier version, with one shared LRU list: kept; `bpfproxy cleanup` and a restart give it per-CPU lists (cheaper new flows)"
+            );
+        }
+    }
 }
 
 /// The object with its maps pinned in (or reused from) `dir`. Maps are

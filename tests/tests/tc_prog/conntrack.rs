@@ -430,3 +430,16 @@ fn an_older_versions_confirmed_flows_are_honoured_until_the_filter_is_rebuilt() 
     );
     Ok(())
 }
+
+#[test]
+fn the_new_flow_table_has_an_lru_list_per_cpu() -> Result<()> {
+    let dp = Datapath::with_node("tcpcpu")?;
+    let info =
+        aya::maps::MapInfo::from_pin(dp.bpffs.path().join(names::PIN_DIR).join(names::CT_NEW))?;
+    assert_eq!(
+        info.map_flags() & names::CT_NEW_FLAGS,
+        names::CT_NEW_FLAGS,
+        "BPF_F_NO_COMMON_LRU"
+    );
+    Ok(())
+}
