@@ -14,12 +14,18 @@ pub struct Features {
     /// Service without endpoints fails with ECONNREFUSED; without it, with
     /// EPERM (at once either way).
     pub set_retval: bool,
+    /// `bpf_ktime_get_coarse_ns` (5.11+): conntrack and affinity
+    /// timestamps read the cheap clock; without it, the precise one.
+    pub coarse_clock: bool,
 }
 
 impl Default for Features {
     /// Everything present: what the object was built for.
     fn default() -> Self {
-        Self { set_retval: true }
+        Self {
+            set_retval: true,
+            coarse_clock: true,
+        }
     }
 }
 
@@ -31,6 +37,11 @@ impl Features {
             |h: BpfHelper| is_helper_supported(ProgramType::CgroupSockAddr, h).unwrap_or(false);
         Self {
             set_retval: helper(BpfHelper::BPF_FUNC_set_retval),
+            coarse_clock: is_helper_supported(
+                ProgramType::SchedClassifier,
+                BpfHelper::BPF_FUNC_ktime_get_coarse_ns,
+            )
+            .unwrap_or(false),
         }
     }
 }

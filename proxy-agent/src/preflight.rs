@@ -236,6 +236,15 @@ fn helpers(features: &Features) -> Vec<Check> {
         } else {
             check("helper bpf_set_retval", Status::Degraded, "before 5.18: connect() to a Service without endpoints fails with EPERM instead of ECONNREFUSED (at once either way)")
         },
+        if features.coarse_clock {
+            check(
+                "helper bpf_ktime_get_coarse_ns",
+                Status::Ok,
+                "conntrack timestamps from the cheap clock",
+            )
+        } else {
+            check("helper bpf_ktime_get_coarse_ns", Status::Degraded, "before 5.11: conntrack and affinity timestamps read the precise clock (tens of ns more per packet)")
+        },
         need(
             "helper bpf_get_netns_cookie",
             sock(BpfHelper::BPF_FUNC_get_netns_cookie),

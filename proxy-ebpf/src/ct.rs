@@ -14,7 +14,7 @@
 //! the confirmed table goes through [`confirm`], which marks the filter.
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::bpf_get_prandom_u32,
     Global,
 };
 use proxy_common::{
@@ -22,6 +22,7 @@ use proxy_common::{
 };
 
 use crate::{
+    clock::now_s,
     counters::bump,
     maps::{CONNTRACK, CT_FILTER, CT_NEW},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -264,13 +265,6 @@ fn partner_value(k: &CtKey, v: &CtValue) -> CtValue {
         backend_id: v.backend_id,
         last_seen_s: v.last_seen_s,
     }
-}
-
-/// Seconds of the monotonic clock, as in the affinity map.
-#[inline(always)]
-fn now_s() -> u32 {
-    // SAFETY: helper without preconditions.
-    (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
 }
 
 /// The TCP state after `pkt` in the direction of an entry in state `cur`.

@@ -1,10 +1,11 @@
 //! Frontend lookup and backend selection, shared by every hook.
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use aya_ebpf::helpers::bpf_get_prandom_u32;
 use proxy_common::{
     counters, svc_flags, AffinityKey, AffinityValue, BackendValue, ServiceKey, ServiceValue,
 };
 
 use crate::{
+    clock::now_s,
     counters::bump,
     maps::{AFFINITY, BACKENDS, SERVICES},
 };
@@ -133,13 +134,6 @@ fn remember(key: AffinityKey, backend_id: u32, now: u32) {
     if AFFINITY.insert(key, value, 0).is_err() {
         bump(counters::ERR_AFFINITY_UPDATE);
     }
-}
-
-/// Seconds of the monotonic clock; u32 wraps after 136 years of uptime.
-#[inline(always)]
-fn now_s() -> u32 {
-    // SAFETY: helper without preconditions.
-    (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
 }
 
 /// A uniformly random backend among the `count` slots of the frontend view

@@ -238,10 +238,13 @@ fn load_object_bytes(
     snat: SnatPorts,
 ) -> Result<Ebpf, LoadError> {
     let set_retval = u8::from(kernel.set_retval);
+    let coarse_clock = u8::from(kernel.coarse_clock);
     let mut loader = EbpfLoader::new();
     loader
         .default_map_pin_directory(dir)
         .override_global("HAVE_SET_RETVAL", &set_retval, true)
+        // Not required: the TC benchmark loads builds from before it.
+        .override_global("HAVE_COARSE_CLOCK", &coarse_clock, false)
         .override_global("SNAT_PORT_MIN", &snat.min, true)
         .override_global("SNAT_PORT_MAX", &snat.max, true);
     for (map, n) in sizes.by_map() {
@@ -315,7 +318,13 @@ pub fn load_tc_unattached_object(
         path: dir.clone(),
         source,
     })?;
-    let mut ebpf = load_object_bytes(object, &dir, &Features::default(), sizes, snat)?;
+    // The TC programs' helpers as this kernel has them (the VM tiers run
+    // them on 5.10); the socket programs' are not loaded here.
+    let kernel = Features {
+        coarse_clock: Features::probe().coarse_clock,
+        ..Features::default()
+    };
+    let mut ebpf = load_object_bytes(object, &dir, &kernel, sizes, snat)?;
     tc::load_programs(&mut ebpf)?;
     Ok(ebpf)
 }
