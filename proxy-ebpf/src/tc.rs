@@ -255,6 +255,13 @@ fn egress_flow(ctx: &TcContext) -> i32 {
         Some(pkt) => pkt,
         None => return PASS,
     };
+    // A bare SYN is no reply (a backend answers with a SYN-ACK), and new
+    // flows get no FORWARD_SNAT entries any more: a SYN leaving, such as
+    // one `tc_ingress` just translated and redirected here, has nothing
+    // to look up (six cold probes of what a new flow costs).
+    if pkt.is_tcp_syn_only() {
+        return PASS;
+    }
     if let Some(entry) = ct::lookup(&pkt, ct_dir::REPLY) {
         ct::touch(entry, &pkt);
         // SAFETY: valid for this run (see ct::touch); fields copied out.
