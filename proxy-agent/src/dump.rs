@@ -2,8 +2,9 @@
 use std::path::Path;
 
 use crate::{
+    ct_filter::PinnedFilter,
     ct_sweeper::PinnedCt,
-    datapath::{ct_gc::monotonic_now_s, flows, DeviceView, DumpView},
+    datapath::{ct_gc::monotonic_now_s, flows, CtFilterView, DeviceView, DumpView},
     loader::pin_dir,
     maps::{pinned::PinnedMaps, LbMaps, MapsError},
     node_addrs, node_links, service_stats,
@@ -35,5 +36,14 @@ pub fn read(bpffs: &Path) -> Result<DumpView, MapsError> {
         .collect();
     let (entries, unconfirmed) = PinnedCt::open(&dir)?.read()?;
     view.flows = flows(&entries, &unconfirmed, monotonic_now_s());
+    // A pin from before the filter (programs not yet upgraded) has none.
+    if let Ok(pinned) = PinnedFilter::open(&dir) {
+        let filter = pinned.filter();
+        view.conntrack_filter = Some(CtFilterView {
+            trusted: filter.active().is_some(),
+            cells_set: filter.set_cells(),
+            cells: proxy_common::ct_filter::CELLS,
+        });
+    }
     Ok(view)
 }

@@ -52,6 +52,11 @@ fn agent_guard_serves_a_cluster_ip_and_survives_restart() -> Result<()> {
         "{dump}"
     );
 
+    // The conntrack sweep after the first sync makes the programs trust
+    // the confirmed-table filter, which the agent distrusted at its start.
+    let trusted = |d: &serde_json::Value| d["conntrack_filter"]["trusted"] == true;
+    a.wait_until(trusted, Duration::from_secs(20))?;
+
     let r = sb.probe_tcp(&format!("{VIP}:80"), 60)?;
     ensure!(r.ok == 60 && r.by_backend.len() == 3, "{r:?}");
     let u = sb.probe_udp(&format!("{VIP}:53"), 30)?;
@@ -84,6 +89,7 @@ fn agent_guard_serves_a_cluster_ip_and_survives_restart() -> Result<()> {
         Duration::from_secs(20),
     )?;
     ensure!(held.ping()? == first, "the held connection moved");
+    a.wait_until(trusted, Duration::from_secs(20))?;
     ensure!(sb.probe_tcp(&format!("{VIP}:80"), 10)?.ok == 10);
     ensure!(a.log_tail(200).contains("start #3"), "{}", a.log_tail(20));
     ensure!(!a.dump_text()?.is_empty());

@@ -23,4 +23,4 @@ pub use render::{
     render, render_frontend, render_frontends, BackendUsers, Piece, RenderOutput, Slot, View,
 };
 pub use state::{MapState, SourceRangeEntry};
-pub use view::{BackendView, DeviceView, DumpView, FrontendView, MapEntries};
+pub use view::{BackendView, CtFilterView, DeviceView, DumpView, FrontendView, MapEntries};

@@ -26,6 +26,19 @@ pub struct DumpView {
     /// Live flows of the TC datapath (empty when unknown or none).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub flows: Vec<FlowView>,
+    /// The confirmed-table filter (None when unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack_filter: Option<CtFilterView>,
+}
+
+/// The confirmed-table filter as the programs read it: untrusted from an
+/// agent's start until its first conntrack sweep; the fewer cells set, the
+/// more new flows skip the confirmed table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CtFilterView {
+    pub trusted: bool,
+    pub cells_set: usize,
+    pub cells: usize,
 }
 
 /// One entry of the device map.
@@ -138,6 +151,7 @@ impl DumpView {
             node_addresses: Vec::new(),
             devices: Vec::new(),
             flows: Vec::new(),
+            conntrack_filter: None,
         }
     }
 }
@@ -275,6 +289,16 @@ impl fmt::Display for DumpView {
                 .map(|d| format!("ifindex {} → {} (mtu {})", d.ifindex, d.snat, d.mtu))
                 .collect();
             writeln!(f, "forwarded flows leave with: {}", devices.join(", "))?;
+        }
+        if let Some(cf) = &self.conntrack_filter {
+            match cf.trusted {
+                true => writeln!(
+                    f,
+                    "conntrack filter: {} of {} cells set",
+                    cf.cells_set, cf.cells
+                )?,
+                false => writeln!(f, "conntrack filter: not trusted until the next sweep")?,
+            }
         }
         if !self.flows.is_empty() {
             write_flows(f, &self.flows)?;
