@@ -176,6 +176,12 @@ mod tests {
         Filter::new(bytes).expect("big enough")
     }
 
+    /// A rebuild with nothing happening between its two steps.
+    fn rebuild(f: &Filter<'_>, keys: &[CtKey]) {
+        let r = f.begin();
+        f.finish(r, keys);
+    }
+
     fn k(port: u16) -> CtKey {
         CtKey {
             saddr_be: 0x0a00_0001,
@@ -205,8 +211,7 @@ mod tests {
         for key in ended.iter().chain(&live) {
             f.mark(key);
         }
-        let r = f.begin();
-        f.finish(r, &live);
+        rebuild(&f, &live);
         assert_eq!(f.active(), Some(0));
         assert!(live.iter().all(|key| f.may_hold(key)));
         // Cells shared with a live key stay set; most others clear.
@@ -218,8 +223,7 @@ mod tests {
     fn keys_the_programs_confirm_during_a_rebuild_are_kept() {
         let mut buf = buffer();
         let f = view(&mut buf);
-        let r = f.begin();
-        f.finish(r, &[]);
+        rebuild(&f, &[]);
         assert_eq!(f.active(), Some(0));
         // The next rebuild clears generation 1 while the programs read 0.
         let r = f.begin();
@@ -236,14 +240,12 @@ mod tests {
     fn invalidating_makes_every_key_a_maybe_until_the_next_rebuild() {
         let mut buf = buffer();
         let f = view(&mut buf);
-        let r = f.begin();
-        f.finish(r, &[]);
+        rebuild(&f, &[]);
         assert!(!f.may_hold(&k(3)));
         f.invalidate();
         assert!(f.may_hold(&k(3)));
         assert_eq!(f.set_cells(), CELLS);
-        let r = f.begin();
-        f.finish(r, &[k(3)]);
+        rebuild(&f, &[k(3)]);
         assert!(f.may_hold(&k(3)));
         assert_eq!(f.set_cells(), 1);
     }

@@ -226,25 +226,25 @@ fn helpers(features: &Features) -> Vec<Check> {
         let status = if ok { Status::Ok } else { Status::Missing };
         check(name, status, what)
     };
+    // A helper whose absence degrades a feature: what it gives, or what
+    // happens without it.
+    let nice = |name: &str, ok: bool, with: &str, without: &str| match ok {
+        true => check(name, Status::Ok, with),
+        false => check(name, Status::Degraded, without),
+    };
     vec![
-        if features.set_retval {
-            check(
-                "helper bpf_set_retval",
-                Status::Ok,
-                "connect() to a Service without endpoints: ECONNREFUSED",
-            )
-        } else {
-            check("helper bpf_set_retval", Status::Degraded, "before 5.18: connect() to a Service without endpoints fails with EPERM instead of ECONNREFUSED (at once either way)")
-        },
-        if features.coarse_clock {
-            check(
-                "helper bpf_ktime_get_coarse_ns",
-                Status::Ok,
-                "conntrack timestamps from the cheap clock",
-            )
-        } else {
-            check("helper bpf_ktime_get_coarse_ns", Status::Degraded, "before 5.11: conntrack and affinity timestamps read the precise clock (tens of ns more per packet)")
-        },
+        nice(
+            "helper bpf_set_retval",
+            features.set_retval,
+            "connect() to a Service without endpoints: ECONNREFUSED",
+            "before 5.18: connect() to a Service without endpoints fails with EPERM instead of ECONNREFUSED (at once either way)",
+        ),
+        nice(
+            "helper bpf_ktime_get_coarse_ns",
+            features.coarse_clock,
+            "conntrack timestamps from the cheap clock",
+            "before 5.11: conntrack and affinity timestamps read the precise clock (tens of ns more per packet)",
+        ),
         need(
             "helper bpf_get_netns_cookie",
             sock(BpfHelper::BPF_FUNC_get_netns_cookie),
