@@ -14,8 +14,7 @@ use aya::{
 use bpfproxy_tests::{prog_test_run, PrivateBpffs};
 use proxy_agent::{
     ct_filter::PinnedFilter,
-    ct_sweeper::{self, PinnedCt},
-    loader,
+    ct_sweeper, loader,
     maps::{pinned::PinnedMaps, sizes::MapSizes, LbMaps},
     metrics::Metrics,
     model::ModelConfig,
@@ -100,11 +99,9 @@ impl Datapath {
         if !dir.join(names::CT_FILTER).exists() {
             return Ok(false);
         }
-        let tables = PinnedCt::open(&dir)?;
-        let filter = PinnedFilter::open(&dir)?;
-        ct_sweeper::rebuild_filter(&tables, &filter.filter())?;
+        ct_sweeper::rebuild_pinned_filter(&dir)?;
         anyhow::ensure!(
-            filter.filter().active().is_some(),
+            PinnedFilter::open(&dir)?.filter().active().is_some(),
             "the conntrack filter is still untrusted after a rebuild"
         );
         Ok(true)

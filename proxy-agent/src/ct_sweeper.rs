@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use aya::maps::{HashMap, MapData};
 use proxy_common::{maps as names, CtKey, CtValue};
 use tokio::sync::watch;
@@ -168,6 +169,15 @@ pub fn rebuild_filter(tables: &PinnedCt, filter: &Filter<'_>) -> Result<CtEntrie
         debug!("conntrack walk cut by its bound; the filter keeps its generation");
     }
     Ok(entries)
+}
+
+/// [`rebuild_filter`] over the tables and filter pinned in `dir`: the
+/// state after an agent's first sweep, for datapaths loaded without an
+/// agent (program tests, the TC benchmark).
+pub fn rebuild_pinned_filter(dir: &Path) -> anyhow::Result<()> {
+    let filter = PinnedFilter::open(dir).context("mapping the conntrack filter")?;
+    rebuild_filter(&PinnedCt::open(dir)?, &filter.filter())?;
+    Ok(())
 }
 
 /// Deletes what [`ct_gc::expired_flows`] names among `entries`.

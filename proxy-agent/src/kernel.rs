@@ -37,13 +37,20 @@ impl Features {
             |h: BpfHelper| is_helper_supported(ProgramType::CgroupSockAddr, h).unwrap_or(false);
         Self {
             set_retval: helper(BpfHelper::BPF_FUNC_set_retval),
-            coarse_clock: is_helper_supported(
-                ProgramType::SchedClassifier,
-                BpfHelper::BPF_FUNC_ktime_get_coarse_ns,
-            )
-            .unwrap_or(false),
+            coarse_clock: has_coarse_clock(),
         }
     }
+}
+
+/// Whether the TC programs may read `bpf_ktime_get_coarse_ns` (5.11+): the
+/// one probe loading them alone needs (the socket programs' helpers are
+/// probed by [`Features::probe`]).
+pub fn has_coarse_clock() -> bool {
+    is_helper_supported(
+        ProgramType::SchedClassifier,
+        BpfHelper::BPF_FUNC_ktime_get_coarse_ns,
+    )
+    .unwrap_or(false)
 }
 
 /// The running kernel's version, when it can be read.

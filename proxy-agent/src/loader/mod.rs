@@ -321,7 +321,7 @@ pub fn load_tc_unattached_object(
     // The TC programs' helpers as this kernel has them (the VM tiers run
     // them on 5.10); the socket programs' are not loaded here.
     let kernel = Features {
-        coarse_clock: Features::probe().coarse_clock,
+        coarse_clock: crate::kernel::has_coarse_clock(),
         ..Features::default()
     };
     let mut ebpf = load_object_bytes(object, &dir, &kernel, sizes, snat)?;

@@ -18,11 +18,7 @@ use bpfproxy_tests::{
     prog_test_run, require_root, PrivateBpffs,
 };
 use proxy_agent::{
-    ct_filter::PinnedFilter,
-    ct_sweeper::{self, PinnedCt},
-    maps::sizes::MapSizes,
-    node_links,
-    snat_ports::SnatPorts,
+    ct_filter::PinnedFilter, ct_sweeper, maps::sizes::MapSizes, node_links, snat_ports::SnatPorts,
 };
 use proxy_common::{
     maps as names, node_flags, svc_flags, BackendValue, CtKey, CtValue, NodeAddrValue, ServiceKey,
@@ -81,8 +77,7 @@ impl Datapath {
         node_links::program_current(&bpffs.path().join(names::PIN_DIR))?;
         // As on a node whose agent has run a conntrack sweep: the programs
         // trust the confirmed-table filter (see `Datapath::ct_filter`).
-        let dir = bpffs.path().join(names::PIN_DIR);
-        ct_sweeper::rebuild_filter(&PinnedCt::open(&dir)?, &PinnedFilter::open(&dir)?.filter())?;
+        ct_sweeper::rebuild_pinned_filter(&bpffs.path().join(names::PIN_DIR))?;
         Ok(Self {
             ebpf,
             next_backend_id: 1,

@@ -416,10 +416,7 @@ fn an_older_versions_confirmed_flows_are_honoured_until_the_filter_is_rebuilt() 
     assert_ne!(snat_port_of_syn(&dp, second)?, port);
 
     // The sweeper's rebuild walks the table and finds the entry.
-    proxy_agent::ct_sweeper::rebuild_filter(
-        &proxy_agent::ct_sweeper::PinnedCt::open(&dir)?,
-        &dp.ct_filter().filter(),
-    )?;
+    proxy_agent::ct_sweeper::rebuild_pinned_filter(&dir)?;
     assert!(dp.ct_filter().filter().active().is_some());
     assert!(dp.ct_filter().filter().may_hold(&reply_key));
     let third = (Ipv4Addr::new(198, 51, 100, 10), port);
