@@ -50,18 +50,21 @@ pub struct Datapath {
 }
 
 impl Datapath {
+    /// The map sizes the agent would use on this machine with no
+    /// `--map-size-*` flag (the new-flow table's depends on the CPUs).
+    pub fn sizes() -> MapSizes {
+        MapSizes::default().for_this_machine()
+    }
+
     /// Loads the object into a fresh private bpffs named after `suffix`:
-    /// the agent's own, or `object` (another build, see `--baseline`).
+    /// the agent's own, or `object` (another build, see `--baseline`),
+    /// with the maps sized as [`Datapath::sizes`].
     pub fn load(suffix: &str, object: Option<&[u8]>) -> Result<Self> {
         let bpffs = PrivateBpffs::new(suffix)?;
+        let (path, sizes) = (bpffs.path(), &Self::sizes());
         let ebpf = match object {
-            None => loader::load_tc_unattached(bpffs.path()),
-            Some(obj) => loader::load_tc_unattached_object(
-                obj,
-                bpffs.path(),
-                &MapSizes::default(),
-                SnatPorts::default(),
-            ),
+            None => loader::load_tc_unattached_with(path, sizes, SnatPorts::default()),
+            Some(obj) => loader::load_tc_unattached_object(obj, path, sizes, SnatPorts::default()),
         }
         .context("loading the eBPF object and its TC programs")?;
         Ok(Self { ebpf, bpffs })

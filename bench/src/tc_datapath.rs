@@ -131,6 +131,13 @@ fn body(opts: &Options, subjects: &[Subject], samples: &mut Samples) -> String {
             path.display()
         );
     }
+    let sizes = crate::datapath::Datapath::sizes();
+    let _ = writeln!(
+        out,
+        "Map sizes as the agent's defaults on this machine: new-flow conntrack table \
+         {} entries, confirmed table {}.\n",
+        sizes.conntrack_new, sizes.conntrack
+    );
     for s in subjects {
         let _ = writeln!(
             out,

@@ -59,9 +59,17 @@ pub const REV_NAT_MAX: u32 = 65_536;
 pub const SOCK_REV_NAT_MAX: u32 = 262_144;
 pub const AFFINITY_MAX: u32 = 65_536;
 pub const CONNTRACK_MAX: u32 = 262_144;
-/// Half-open flows (two entries each): 32k SYNs in flight, which a node's
-/// real clients rarely reach; a flood beyond it evicts only other new flows.
-pub const CT_NEW_MAX: u32 = 65_536;
+/// Entries of the new-flow table per possible CPU, the agent's default
+/// (`--map-size-conntrack-new` unset): each CPU has its own LRU list and
+/// share of the table, so this is 2,048 handshakes in flight per CPU. Kept
+/// small on purpose: every new flow touches two random buckets of the
+/// table's index, and an index of 64 KiB per CPU stays in the CPU's cache
+/// where a 1 MiB one does not (a SYN costs about a third less). A flood
+/// beyond it evicts only other new flows.
+pub const CT_NEW_PER_CPU: u32 = 4_096;
+/// The new-flow table's size compiled into the object and used where no
+/// CPU count applies (program tests, `MapSizes::default`): one CPU's share.
+pub const CT_NEW_MAX: u32 = CT_NEW_PER_CPU;
 /// The map flags of `CT_NEW`: BPF_F_NO_COMMON_LRU, an LRU list per CPU.
 pub const CT_NEW_FLAGS: u32 = 1 << 1;
 pub const NODE_ADDRS_MAX: u32 = 256;

@@ -112,6 +112,12 @@ fn a_configured_map_size_is_what_the_kernel_map_has_and_metrics_cover_every_map(
         pinned[names::CONNTRACK] == names::CONNTRACK_MAX,
         "{pinned:?}"
     );
+    // Unset, the new-flow table's size is a share per possible CPU.
+    let cpus = u32::try_from(aya::util::nr_cpus().map_err(|(_, e)| e)?)?;
+    ensure!(
+        pinned[names::CT_NEW] == cpus * names::CT_NEW_PER_CPU,
+        "{cpus} CPUs: {pinned:?}"
+    );
     serves(&sb)?;
     let mut text = String::new();
     eventually(Duration::from_secs(10), "metrics of every map", || {

@@ -36,7 +36,13 @@ pub struct MapSizes {
     pub conntrack: u32,
     /// Entries of the new-flow conntrack LRU (bpfp_ctnew): two per flow
     /// until it is confirmed; a flood of new flows churns only this one.
-    #[arg(id = "map_size_conntrack_new", long = "map-size-conntrack-new", default_value_t = names::CT_NEW_MAX, value_parser = size_parser())]
+    /// Each CPU has its own LRU list and an equal share of the entries.
+    /// [default: 4,096 per possible CPU]
+    #[arg(id = "map_size_conntrack_new", long = "map-size-conntrack-new", value_parser = size_parser())]
+    pub conntrack_new_flag: Option<u32>,
+    /// The new-flow table's size as used: the flag's, else
+    /// [`names::CT_NEW_PER_CPU`] per CPU once [`MapSizes::for_cpus`] ran.
+    #[arg(skip = names::CT_NEW_MAX)]
     pub conntrack_new: u32,
     /// Entries of the node-address map (bpfp_node).
     #[arg(id = "map_size_node_addrs", long = "map-size-node-addrs", default_value_t = names::NODE_ADDRS_MAX, value_parser = size_parser())]
@@ -64,6 +70,7 @@ impl Default for MapSizes {
             sock_rev_nat: names::SOCK_REV_NAT_MAX,
             affinity: names::AFFINITY_MAX,
             conntrack: names::CONNTRACK_MAX,
+            conntrack_new_flag: None,
             conntrack_new: names::CT_NEW_MAX,
             node_addrs: names::NODE_ADDRS_MAX,
             devices: names::DEVICES_MAX,
@@ -194,11 +201,22 @@ impl MapSizes {
         (self, raised)
     }
 
-    /// [`MapSizes::with_lru_floor`] for this machine's possible CPUs (what
-    /// the kernel's per-CPU LRU lists are sized by), each raise logged.
+    /// The sizes for a machine of `cpus` possible CPUs: the new-flow
+    /// table's from its flag, else [`names::CT_NEW_PER_CPU`] per CPU (its
+    /// LRU lists are per CPU, so what one CPU can hold stays the same on
+    /// every node); then [`MapSizes::with_lru_floor`].
+    pub fn for_cpus(mut self, cpus: u32) -> (Self, Vec<Raised>) {
+        self.conntrack_new = self
+            .conntrack_new_flag
+            .unwrap_or_else(|| cpus.max(1).saturating_mul(names::CT_NEW_PER_CPU));
+        self.with_lru_floor(cpus)
+    }
+
+    /// [`MapSizes::for_cpus`] for this machine's possible CPUs (what the
+    /// kernel's per-CPU LRU lists are sized by), each raise logged.
     pub fn for_this_machine(self) -> Self {
         let cpus = aya::util::nr_cpus().map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
-        let (sizes, raised) = self.with_lru_floor(cpus);
+        let (sizes, raised) = self.for_cpus(cpus);
         for (map, from, to) in raised {
             tracing::warn!(
                 map,
@@ -289,11 +307,44 @@ mod tests {
         assert_eq!(sizes.conntrack_new, 1024);
         assert_eq!(sizes.affinity, 100_000, "above the floor: as given");
         assert_eq!(raised, vec![(names::CT_NEW, 256, 1024)]);
-        // 64 CPUs: the default new-flow table is still above the floor.
-        let (big, raised) = MapSizes::default().with_lru_floor(64);
+        // 64 CPUs: every default, the new-flow table's share per CPU
+        // included, is above the floor.
+        let (big, raised) = MapSizes::default().for_cpus(64);
         assert!(raised.is_empty(), "{raised:?}");
-        assert_eq!(big, MapSizes::default());
+        assert_eq!(
+            big,
+            MapSizes {
+                conntrack_new: 64 * names::CT_NEW_PER_CPU,
+                ..MapSizes::default()
+            }
+        );
         assert_eq!(lru_floor(0), 512, "an unreadable CPU count counts as one");
+    }
+
+    #[test]
+    fn the_new_flow_table_defaults_to_a_share_per_cpu_unless_the_flag_sets_it() {
+        let share = names::CT_NEW_PER_CPU;
+        let (two, raised) = MapSizes::default().for_cpus(2);
+        assert_eq!(two.conntrack_new, 2 * share);
+        assert_eq!(MapSizes::default().conntrack_new, share, "one CPU's");
+        assert!(raised.is_empty(), "{raised:?}");
+        assert_eq!(MapSizes::default().for_cpus(64).0.conntrack_new, 64 * share);
+        assert_eq!(MapSizes::default().for_cpus(0).0.conntrack_new, share);
+        let flag = MapSizes {
+            conntrack_new_flag: Some(100_000),
+            ..MapSizes::default()
+        };
+        assert_eq!(flag.for_cpus(64).0.conntrack_new, 100_000, "the flag wins");
+        let (small, raised) = MapSizes {
+            conntrack_new_flag: Some(256),
+            ..MapSizes::default()
+        }
+        .for_cpus(2);
+        assert_eq!(
+            small.conntrack_new, 1024,
+            "and is still raised to the floor"
+        );
+        assert_eq!(raised, vec![(names::CT_NEW, 256, 1024)]);
     }
 
     use super::*;
@@ -344,6 +395,9 @@ mod tests {
         let sizes =
             run(&["--map-size-services", "64", "--map-size-conntrack=1024"]).expect("sizes");
         assert_eq!((sizes.services, sizes.conntrack), (64, 1024));
+        let ct_new = run(&["--map-size-conntrack-new", "300000"]).expect("ct new");
+        assert_eq!(ct_new.conntrack_new_flag, Some(300_000));
+        assert_eq!(ct_new.for_cpus(2).0.conntrack_new, 300_000);
         assert_eq!(sizes.backends, names::BACKENDS_MAX);
         assert!(run(&["--map-size-devices", "0"]).is_err());
     }
