@@ -15,7 +15,11 @@ use bpfproxy_tests::{prog_test_run, PrivateBpffs};
 use proxy_agent::{
     ct_filter::PinnedFilter,
     ct_sweeper, loader,
-    maps::{pinned::PinnedMaps, sizes::MapSizes, LbMaps},
+    maps::{
+        pinned::{self, PinnedMaps},
+        sizes::MapSizes,
+        LbMaps,
+    },
     metrics::Metrics,
     model::ModelConfig,
     node_addrs, node_links,
@@ -162,10 +166,7 @@ impl Datapath {
             .context("new-flow conntrack map missing")?;
         let mut ct: HashMap<&mut MapData, CtKey, CtValue> = HashMap::try_from(map)?;
         for key in keys {
-            match ct.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("removing a new-flow entry"),
-            }
+            pinned::remove(&mut ct, key, names::CT_NEW)?;
         }
         Ok(())
     }

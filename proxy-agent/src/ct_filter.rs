@@ -26,6 +26,30 @@ use proxy_common::{
 /// starts; keys marked after the clear keep their marks.
 pub const IN_FLIGHT: Duration = Duration::from_millis(2);
 
+/// The filter's memory as the agent accesses it: [`CtFilter`]'s layout,
+/// every field atomic (the kernel's programs write the same bytes).
+#[repr(C)]
+pub struct SharedFilter {
+    state: AtomicU32,
+    _pad: AtomicU32,
+    cells: [[AtomicU8; CELLS]; 2],
+}
+
+// The view must match the kernel's value byte for byte.
+const _: () = assert!(size_of::<SharedFilter>() == size_of::<CtFilter>());
+const _: () = assert!(align_of::<SharedFilter>() == align_of::<CtFilter>());
+
+impl SharedFilter {
+    /// A zeroed filter (no generation trusted), e.g. for tests.
+    pub fn new() -> Box<Self> {
+        Box::new(Self {
+            state: AtomicU32::new(INVALID),
+            _pad: AtomicU32::new(0),
+            cells: [const { [const { AtomicU8::new(0) }; CELLS] }; 2],
+        })
+    }
+}
+
 /// The filter's cells and state, wherever they live (the kernel's map, or
 /// a buffer in tests).
 pub struct Filter<'a> {
@@ -42,25 +66,13 @@ pub struct Rebuild {
 }
 
 impl<'a> Filter<'a> {
-    /// The filter in `mem`, laid out as [`CtFilter`].
-    pub fn new(mem: &'a [AtomicU8]) -> Option<Self> {
-        if mem.len() < size_of::<CtFilter>() {
-            return None;
-        }
-        let state_ptr = mem.as_ptr().cast::<AtomicU32>();
-        if !state_ptr.is_aligned() {
-            return None;
-        }
-        // SAFETY: `mem` holds at least a CtFilter, starting at an address
-        // aligned for the u32 state, and lives as long as 'a; AtomicU32
-        // has u32's layout, and every access to it is atomic.
-        let state = unsafe { &*state_ptr };
-        let cells = &mem[8..8 + 2 * CELLS];
-        let (g0, g1) = cells.split_at(CELLS);
-        Some(Self {
-            state,
+    /// The filter in `mem`.
+    pub fn new(mem: &'a SharedFilter) -> Self {
+        let [g0, g1] = &mem.cells;
+        Self {
+            state: &mem.state,
             gens: [g0, g1],
-        })
+        }
     }
 
     /// No generation trusted: the programs probe the confirmed table for
@@ -139,23 +151,33 @@ impl PinnedFilter {
         let data = MapData::from_pin(&path).map_err(io::Error::other)?;
         // SAFETY: the mapping is the map's value memory, which the kernel
         // keeps while mapped; every access goes through the atomics of
-        // `Filter` (the programs' plain byte stores are single-copy
+        // `SharedFilter` (the programs' plain byte stores are single-copy
         // atomic), so concurrent writers never tear a cell.
         let mmap = unsafe {
             MmapOptions::new()
                 .len(size_of::<CtFilter>())
                 .map_mut(&data.fd().as_fd())
         }?;
+        // What `filter` relies on: checked once, here.
+        if mmap.len() < size_of::<SharedFilter>()
+            || !mmap.as_ptr().cast::<SharedFilter>().is_aligned()
+        {
+            return Err(io::Error::other(format!(
+                "{}: mapping of {} bytes does not hold the filter",
+                path.display(),
+                mmap.len()
+            )));
+        }
         Ok(Self { mmap })
     }
 
     pub fn filter(&self) -> Filter<'_> {
-        let bytes: &[u8] = &self.mmap;
-        // SAFETY: AtomicU8 has u8's layout; the memory is shared with the
-        // kernel, which is why it is only ever accessed atomically.
-        let cells = unsafe { &*(std::ptr::from_ref(bytes) as *const [AtomicU8]) };
-        // A page-aligned mapping of at least a CtFilter: never None.
-        Filter::new(cells).unwrap_or_else(|| unreachable!("mapping smaller than the filter"))
+        // SAFETY: `open` checked that the mapping holds a SharedFilter at
+        // an aligned address; the mapping never moves and lives as long
+        // as `self`. The memory is shared with the kernel, which is why
+        // it is only ever accessed atomically.
+        let shared = unsafe { &*self.mmap.as_ptr().cast::<SharedFilter>() };
+        Filter::new(shared)
     }
 }
 
@@ -165,15 +187,12 @@ mod tests {
 
     use super::*;
 
-    fn buffer() -> Vec<u64> {
-        vec![0u64; size_of::<CtFilter>().div_ceil(8)]
+    fn buffer() -> Box<SharedFilter> {
+        SharedFilter::new()
     }
 
-    fn view(buf: &mut [u64]) -> Filter<'_> {
-        // SAFETY: test buffer, u64-aligned, accessed through atomics only.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<AtomicU8>(), buf.len() * 8) };
-        Filter::new(bytes).expect("big enough")
+    fn view(buf: &mut SharedFilter) -> Filter<'_> {
+        Filter::new(buf)
     }
 
     /// A rebuild with nothing happening between its two steps.

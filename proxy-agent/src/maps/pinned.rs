@@ -250,15 +250,25 @@ fn write_err(map: &'static str, source: MapError, sizes: &MapSizes) -> MapsError
     MapsError::Write { map, source }
 }
 
+/// Whether a failed delete only says the key was not there: aya reports
+/// that as the syscall's ENOENT rather than as `KeyNotFound`.
+pub fn already_gone(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound | MapError::ElementNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 /// Removes `key`; a key that is already gone is success.
-pub(crate) fn remove<K: aya::Pod, V: aya::Pod>(
-    map: &mut HashMap<MapData, K, V>,
+pub fn remove<T: std::borrow::BorrowMut<MapData>, K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<T, K, V>,
     key: &K,
     name: &'static str,
 ) -> Result<(), MapsError> {
     match map.remove(key) {
-        Ok(()) | Err(MapError::KeyNotFound) | Err(MapError::ElementNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(e) if already_gone(&e) => Ok(()),
         Err(source) => Err(MapsError::Write { map: name, source }),
     }
 }
@@ -336,11 +346,36 @@ impl LbMaps for PinnedMaps {
             Op::UpsertSourceRange(r) => self.source_ranges.insert(&range_key(r), 1, 0),
             Op::DeleteSourceRange(r) => {
                 return match self.source_ranges.remove(&range_key(r)) {
-                    Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                    Ok(()) => Ok(()),
+                    Err(e) if already_gone(&e) => Ok(()),
                     Err(e) => Err(write_err(name, e, &self.sizes)),
                 }
             }
         }
         .map_err(|e| write_err(name, e, &self.sizes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use aya::sys::SyscallError;
+
+    use super::*;
+
+    fn syscall(errno: i32) -> MapError {
+        MapError::SyscallError(SyscallError {
+            call: "bpf_map_delete_elem",
+            io_error: io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn a_delete_of_a_missing_key_is_gone_and_other_failures_are_not() {
+        assert!(already_gone(&MapError::KeyNotFound));
+        assert!(already_gone(&syscall(libc::ENOENT)));
+        assert!(!already_gone(&syscall(libc::EPERM)));
+        assert!(!already_gone(&syscall(libc::E2BIG)));
     }
 }
