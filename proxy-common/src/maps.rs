@@ -34,6 +34,19 @@ pub const SERVICE_STATS: &str = "bpfp_svcst_v1";
 /// the agent removes the pairs the frontends no longer hold.
 pub const BACKEND_STATS: &str = "bpfp_best_v1";
 
+/// Pins of maps earlier versions used and this one does not (older
+/// layouts of a map, under older names). The agent removes them at start:
+/// a pin keeps its map's memory alive after every program using it is
+/// gone, while removing the pin of a map a program still uses is harmless
+/// (the kernel frees the map with its last user).
+pub const RETIRED: [&str; 5] = [
+    "bpfp_cnt_v1",
+    "bpfp_cnt_v2",
+    "bpfp_cnt_v3",
+    "bpfp_cnt_v4",
+    "bpfp_cnt_v5",
+];
+
 /// Every map the agent owns, for loops over all of them (pin checks, dump).
 pub const ALL: [&str; 15] = [
     SERVICES,

@@ -147,12 +147,23 @@ fn a_configured_map_size_is_what_the_kernel_map_has_and_metrics_cover_every_map(
     let mut cfg = agent.config().clone();
     cfg.extra_args = vec!["--map-size-services".into(), "128".into()];
     drop(agent);
+    // A pin an earlier version left: its counter array under an older
+    // layout's name (here: the current array pinned a second time).
+    let retired = pin_dir(&sb).join(names::RETIRED[4]);
+    aya::maps::MapData::from_pin(pin_dir(&sb).join(names::COUNTERS))?.pin(&retired)?;
+    ensure!(retired.exists(), "the retired pin was not made");
     let mut agent = Agent::start(cfg)?;
     eventually(Duration::from_secs(10), "the size warning", || {
         agent.check_alive()?;
         Ok(log(&agent)?.contains("takes effect after `bpfproxy cleanup`"))
     })?;
     ensure!(sizes::read_pinned(&pin_dir(&sb))?[names::SERVICES] == 64);
+    ensure!(!retired.exists(), "the retired pin is still there");
+    ensure!(
+        pin_dir(&sb).join(names::COUNTERS).exists(),
+        "the current counters' pin went too"
+    );
+    ensure!(log(&agent)?.contains("removed the pin of a map earlier versions used"));
     agent.wait_for_backends(VIP, 80, "TCP", &sb.backend_addrs(8080), WAIT)?;
     serves(&sb)?;
     eventually(Duration::from_secs(10), "capacity of the kept map", || {

@@ -157,6 +157,7 @@ pub fn load(
     let mut ebpf = load_object(&dir, kernel, sizes, snat)?;
     distrust_ct_filter(&dir)?;
     note_shared_ct_new_lru(&dir);
+    remove_retired_pins(&dir);
     let sizes = effective_sizes(&dir, sizes);
     let cgroup_file = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.to_path_buf(),
@@ -196,6 +197,20 @@ pub fn distrust_ct_filter(dir: &Path) -> Result<(), LoadError> {
         })?;
     filter.filter().invalidate();
     Ok(())
+}
+
+/// Removes the pins of maps only earlier versions used
+/// (`proxy_common::maps::RETIRED`), each logged; a failure is logged and
+/// leaves the pin (it costs memory, not service).
+fn remove_retired_pins(dir: &Path) {
+    for name in proxy_common::maps::RETIRED {
+        let path = dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => info!(map = name, "removed the pin of a map earlier versions used"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(map = name, error = %e, "removing the pin of a retired map"),
+        }
+    }
 }
 
 /// The new-flow conntrack table pinned by a version from before its
